@@ -1,0 +1,166 @@
+"""Embed one block of documents and write it into its chunk of the store.
+
+A block is exactly one chunk of documents, so a block's output depends only on its documents and
+the settings: any number of workers, in any order, writes an identical store. Memory per block is
+``chunk_docs x max_len x dim`` (a few MB) plus the block's texts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+
+from cache.tokenize import TokenizerSettings, make_tokenizer
+from cache.vectors import VectorTable, open_cached_table
+
+PADDINGS = ("pre", "post")
+OOV_POLICIES = ("zero", "unk", "mean")
+DTYPES = ("float16", "float32")
+_PAD, _OOV = -1, -2
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """Everything that decides the embedded values; recorded in the store's attributes."""
+
+    max_len: int = 1000
+    padding: str = "pre"
+    truncating: str = "pre"
+    oov: str = "zero"
+    dtype: str = "float16"
+    seed: int = 0
+    tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tokenizer"] = self.tokenizer.to_dict()
+        return d
+
+
+def oov_vector(table: VectorTable, settings: EmbedSettings) -> np.ndarray | None:
+    """The vector for out-of-vocabulary tokens: ``None`` (zeros), one seeded random vector drawn
+    with the table's per-dimension spread, or the mean of all vectors."""
+    if settings.oov == "zero":
+        return None
+    if settings.oov == "mean":
+        return _column_stats(table.vectors)[0].astype(np.float32)
+    _mean, std = _column_stats(table.vectors)
+    rng = np.random.default_rng(settings.seed)
+    return rng.normal(0.0, std).astype(np.float32)
+
+
+def _column_stats(vectors: np.ndarray, rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std, reading the (memory-mapped) table a slab at a time."""
+    total = np.zeros(vectors.shape[1])
+    squares = np.zeros(vectors.shape[1])
+    for start in range(0, vectors.shape[0], rows):
+        slab = np.asarray(vectors[start:start + rows], dtype=np.float64)
+        total += slab.sum(0)
+        squares += (slab * slab).sum(0)
+    n = vectors.shape[0]
+    mean = total / n
+    return mean, np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+
+
+@dataclass
+class BlockResult:
+    embedded: np.ndarray  # (n, max_len, dim)
+    lengths: np.ndarray  # (n,) int32
+    tokens: int
+    oov_tokens: int
+
+
+class BlockEmbedder:
+    """Tokenize, look up, truncate and pad a block of texts into ``(n, max_len, dim)``."""
+
+    def __init__(self, table: VectorTable, settings: EmbedSettings, oov: np.ndarray | None):
+        self.settings = settings
+        self.tokenize = make_tokenizer(settings.tokenizer)
+        self.lookup = table.index.get
+        self.vectors = table.vectors
+        self.oov = oov
+        self.dtype = np.dtype(settings.dtype)
+
+    def token_ids(self, text: str) -> np.ndarray:
+        """Row ids of every token (``-2`` for out-of-vocabulary), before truncation."""
+        tokens = self.tokenize(text)
+        return np.fromiter(map(self.lookup, tokens, repeat(_OOV)), dtype=np.int64,
+                           count=len(tokens))
+
+    def embed(self, texts: list[str]) -> BlockResult:
+        s = self.settings
+        n, max_len = len(texts), s.max_len
+        ids = np.full((n, max_len), _PAD, dtype=np.int64)
+        lengths = np.zeros(n, dtype=np.int32)
+        tokens = oov = 0
+        for i, text in enumerate(texts):
+            row = self.token_ids(text)
+            tokens += len(row)
+            oov += int(np.count_nonzero(row == _OOV))
+            if len(row) > max_len:  # Keras pad_sequences: "pre" drops from the start
+                row = row[-max_len:] if s.truncating == "pre" else row[:max_len]
+            k = len(row)
+            lengths[i] = k
+            if k:
+                if s.padding == "pre":
+                    ids[i, max_len - k:] = row
+                else:
+                    ids[i, :k] = row
+        out = np.zeros((n, max_len, self.vectors.shape[1]), dtype=self.dtype)
+        known = ids >= 0
+        out[known] = self.vectors[ids[known]]  # one gather per block, cast on assignment
+        if self.oov is not None:
+            out[ids == _OOV] = self.oov
+        return BlockResult(out, lengths, tokens, oov)
+
+
+class BlockWriter:
+    """Embeds blocks and writes them into an existing store (one per process)."""
+
+    def __init__(self, store_url: str, table_path: str, settings: EmbedSettings,
+                 oov: np.ndarray | None):
+        import zarr
+
+        self.group = zarr.open_group(store=store_url, mode="r+")
+        self.embedder = BlockEmbedder(open_cached_table(table_path), settings, oov)
+        self.chunk_docs = int(self.group.attrs["chunk_docs"])
+
+    def write(self, chunk: int, texts: list[str], doc_ids: list[str],
+              labels: list[int] | None, split: np.ndarray) -> np.ndarray:
+        """Write block ``chunk``; its ``chunk_stats`` row goes last (the commit marker).
+
+        Returns:
+            The stats row: docs, tokens, oov tokens, kept tokens.
+        """
+        g, start = self.group, chunk * self.chunk_docs
+        stop = start + len(texts)
+        result = self.embedder.embed(texts)
+        g["embedded"][start:stop] = result.embedded
+        g["lengths"][start:stop] = result.lengths
+        if labels is not None:
+            g["labels"][start:stop] = np.asarray(labels, dtype=np.int32)
+        g["doc_ids"][start:stop] = np.asarray(doc_ids, dtype=object)
+        g["split"][start:stop] = split
+        stats = np.array([len(texts), result.tokens, result.oov_tokens,
+                          int(result.lengths.sum())], dtype=np.int64)
+        g["chunk_stats"][chunk] = stats
+        return stats
+
+
+# One writer per worker process (spawned, never forked: zarr-python 3 can deadlock after fork).
+_WRITER: BlockWriter | None = None
+
+
+def init_worker(store_url: str, table_path: str, settings: EmbedSettings,
+                oov: np.ndarray | None) -> None:
+    global _WRITER
+    _WRITER = BlockWriter(store_url, table_path, settings, oov)
+
+
+def write_block(chunk: int, texts: list[str], doc_ids: list[str], labels: list[int] | None,
+                split: np.ndarray) -> np.ndarray:
+    assert _WRITER is not None, "init_worker was not called"
+    return _WRITER.write(chunk, texts, doc_ids, labels, split)

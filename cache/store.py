@@ -1,0 +1,231 @@
+"""The store layout: one Zarr v3 group, its arrays and its attributes (the single source of truth).
+
+    embedded     (docs, max_len, dim)  float16|float32  chunked along docs, Blosc-compressed
+    lengths      (docs,)               int32            tokens kept per doc (for masking)
+    labels       (docs,)               int32            label index (labelled corpora only)
+    doc_ids      (docs,)               string           source path, CSV row or JSON id
+    split        (docs,)               int8             0 train, 1 val, 2 test (hash of doc id)
+    chunk_stats  (chunks, 4)           int64            per chunk: docs, tokens, oov tokens,
+                                                        kept tokens; -1 until the chunk is written
+
+Every per-document array shares the document chunking, so a chunk-aligned block of documents is
+written by exactly one task. ``chunk_stats`` row *i* is written last for block *i*: it is the
+commit marker that makes resume possible. ``attrs["complete"]`` turns true only after every chunk
+is in; readers refuse a store without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cache.errors import StoreError
+
+LAYOUT_VERSION = 1
+SPLIT_NAMES = ("train", "val", "test")
+STATS_COLUMNS = ("docs", "tokens", "oov_tokens", "kept_tokens")
+DOC_ARRAYS = ("embedded", "lengths", "labels", "doc_ids", "split")
+
+
+def default_compressor():
+    """Blosc/zstd level 1 with bit-shuffle: chosen by ``make bench-embed`` (see BENCHMARKS.md)."""
+    import zarr
+
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
+
+
+def auto_chunk_docs(max_len: int, dim: int, itemsize: int, target_bytes: int = 4 << 20) -> int:
+    """Documents per chunk so an uncompressed chunk holds about ``target_bytes`` (Zarr: >= 1 MB)."""
+    return max(1, target_bytes // (max_len * dim * itemsize))
+
+
+def assign_split(doc_ids: list[str], val_frac: float, test_frac: float, seed: int = 0) -> np.ndarray:
+    """Deterministic split codes from the document ids alone (any worker, any order, same result)."""
+    key = seed.to_bytes(8, "little", signed=False)
+    u = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(d.encode("utf-8", "surrogateescape"), digest_size=8,
+                                        key=key).digest(), "little") for d in doc_ids),
+        dtype=np.uint64, count=len(doc_ids)).astype(np.float64) / 2.0**64
+    out = np.zeros(len(doc_ids), dtype=np.int8)
+    out[u < test_frac + val_frac] = 1
+    out[u < test_frac] = 2
+    return out
+
+
+def is_local(url: str) -> bool:
+    return "://" not in str(url) or str(url).startswith("file://")
+
+
+def store_state(url: str) -> str:
+    """``missing``, ``file`` (a plain file is in the way), ``foreign`` (not an embcache store),
+    ``incomplete`` or ``complete``."""
+    import zarr
+
+    if is_local(url):
+        p = Path(str(url).removeprefix("file://"))
+        if not p.exists():
+            return "missing"
+        if not p.is_dir():
+            return "file"
+        if not any(p.iterdir()):
+            return "missing"
+        if not (p / "zarr.json").exists():
+            return "foreign"
+    try:
+        group = zarr.open_group(store=url, mode="r")
+    except FileNotFoundError:
+        return "missing"
+    except Exception:  # noqa: BLE001 - unreadable metadata (e.g. killed mid-create)
+        return "incomplete" if is_local(url) else "foreign"
+    attrs = dict(group.attrs)
+    if "embcache_layout" not in attrs:
+        return "foreign" if attrs else "incomplete"
+    return "complete" if attrs.get("complete") else "incomplete"
+
+
+def remove_store(url: str) -> None:
+    """Delete a store (only called for stores embcache itself recognises)."""
+    if is_local(url):
+        shutil.rmtree(str(url).removeprefix("file://"))
+    else:
+        import zarr
+
+        zarr.open_group(store=url, mode="w")  # mode "w" clears the prefix
+
+
+def create_store(url: str, *, num_docs: int, max_len: int, dim: int, dtype: str,
+                 chunk_docs: int, labelled: bool, attrs: dict[str, Any]):
+    """Create an empty store (``complete`` false) with all arrays and attributes.
+
+    Returns:
+        The ``zarr.Group``.
+    """
+    import zarr
+
+    group = zarr.open_group(store=url, mode="w")
+    n_chunks = -(-num_docs // chunk_docs)
+    group.create_array("embedded", shape=(num_docs, max_len, dim), chunks=(chunk_docs, max_len, dim),
+                       dtype=dtype, compressors=default_compressor(), fill_value=0)
+    group.create_array("lengths", shape=(num_docs,), chunks=(chunk_docs,), dtype="int32",
+                       fill_value=0)
+    if labelled:
+        group.create_array("labels", shape=(num_docs,), chunks=(chunk_docs,), dtype="int32",
+                           fill_value=-1)
+    group.create_array("doc_ids", shape=(num_docs,), chunks=(chunk_docs,), dtype=str)
+    group.create_array("split", shape=(num_docs,), chunks=(chunk_docs,), dtype="int8",
+                       fill_value=0)
+    group.create_array("chunk_stats", shape=(n_chunks, len(STATS_COLUMNS)),
+                       chunks=(1, len(STATS_COLUMNS)), dtype="int64", fill_value=-1)
+    # Attributes last: a store killed before this line has no layout tag and reads as incomplete.
+    group.attrs.update({**attrs, "embcache_layout": LAYOUT_VERSION, "complete": False,
+                        "num_docs": num_docs, "max_len": max_len, "dim": dim, "dtype": dtype,
+                        "chunk_docs": chunk_docs, "num_chunks": n_chunks, "labelled": labelled})
+    return group
+
+
+def read_chunk_stats(group) -> np.ndarray:
+    """``(chunks, 4)`` stats; a row of -1 (or an unreadable row, e.g. torn by a kill) is not done."""
+    arr = group["chunk_stats"]
+    try:
+        return arr[:]
+    except Exception:  # noqa: BLE001 - fall back row by row to find the torn one
+        out = np.full(arr.shape, -1, dtype=np.int64)
+        for i in range(arr.shape[0]):
+            try:
+                out[i] = arr[i]
+            except Exception:  # noqa: BLE001
+                pass
+        return out
+
+
+@dataclass
+class Store:
+    """An opened store: its group, its attributes and the facts later jobs need."""
+
+    url: str
+    group: Any
+    attrs: dict[str, Any]
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.attrs["num_docs"])
+
+    @property
+    def max_len(self) -> int:
+        return int(self.attrs["max_len"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.attrs["dim"])
+
+    @property
+    def chunk_docs(self) -> int:
+        return int(self.attrs["chunk_docs"])
+
+    @property
+    def num_chunks(self) -> int:
+        return int(self.attrs["num_chunks"])
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return self.attrs.get("label_names")
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.attrs.get("labelled"))
+
+    def array(self, name: str):
+        return self.group[name]
+
+
+def open_store(url: str, *, require_complete: bool = True, require_labels: bool = False) -> Store:
+    """Open a store for reading, refusing what later jobs cannot use.
+
+    Raises:
+        StoreError: the store is missing, not an embcache store, of another layout version,
+            incomplete (when ``require_complete``) or unlabelled (when ``require_labels``).
+    """
+    import zarr
+
+    state = store_state(url)
+    if state == "missing":
+        raise StoreError(f"Store not found: {url} (build it with `embcache embed-corpus`)")
+    if state in ("file", "foreign"):
+        raise StoreError(f"{url} is not an embcache store")
+    try:
+        group = zarr.open_group(store=url, mode="r")
+        attrs = dict(group.attrs)
+    except Exception as e:  # noqa: BLE001
+        raise StoreError(f"Store {url} cannot be read ({e}); it is incomplete: rerun the "
+                         "embed-corpus command that created it, or rebuild it with --overwrite") from None
+    layout = attrs.get("embcache_layout")
+    if layout is not None and layout != LAYOUT_VERSION:
+        raise StoreError(f"Store {url} has layout version {layout}; this embcache reads version "
+                         f"{LAYOUT_VERSION}. Rebuild it with this version's embed-corpus")
+    if require_complete and not attrs.get("complete"):
+        done = total = "?"
+        if "chunk_stats" in group:
+            stats = read_chunk_stats(group)
+            done, total = int((stats[:, 0] >= 0).sum()), stats.shape[0]
+        raise StoreError(f"Store {url} is incomplete ({done} of {total} chunks written): its "
+                         "embed-corpus run did not finish. Rerun the same command to resume it")
+    if require_labels and not attrs.get("labelled"):
+        raise StoreError(f"Store {url} has no labels; training needs a labelled corpus")
+    return Store(url=str(url), group=group, attrs=attrs)
+
+
+def bytes_on_disk(url: str) -> int | None:
+    """Total size of a local store's files (``None`` for remote stores)."""
+    if not is_local(url):
+        return None
+    total = 0
+    for dirpath, _dirs, files in os.walk(str(url).removeprefix("file://")):
+        for f in files:
+            total += os.path.getsize(os.path.join(dirpath, f))
+    return total

@@ -1,0 +1,135 @@
+"""The ``embcache`` command: thin click commands over the typed jobs in this package."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from cache.errors import EmbcacheError
+
+
+def _friendly(fn):
+    """Turn library errors into one ``Error: ...`` line and exit code 1 (never a traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EmbcacheError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted: the output is incomplete; rerun the command to resume.",
+                       err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="embcache")
+def main() -> None:
+    """Embed a corpus once into a Zarr store; train and score embedding-free Keras models from it."""
+
+
+@main.command("embed-corpus")
+@click.option("--corpus", "corpus_path", required=True,
+              help="Folder per label, .tar.gz, .csv/.tsv, .jsonl or .txt (one document per line).")
+@click.option("--vectors", "vectors_path", required=True,
+              help="GloVe .txt/.txt.gz/.zip, word2vec .txt/.bin or fastText .vec file.")
+@click.option("--out", required=True, help="The store to write (a folder, e.g. news20.zarr).")
+@click.option("--corpus-format", default="auto", show_default=True,
+              type=click.Choice(["auto", "folder", "tar", "csv", "tsv", "jsonl", "lines"]))
+@click.option("--text-column", "text_columns", multiple=True,
+              help="CSV/TSV column (name or 0-based index) or JSON field holding text; repeat "
+                   "to join several. JSON default: text.")
+@click.option("--label-column", default=None, help="CSV/TSV column or JSON field of the label.")
+@click.option("--id-column", default=None, help="CSV/TSV column or JSON field of the document id.")
+@click.option("--header/--no-header", default=True, show_default=True,
+              help="Whether the CSV/TSV file starts with a header row.")
+@click.option("--label-names", "label_names_file", default=None,
+              help="File naming labels 1..K, one per line (e.g. AG News classes.txt).")
+@click.option("--strip-headers", is_flag=True,
+              help="Drop everything before the first blank line (Usenet headers), as the Keras "
+                   "20 Newsgroups example does.")
+@click.option("--vectors-member", default=None, help="The vectors file inside a .zip.")
+@click.option("--vectors-format", default="auto", show_default=True,
+              type=click.Choice(["auto", "glove", "word2vec", "word2vec-bin", "fasttext"]))
+@click.option("--max-len", default=1000, show_default=True, type=int,
+              help="Tokens per sequence; longer documents are truncated.")
+@click.option("--padding", default="pre", show_default=True, type=click.Choice(["pre", "post"]))
+@click.option("--truncating", default="pre", show_default=True, type=click.Choice(["pre", "post"]))
+@click.option("--oov", default="zero", show_default=True, type=click.Choice(["zero", "unk", "mean"]),
+              help="Vector for out-of-vocabulary tokens: zeros, one seeded random vector, or the "
+                   "mean vector.")
+@click.option("--dtype", default="float16", show_default=True,
+              type=click.Choice(["float16", "float32"]))
+@click.option("--val-frac", default=0.1, show_default=True, type=float,
+              help="Fraction of documents in the validation split (by hash of the doc id).")
+@click.option("--test-frac", default=0.1, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the split hash and the unk vector.")
+@click.option("--chunk-docs", default=None, type=int,
+              help="Documents per chunk [default: about 4 MB uncompressed per chunk].")
+@click.option("--workers", default=None, type=int, help="Worker processes [default: all cores].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing complete store.")
+@click.option("--cache-dir", default=None, envvar="EMBCACHE_CACHE_DIR",
+              help="Where parsed vectors are cached [default: ~/.cache/embcache].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_friendly
+def embed_corpus_cmd(corpus_path, vectors_path, out, corpus_format, text_columns, label_column,
+                     id_column, header, label_names_file, strip_headers, vectors_member,
+                     vectors_format, max_len, padding, truncating, oov, dtype, val_frac, test_frac,
+                     seed, chunk_docs, workers, overwrite, cache_dir, quiet):
+    """Tokenize a corpus once and write its embedded sequences to a Zarr v3 store.
+
+    \b
+    Example (20 Newsgroups with GloVe):
+      embcache embed-corpus --corpus data/news20.tar.gz \\
+          --vectors data/glove.6B.50d.txt.gz --strip-headers --out news20.zarr
+
+    Rerunning an interrupted command resumes it from its last completed chunk.
+    """
+    from cache.corpus import CorpusSpec
+    from cache.embed import EmbedSettings
+    from jobs.embed_corpus import SplitSettings, embed_corpus
+
+    spec = CorpusSpec(path=corpus_path, format=corpus_format, text_columns=tuple(text_columns),
+                      label_column=label_column, id_column=id_column, header=header,
+                      strip_headers=strip_headers, label_names_file=label_names_file)
+    settings = EmbedSettings(max_len=max_len, padding=padding, truncating=truncating, oov=oov,
+                             dtype=dtype, seed=seed)
+    summary = embed_corpus(spec, vectors_path, out, settings=settings,
+                           split=SplitSettings(val_frac=val_frac, test_frac=test_frac, seed=seed),
+                           vectors_member=vectors_member, vectors_format=vectors_format,
+                           chunk_docs=chunk_docs, workers=workers, overwrite=overwrite,
+                           progress=not quiet, cache_dir=cache_dir)
+    click.echo(summary.line())
+
+
+@main.command("info")
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the attributes as JSON.")
+@_friendly
+def info_cmd(store, as_json):
+    """Describe a store: its shape, vectors, tokenizer, labels and state.
+
+    \b
+    Example:
+      embcache info news20.zarr --json
+    """
+    from jobs.info import describe_store
+
+    info = describe_store(store)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+    else:
+        from jobs.info import format_info
+
+        click.echo(format_info(info))
+
+
+if __name__ == "__main__":
+    main()

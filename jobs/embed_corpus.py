@@ -1,0 +1,284 @@
+"""The embed-corpus job: tokenize a corpus once and write its embedded sequences to a store.
+
+Memory is bounded by ``(workers * 2 + 1)`` blocks in flight, each one chunk of documents: the
+corpus streams through (see :mod:`cache.corpus`) and is never held whole, and the vectors are
+memory-mapped from the parse cache.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from cache import __version__
+from cache.corpus import CorpusSpec, Document, iter_documents, label_mapper, scan_corpus
+from cache.embed import DTYPES, OOV_POLICIES, PADDINGS, BlockWriter, EmbedSettings, oov_vector
+from cache.errors import CorpusError, EmbcacheError, StoreError
+from cache.store import (
+    SPLIT_NAMES,
+    assign_split,
+    auto_chunk_docs,
+    bytes_on_disk,
+    create_store,
+    read_chunk_stats,
+    remove_store,
+    store_state,
+)
+from cache.vectors import load_vectors
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    val_frac: float = 0.1
+    test_frac: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class EmbedSummary:
+    store: str
+    docs: int
+    tokens: int
+    oov_tokens: int
+    bytes_on_disk: int | None
+    seconds: float
+    resumed_chunks: int
+    num_chunks: int
+
+    @property
+    def oov_rate(self) -> float:
+        return self.oov_tokens / self.tokens if self.tokens else 0.0
+
+    def line(self) -> str:
+        size = f"{self.bytes_on_disk / 1e6:,.1f} MB on disk" if self.bytes_on_disk is not None else ""
+        resumed = f", resumed {self.resumed_chunks} of {self.num_chunks} chunks" if self.resumed_chunks else ""
+        return (f"Embedded {self.docs:,} documents ({self.tokens:,} tokens, OOV rate "
+                f"{self.oov_rate:.2%}) into {self.store}: {size}, {self.seconds:.1f} s{resumed}")
+
+
+def validate_settings(settings: EmbedSettings, split: SplitSettings, chunk_docs: int | None,
+                      workers: int) -> None:
+    def bad(name: str, expected: str, value) -> EmbcacheError:
+        return EmbcacheError(f"Invalid value for `{name}`. Expected {expected}. "
+                             f"Received: {name}={value!r}")
+
+    if settings.max_len < 1:
+        raise bad("max_len", "a positive integer", settings.max_len)
+    if settings.padding not in PADDINGS:
+        raise bad("padding", f"one of {PADDINGS}", settings.padding)
+    if settings.truncating not in PADDINGS:
+        raise bad("truncating", f"one of {PADDINGS}", settings.truncating)
+    if settings.oov not in OOV_POLICIES:
+        raise bad("oov", f"one of {OOV_POLICIES}", settings.oov)
+    if settings.dtype not in DTYPES:
+        raise bad("dtype", f"one of {DTYPES}", settings.dtype)
+    if not (0 <= split.val_frac < 1 and 0 <= split.test_frac < 1
+            and split.val_frac + split.test_frac < 1):
+        raise bad("val_frac + test_frac", "fractions in [0, 1) summing below 1",
+                  (split.val_frac, split.test_frac))
+    if chunk_docs is not None and chunk_docs < 1:
+        raise bad("chunk_docs", "a positive integer", chunk_docs)
+    if workers < 1:
+        raise bad("workers", "a positive integer", workers)
+
+
+def _corpus_identity(spec: CorpusSpec) -> dict:
+    """What identifies the corpus input for resuming: its options and the file's size and mtime."""
+    p = Path(spec.path)
+    st = p.stat()
+    return {**spec.to_dict(), "path": str(p.resolve()), "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns}
+
+
+def _blocks(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
+    block: list[Document] = []
+    for doc in docs:
+        block.append(doc)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def embed_corpus(
+    corpus: CorpusSpec,
+    vectors_path: str,
+    out: str,
+    *,
+    settings: EmbedSettings = EmbedSettings(),
+    split: SplitSettings = SplitSettings(),
+    vectors_member: str | None = None,
+    vectors_format: str = "auto",
+    chunk_docs: int | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    cache_dir: str | None = None,
+) -> EmbedSummary:
+    """Embed ``corpus`` with the vectors at ``vectors_path`` into the store ``out``.
+
+    An incomplete store from an earlier run of the same command is resumed from its last
+    completed chunk; a complete one is only replaced with ``overwrite``.
+
+    Raises:
+        EmbcacheError (or a subclass): bad settings, vectors, corpus or output path.
+    """
+    t0 = time.perf_counter()
+    workers = workers or os.cpu_count() or 1
+    validate_settings(settings, split, chunk_docs, workers)
+    out = str(out)
+    state = store_state(out)
+    if state == "file":
+        raise StoreError(f"Output {out} is a file, not a store folder")
+    if state == "foreign":
+        raise StoreError(f"Output {out} exists and is not an embcache store; choose another path")
+    if state == "complete" and not overwrite:
+        raise StoreError(f"Store {out} already exists and is complete; pass --overwrite to rebuild it")
+
+    scan = scan_corpus(corpus)
+    table = load_vectors(vectors_path, member=vectors_member, fmt=vectors_format,
+                         cache_dir=cache_dir)
+    itemsize = np.dtype(settings.dtype).itemsize
+    chunk = chunk_docs or auto_chunk_docs(settings.max_len, table.dim, itemsize)
+    job = {
+        "corpus": _corpus_identity(corpus),
+        "vectors": table.fingerprint,
+        "settings": settings.to_dict(),
+        "split": vars(split),
+        "chunk_docs": chunk,
+    }
+    group = None
+    if state == "incomplete" and not overwrite:
+        group = _resumable(out, job)
+    elif state in ("incomplete", "complete"):
+        remove_store(out)
+    if group is None:
+        try:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"Cannot create output folder for {out}: {e.strerror}") from None
+        group = create_store(
+            out, num_docs=scan.num_docs, max_len=settings.max_len, dim=table.dim,
+            dtype=settings.dtype, chunk_docs=chunk, labelled=scan.label_names is not None,
+            attrs={
+                "label_names": scan.label_names,
+                "vectors": table.describe(),
+                "tokenizer": settings.tokenizer.to_dict(),
+                "padding": settings.padding,
+                "truncating": settings.truncating,
+                "oov": {"policy": settings.oov, "seed": settings.seed},
+                "split": {"names": list(SPLIT_NAMES), "val_frac": split.val_frac,
+                          "test_frac": split.test_frac, "seed": split.seed},
+                "corpus": {k: v for k, v in job["corpus"].items() if k != "mtime_ns"},
+                "strip_headers": corpus.strip_headers,
+                "job": job,
+                "embcache_version": __version__,
+            })
+    done = read_chunk_stats(group)[:, 0] >= 0
+    resumed = int(done.sum())
+    n_chunks = len(done)
+    to_label = label_mapper(corpus, scan.label_names) if scan.label_names else None
+    oov = oov_vector(table, settings)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=scan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
+               desc="embed-corpus", dynamic_ncols=True)
+    # Small jobs run in this process: spawning workers costs about a second each.
+    use_pool = workers > 1 and (n_chunks - resumed) > 2 * workers
+    pool = None
+    if use_pool:
+        from cache.embed import init_worker, write_block
+
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_worker, initargs=(out, table.cache_path, settings, oov))
+        submit = lambda *a: pool.submit(write_block, *a)  # noqa: E731
+    else:
+        writer = BlockWriter(out, table.cache_path, settings, oov)
+    pending: dict[Future, int] = {}
+    seen = 0
+    try:
+        for index, block in enumerate(_blocks(iter_documents(corpus), chunk)):
+            seen += len(block)
+            if index >= n_chunks:
+                raise CorpusError(f"Corpus {corpus.path} changed while it was being read")
+            if done[index]:
+                bar.update(len(block))
+                continue
+            ids = [d.doc_id for d in block]
+            labels = [to_label(d.label) for d in block] if to_label else None
+            args = (index, [d.text for d in block], ids, labels,
+                    assign_split(ids, split.val_frac, split.test_frac, split.seed))
+            if pool is None:
+                writer.write(*args)
+                bar.update(len(block))
+                continue
+            pending[submit(*args)] = len(block)
+            if len(pending) >= 2 * workers:  # bounded: at most 2 blocks queued per worker
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    f.result()
+                    bar.update(pending.pop(f))
+        for f in list(pending):
+            f.result()
+            bar.update(pending.pop(f))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    if seen != scan.num_docs:
+        raise CorpusError(f"Corpus {corpus.path} changed while it was being read "
+                          f"({scan.num_docs} documents counted, {seen} read)")
+    return _finish(out, group, t0, resumed)
+
+
+def _resumable(out: str, job: dict):
+    import zarr
+
+    try:
+        group = zarr.open_group(store=out, mode="r+")
+        previous = group.attrs.get("job")
+    except Exception:  # noqa: BLE001 - killed while creating: nothing worth keeping
+        previous = None
+        group = None
+    if previous is None:
+        remove_store(out)
+        return None
+    if previous != job:
+        changed = sorted(k for k in job if previous.get(k) != job[k])
+        raise StoreError(f"Store {out} is an incomplete run with different settings "
+                         f"({', '.join(changed)} differ); pass --overwrite to start again")
+    return group
+
+
+def _finish(out: str, group, t0: float, resumed: int) -> EmbedSummary:
+    stats = read_chunk_stats(group)
+    if (stats[:, 0] < 0).any():
+        raise StoreError(f"Store {out}: {(stats[:, 0] < 0).sum()} chunks were not written")
+    totals = stats.sum(axis=0)
+    split_counts = np.bincount(group["split"][:], minlength=len(SPLIT_NAMES))  # 1 byte per doc
+    seconds = time.perf_counter() - t0
+    group.attrs.update({
+        "num_tokens": int(totals[1]),
+        "oov_tokens": int(totals[2]),
+        "oov_rate": float(totals[2] / totals[1]) if totals[1] else 0.0,
+        "kept_tokens": int(totals[3]),
+        "split_counts": {n: int(c) for n, c in zip(SPLIT_NAMES, split_counts)},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "complete": True,
+    })
+    return EmbedSummary(store=out, docs=int(totals[0]), tokens=int(totals[1]),
+                        oov_tokens=int(totals[2]), bytes_on_disk=bytes_on_disk(out),
+                        seconds=seconds, resumed_chunks=resumed, num_chunks=len(stats))

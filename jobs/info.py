@@ -1,0 +1,55 @@
+"""The info job: a store's attributes, for people (``format_info``) and programs (JSON)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cache.store import bytes_on_disk, open_store, read_chunk_stats
+
+
+def describe_store(url: str) -> dict[str, Any]:
+    """All attributes of a store (complete or not) plus its size on disk and chunk progress."""
+    store = open_store(url, require_complete=False)
+    info = {k: v for k, v in store.attrs.items() if k != "job"}
+    stats = read_chunk_stats(store.group)
+    info["chunks_written"] = int((stats[:, 0] >= 0).sum())
+    info["bytes_on_disk"] = bytes_on_disk(url)
+    info["store"] = str(url)
+    return info
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """A short human-readable description."""
+    vec = info.get("vectors", {})
+    tok = info.get("tokenizer", {})
+    labels = info.get("label_names")
+    state = "complete" if info.get("complete") else (
+        f"INCOMPLETE ({info['chunks_written']} of {info.get('num_chunks')} chunks written)")
+    size = info.get("bytes_on_disk")
+    lines = [
+        f"store        {info['store']} ({state})",
+        f"embedded     ({info['num_docs']:,}, {info['max_len']}, {info['dim']}) {info['dtype']}, "
+        f"{info['chunk_docs']} docs per chunk, {info['num_chunks']} chunks",
+        f"on disk      {size / 1e6:,.1f} MB" if size is not None else "on disk      (remote)",
+        f"vectors      {vec.get('source')} dim={vec.get('dim')} vocab={vec.get('vocab_size', 0):,} "
+        f"fingerprint={str(vec.get('fingerprint'))[:16]}",
+        f"tokenizer    {tok.get('name')} lower={tok.get('lower')} split={tok.get('split')!r}",
+        f"sequences    padding={info.get('padding')} truncating={info.get('truncating')} "
+        f"oov={info.get('oov', {}).get('policy')}",
+    ]
+    if "num_tokens" in info:
+        lines.append(f"tokens       {info['num_tokens']:,} (OOV rate {info['oov_rate']:.2%}, "
+                     f"{info['kept_tokens']:,} kept after truncation)")
+    if labels:
+        shown = ", ".join(labels[:8]) + (f", ... ({len(labels)} in all)" if len(labels) > 8 else "")
+        lines.append(f"labels       {shown}")
+    else:
+        lines.append("labels       none (unlabelled corpus)")
+    if "split_counts" in info:
+        lines.append("split        " + ", ".join(f"{k} {v:,}" for k, v in info["split_counts"].items()))
+    corpus = info.get("corpus", {})
+    lines.append(f"corpus       {corpus.get('path')} ({corpus.get('format')})")
+    if "created" in info:
+        lines.append(f"created      {info['created']} by embcache {info.get('embcache_version')} "
+                     f"in {info.get('seconds', 0):.1f} s")
+    return "\n".join(lines)

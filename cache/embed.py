@@ -120,33 +120,39 @@ class BlockEmbedder:
 class BlockWriter:
     """Embeds blocks and writes them into an existing store (one per process)."""
 
-    def __init__(self, store_url: str, table_path: str, settings: EmbedSettings,
-                 oov: np.ndarray | None):
-        import zarr
-
-        self.group = zarr.open_group(store=store_url, mode="r+")
+    def __init__(self, table_path: str, settings: EmbedSettings, oov: np.ndarray | None):
         self.embedder = BlockEmbedder(open_cached_table(table_path), settings, oov)
-        self.chunk_docs = int(self.group.attrs["chunk_docs"])
+        self._stores: dict[str, tuple[dict, int]] = {}
 
-    def write(self, chunk: int, texts: list[str], doc_ids: list[str],
+    def _open(self, store_url: str) -> tuple[dict, int]:
+        if store_url not in self._stores:
+            import zarr
+
+            group = zarr.open_group(store=store_url, mode="r+")
+            # Open each array once: looking one up re-reads its metadata document.
+            arrays = {name: group[name] for name in group.array_keys()}
+            self._stores[store_url] = arrays, int(group.attrs["chunk_docs"])
+        return self._stores[store_url]
+
+    def write(self, store_url: str, chunk: int, texts: list[str], doc_ids: list[str],
               labels: list[int] | None, split: np.ndarray) -> np.ndarray:
         """Write block ``chunk``; its ``chunk_stats`` row goes last (the commit marker).
 
         Returns:
             The stats row: docs, tokens, oov tokens, kept tokens.
         """
-        g, start = self.group, chunk * self.chunk_docs
-        stop = start + len(texts)
+        arrays, chunk_docs = self._open(store_url)
+        region = slice(chunk * chunk_docs, chunk * chunk_docs + len(texts))
         result = self.embedder.embed(texts)
-        g["embedded"][start:stop] = result.embedded
-        g["lengths"][start:stop] = result.lengths
-        if labels is not None:
-            g["labels"][start:stop] = np.asarray(labels, dtype=np.int32)
-        g["doc_ids"][start:stop] = np.asarray(doc_ids, dtype=object)
-        g["split"][start:stop] = split
+        arrays["embedded"][region] = result.embedded
+        arrays["lengths"][region] = result.lengths
+        arrays["doc_ids"][region] = np.asarray(doc_ids, dtype=object)
+        arrays["split"][region] = split
+        if "labels" in arrays:
+            arrays["labels"][region] = np.asarray(labels, dtype=np.int32)
         stats = np.array([len(texts), result.tokens, result.oov_tokens,
                           int(result.lengths.sum())], dtype=np.int64)
-        g["chunk_stats"][chunk] = stats
+        arrays["chunk_stats"][chunk] = stats
         return stats
 
 
@@ -154,13 +160,12 @@ class BlockWriter:
 _WRITER: BlockWriter | None = None
 
 
-def init_worker(store_url: str, table_path: str, settings: EmbedSettings,
-                oov: np.ndarray | None) -> None:
+def init_worker(table_path: str, settings: EmbedSettings, oov: np.ndarray | None) -> None:
     global _WRITER
-    _WRITER = BlockWriter(store_url, table_path, settings, oov)
+    _WRITER = BlockWriter(table_path, settings, oov)
 
 
-def write_block(chunk: int, texts: list[str], doc_ids: list[str], labels: list[int] | None,
-                split: np.ndarray) -> np.ndarray:
+def write_block(store_url: str, chunk: int, texts: list[str], doc_ids: list[str],
+                labels: list[int] | None, split: np.ndarray) -> np.ndarray:
     assert _WRITER is not None, "init_worker was not called"
-    return _WRITER.write(chunk, texts, doc_ids, labels, split)
+    return _WRITER.write(store_url, chunk, texts, doc_ids, labels, split)

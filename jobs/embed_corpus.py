@@ -36,6 +36,9 @@ from cache.store import (
 from cache.vectors import load_vectors
 
 
+_POOL_MIN_BYTES = 2 << 20
+
+
 @dataclass(frozen=True)
 class SplitSettings:
     val_frac: float = 0.1
@@ -137,6 +140,8 @@ def embed_corpus(
     workers = workers or os.cpu_count() or 1
     validate_settings(settings, split, chunk_docs, workers)
     out = str(out)
+    if not Path(corpus.path).exists():
+        raise CorpusError(f"Corpus not found: {corpus.path}")
     state = store_state(out)
     if state == "file":
         raise StoreError(f"Output {out} is a file, not a store folder")
@@ -145,9 +150,35 @@ def embed_corpus(
     if state == "complete" and not overwrite:
         raise StoreError(f"Store {out} already exists and is complete; pass --overwrite to rebuild it")
 
-    scan = scan_corpus(corpus)
     table = load_vectors(vectors_path, member=vectors_member, fmt=vectors_format,
                          cache_dir=cache_dir)
+    oov = oov_vector(table, settings)
+    # Workers start (imports, vocabulary) while this process scans the corpus.
+    # Small corpora run in this process: spawning workers costs about a second.
+    use_pool = workers > 1 and (Path(corpus.path).is_dir()
+                                or Path(corpus.path).stat().st_size > _POOL_MIN_BYTES)
+    pool = _start_pool(workers, table.cache_path, settings, oov) if use_pool else None
+    try:
+        scan = scan_corpus(corpus)
+        return _embed(corpus, out, scan, table, oov, pool, state, t0, settings=settings,
+                      split=split, chunk_docs=chunk_docs, workers=workers, overwrite=overwrite,
+                      progress=progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_pool(workers: int, table_path: str, settings: EmbedSettings, oov) -> ProcessPoolExecutor:
+    from cache.embed import init_worker
+
+    return ProcessPoolExecutor(max_workers=workers,
+                               mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init_worker, initargs=(table_path, settings, oov))
+
+
+def _embed(corpus: CorpusSpec, out: str, scan, table, oov, pool, state: str, t0: float, *,
+           settings: EmbedSettings, split: SplitSettings, chunk_docs: int | None, workers: int,
+           overwrite: bool, progress: bool) -> EmbedSummary:
     itemsize = np.dtype(settings.dtype).itemsize
     chunk = chunk_docs or auto_chunk_docs(settings.max_len, table.dim, itemsize)
     job = {
@@ -188,24 +219,14 @@ def embed_corpus(
     resumed = int(done.sum())
     n_chunks = len(done)
     to_label = label_mapper(corpus, scan.label_names) if scan.label_names else None
-    oov = oov_vector(table, settings)
 
     from tqdm import tqdm
 
     bar = tqdm(total=scan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
                desc="embed-corpus", dynamic_ncols=True)
-    # Small jobs run in this process: spawning workers costs about a second each.
-    use_pool = workers > 1 and (n_chunks - resumed) > 2 * workers
-    pool = None
-    if use_pool:
-        from cache.embed import init_worker, write_block
+    from cache.embed import write_block
 
-        pool = ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_worker, initargs=(out, table.cache_path, settings, oov))
-        submit = lambda *a: pool.submit(write_block, *a)  # noqa: E731
-    else:
-        writer = BlockWriter(out, table.cache_path, settings, oov)
+    writer = BlockWriter(table.cache_path, settings, oov) if pool is None else None
     pending: dict[Future, int] = {}
     seen = 0
     try:
@@ -218,13 +239,13 @@ def embed_corpus(
                 continue
             ids = [d.doc_id for d in block]
             labels = [to_label(d.label) for d in block] if to_label else None
-            args = (index, [d.text for d in block], ids, labels,
+            args = (out, index, [d.text for d in block], ids, labels,
                     assign_split(ids, split.val_frac, split.test_frac, split.seed))
             if pool is None:
                 writer.write(*args)
                 bar.update(len(block))
                 continue
-            pending[submit(*args)] = len(block)
+            pending[pool.submit(write_block, *args)] = len(block)
             if len(pending) >= 2 * workers:  # bounded: at most 2 blocks queued per worker
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
@@ -234,8 +255,6 @@ def embed_corpus(
             f.result()
             bar.update(pending.pop(f))
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
     if seen != scan.num_docs:
         raise CorpusError(f"Corpus {corpus.path} changed while it was being read "

@@ -1,0 +1,80 @@
+# embcache: every target bootstraps .venv on first use. User choices pass through; the defaults
+# of the options themselves live in the `embcache` command (see `embcache COMMAND --help`).
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+DATA_DIR ?= data
+STORE    ?= news20.zarr
+MODEL    ?= cnn
+RUNS     ?= runs
+ARGS     ?=
+CORPUS   ?= $(DATA_DIR)/news20.tar.gz
+VECTORS  ?= $(DATA_DIR)/glove.6B.50d.txt.gz
+
+GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
+NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
+
+.PHONY: install embed-corpus info train score test check bench bench-embed bench-train bench-score data clean
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/.installed
+
+define need_data
+	@for f in $(1); do test -f $$f || { \
+	  echo "Missing $$f."; \
+	  echo "  Point DATA_DIR at a folder holding news20.tar.gz and glove.6B.50d.txt.gz, e.g."; \
+	  echo "    make $@ DATA_DIR=../shared/data"; \
+	  echo "  or download them into $(DATA_DIR)/ with: make data"; \
+	  echo "    ($(NEWS20_URL)"; \
+	  echo "     $(GLOVE_URL), member glove.6B.50d.txt)"; \
+	  exit 1; }; done
+endef
+
+embed-corpus: install
+	$(call need_data,$(CORPUS) $(VECTORS))
+	@if $(BIN)/embcache info $(STORE) --json 2>/dev/null | grep -q '"complete": true' \
+	    && ! echo "$(ARGS)" | grep -q -- --overwrite; then \
+	  echo "$(STORE) is already built (rebuild: make embed-corpus ARGS=--overwrite)"; \
+	else \
+	  $(BIN)/embcache embed-corpus --corpus $(CORPUS) --vectors $(VECTORS) --strip-headers \
+	    --out $(STORE) $(ARGS); \
+	fi
+	$(BIN)/embcache info $(STORE)
+
+info: install
+	$(BIN)/embcache info $(STORE)
+
+train: embed-corpus
+	$(BIN)/embcache train --store $(STORE) --model $(MODEL) --out $(RUNS)/$(MODEL) $(ARGS)
+
+score: install
+	$(BIN)/embcache score --models $(or $(MODELS),$(RUNS)/cnn) --input $(STORE) --split test \
+	  --out $(or $(OUT),predictions.csv) $(ARGS)
+
+data:
+	mkdir -p $(DATA_DIR)
+	test -f $(DATA_DIR)/news20.tar.gz || curl -fL -o $(DATA_DIR)/news20.tar.gz $(NEWS20_URL)
+	test -f $(DATA_DIR)/glove.6B.50d.txt.gz || { \
+	  curl -fL -o $(DATA_DIR)/glove.6B.zip $(GLOVE_URL) && \
+	  unzip -p $(DATA_DIR)/glove.6B.zip glove.6B.50d.txt | gzip > $(DATA_DIR)/glove.6B.50d.txt.gz; }
+
+test: install
+	DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest $(ARGS)
+
+check: install
+	$(BIN)/ruff check cache jobs models tests
+	DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest $(ARGS)
+
+bench: bench-embed
+
+bench-embed: install
+	$(call need_data,$(CORPUS) $(VECTORS))
+	$(BIN)/python -m jobs.bench.embed --corpus $(CORPUS) --vectors $(VECTORS) $(ARGS)
+
+clean:
+	rm -rf $(STORE) $(RUNS) bench-out .pytest_cache

@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny vectors and corpora built in tmp folders, and the real-data switch."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+WORDS = ["the", "cat", "sat", "on", "mat", "dog", "ran", "far", "away", "home", "is", "a",
+         "good", "bad", "day", "night", "sun", "moon", "star", "sky"]
+DIM = 8
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test parses vectors into its own session cache, never ~/.cache."""
+    monkeypatch.setenv("EMBCACHE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "vcache"))
+
+
+def write_vectors(path: Path, words=WORDS, dim=DIM, seed=0, header=False, trailing_space=False):
+    rng = np.random.default_rng(seed)
+    vecs = rng.normal(size=(len(words), dim)).astype(np.float32)
+    lines = [f"{len(words)} {dim}"] if header else []
+    for w, v in zip(words, vecs):
+        lines.append(w + " " + " ".join(f"{x:.6f}" for x in v) + (" " if trailing_space else ""))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {w: np.array([float(f"{x:.6f}") for x in v], dtype=np.float32) for w, v in zip(words, vecs)}
+
+
+@pytest.fixture(scope="session")
+def vectors_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vec") / "tiny.txt"
+    table = write_vectors(path)
+    return path, table
+
+
+def make_folder_corpus(root: Path, docs_per_label=12, labels=("neg", "pos"), seed=0,
+                       oov_words=("zzz", "qqq")) -> dict[str, list[str]]:
+    rng = random.Random(seed)
+    out: dict[str, list[str]] = {}
+    for label in labels:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(docs_per_label):
+            n = rng.randint(1, 30)
+            words = [rng.choice(WORDS + list(oov_words)) for _ in range(n)]
+            text = "Subject: hello\nFrom: x@y\n\n" + " ".join(w.capitalize() if j % 3 == 0 else w
+                                                            for j, w in enumerate(words)) + "."
+            (root / label / f"{i:03d}").write_text(text)
+            out.setdefault(label, []).append(text)
+    return out
+
+
+@pytest.fixture
+def folder_corpus(tmp_path):
+    root = tmp_path / "corpus"
+    make_folder_corpus(root)
+    return root
+
+
+def real_data_dir() -> Path:
+    """DATA_DIR holding the real files; skips outside CI when absent, fails in CI."""
+    d = Path(os.environ.get("DATA_DIR", "data"))
+    needed = ["glove.6B.50d.txt.gz", "news20.tar.gz", "ag_news_csv/test.csv"]
+    missing = [n for n in needed if not (d / n).exists()]
+    if missing:
+        msg = f"real data missing under DATA_DIR={d}: {', '.join(missing)}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg + " (required in CI)")
+        pytest.skip(msg)
+    return d

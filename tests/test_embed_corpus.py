@@ -1,0 +1,154 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from cache.corpus import CorpusSpec
+from cache.embed import EmbedSettings
+from cache.errors import StoreError
+from cache.store import open_store, store_state
+from cache.tokenize import make_tokenizer
+from jobs.embed_corpus import embed_corpus
+from tests.conftest import make_folder_corpus
+
+
+def expected_sequence(text, table, max_len, padding="pre", truncating="pre", oov=None):
+    toks = make_tokenizer()(text)
+    rows = [table.get(t, oov) for t in toks]
+    if len(rows) > max_len:
+        rows = rows[-max_len:] if truncating == "pre" else rows[:max_len]
+    pad = [np.zeros(8, np.float32)] * (max_len - len(rows))
+    rows = [np.zeros(8, np.float32) if r is None else r for r in rows]
+    return np.array(pad + rows if padding == "pre" else rows + pad, dtype=np.float32), len(rows)
+
+
+@pytest.mark.parametrize("padding, truncating", [("pre", "pre"), ("post", "post"), ("pre", "post")])
+def test_store_holds_keras_padded_sequences(tmp_path, folder_corpus, vectors_file, padding, truncating):
+    vec_path, table = vectors_file
+    out = tmp_path / "s.zarr"
+    settings = EmbedSettings(max_len=12, padding=padding, truncating=truncating, dtype="float32")
+    summary = embed_corpus(CorpusSpec(str(folder_corpus), strip_headers=True), str(vec_path),
+                           str(out), settings=settings, chunk_docs=5, workers=1, progress=False)
+    store = open_store(str(out), require_labels=True)
+    assert summary.docs == store.num_docs == 24
+    assert store.label_names == ["neg", "pos"]
+    emb, lengths = store.array("embedded")[:], store.array("lengths")[:]
+    ids, labels = store.array("doc_ids")[:], store.array("labels")[:]
+    for i, doc_id in enumerate(ids):
+        label, name = str(doc_id).split("/")
+        text = (folder_corpus / label / name).read_text()
+        text = text[text.find("\n\n"):]
+        seq, n = expected_sequence(text, table, 12, padding, truncating)
+        np.testing.assert_allclose(emb[i], seq, rtol=1e-6)
+        assert lengths[i] == n
+        assert labels[i] == ["neg", "pos"].index(label)
+    attrs = store.attrs
+    assert attrs["complete"] and attrs["padding"] == padding and attrs["truncating"] == truncating
+    assert attrs["vectors"]["dim"] == 8 and attrs["tokenizer"]["lower"] is True
+    assert 0 < attrs["oov_rate"] < 1 and attrs["num_tokens"] == summary.tokens
+    assert sum(attrs["split_counts"].values()) == 24
+
+
+@pytest.mark.parametrize("policy", ["zero", "unk", "mean"])
+def test_oov_policies(tmp_path, vectors_file, policy):
+    vec_path, table = vectors_file
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("cat zzz dog\n")
+    out = tmp_path / f"{policy}.zarr"
+    embed_corpus(CorpusSpec(str(corpus)), str(vec_path), str(out), workers=1, progress=False,
+                 settings=EmbedSettings(max_len=4, oov=policy, dtype="float32", seed=3))
+    emb = open_store(str(out)).array("embedded")[0]
+    np.testing.assert_array_equal(emb[0], 0)  # padding is always zeros
+    np.testing.assert_allclose(emb[1], table["cat"], rtol=1e-6)
+    oov = emb[2]
+    if policy == "zero":
+        np.testing.assert_array_equal(oov, 0)
+    elif policy == "mean":
+        np.testing.assert_allclose(oov, np.mean(list(table.values()), axis=0), rtol=1e-4, atol=1e-6)
+    else:
+        assert np.abs(oov).sum() > 0 and not any(np.allclose(oov, v) for v in table.values())
+    assert open_store(str(out)).attrs["oov_tokens"] == 1
+
+
+def test_float16_default_and_unlabelled_input(tmp_path, vectors_file):
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("the cat\nthe dog\n")
+    out = tmp_path / "u.zarr"
+    embed_corpus(CorpusSpec(str(corpus)), str(vectors_file[0]), str(out), workers=1, progress=False)
+    store = open_store(str(out))
+    assert store.array("embedded").dtype == np.float16
+    assert store.array("embedded").shape == (2, 1000, 8)
+    assert not store.labelled and "labels" not in store.group
+    with pytest.raises(StoreError, match="has no labels"):
+        open_store(str(out), require_labels=True)
+
+
+def test_complete_store_is_not_overwritten(tmp_path, folder_corpus, vectors_file):
+    out = tmp_path / "s.zarr"
+    args = (CorpusSpec(str(folder_corpus)), str(vectors_file[0]), str(out))
+    embed_corpus(*args, workers=1, progress=False, settings=EmbedSettings(max_len=5))
+    with pytest.raises(StoreError, match="already exists and is complete; pass --overwrite"):
+        embed_corpus(*args, workers=1, progress=False, settings=EmbedSettings(max_len=5))
+    embed_corpus(*args, workers=1, progress=False, overwrite=True, settings=EmbedSettings(max_len=6))
+    assert open_store(str(out)).max_len == 6
+
+
+def read_all(url):
+    g = zarr.open_group(str(url), mode="r")
+    return {name: g[name][:] for name in g.array_keys()}
+
+
+def assert_same_store(a, b):
+    ra, rb = read_all(a), read_all(b)
+    assert ra.keys() == rb.keys()
+    for k in ra:
+        np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def big_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("big") / "corpus"
+    make_folder_corpus(root, docs_per_label=300, labels=("a", "b", "c"))
+    return root
+
+
+def test_worker_count_does_not_change_the_store(tmp_path, big_corpus, vectors_file):
+    stores = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.zarr"
+        embed_corpus(CorpusSpec(str(big_corpus)), str(vectors_file[0]), str(out), workers=workers,
+                     chunk_docs=50, progress=False, settings=EmbedSettings(max_len=20))
+        stores.append(out)
+    assert_same_store(*stores)
+
+
+def test_kill_and_resume_gives_the_uninterrupted_store(tmp_path, big_corpus, vectors_file):
+    reference = tmp_path / "ref.zarr"
+    cmd = [sys.executable, "-m", "jobs.cli", "embed-corpus", "--corpus", str(big_corpus),
+           "--vectors", str(vectors_file[0]), "--max-len", "300", "--chunk-docs", "3",
+           "--workers", "1", "-q", "--oov", "unk"]
+    subprocess.run(cmd + ["--out", str(reference)], check=True, capture_output=True)
+    out = tmp_path / "killed.zarr"
+    proc = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    stats_dir = out / "chunk_stats" / "c"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if stats_dir.exists() and len(list(stats_dir.iterdir())) >= 20:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert store_state(str(out)) == "incomplete"
+    with pytest.raises(StoreError, match="is incomplete .* Rerun the same command to resume it"):
+        open_store(str(out))
+    done = subprocess.run(cmd + ["--out", str(out)], check=True, capture_output=True, text=True)
+    assert "resumed" in done.stdout
+    assert_same_store(reference, out)
+    assert open_store(str(out)).attrs["num_tokens"] == open_store(str(reference)).attrs["num_tokens"]

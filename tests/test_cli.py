@@ -1,0 +1,77 @@
+"""Every bad input gets one clear line and a non-zero exit code, never a traceback."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, list(map(str, args)))
+    return result.exit_code, result.output
+
+
+def embed_args(corpus, vectors, out, *extra):
+    return ("embed-corpus", "--corpus", corpus, "--vectors", vectors, "--out", out, "-q", *extra)
+
+
+def test_embed_and_info(tmp_path, folder_corpus, vectors_file):
+    out = tmp_path / "s.zarr"
+    code, text = run(*embed_args(folder_corpus, vectors_file[0], out, "--max-len", "10"))
+    assert code == 0, text
+    assert text.startswith("Embedded 24 documents (") and "OOV rate" in text
+    code, text = run("info", out)
+    assert code == 0 and "(24, 10, 8) float16" in text and "labels       neg, pos" in text
+    code, text = run("info", out, "--json")
+    info = json.loads(text)
+    assert info["complete"] is True and info["label_names"] == ["neg", "pos"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: (str(p / "missing"), None), "Error: Corpus not found: {p}/missing"),
+    (lambda p: ((p / "e").mkdir() or str(p / "e"), None), "Error: Corpus {p}/e holds no documents"),
+    (lambda p: (str(p / "c.csv"), "nocol"),
+     "Error: Text column 'nocol' does not exist in {p}/c.csv; its columns are: text, label"),
+    (lambda p: ((p / "x.tar.gz").write_bytes(b"\x1f\x8bjunkjunkjunk") and str(p / "x.tar.gz"), None),
+     "Error: Cannot read archive {p}/x.tar.gz:"),
+])
+def test_bad_corpus(tmp_path, vectors_file, make, message):
+    (tmp_path / "c.csv").write_text("text,label\nhello,a\n")
+    corpus, column = make(tmp_path)
+    extra = ("--text-column", column) if column else ()
+    code, text = run(*embed_args(corpus, vectors_file[0], tmp_path / "o.zarr", *extra))
+    assert code == 1
+    assert text.strip().splitlines() == [text.strip().splitlines()[0]]
+    assert text.startswith(message.format(p=tmp_path))
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_bad_vectors_and_outputs(tmp_path, folder_corpus, vectors_file):
+    bad = tmp_path / "v.txt"
+    bad.write_text("a 1 2\nb 1\n")
+    code, text = run(*embed_args(folder_corpus, bad, tmp_path / "o.zarr"))
+    assert (code, text.strip()) == (1, f"Error: {bad}, line 2: expected a word and 2 values, found 2 fields")
+    assert not (tmp_path / "o.zarr").exists()
+    code, text = run(*embed_args(folder_corpus, tmp_path / "none.txt", tmp_path / "o.zarr"))
+    assert (code, text.strip()) == (1, f"Error: Vectors file not found: {tmp_path}/none.txt")
+    afile = tmp_path / "file.zarr"
+    afile.write_text("x")
+    code, text = run(*embed_args(folder_corpus, vectors_file[0], afile))
+    assert (code, text.strip()) == (1, f"Error: Output {afile} is a file, not a store folder")
+    code, text = run(*embed_args(folder_corpus, vectors_file[0], tmp_path / "o.zarr", "--max-len", "0"))
+    assert (code, text.strip()) == (1, "Error: Invalid value for `max_len`. Expected a positive "
+                                       "integer. Received: max_len=0")
+    code, text = run(*embed_args(folder_corpus, vectors_file[0], tmp_path / "o.zarr", "--padding", "mid"))
+    assert code == 2 and "Invalid value for '--padding'" in text
+
+
+def test_info_refuses_what_is_not_a_store(tmp_path):
+    code, text = run("info", tmp_path / "nothing.zarr")
+    assert (code, text.strip()) == (1, f"Error: Store not found: {tmp_path}/nothing.zarr (build it "
+                                       "with `embcache embed-corpus`)")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "x").write_text("x")
+    code, text = run("info", tmp_path / "folder")
+    assert (code, text.strip()) == (1, f"Error: {tmp_path}/folder is not an embcache store")

@@ -1,0 +1,17 @@
+"""fastText-style baseline: masked mean of the word vectors and a small dense head."""
+
+import keras
+
+from models import register
+from models.layers import LengthMask, MaskedMean, head, inputs
+
+
+@register("fasttext")
+def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", hidden: int = 64,
+          dropout: float = 0.0):
+    ins = inputs(max_len, dim)
+    mask = LengthMask(max_len, padding)(ins["lengths"])
+    x = MaskedMean()(ins["embedded"], mask)
+    if hidden:
+        x = keras.layers.Dense(hidden, activation="relu")(x)
+    return keras.Model(ins, head(x, num_classes, dropout), name="fasttext")

@@ -1,0 +1,62 @@
+"""The contract every registered model keeps: build from a store's shape, train a step, save and
+load (safe mode) with identical predictions, and no Embedding layer."""
+
+import keras
+import numpy as np
+import pytest
+
+import models
+from cache.errors import ModelError
+
+MAX_LEN, DIM, CLASSES = 160, 8, 3
+
+
+def batch(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, MAX_LEN, n).astype("int32")
+    x = rng.normal(size=(n, MAX_LEN, DIM)).astype("float32")
+    for i, k in enumerate(lengths):
+        x[i, : MAX_LEN - k] = 0.0  # pre-padding
+    return {"embedded": x, "lengths": lengths}, rng.integers(0, CLASSES, n).astype("int32")
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_model_contract(name, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = models.build(name, max_len=MAX_LEN, dim=DIM, num_classes=CLASSES)
+    assert not any(isinstance(layer, keras.layers.Embedding) for layer in model.layers)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x, y = batch()
+    before = [w.copy() for w in model.get_weights()]
+    loss = model.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    probs = model.predict(x, verbose=0)
+    assert probs.shape == (6, CLASSES)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), probs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["bilstm", "gru", "fasttext", "transformer"])
+def test_padding_does_not_leak(name):
+    """Changing the values in padded positions must not change masked models' outputs."""
+    keras.utils.set_random_seed(0)
+    model = models.build(name, max_len=MAX_LEN, dim=DIM, num_classes=CLASSES)
+    x, _ = batch()
+    noisy = {"embedded": x["embedded"].copy(), "lengths": x["lengths"]}
+    for i, k in enumerate(x["lengths"]):
+        noisy["embedded"][i, : MAX_LEN - k] = 5.0
+    np.testing.assert_allclose(model.predict(x, verbose=0), model.predict(noisy, verbose=0),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_registry_errors():
+    with pytest.raises(ModelError, match="Unknown model 'nope'. Known models: bilstm, cnn, "
+                                         "fasttext, gru, kim_cnn, transformer"):
+        models.get("nope")
+    with pytest.raises(ModelError, match="Model 'gru' has no hyperparameter 'filters'"):
+        models.build("gru", max_len=10, dim=4, num_classes=2, filters=3)
+    assert models.hyperparameters("cnn")["filters"] == 128

@@ -131,5 +131,47 @@ def info_cmd(store, as_json):
         click.echo(format_info(info))
 
 
+@main.command("train")
+@click.option("--store", required=True, help="A complete, labelled store from embed-corpus.")
+@click.option("--model", "model_name", default="cnn", show_default=True,
+              help="A registered model: bilstm, cnn, fasttext, gru, kim_cnn, transformer.")
+@click.option("--out", default=None, help="Run folder [default: runs/MODEL].")
+@click.option("--epochs", default=10, show_default=True, type=int)
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--learning-rate", default=1e-3, show_default=True, type=float)
+@click.option("--patience", default=3, show_default=True, type=int,
+              help="Epochs without a better validation accuracy before stopping.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--shuffle-docs", default=2048, show_default=True, type=int,
+              help="In-memory shuffle buffer (documents), on top of per-epoch chunk shuffling.")
+@click.option("--param", "params", multiple=True,
+              help="Model hyperparameter as key=value (JSON value), e.g. --param filters=64.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@_friendly
+def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patience, seed,
+              shuffle_docs, params, quiet):
+    """Train an embedding-free Keras model by streaming a store.
+
+    \b
+    Example:
+      embcache train --store news20.zarr --model cnn --out runs/cnn
+    """
+    from jobs.train import TrainConfig, parse_hparams, quiet_tensorflow
+
+    quiet_tensorflow()
+    from jobs.train import train
+
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience),
+                        ("shuffle_docs", shuffle_docs)):
+        if value < 1:
+            raise click.BadParameter(f"must be a positive integer, got {value}",
+                                     param_hint=f"--{name.replace('_', '-')}")
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                         patience=patience, seed=seed, shuffle_docs=shuffle_docs)
+    summary = train(store, model_name, out or f"runs/{model_name}", config=config,
+                    hparams=parse_hparams(params), progress=not quiet)
+    click.echo(summary.line())
+
+
 if __name__ == "__main__":
     main()

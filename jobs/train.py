@@ -1,0 +1,208 @@
+"""The train job: stream a store into one registered model; leave a self-describing run folder.
+
+    <out>/model.keras   the best checkpoint (by validation accuracy); carries no word vectors
+    <out>/model.json    the model card: model, hyperparameters, the store's vectors fingerprint,
+                        tokenizer, max_len, dim, dtype, label names, metrics, timings
+    <out>/history.csv   per-epoch loss/accuracy for train and validation
+    <out>/curves.png    those curves plotted
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cache import __version__
+from cache.errors import EmbcacheError, StoreError
+from cache.store import open_store
+from cache.stream import make_dataset, plan_split
+
+CARD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    patience: int = 3
+    seed: int = 0
+    shuffle_docs: int = 2048
+
+
+@dataclass
+class TrainSummary:
+    out: str
+    model: str
+    epochs: int
+    best_epoch: int
+    metrics: dict = field(default_factory=dict)
+    samples_per_s: float = 0.0
+    model_bytes: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        m = self.metrics
+        test = f", test accuracy {m['test_accuracy']:.3f}" if "test_accuracy" in m else ""
+        return (f"Trained {self.model} for {self.epochs} epochs (best {self.best_epoch}): val "
+                f"accuracy {m['val_accuracy']:.3f}{test}, {self.samples_per_s:,.0f} samples/s, "
+                f"model {self.model_bytes / 1e6:.2f} MB -> {self.out} ({self.seconds:.0f} s)")
+
+
+def parse_hparams(pairs: tuple[str, ...] | list[str]) -> dict:
+    """``["filters=64", "widths=[3,4]"]`` -> ``{"filters": 64, "widths": [3, 4]}`` (JSON values)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise EmbcacheError(f"Invalid value for `--param`. Expected key=value. Received: {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+class _EpochTimer:
+    """Keras callback factory (built lazily so importing this module does not import Keras)."""
+
+    @staticmethod
+    def make():
+        import keras
+
+        class EpochTimer(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.seconds: list[float] = []
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self._t = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.seconds.append(time.perf_counter() - self._t)
+
+        return EpochTimer()
+
+
+def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig = TrainConfig(),
+          hparams: dict | None = None, progress: bool = True) -> TrainSummary:
+    """Train ``model_name`` on the store's train split, early-stopping on its val split.
+
+    Raises:
+        StoreError: incomplete, unlabelled or unknown-layout store, or an empty split.
+        ModelError: unknown model or hyperparameter.
+    """
+    t0 = time.perf_counter()
+    store = open_store(store_url, require_complete=True, require_labels=True)
+    import models
+
+    hp = {**models.hyperparameters(model_name), **(hparams or {})}
+    plans = {s: plan_split(store, s) for s in ("train", "val", "test")}
+    for s in ("train", "val"):
+        if plans[s].num_docs == 0:
+            raise StoreError(f"Store {store_url} has no {s} documents; rebuild it with "
+                             "--val-frac/--test-frac above 0")
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EmbcacheError(f"Cannot create run folder {out}: {e.strerror}") from None
+
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    model = models.build(model_name, max_len=store.max_len, dim=store.dim,
+                         num_classes=len(store.label_names), padding=store.attrs["padding"],
+                         **(hparams or {}))
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    train_ds = make_dataset(store, split="train", batch_size=config.batch_size, shuffle=True,
+                            seed=config.seed, shuffle_docs=config.shuffle_docs, plan=plans["train"])
+    val_ds = make_dataset(store, split="val", batch_size=config.batch_size, plan=plans["val"])
+    timer = _EpochTimer.make()
+    model_path = out / "model.keras"
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
+                                      restore_best_weights=True),
+        keras.callbacks.ModelCheckpoint(model_path, monitor="val_accuracy", mode="max",
+                                        save_best_only=True),
+        keras.callbacks.CSVLogger(out / "history.csv"),
+        timer,
+    ]
+    # Keras writes its progress bar to stdout; stdout is for results, so send it to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+                            callbacks=callbacks, verbose=1 if progress else 0)
+        metrics = {}
+        for split in ("val", "test"):
+            if plans[split].num_docs:
+                ds = make_dataset(store, split=split, batch_size=config.batch_size,
+                                  plan=plans[split])
+                loss, acc = model.evaluate(ds, verbose=0)
+                metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = float(loss), float(acc)
+    val_acc = history.history["val_accuracy"]
+    best_epoch = int(max(range(len(val_acc)), key=val_acc.__getitem__)) + 1
+    # The checkpoint holds the best epoch's weights; EarlyStopping restored the same in memory.
+    model.save(model_path)
+    samples_per_s = sorted(plans["train"].num_docs / s for s in timer.seconds)[len(timer.seconds) // 2]
+    seconds = time.perf_counter() - t0
+    card = {
+        "card_version": CARD_VERSION,
+        "model": model_name,
+        "hyperparameters": hp,
+        "training": {**asdict(config), "epochs_run": len(val_acc), "best_epoch": best_epoch,
+                     "seconds": round(seconds, 2), "samples_per_s": round(samples_per_s, 1),
+                     "train_docs": plans["train"].num_docs, "val_docs": plans["val"].num_docs},
+        "metrics": metrics,
+        "store": {"url": str(store_url), "num_docs": store.num_docs,
+                  "split": store.attrs.get("split")},
+        "vectors": store.attrs["vectors"],
+        "tokenizer": store.attrs["tokenizer"],
+        "max_len": store.max_len,
+        "dim": store.dim,
+        "dtype": store.attrs["dtype"],
+        "padding": store.attrs["padding"],
+        "truncating": store.attrs["truncating"],
+        "oov": store.attrs["oov"],
+        "strip_headers": store.attrs.get("strip_headers", False),
+        "label_names": store.label_names,
+        "model_bytes": model_path.stat().st_size,
+        "embcache_version": __version__,
+    }
+    (out / "model.json").write_text(json.dumps(card, indent=2))
+    plot_curves(history.history, out / "curves.png", title=f"{model_name} on {Path(store_url).name}")
+    return TrainSummary(out=str(out), model=model_name, epochs=len(val_acc), best_epoch=best_epoch,
+                        metrics=metrics, samples_per_s=samples_per_s,
+                        model_bytes=card["model_bytes"], seconds=seconds)
+
+
+def plot_curves(history: dict, path: Path, title: str) -> None:
+    """Loss and accuracy for train and validation, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = range(1, len(history["loss"]) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, history[key], "o-", label="train")
+        ax.plot(epochs, history[f"val_{key}"], "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ start-up chatter (set before TensorFlow is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,81 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cache.corpus import CorpusSpec
+from cache.embed import EmbedSettings
+from cache.store import open_store
+from cache.stream import make_dataset, plan_split
+from jobs.cli import main
+from jobs.embed_corpus import SplitSettings, embed_corpus
+from tests.conftest import make_folder_corpus
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, vectors_file):
+    root = tmp_path_factory.mktemp("train")
+    make_folder_corpus(root / "corpus", docs_per_label=60, labels=("a", "b", "c"))
+    out = root / "s.zarr"
+    embed_corpus(CorpusSpec(str(root / "corpus")), str(vectors_file[0]), str(out), workers=1,
+                 chunk_docs=16, progress=False, settings=EmbedSettings(max_len=160),
+                 split=SplitSettings(val_frac=0.2, test_frac=0.2))
+    return out
+
+
+def test_stream_covers_each_split_exactly_once(store):
+    s = open_store(str(store))
+    splits, ids = s.array("split")[:], s.array("lengths")[:]
+    for code, name in enumerate(("train", "val", "test")):
+        plan = plan_split(s, name)
+        ds = make_dataset(s, split=name, batch_size=7, shuffle=(name == "train"), seed=1)
+        got_lengths, n = [], 0
+        for features, labels in ds:
+            assert features["embedded"].dtype.name == "float32"
+            n += len(labels)
+            got_lengths += features["lengths"].numpy().tolist()
+        assert n == plan.num_docs == int((splits == code).sum())
+        assert sorted(got_lengths) == sorted(ids[splits == code].tolist())
+
+
+def test_shuffle_is_seeded(store):
+    s = open_store(str(store))
+
+    def order(seed):
+        return np.concatenate([f["lengths"].numpy() for f, _ in make_dataset(
+            s, split="train", batch_size=8, shuffle=True, seed=seed, shuffle_docs=16)])
+
+    assert np.array_equal(order(3), order(3))
+    assert not np.array_equal(order(3), order(4))
+
+
+def test_train_leaves_a_run_folder(store, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--store", str(store), "--model", "fasttext",
+                                       "--out", str(out), "--epochs", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Trained fasttext for 2 epochs")
+    card = json.loads((out / "model.json").read_text())
+    s = open_store(str(store))
+    assert card["vectors"]["fingerprint"] == s.attrs["vectors"]["fingerprint"]
+    assert card["label_names"] == ["a", "b", "c"] and card["max_len"] == 160
+    assert card["hyperparameters"]["hidden"] == 64 and "val_accuracy" in card["metrics"]
+    assert (out / "history.csv").read_text().count("\n") == 3
+    assert (out / "curves.png").stat().st_size > 1000
+    assert (out / "model.keras").stat().st_size < 200_000
+
+
+def test_train_refuses_bad_stores_and_models(store, tmp_path, vectors_file):
+    runner = CliRunner()
+    r = runner.invoke(main, ["train", "--store", str(store), "--model", "nope", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 1 and r.output.startswith("Error: Unknown model 'nope'. Known models: bilstm")
+    unlabelled = tmp_path / "u.zarr"
+    (tmp_path / "d.txt").write_text("the cat\n")
+    embed_corpus(CorpusSpec(str(tmp_path / "d.txt")), str(vectors_file[0]), str(unlabelled),
+                 workers=1, progress=False)
+    r = runner.invoke(main, ["train", "--store", str(unlabelled), "--out", str(tmp_path / "r")])
+    assert (r.exit_code, r.output.strip()) == (1, f"Error: Store {unlabelled} has no labels; "
+                                                  "training needs a labelled corpus")
+    r = runner.invoke(main, ["train", "--store", str(store), "--epochs", "0"])
+    assert r.exit_code == 2 and "--epochs" in r.output

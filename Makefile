@@ -70,7 +70,7 @@ check: install
 	$(BIN)/ruff check cache jobs models tests
 	DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest $(ARGS)
 
-bench: bench-embed
+bench: bench-embed bench-train
 
 bench-embed: install
 	$(call need_data,$(CORPUS) $(VECTORS))
@@ -78,3 +78,6 @@ bench-embed: install
 
 clean:
 	rm -rf $(STORE) $(RUNS) bench-out .pytest_cache
+
+bench-train: embed-corpus
+	$(BIN)/python -m jobs.bench.train --store $(STORE) --vectors $(VECTORS) $(ARGS)

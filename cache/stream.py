@@ -118,6 +118,9 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(shuffle_docs, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
+    # The size is known from the plan: tell tf.data, so Keras shows a full progress bar from the
+    # first epoch and never warns that the input "ran out of data".
+    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-plan.num_docs // batch_size)))
 
     def _to_model(x, lengths, labels):
         features = {"embedded": tf.cast(x, tf.float32), "lengths": lengths}

@@ -137,7 +137,8 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
     # Keras writes its progress bar to stdout; stdout is for results, so send it to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                            callbacks=callbacks, verbose=1 if progress else 0)
+                            callbacks=callbacks, verbose=1 if progress else 0,
+                            shuffle=False)  # the dataset shuffles itself
         metrics = {}
         for split in ("val", "test"):
             if plans[split].num_docs:

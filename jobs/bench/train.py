@@ -1,0 +1,175 @@
+"""``make bench-train``: training throughput from the store against three baselines, in one run.
+
+For each model (``cnn``, ``fasttext``), on the same sample of documents, each variant in its own
+child process (so peak RSS is its own):
+
+- embcache: streaming from the store on disk (``cache.stream.make_dataset``);
+- ceiling: the same model fed one constant in-memory float32 batch (pure compute);
+- keras: the same network behind a frozen Embedding layer over the sample's vocabulary, fed ids;
+- seed: the whole embedded sample as one float32 NumPy array passed to ``fit``.
+
+``--quality`` instead trains ``cnn`` on the full train split twice, from the store and the Keras
+way, with the same split, epochs and early stopping, and reports validation accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _sample_texts(store, doc_ids: set[str]) -> dict[str, str]:
+    """The original texts of ``doc_ids``, read again from the corpus recorded in the store."""
+    from cache.corpus import CorpusSpec, iter_documents
+
+    c = store.attrs["corpus"]
+    spec = CorpusSpec(path=c["path"], format=c["format"], text_columns=tuple(c["text_columns"]),
+                      label_column=c["label_column"], id_column=c["id_column"], header=c["header"],
+                      strip_headers=c["strip_headers"], label_names_file=c["label_names_file"])
+    return {d.doc_id: d.text for d in iter_documents(spec) if d.doc_id in doc_ids}
+
+
+def _timer():
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.t)
+
+    return EpochTimer()
+
+
+def _embedding_model(body, max_len: int, matrix: np.ndarray):
+    """``body`` (an embedding-free model) behind a frozen Embedding layer: the Keras way."""
+    import keras
+
+    ids = keras.Input(shape=(max_len,), dtype="int32", name="ids")
+    lengths = keras.Input(shape=(), dtype="int32", name="lengths")
+    emb = keras.layers.Embedding(matrix.shape[0], matrix.shape[1], trainable=False,
+                                 embeddings_initializer=keras.initializers.Constant(matrix))(ids)
+    return keras.Model({"ids": ids, "lengths": lengths}, body({"embedded": emb, "lengths": lengths}))
+
+
+def _token_ids(store, rows: np.ndarray, table):
+    """Token-id sequences over the sample's own vocabulary (id 0: padding and OOV, a zero row, as
+    in the store with ``--oov zero``) and the frozen embedding matrix."""
+    from cache.embed import BlockEmbedder, EmbedSettings
+
+    doc_ids = [str(x) for x in store.array("doc_ids")[:]]
+    wanted = [doc_ids[r] for r in rows]
+    texts = _sample_texts(store, set(wanted))
+    emb = BlockEmbedder(table, EmbedSettings(max_len=store.max_len), None)
+    L = store.max_len
+    seqs = np.zeros((len(rows), L), dtype=np.int32)
+    vocab: dict[int, int] = {}
+    for i, d in enumerate(wanted):
+        row = emb.token_ids(texts[d])  # OOV tokens keep their position as id 0 (a zero vector)
+        row = row[-L:] if store.attrs["truncating"] == "pre" else row[:L]
+        local = np.array([0 if r < 0 else vocab.setdefault(int(r), len(vocab) + 1) for r in row],
+                         dtype=np.int32)
+        if len(local):
+            seqs[i, L - len(local):] = local
+    matrix = np.zeros((len(vocab) + 1, table.dim), dtype=np.float32)
+    for r, j in vocab.items():
+        matrix[j] = table.vectors[r]
+    return seqs, matrix
+
+
+def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
+          batch_size: int) -> dict:
+    import keras
+    import tensorflow as tf
+
+    import models
+    from cache.store import open_store
+    from cache.stream import StreamPlan, make_dataset
+
+    store = open_store(store_url, require_labels=True)
+    n_chunks = -(-docs // store.chunk_docs)
+    rows = np.arange(min(docs, store.num_docs))
+    keras.utils.set_random_seed(0)
+    body = models.build(model_name, max_len=store.max_len, dim=store.dim,
+                        num_classes=len(store.label_names), padding=store.attrs["padding"])
+    labels = store.array("labels")[: len(rows)].astype(np.int32)
+    lengths = store.array("lengths")[: len(rows)].astype(np.int32)
+    if variant == "embcache":
+        plan = StreamPlan(chunks=np.arange(n_chunks), num_docs=len(rows))
+        data = make_dataset(store, split=None, batch_size=batch_size, shuffle=True, plan=plan)
+        model, fit_args = body, {"x": data}
+    elif variant == "ceiling":
+        x = store.array("embedded")[:batch_size].astype(np.float32)
+        batch = ({"embedded": x, "lengths": lengths[:batch_size]}, labels[:batch_size])
+        data = tf.data.Dataset.from_tensors(batch).repeat(len(rows) // batch_size)
+        model, fit_args = body, {"x": data}
+    elif variant == "seed":
+        x = np.concatenate([store.array("embedded")[i * store.chunk_docs:(i + 1) * store.chunk_docs]
+                            for i in range(n_chunks)])[: len(rows)].astype(np.float32)
+        model, fit_args = body, {"x": {"embedded": x, "lengths": lengths}, "y": labels,
+                                 "batch_size": batch_size}
+    else:  # keras
+        from cache.vectors import open_cached_table
+
+        table = open_cached_table(os.environ["EMBCACHE_BENCH_TABLE"])
+        seqs, matrix = _token_ids(store, rows, table)
+        model = _embedding_model(body, store.max_len, matrix)
+        fit_args = {"x": {"ids": seqs, "lengths": lengths}, "y": labels, "batch_size": batch_size}
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    timer = _timer()
+    model.fit(**fit_args, epochs=epochs, verbose=0, callbacks=[timer])
+    per_epoch = sorted(timer.seconds[1:])  # the first epoch includes tracing
+    return {"samples_per_s": len(rows) / per_epoch[len(per_epoch) // 2]}
+
+
+@click.command()
+@click.option("--store", "store_url", required=True, help="A store built by embed-corpus.")
+@click.option("--vectors", required=True, help="The vectors file the store was built with.")
+@click.option("--models", "model_names", default="cnn,fasttext", show_default=True)
+@click.option("--docs", default=2048, show_default=True, help="Documents in the sample.")
+@click.option("--epochs", default=4, show_default=True, help="Epochs per variant (first is warm-up).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--child-variant", default=None, hidden=True)
+def main(store_url, vectors, model_names, docs, epochs, batch_size, child_variant):
+    """Benchmark training throughput: store streaming vs ceiling, Keras way and seed way."""
+    if child_variant:
+        variant, model_name = child_variant.split(":")
+        click.echo(json.dumps(child(variant, model_name, store_url, docs, epochs, batch_size)))
+        return
+    from cache.vectors import load_vectors
+    from jobs.bench.common import run_measured, table
+
+    os.environ["EMBCACHE_BENCH_TABLE"] = load_vectors(vectors).cache_path
+    rows = []
+    for model_name in model_names.split(","):
+        results = {}
+        for variant in ("embcache", "ceiling", "keras", "seed"):
+            wall, rss, out = run_measured([sys.executable, "-m", "jobs.bench.train", "--store",
+                                           store_url, "--vectors", vectors, "--docs", str(docs),
+                                           "--epochs", str(epochs), "--batch-size",
+                                           str(batch_size), "--child-variant",
+                                           f"{variant}:{model_name}"], env=dict(os.environ))
+            results[variant] = (json.loads(out.strip().splitlines()[-1])["samples_per_s"], rss)
+        base = results["embcache"][0]
+        for variant, (sps, rss) in results.items():
+            rows.append([model_name, variant, f"{sps:,.0f}", f"{rss:,.0f}",
+                         f"{base / sps:.2f}x" if variant != "embcache" else ""])
+    click.echo(f"train benchmark: {docs:,} documents, batch {batch_size}, median epoch of "
+               f"{epochs - 1} after a warm-up epoch, {os.cpu_count()} cores")
+    click.echo(table(["model", "variant", "samples/s", "peak RSS MB", "embcache / variant"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -35,7 +35,6 @@ from cache.store import (
 )
 from cache.vectors import load_vectors
 
-
 _POOL_MIN_BYTES = 2 << 20
 
 

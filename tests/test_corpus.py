@@ -63,7 +63,8 @@ def test_csv_and_tsv_by_name(tmp_path):
 
 def test_jsonl_fields_and_unlabelled_lines(tmp_path):
     path = tmp_path / "d.jsonl"
-    rows = [{"id": 7, "title": "a", "body": "b c", "y": "pos"}, {"id": 8, "title": "d", "body": "e", "y": "neg"}]
+    rows = [{"id": 7, "title": "a", "body": "b c", "y": "pos"},
+            {"id": 8, "title": "d", "body": "e", "y": "neg"}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     spec = CorpusSpec(str(path), text_columns=("title", "body"), label_column="y", id_column="id")
     assert docs(spec) == [("7", "a b c", "pos"), ("8", "d e", "neg")]

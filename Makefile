@@ -14,7 +14,7 @@ VECTORS  ?= $(DATA_DIR)/glove.6B.50d.txt.gz
 GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
 NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
 
-.PHONY: install embed-corpus info train score test check bench bench-embed bench-train bench-score data clean
+.PHONY: install embed-corpus info train score test check bench bench-embed bench-train bench-quality data clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -81,3 +81,6 @@ clean:
 
 bench-train: embed-corpus
 	$(BIN)/python -m jobs.bench.train --store $(STORE) --vectors $(VECTORS) $(ARGS)
+
+bench-quality: install
+	$(BIN)/python -m jobs.bench.train --store $(STORE) --vectors $(VECTORS) --quality $(RUNS)/$(MODEL) $(ARGS)

@@ -120,6 +120,8 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
                             for i in range(n_chunks)])[: len(rows)].astype(np.float32)
         model, fit_args = body, {"x": {"embedded": x, "lengths": lengths}, "y": labels,
                                  "batch_size": batch_size}
+    elif variant == "quality":
+        return _quality_keras_way(store, body, epochs, batch_size)
     else:  # keras
         from cache.vectors import open_cached_table
 
@@ -134,6 +136,35 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
     return {"samples_per_s": len(rows) / per_epoch[len(per_epoch) // 2]}
 
 
+def _quality_keras_way(store, body, epochs: int, batch_size: int) -> dict:
+    """Train ``body`` the original Keras way (frozen Embedding over the corpus vocabulary, token
+    ids) on the store's train split, early-stopping on its val split exactly as ``train`` does."""
+    import keras
+
+    from cache.vectors import open_cached_table
+    from jobs.train import TrainConfig
+
+    cfg = TrainConfig()
+    table = open_cached_table(os.environ["EMBCACHE_BENCH_TABLE"])
+    rows = np.arange(store.num_docs)
+    seqs, matrix = _token_ids(store, rows, table)
+    split = store.array("split")[:]
+    labels = store.array("labels")[:].astype(np.int32)
+    lengths = store.array("lengths")[:].astype(np.int32)
+    model = _embedding_model(body, store.max_len, matrix)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    tr, va = split == 0, split == 1
+    hist = model.fit({"ids": seqs[tr], "lengths": lengths[tr]}, labels[tr],
+                     validation_data=({"ids": seqs[va], "lengths": lengths[va]}, labels[va]),
+                     epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[
+                         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                                       patience=cfg.patience,
+                                                       restore_best_weights=True)])
+    return {"val_accuracy": max(hist.history["val_accuracy"]),
+            "epochs_run": len(hist.history["val_accuracy"]), "vocab": int(matrix.shape[0])}
+
+
 @click.command()
 @click.option("--store", "store_url", required=True, help="A store built by embed-corpus.")
 @click.option("--vectors", required=True, help="The vectors file the store was built with.")
@@ -141,9 +172,27 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
 @click.option("--docs", default=2048, show_default=True, help="Documents in the sample.")
 @click.option("--epochs", default=4, show_default=True, help="Epochs per variant (first is warm-up).")
 @click.option("--batch-size", default=32, show_default=True)
+@click.option("--quality", "quality_run", default=None,
+              help="Instead of throughput: train cnn the Keras way for this many epochs and compare "
+                   "with the run folder given (e.g. runs/cnn).")
 @click.option("--child-variant", default=None, hidden=True)
-def main(store_url, vectors, model_names, docs, epochs, batch_size, child_variant):
+def main(store_url, vectors, model_names, docs, epochs, batch_size, quality_run, child_variant):
     """Benchmark training throughput: store streaming vs ceiling, Keras way and seed way."""
+    if quality_run:
+        from cache.vectors import load_vectors
+
+        os.environ["EMBCACHE_BENCH_TABLE"] = load_vectors(vectors).cache_path
+        card = json.loads(open(os.path.join(quality_run, "model.json")).read())
+        keras_way = child("quality", card["model"], store_url, docs, card["training"]["epochs"],
+                          card["training"]["batch_size"])
+        click.echo(f"{card['model']}, same split, up to {card['training']['epochs']} epochs, early "
+                   f"stopping patience {card['training']['patience']}:")
+        click.echo(f"| way | best val accuracy | epochs run |\n|---|---|---|\n"
+                   f"| embcache (streamed from the store, {quality_run}) | "
+                   f"{max_val(quality_run):.4f} | {card['training']['epochs_run']} |\n"
+                   f"| Keras way (frozen Embedding over {keras_way['vocab']:,} words, token ids) | "
+                   f"{keras_way['val_accuracy']:.4f} | {keras_way['epochs_run']} |")
+        return
     if child_variant:
         variant, model_name = child_variant.split(":")
         click.echo(json.dumps(child(variant, model_name, store_url, docs, epochs, batch_size)))
@@ -169,6 +218,13 @@ def main(store_url, vectors, model_names, docs, epochs, batch_size, child_varian
     click.echo(f"train benchmark: {docs:,} documents, batch {batch_size}, median epoch of "
                f"{epochs - 1} after a warm-up epoch, {os.cpu_count()} cores")
     click.echo(table(["model", "variant", "samples/s", "peak RSS MB", "embcache / variant"], rows))
+
+
+def max_val(run: str) -> float:
+    import csv
+
+    with open(os.path.join(run, "history.csv")) as f:
+        return max(float(r["val_accuracy"]) for r in csv.DictReader(f))
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ class BlockResult:
     lengths: np.ndarray  # (n,) int32
     tokens: int
     oov_tokens: int
+    rows_used: np.ndarray  # unique vector rows of the block's in-vocabulary tokens
 
 
 class BlockEmbedder:
@@ -96,8 +97,10 @@ class BlockEmbedder:
         ids = np.full((n, max_len), _PAD, dtype=np.int64)
         lengths = np.zeros(n, dtype=np.int32)
         tokens = oov = 0
+        used = []
         for i, text in enumerate(texts):
             row = self.token_ids(text)
+            used.append(row)
             tokens += len(row)
             oov += int(np.count_nonzero(row == _OOV))
             if len(row) > max_len:  # Keras pad_sequences: "pre" drops from the start
@@ -114,7 +117,13 @@ class BlockEmbedder:
         out[known] = self.vectors[ids[known]]  # one gather per block, cast on assignment
         if self.oov is not None:
             out[ids == _OOV] = self.oov
-        return BlockResult(out, lengths, tokens, oov)
+        rows_used = np.unique(np.concatenate(used)) if used else np.zeros(0, np.int64)
+        return BlockResult(out, lengths, tokens, oov, rows_used[rows_used >= 0])
+
+    def rows_used(self, texts: list[str]) -> np.ndarray:
+        """The vector rows a block's in-vocabulary tokens use (to rebuild vocabulary counts)."""
+        ids = np.unique(np.concatenate([self.token_ids(t) for t in texts]))
+        return ids[ids >= 0]
 
 
 class BlockWriter:
@@ -135,11 +144,11 @@ class BlockWriter:
         return self._stores[store_url]
 
     def write(self, store_url: str, chunk: int, texts: list[str], doc_ids: list[str],
-              labels: list[int] | None, split: np.ndarray) -> np.ndarray:
+              labels: list[int] | None, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Write block ``chunk``; its ``chunk_stats`` row goes last (the commit marker).
 
         Returns:
-            The stats row: docs, tokens, oov tokens, kept tokens.
+            The stats row (docs, tokens, oov tokens, kept tokens) and the vector rows used.
         """
         arrays, chunk_docs = self._open(store_url)
         region = slice(chunk * chunk_docs, chunk * chunk_docs + len(texts))
@@ -153,7 +162,7 @@ class BlockWriter:
         stats = np.array([len(texts), result.tokens, result.oov_tokens,
                           int(result.lengths.sum())], dtype=np.int64)
         arrays["chunk_stats"][chunk] = stats
-        return stats
+        return stats, result.rows_used
 
 
 # One writer per worker process (spawned, never forked: zarr-python 3 can deadlock after fork).
@@ -166,6 +175,6 @@ def init_worker(table_path: str, settings: EmbedSettings, oov: np.ndarray | None
 
 
 def write_block(store_url: str, chunk: int, texts: list[str], doc_ids: list[str],
-                labels: list[int] | None, split: np.ndarray) -> np.ndarray:
+                labels: list[int] | None, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     assert _WRITER is not None, "init_worker was not called"
     return _WRITER.write(store_url, chunk, texts, doc_ids, labels, split)

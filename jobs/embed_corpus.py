@@ -21,7 +21,15 @@ import numpy as np
 
 from cache import __version__
 from cache.corpus import CorpusSpec, Document, iter_documents, label_mapper, scan_corpus
-from cache.embed import DTYPES, OOV_POLICIES, PADDINGS, BlockWriter, EmbedSettings, oov_vector
+from cache.embed import (
+    DTYPES,
+    OOV_POLICIES,
+    PADDINGS,
+    BlockEmbedder,
+    BlockWriter,
+    EmbedSettings,
+    oov_vector,
+)
 from cache.errors import CorpusError, EmbcacheError, StoreError
 from cache.store import (
     SPLIT_NAMES,
@@ -226,6 +234,10 @@ def _embed(corpus: CorpusSpec, out: str, scan, table, oov, pool, state: str, t0:
     from cache.embed import write_block
 
     writer = BlockWriter(table.cache_path, settings, oov) if pool is None else None
+    # Which vector rows the corpus uses: its vocabulary size is what a frozen Embedding layer
+    # over "the corpus vocabulary" would hold (reported by train and score). One bit per word.
+    used = np.zeros(table.size, dtype=bool)
+    recount: BlockEmbedder | None = None
     pending: dict[Future, int] = {}
     seen = 0
     try:
@@ -233,7 +245,9 @@ def _embed(corpus: CorpusSpec, out: str, scan, table, oov, pool, state: str, t0:
             seen += len(block)
             if index >= n_chunks:
                 raise CorpusError(f"Corpus {corpus.path} changed while it was being read")
-            if done[index]:
+            if done[index]:  # resumed: only the vocabulary has to be recounted
+                recount = recount or BlockEmbedder(table, settings, oov)
+                used[recount.rows_used([d.text for d in block])] = True
                 bar.update(len(block))
                 continue
             ids = [d.doc_id for d in block]
@@ -241,24 +255,24 @@ def _embed(corpus: CorpusSpec, out: str, scan, table, oov, pool, state: str, t0:
             args = (out, index, [d.text for d in block], ids, labels,
                     assign_split(ids, split.val_frac, split.test_frac, split.seed))
             if pool is None:
-                writer.write(*args)
+                used[writer.write(*args)[1]] = True
                 bar.update(len(block))
                 continue
             pending[pool.submit(write_block, *args)] = len(block)
             if len(pending) >= 2 * workers:  # bounded: at most 2 blocks queued per worker
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
-                    f.result()
+                    used[f.result()[1]] = True
                     bar.update(pending.pop(f))
         for f in list(pending):
-            f.result()
+            used[f.result()[1]] = True
             bar.update(pending.pop(f))
     finally:
         bar.close()
     if seen != scan.num_docs:
         raise CorpusError(f"Corpus {corpus.path} changed while it was being read "
                           f"({scan.num_docs} documents counted, {seen} read)")
-    return _finish(out, group, t0, resumed)
+    return _finish(out, group, t0, resumed, corpus_vocab_size=int(used.sum()))
 
 
 def _resumable(out: str, job: dict):
@@ -280,7 +294,7 @@ def _resumable(out: str, job: dict):
     return group
 
 
-def _finish(out: str, group, t0: float, resumed: int) -> EmbedSummary:
+def _finish(out: str, group, t0: float, resumed: int, corpus_vocab_size: int) -> EmbedSummary:
     stats = read_chunk_stats(group)
     if (stats[:, 0] < 0).any():
         raise StoreError(f"Store {out}: {(stats[:, 0] < 0).sum()} chunks were not written")
@@ -292,6 +306,7 @@ def _finish(out: str, group, t0: float, resumed: int) -> EmbedSummary:
         "oov_tokens": int(totals[2]),
         "oov_rate": float(totals[2] / totals[1]) if totals[1] else 0.0,
         "kept_tokens": int(totals[3]),
+        "corpus_vocab_size": corpus_vocab_size,
         "split_counts": {n: int(c) for n, c in zip(SPLIT_NAMES, split_counts)},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),

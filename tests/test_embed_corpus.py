@@ -73,6 +73,7 @@ def test_oov_policies(tmp_path, vectors_file, policy):
     else:
         assert np.abs(oov).sum() > 0 and not any(np.allclose(oov, v) for v in table.values())
     assert open_store(str(out)).attrs["oov_tokens"] == 1
+    assert open_store(str(out)).attrs["corpus_vocab_size"] == 2  # cat, dog
 
 
 def test_float16_default_and_unlabelled_input(tmp_path, vectors_file):
@@ -151,4 +152,5 @@ def test_kill_and_resume_gives_the_uninterrupted_store(tmp_path, big_corpus, vec
     done = subprocess.run(cmd + ["--out", str(out)], check=True, capture_output=True, text=True)
     assert "resumed" in done.stdout
     assert_same_store(reference, out)
-    assert open_store(str(out)).attrs["num_tokens"] == open_store(str(reference)).attrs["num_tokens"]
+    for key in ("num_tokens", "oov_tokens", "corpus_vocab_size"):
+        assert open_store(str(out)).attrs[key] == open_store(str(reference)).attrs[key]

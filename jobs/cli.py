@@ -28,6 +28,28 @@ def _friendly(fn):
     return wrapper
 
 
+def corpus_options(fn):
+    """The corpus-reading options shared by embed-corpus and score."""
+    options = [
+        click.option("--corpus-format", default="auto", show_default=True,
+                     type=click.Choice(["auto", "folder", "tar", "csv", "tsv", "jsonl", "lines"])),
+        click.option("--text-column", "text_columns", multiple=True,
+                     help="CSV/TSV column (name or 0-based index) or JSON field holding text; "
+                          "repeat to join several. JSON default: text."),
+        click.option("--label-column", default=None,
+                     help="CSV/TSV column or JSON field of the label."),
+        click.option("--id-column", default=None,
+                     help="CSV/TSV column or JSON field of the document id."),
+        click.option("--header/--no-header", default=True, show_default=True,
+                     help="Whether the CSV/TSV file starts with a header row."),
+        click.option("--label-names", "label_names_file", default=None,
+                     help="File naming labels 1..K, one per line (e.g. AG News classes.txt)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="embcache")
 def main() -> None:
@@ -40,17 +62,7 @@ def main() -> None:
 @click.option("--vectors", "vectors_path", required=True,
               help="GloVe .txt/.txt.gz/.zip, word2vec .txt/.bin or fastText .vec file.")
 @click.option("--out", required=True, help="The store to write (a folder, e.g. news20.zarr).")
-@click.option("--corpus-format", default="auto", show_default=True,
-              type=click.Choice(["auto", "folder", "tar", "csv", "tsv", "jsonl", "lines"]))
-@click.option("--text-column", "text_columns", multiple=True,
-              help="CSV/TSV column (name or 0-based index) or JSON field holding text; repeat "
-                   "to join several. JSON default: text.")
-@click.option("--label-column", default=None, help="CSV/TSV column or JSON field of the label.")
-@click.option("--id-column", default=None, help="CSV/TSV column or JSON field of the document id.")
-@click.option("--header/--no-header", default=True, show_default=True,
-              help="Whether the CSV/TSV file starts with a header row.")
-@click.option("--label-names", "label_names_file", default=None,
-              help="File naming labels 1..K, one per line (e.g. AG News classes.txt).")
+@corpus_options
 @click.option("--strip-headers", is_flag=True,
               help="Drop everything before the first blank line (Usenet headers), as the Keras "
                    "20 Newsgroups example does.")
@@ -170,6 +182,62 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
                          patience=patience, seed=seed, shuffle_docs=shuffle_docs)
     summary = train(store, model_name, out or f"runs/{model_name}", config=config,
                     hparams=parse_hparams(params), progress=not quiet)
+    click.echo(summary.line())
+
+
+@main.command("score")
+@click.option("--models", "model_dirs", required=True,
+              help="Comma-separated run folders from `embcache train`, e.g. runs/cnn,runs/bilstm.")
+@click.option("--input", "input_path", required=True,
+              help="A store, or raw documents: folder, .tar.gz, .csv/.tsv, .jsonl, .txt.")
+@click.option("--out", default="predictions.csv", show_default=True,
+              help="Predictions file: .csv, .jsonl or .parquet.")
+@click.option("--vectors", "vectors_path", default=None,
+              help="The vectors file the models were trained with (raw input only).")
+@click.option("--split", default=None, type=click.Choice(["train", "val", "test"]),
+              help="Score only this split of a store [default: every document].")
+@click.option("--top-k", default=1, show_default=True, type=int,
+              help="Labels and probabilities per model and document.")
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--keep-store", default=None,
+              help="Keep the scoring store of raw input here (default: a temporary one).")
+@click.option("--metrics-dir", default=None,
+              help="Where metrics.json and confusion_<model>.png go [default: beside --out].")
+@corpus_options
+@click.option("--cache-dir", default=None, envvar="EMBCACHE_CACHE_DIR",
+              help="Where parsed vectors are cached [default: ~/.cache/embcache].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_friendly
+def score_cmd(model_dirs, input_path, out, vectors_path, split, top_k, batch_size, keep_store,
+              metrics_dir, corpus_format, text_columns, label_column, id_column, header,
+              label_names_file, cache_dir, quiet):
+    """Batch-classify documents with many models sharing one embedding pass.
+
+    \b
+    Example (the held-out test split of a store, two models):
+      embcache score --models runs/cnn,runs/fasttext --input news20.zarr --split test \\
+          --out predictions.csv
+    """
+    from jobs.train import quiet_tensorflow
+
+    quiet_tensorflow()
+    from cache.corpus import CorpusSpec
+    from jobs.score import dump_metrics_table, score
+
+    if top_k < 1:
+        raise click.BadParameter(f"must be a positive integer, got {top_k}", param_hint="--top-k")
+    if batch_size < 1:
+        raise click.BadParameter(f"must be a positive integer, got {batch_size}",
+                                 param_hint="--batch-size")
+    spec = CorpusSpec(path=input_path, format=corpus_format, text_columns=tuple(text_columns),
+                      label_column=label_column, id_column=id_column, header=header,
+                      label_names_file=label_names_file)
+    summary = score([d for d in model_dirs.split(",") if d], input_path, out, corpus=spec,
+                    vectors_path=vectors_path, split=split, top_k=top_k, batch_size=batch_size,
+                    keep_store=keep_store, metrics_dir=metrics_dir, progress=not quiet,
+                    cache_dir=cache_dir)
+    if summary.metrics:
+        click.echo(dump_metrics_table(summary.metrics))
     click.echo(summary.line())
 
 

@@ -21,8 +21,7 @@ from cache import __version__
 from cache.errors import EmbcacheError, StoreError
 from cache.store import open_store
 from cache.stream import make_dataset, plan_split
-
-CARD_VERSION = 1
+from jobs.runs import CARD_VERSION, MODEL_FILE, write_card
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,7 @@ class TrainSummary:
     metrics: dict = field(default_factory=dict)
     samples_per_s: float = 0.0
     model_bytes: int = 0
+    keras_way_bytes: int = 0
     seconds: float = 0.0
 
     def line(self) -> str:
@@ -51,7 +51,8 @@ class TrainSummary:
         test = f", test accuracy {m['test_accuracy']:.3f}" if "test_accuracy" in m else ""
         return (f"Trained {self.model} for {self.epochs} epochs (best {self.best_epoch}): val "
                 f"accuracy {m['val_accuracy']:.3f}{test}, {self.samples_per_s:,.0f} samples/s, "
-                f"model {self.model_bytes / 1e6:.2f} MB -> {self.out} ({self.seconds:.0f} s)")
+                f"model {self.model_bytes / 1e6:.2f} MB (with a frozen Embedding: "
+                f"{self.keras_way_bytes / 1e6:.2f} MB) -> {self.out} ({self.seconds:.0f} s)")
 
 
 def parse_hparams(pairs: tuple[str, ...] | list[str]) -> dict:
@@ -125,7 +126,7 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
                             seed=config.seed, shuffle_docs=config.shuffle_docs, plan=plans["train"])
     val_ds = make_dataset(store, split="val", batch_size=config.batch_size, plan=plans["val"])
     timer = _EpochTimer.make()
-    model_path = out / "model.keras"
+    model_path = out / MODEL_FILE
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
                                       restore_best_weights=True),
@@ -150,6 +151,13 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
     best_epoch = int(max(range(len(val_acc)), key=val_acc.__getitem__)) + 1
     # The checkpoint holds the best epoch's weights; EarlyStopping restored the same in memory.
     model.save(model_path)
+    from models.keras_way import embedding_model_bytes
+
+    vocab = store.attrs.get("corpus_vocab_size") or store.attrs["vectors"]["vocab_size"]
+    keras_way_bytes = embedding_model_bytes(
+        lambda: models.build(model_name, max_len=store.max_len, dim=store.dim,
+                             num_classes=len(store.label_names), padding=store.attrs["padding"],
+                             **(hparams or {})), vocab, store.dim, store.max_len)
     samples_per_s = sorted(plans["train"].num_docs / s for s in timer.seconds)[len(timer.seconds) // 2]
     seconds = time.perf_counter() - t0
     card = {
@@ -173,13 +181,16 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
         "strip_headers": store.attrs.get("strip_headers", False),
         "label_names": store.label_names,
         "model_bytes": model_path.stat().st_size,
+        "keras_way": {"vocab_size": vocab, "model_bytes": keras_way_bytes,
+                      "note": "the same network with a frozen Embedding over the corpus vocabulary"},
         "embcache_version": __version__,
     }
-    (out / "model.json").write_text(json.dumps(card, indent=2))
+    write_card(out, card)
     plot_curves(history.history, out / "curves.png", title=f"{model_name} on {Path(store_url).name}")
     return TrainSummary(out=str(out), model=model_name, epochs=len(val_acc), best_epoch=best_epoch,
                         metrics=metrics, samples_per_s=samples_per_s,
-                        model_bytes=card["model_bytes"], seconds=seconds)
+                        model_bytes=card["model_bytes"], keras_way_bytes=keras_way_bytes,
+                        seconds=seconds)
 
 
 def plot_curves(history: dict, path: Path, title: str) -> None:

@@ -22,6 +22,8 @@ import time
 import click
 import numpy as np
 
+from models.keras_way import with_frozen_embedding
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -51,17 +53,6 @@ def _timer():
             self.seconds.append(time.perf_counter() - self.t)
 
     return EpochTimer()
-
-
-def _embedding_model(body, max_len: int, matrix: np.ndarray):
-    """``body`` (an embedding-free model) behind a frozen Embedding layer: the Keras way."""
-    import keras
-
-    ids = keras.Input(shape=(max_len,), dtype="int32", name="ids")
-    lengths = keras.Input(shape=(), dtype="int32", name="lengths")
-    emb = keras.layers.Embedding(matrix.shape[0], matrix.shape[1], trainable=False,
-                                 embeddings_initializer=keras.initializers.Constant(matrix))(ids)
-    return keras.Model({"ids": ids, "lengths": lengths}, body({"embedded": emb, "lengths": lengths}))
 
 
 def _token_ids(store, rows: np.ndarray, table):
@@ -127,7 +118,7 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
 
         table = open_cached_table(os.environ["EMBCACHE_BENCH_TABLE"])
         seqs, matrix = _token_ids(store, rows, table)
-        model = _embedding_model(body, store.max_len, matrix)
+        model = with_frozen_embedding(body, store.max_len, matrix)
         fit_args = {"x": {"ids": seqs, "lengths": lengths}, "y": labels, "batch_size": batch_size}
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     timer = _timer()
@@ -151,7 +142,7 @@ def _quality_keras_way(store, body, epochs: int, batch_size: int) -> dict:
     split = store.array("split")[:]
     labels = store.array("labels")[:].astype(np.int32)
     lengths = store.array("lengths")[:].astype(np.int32)
-    model = _embedding_model(body, store.max_len, matrix)
+    model = with_frozen_embedding(body, store.max_len, matrix)
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     tr, va = split == 0, split == 1

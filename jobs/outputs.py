@@ -1,0 +1,66 @@
+"""Prediction writers (CSV, JSON Lines, Parquet), chosen by the output file's extension.
+
+Each takes column batches and appends them: nothing accumulates in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+from pathlib import Path
+
+from cache.errors import EmbcacheError
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+
+
+def output_format(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise EmbcacheError(f"Cannot tell the output format of {path}: use a .csv, .jsonl or "
+                            ".parquet file name")
+    return fmt
+
+
+@contextlib.contextmanager
+def open_writer(path: Path, fmt: str, columns: list[str]):
+    """Yield an object with ``write(cols: dict[str, list])``."""
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        class ParquetWriter:
+            writer = None
+
+            def write(self, cols):
+                table = pa.table({c: cols[c] for c in columns})
+                if self.writer is None:
+                    self.writer = pq.ParquetWriter(path, table.schema)
+                self.writer.write_table(table)
+
+        w = ParquetWriter()
+        try:
+            yield w
+        finally:
+            if w.writer is not None:
+                w.writer.close()
+        return
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        if fmt == "csv":
+            rows = csv.writer(f)
+            rows.writerow(columns)
+
+            class CsvWriter:
+                def write(self, cols):
+                    rows.writerows(zip(*(cols[c] for c in columns)))
+
+            yield CsvWriter()
+        else:
+
+            class JsonlWriter:
+                def write(self, cols):
+                    for values in zip(*(cols[c] for c in columns)):
+                        f.write(json.dumps(dict(zip(columns, values))) + "\n")
+
+            yield JsonlWriter()

@@ -1,0 +1,150 @@
+"""Run folders: the model card written by ``train`` and read back, verified, by ``score``.
+
+A card ties a model file to the store settings it was trained on. ``model_sha256`` makes the pair
+tamper-evident: a card edited by hand, or a model file swapped under it, is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cache.errors import ModelError
+
+CARD_VERSION = 1
+CARD_FILE = "model.json"
+MODEL_FILE = "model.keras"
+# What decides the embedded values a model expects: scoring input must match all of them.
+EMBEDDING_KEYS = ("vectors.fingerprint", "tokenizer", "max_len", "dim", "padding", "truncating",
+                  "oov", "strip_headers")
+_REQUIRED = ("card_version", "model", "label_names", "vectors", "tokenizer", "max_len", "dim",
+             "padding", "truncating", "oov", "model_sha256", "card_sha256")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def card_digest(card: dict[str, Any]) -> str:
+    """sha256 of the card's canonical JSON, without its own ``card_sha256`` field."""
+    body = {k: v for k, v in card.items() if k != "card_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_card(run_dir: Path, card: dict[str, Any]) -> None:
+    """Write ``model.json`` with the model file's and the card's own checksums."""
+    card = {**card, "model_sha256": file_sha256(run_dir / MODEL_FILE)}
+    card["card_sha256"] = card_digest(card)
+    (run_dir / CARD_FILE).write_text(json.dumps(card, indent=2))
+
+
+def embedding_settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """The subset of a card or store's attributes that decides the embedded values."""
+    out = {}
+    for key in EMBEDDING_KEYS:
+        value: Any = meta
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if key == "oov" and isinstance(value, dict):
+            value = {"policy": value.get("policy"), "seed": value.get("seed")}
+        if key == "strip_headers":
+            value = bool(value)
+        out[key] = value
+    return out
+
+
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two embedding settings."""
+    out = []
+    for key in EMBEDDING_KEYS:
+        if a.get(key) != b.get(key):
+            va, vb = a.get(key), b.get(key)
+            if key == "vectors.fingerprint":
+                va, vb = str(va)[:12], str(vb)[:12]
+            out.append(f"{key} {va!r} vs {vb!r}")
+    return out
+
+
+@dataclass
+class Run:
+    """A loaded run folder."""
+
+    path: Path
+    name: str
+    card: dict[str, Any]
+    model: Any
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.card["label_names"])
+
+
+def read_card(run_dir: str | Path) -> dict[str, Any]:
+    """Read and check a run folder's card and model file (without loading the model)."""
+    run = Path(run_dir)
+    card_path, model_path = run / CARD_FILE, run / MODEL_FILE
+    if not run.is_dir():
+        raise ModelError(f"Run folder not found: {run}")
+    if not card_path.is_file():
+        raise ModelError(f"{run} has no model card ({CARD_FILE}); train it with `embcache train`")
+    if not model_path.is_file():
+        raise ModelError(f"{run} has no model file ({MODEL_FILE})")
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"Model card {card_path} is not valid JSON ({e})") from None
+    missing = [k for k in _REQUIRED if not isinstance(card, dict) or k not in card]
+    if missing:
+        raise ModelError(f"Model card {card_path} lacks {', '.join(missing)}; it was not written "
+                         "by `embcache train` or has been edited")
+    if card["card_version"] != CARD_VERSION:
+        raise ModelError(f"Model card {card_path} has version {card['card_version']}; this "
+                         f"embcache reads version {CARD_VERSION}")
+    if card_digest(card) != card["card_sha256"]:
+        raise ModelError(f"Model card {card_path} was edited after training (its checksum does "
+                         "not match); retrain, or restore the card that train wrote")
+    if file_sha256(model_path) != card["model_sha256"]:
+        raise ModelError(f"{model_path} does not match its card (sha256 differs): the card or "
+                         "the model was changed after training")
+    return card
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read, verify and load a run folder; the model is loaded in Keras safe mode.
+
+    Raises:
+        ModelError: no card, a tampered or foreign card, or a model that needs unsafe loading.
+    """
+    card = read_card(run_dir)
+    run = Path(run_dir)
+    import keras
+
+    import models  # noqa: F401 - registers the custom layers that safe mode may deserialize
+
+    try:
+        model = keras.saving.load_model(run / MODEL_FILE, safe_mode=True, compile=False)
+    except ValueError as e:
+        if "unsafe" in str(e).lower() or "lambda" in str(e).lower():
+            raise ModelError(f"{run / MODEL_FILE} needs unsafe deserialization (e.g. a Lambda "
+                             "layer holding Python code); embcache loads models in safe mode "
+                             "only") from None
+        raise ModelError(f"{run / MODEL_FILE} cannot be loaded: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - a corrupt zip, a foreign file...
+        raise ModelError(f"{run / MODEL_FILE} cannot be loaded: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    shape = model.output_shape
+    embedded = next((i for i in model.inputs if i.name.startswith("embedded")), None)
+    if embedded is None or tuple(embedded.shape[1:]) != (card["max_len"], card["dim"]):
+        raise ModelError(f"{run / MODEL_FILE} does not take (max_len, dim) = "
+                         f"({card['max_len']}, {card['dim']}) embedded input as its card says")
+    if shape[-1] != len(card["label_names"]):
+        raise ModelError(f"{run / MODEL_FILE} predicts {shape[-1]} classes but its card names "
+                         f"{len(card['label_names'])} labels")
+    return Run(path=run, name=run.name, card=card, model=model)

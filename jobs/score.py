@@ -1,0 +1,277 @@
+"""The score job: many models, one embedding pass, one read of the store.
+
+Raw input is embedded once, with the vectors and tokenizer settings of the models' cards, into a
+scoring store (temporary, or kept). Then the store is streamed once: every batch goes through
+every model before the next batch is read, and its predictions are written out at once. Memory is
+bounded by one batch per model plus the prefetch queue, whatever the number of documents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cache.corpus import CorpusSpec
+from cache.errors import EmbcacheError, ModelError, StoreError
+from cache.store import open_store, store_state
+from jobs.metrics import Confusion, write_metrics
+from jobs.outputs import open_writer, output_format
+from jobs.runs import Run, differences, embedding_settings, load_run, read_card
+
+
+@dataclass
+class ScoreSummary:
+    out: str
+    docs: int
+    models: list[str]
+    seconds: float
+    metrics: dict = field(default_factory=dict)
+    kept_store: str | None = None
+
+    def line(self) -> str:
+        acc = ""
+        if self.metrics:
+            best = self.metrics.get("ensemble") or next(iter(self.metrics["models"].values()))
+            which = "ensemble" if "ensemble" in self.metrics else self.models[0]
+            acc = f"; {which} accuracy {best['accuracy']:.3f}, macro-F1 {best['macro_f1']:.3f}"
+        return (f"Scored {self.docs:,} documents with {len(self.models)} models "
+                f"({', '.join(self.models)}) in {self.seconds:.1f} s "
+                f"({self.docs / max(self.seconds, 1e-9):,.0f} docs/s) -> {self.out}{acc}")
+
+
+def check_compatible(runs: list[Run]) -> dict:
+    """All models must expect the same embedded values; returns those settings."""
+    first = embedding_settings(runs[0].card)
+    for run in runs[1:]:
+        diff = differences(first, embedding_settings(run.card))
+        if diff:
+            raise ModelError(f"Models {runs[0].name} and {run.name} were trained on differently "
+                             f"embedded data ({'; '.join(diff)}); score them separately")
+    return first
+
+
+def _model_names(runs: list[Run]) -> None:
+    seen: dict[str, int] = {}
+    for run in runs:
+        n = seen.get(run.name, 0)
+        seen[run.name] = n + 1
+        if n:
+            run.name = f"{run.name}_{n + 1}"
+
+
+def _ensemble_group(runs: list[Run]) -> list[Run]:
+    """Models sharing the first model's label set (the ensemble averages their probabilities)."""
+    group = [r for r in runs if r.label_names == runs[0].label_names]
+    return group if len(group) > 1 else []
+
+
+def score(
+    model_dirs: list[str],
+    input_path: str,
+    out: str,
+    *,
+    corpus: CorpusSpec | None = None,
+    vectors_path: str | None = None,
+    split: str | None = None,
+    top_k: int = 1,
+    batch_size: int = 64,
+    keep_store: str | None = None,
+    metrics_dir: str | None = None,
+    progress: bool = True,
+    cache_dir: str | None = None,
+) -> ScoreSummary:
+    """Score ``input_path`` (a store, or raw documents in ``corpus``'s format) with every model.
+
+    Raises:
+        ModelError: missing/tampered cards, unsafe models, incompatible models.
+        StoreError, CorpusError, VectorsError: bad input.
+        EmbcacheError: bad output path or options.
+    """
+    t0 = time.perf_counter()
+    if not model_dirs:
+        raise EmbcacheError("Invalid value for `--models`. Expected one or more run folders.")
+    out_path = Path(out)
+    fmt = output_format(out_path)
+    if not out_path.parent.is_dir():
+        raise EmbcacheError(f"Output folder {out_path.parent} does not exist (for --out {out})")
+    if top_k < 1:
+        raise EmbcacheError(f"Invalid value for `top_k`. Expected a positive integer. Received: top_k={top_k}")
+    for d in model_dirs:  # cheap checks first: a bad card fails before any model loads
+        read_card(d)
+    runs = [load_run(d) for d in model_dirs]
+    _model_names(runs)
+    expected = check_compatible(runs)
+
+    tmp_dir = None
+    if store_state(input_path) in ("complete", "incomplete"):
+        store = open_store(input_path, require_complete=True)
+        diff = differences(expected, embedding_settings(store.attrs))
+        if diff:
+            raise StoreError(f"Store {input_path} was embedded differently from what the models "
+                             f"expect ({'; '.join(diff)})")
+    else:
+        if vectors_path is None:
+            raise EmbcacheError(f"Scoring raw documents ({input_path}) needs --vectors: the file "
+                                f"the models were trained with ({runs[0].card['vectors']['source']})")
+        target = keep_store
+        if target is None:
+            tmp_dir = tempfile.mkdtemp(prefix="embcache-score-")
+            target = os.path.join(tmp_dir, "score.zarr")
+        store = _embed_input(runs[0].card, corpus or CorpusSpec(input_path), vectors_path, target,
+                             expected, progress, cache_dir)
+        split = None
+    try:
+        summary = _score_store(runs, store, out_path, fmt, split=split, top_k=top_k,
+                               batch_size=batch_size, metrics_dir=metrics_dir, progress=progress)
+    finally:
+        if tmp_dir:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    summary.seconds = time.perf_counter() - t0
+    summary.kept_store = keep_store
+    return summary
+
+
+def _embed_input(card: dict, corpus: CorpusSpec, vectors_path: str, target: str, expected: dict,
+                 progress: bool, cache_dir: str | None):
+    """Embed raw documents with exactly the card's settings; check the vectors fingerprint."""
+    from dataclasses import replace
+
+    from cache.embed import EmbedSettings
+    from cache.tokenize import TokenizerSettings
+    from cache.vectors import load_vectors
+    from jobs.embed_corpus import SplitSettings, embed_corpus
+
+    table = load_vectors(vectors_path, cache_dir=cache_dir)
+    if table.fingerprint != card["vectors"]["fingerprint"]:
+        raise ModelError(f"Vectors {vectors_path} (fingerprint {table.fingerprint[:12]}) are not "
+                         f"the ones the models were trained with ({card['vectors']['source']}, "
+                         f"fingerprint {card['vectors']['fingerprint'][:12]})")
+    settings = EmbedSettings(max_len=card["max_len"], padding=card["padding"],
+                             truncating=card["truncating"], oov=card["oov"]["policy"],
+                             seed=card["oov"]["seed"], dtype=card.get("dtype", "float16"),
+                             tokenizer=TokenizerSettings.from_dict(card["tokenizer"]))
+    corpus = replace(corpus, strip_headers=bool(card.get("strip_headers")))
+    embed_corpus(corpus, vectors_path, target, settings=settings,
+                 split=SplitSettings(val_frac=0.0, test_frac=0.0), overwrite=True,
+                 progress=progress, cache_dir=cache_dir)
+    return open_store(target)
+
+
+def _score_store(runs: list[Run], store, out_path: Path, fmt: str, *, split: str | None,
+                 top_k: int, batch_size: int, metrics_dir: str | None,
+                 progress: bool) -> ScoreSummary:
+    from tqdm import tqdm
+
+    from cache.stream import make_dataset, plan_split
+
+    plan = plan_split(store, split)
+    if plan.num_docs == 0:
+        raise StoreError(f"Store {store.url} has no documents"
+                         + (f" in the {split} split" if split else ""))
+    labelled = store.labelled
+    ensemble = _ensemble_group(runs)
+    confusions = {}
+    truth_maps = {}
+    if labelled:
+        names = store.label_names
+        for run in runs:
+            index = {n: i for i, n in enumerate(run.label_names)}
+            truth_maps[run.name] = np.array([index.get(n, -1) for n in names], dtype=np.int64)
+            confusions[run.name] = Confusion(run.label_names)
+        if ensemble:
+            confusions["ensemble"] = Confusion(ensemble[0].label_names)
+            truth_maps["ensemble"] = truth_maps[ensemble[0].name]
+    ds = make_dataset(store, split=split, batch_size=batch_size, with_labels=labelled, plan=plan)
+    doc_ids = store.array("doc_ids")
+    split_codes = store.array("split")
+    columns = ["doc_id"]
+    for name in [r.name for r in runs] + (["ensemble"] if ensemble else []):
+        for k in range(1, top_k + 1):
+            suffix = "" if k == 1 else f"_{k}"
+            columns += [f"{name}_label{suffix}", f"{name}_prob{suffix}"]
+    ids_iter = _doc_ids_in_order(doc_ids, split_codes, split, store)
+    bar = tqdm(total=plan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
+               desc="score", dynamic_ncols=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        with open_writer(tmp, fmt, columns) as writer, contextlib.redirect_stdout(sys.stderr):
+            for batch in ds:
+                features, labels = batch if labelled else (batch, None)
+                n = int(features["lengths"].shape[0])
+                ids = [next(ids_iter) for _ in range(n)]
+                cols: dict[str, list] = {"doc_id": ids}
+                probs = {}
+                for run in runs:
+                    p = np.asarray(run.model(features, training=False))
+                    probs[run.name] = p
+                    _add_topk(cols, run.name, p, run.label_names, top_k)
+                if ensemble:
+                    p = np.mean([probs[r.name] for r in ensemble], axis=0)
+                    probs["ensemble"] = p
+                    _add_topk(cols, "ensemble", p, ensemble[0].label_names, top_k)
+                if labelled:
+                    y = labels.numpy()
+                    for name, conf in confusions.items():
+                        conf.add(truth_maps[name][y], probs[name].argmax(axis=1))
+                writer.write(cols)
+                bar.update(n)
+        os.replace(tmp, out_path)  # atomic: a failed run leaves no partial predictions file
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    finally:
+        bar.close()
+    metrics = {}
+    if labelled:
+        metrics = write_metrics(confusions, Path(metrics_dir) if metrics_dir else out_path.parent,
+                                models=[r.name for r in runs])
+    return ScoreSummary(out=str(out_path), docs=plan.num_docs, models=[r.name for r in runs],
+                        seconds=0.0, metrics=metrics)
+
+
+def _doc_ids_in_order(doc_ids, split_codes, split: str | None, store):
+    """Document ids in stream order (the store's order, filtered by split), chunk by chunk."""
+    from cache.store import SPLIT_NAMES
+
+    c = store.chunk_docs
+    for start in range(0, store.num_docs, c):
+        ids = doc_ids[start:start + c]
+        if split is not None:
+            ids = ids[split_codes[start:start + c] == SPLIT_NAMES.index(split)]
+        yield from (str(i) for i in ids)
+
+
+def _add_topk(cols: dict, name: str, probs: np.ndarray, label_names: list[str], k: int) -> None:
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    for j in range(k):
+        suffix = "" if j == 0 else f"_{j + 1}"
+        idx = order[:, j] if j < probs.shape[1] else None
+        cols[f"{name}_label{suffix}"] = ([label_names[i] for i in idx] if idx is not None
+                                         else [""] * len(probs))
+        cols[f"{name}_prob{suffix}"] = (np.round(probs[np.arange(len(probs)), idx], 6).tolist()
+                                        if idx is not None else [None] * len(probs))
+
+
+def dump_metrics_table(metrics: dict) -> str:
+    rows = [("model", "accuracy", "macro-F1", "docs")]
+    entries = list(metrics.get("models", {}).items())
+    if "ensemble" in metrics:
+        entries.append(("ensemble", metrics["ensemble"]))
+    for name, m in entries:
+        rows.append((name, f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", f"{m['docs']:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def metrics_json(metrics: dict) -> str:
+    return json.dumps(metrics, indent=2)

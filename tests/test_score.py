@@ -1,0 +1,195 @@
+import csv
+import json
+import tarfile
+
+import keras
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from cache.corpus import CorpusSpec
+from cache.embed import EmbedSettings
+from jobs.cli import main
+from jobs.embed_corpus import SplitSettings, embed_corpus
+from jobs.runs import write_card
+from jobs.train import TrainConfig, train
+from tests.conftest import make_folder_corpus
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, vectors_file):
+    root = tmp_path_factory.mktemp("score")
+    make_folder_corpus(root / "corpus", docs_per_label=30, labels=("a", "b", "c"))
+    store = root / "s.zarr"
+    embed_corpus(CorpusSpec(str(root / "corpus")), str(vectors_file[0]), str(store), workers=1,
+                 chunk_docs=16, progress=False, settings=EmbedSettings(max_len=160),
+                 split=SplitSettings(val_frac=0.3, test_frac=0.3))
+    cfg = TrainConfig(epochs=1)
+    for name in ("fasttext", "kim_cnn"):
+        train(str(store), name, str(root / "runs" / name), config=cfg, progress=False)
+    # Same vectors and settings, another label set: allowed, scored with its own labels.
+    make_folder_corpus(root / "corpus2", docs_per_label=20, labels=("x", "y"))
+    store2 = root / "s2.zarr"
+    embed_corpus(CorpusSpec(str(root / "corpus2")), str(vectors_file[0]), str(store2), workers=1,
+                 progress=False, settings=EmbedSettings(max_len=160))
+    train(str(store2), "fasttext", str(root / "runs2" / "fasttext_xy"), config=cfg, progress=False)
+    # Different max_len: refused.
+    store3 = root / "s3.zarr"
+    embed_corpus(CorpusSpec(str(root / "corpus")), str(vectors_file[0]), str(store3), workers=1,
+                 progress=False, settings=EmbedSettings(max_len=40))
+    train(str(store3), "fasttext", str(root / "runs3" / "short"), config=cfg, progress=False)
+    return root, store
+
+
+def run(*args):
+    r = CliRunner().invoke(main, ["score", "-q", *map(str, args)])
+    return r.exit_code, r.output
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_scores_a_store_split_with_metrics_and_ensemble(setup, tmp_path):
+    root, store = setup
+    out = tmp_path / "p.csv"
+    code, text = run("--models", f"{root}/runs/fasttext,{root}/runs/kim_cnn", "--input", store,
+                     "--split", "test", "--out", out, "--top-k", "2")
+    assert code == 0, text
+    rows = read_csv(out)
+    assert list(rows[0]) == ["doc_id", "fasttext_label", "fasttext_prob", "fasttext_label_2",
+                             "fasttext_prob_2", "kim_cnn_label", "kim_cnn_prob", "kim_cnn_label_2",
+                             "kim_cnn_prob_2", "ensemble_label", "ensemble_prob",
+                             "ensemble_label_2", "ensemble_prob_2"]
+    for r in rows:
+        assert r["fasttext_label"] in ("a", "b", "c")
+        assert float(r["fasttext_prob"]) >= float(r["fasttext_prob_2"])
+        ens = (float(r["fasttext_prob"]) if r["ensemble_label"] == r["fasttext_label"] else None)
+        assert 0 < float(r["ensemble_prob"]) <= 1 and (ens is None or ens > 0)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["models"]["fasttext"]["docs"] == len(rows)
+    assert set(metrics["models"]["fasttext"]["per_class"]) == {"a", "b", "c"}
+    assert "ensemble" in metrics and (tmp_path / "confusion_kim_cnn.png").exists()
+    assert "macro-F1" in text and text.strip().splitlines()[-1].startswith(f"Scored {len(rows)} documents")
+
+
+def predictions(path):
+    if path.suffix == ".parquet":
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: (float(v) if k.endswith("prob") else v) for k, v in r.items()} for r in read_csv(path)]
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
+def test_raw_folder_input_matches_scoring_the_store(setup, tmp_path, vectors_file, ext):
+    root, store = setup
+    models = f"{root}/runs/fasttext"
+    from_store, raw = tmp_path / f"store{ext}", tmp_path / f"raw{ext}"
+    assert run("--models", models, "--input", store, "--out", from_store)[0] == 0
+    code, text = run("--models", models, "--input", root / "corpus", "--vectors", vectors_file[0],
+                     "--out", raw, "--keep-store", tmp_path / "kept.zarr")
+    assert code == 0, text
+    a = {r["doc_id"]: r for r in predictions(from_store)}
+    b = {r["doc_id"]: r for r in predictions(raw)}
+    assert a.keys() == b.keys() and len(a) == 90
+    for k in a:
+        assert a[k]["fasttext_label"] == b[k]["fasttext_label"]
+        assert abs(a[k]["fasttext_prob"] - b[k]["fasttext_prob"]) < 1e-5
+    assert (tmp_path / "kept.zarr" / "zarr.json").exists()
+
+
+def test_every_raw_input_format(setup, tmp_path, vectors_file):
+    root, _ = setup
+    archive = tmp_path / "c.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(root / "corpus", arcname="corpus")
+    (tmp_path / "d.csv").write_text("text,label\nthe cat sat,a\nthe dog ran,b\n")
+    (tmp_path / "d.jsonl").write_text('{"text": "the cat", "y": "a"}\n{"text": "sky", "y": "c"}\n')
+    (tmp_path / "d.txt").write_text("the cat sat\nthe moon\n")
+    cases = [(archive, ()), (tmp_path / "d.csv", ("--text-column", "text", "--label-column", "label")),
+             (tmp_path / "d.jsonl", ("--label-column", "y")), (tmp_path / "d.txt", ())]
+    for path, extra in cases:
+        out = tmp_path / f"{path.name}.csv"
+        code, text = run("--models", f"{root}/runs/fasttext", "--input", path, "--vectors",
+                         vectors_file[0], "--out", out, *extra)
+        assert code == 0, (path, text)
+        assert len(read_csv(out)) == {"c.tar.gz": 90}.get(path.name, 2)
+
+
+def test_label_sets_may_differ_but_embedding_may_not(setup, tmp_path):
+    root, store = setup
+    out = tmp_path / "p.csv"
+    code, text = run("--models", f"{root}/runs/fasttext,{root}/runs2/fasttext_xy", "--input", store,
+                     "--out", out)
+    assert code == 0, text
+    rows = read_csv(out)
+    assert "ensemble_label" not in rows[0]
+    assert {r["fasttext_xy_label"] for r in rows} <= {"x", "y"}
+    code, text = run("--models", f"{root}/runs/fasttext,{root}/runs3/short", "--input", store,
+                     "--out", out)
+    assert code == 1
+    assert text.strip() == ("Error: Models fasttext and short were trained on differently embedded "
+                            "data (max_len 160 vs 40); score them separately")
+
+
+def copy_run(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_bad_inputs(setup, tmp_path, vectors_file):
+    root, store = setup
+    good = root / "runs" / "fasttext"
+    out = tmp_path / "p.csv"
+    nocard = copy_run(good, tmp_path / "nocard")
+    (nocard / "model.json").unlink()
+    assert run("--models", nocard, "--input", store, "--out", out) == (
+        1, f"Error: {nocard} has no model card (model.json); train it with `embcache train`\n")
+    tampered = copy_run(good, tmp_path / "tampered")
+    card = json.loads((tampered / "model.json").read_text())
+    card["label_names"] = ["c", "b", "a"]
+    (tampered / "model.json").write_text(json.dumps(card))
+    code, text = run("--models", tampered, "--input", store, "--out", out)
+    assert code == 1 and "was edited after training" in text
+    code, text = run("--models", good, "--input", store, "--out", tmp_path / "missing" / "p.csv")
+    assert (code, text.strip()) == (1, f"Error: Output folder {tmp_path}/missing does not exist "
+                                       f"(for --out {tmp_path}/missing/p.csv)")
+    (tmp_path / "empty.txt").write_text("")
+    code, text = run("--models", good, "--input", tmp_path / "empty.txt", "--vectors",
+                     vectors_file[0], "--out", out)
+    assert (code, text.strip()) == (1, f"Error: Corpus {tmp_path}/empty.txt holds no documents")
+    assert not out.exists()
+
+
+def test_unsafe_model_is_refused(setup, tmp_path):
+    root, store = setup
+    run_dir = copy_run(root / "runs" / "fasttext", tmp_path / "unsafe")
+    ins = {"embedded": keras.Input((160, 8), name="embedded"),
+           "lengths": keras.Input((), dtype="int32", name="lengths")}
+    x = keras.layers.Lambda(lambda t: keras.ops.mean(t, axis=1))(ins["embedded"])
+    model = keras.Model(ins, keras.layers.Dense(3, activation="softmax")(x))
+    model.save(run_dir / "model.keras")
+    card = json.loads((run_dir / "model.json").read_text())
+    write_card(run_dir, card)  # a consistent card: only safe mode stands in the way
+    code, text = run("--models", run_dir, "--input", store, "--out", tmp_path / "p.csv")
+    assert code == 1 and "needs unsafe deserialization" in text, text
+
+
+def test_failed_run_leaves_no_predictions(setup, tmp_path, monkeypatch):
+    root, store = setup
+    import jobs.score as score_mod
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(score_mod, "_add_topk", boom)
+    out = tmp_path / "p.csv"
+    with pytest.raises(RuntimeError):
+        score_mod.score([str(root / "runs" / "fasttext")], str(store), str(out), progress=False)
+    assert list(tmp_path.iterdir()) == []
+    np.testing.assert_equal(out.exists(), False)

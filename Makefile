@@ -52,9 +52,21 @@ info: install
 train: embed-corpus
 	$(BIN)/embcache train --store $(STORE) --model $(MODEL) --out $(RUNS)/$(MODEL) $(ARGS)
 
-score: install
-	$(BIN)/embcache score --models $(or $(MODELS),$(RUNS)/cnn) --input $(STORE) --split test \
-	  --out $(or $(OUT),predictions.csv) $(ARGS)
+# make score: the held-out test split of $(STORE), scored by every model in MODELS (trained first
+# when its run folder has no card yet).
+comma := ,
+empty :=
+space := $(empty) $(empty)
+MODELS ?= cnn,fasttext
+OUT    ?= predictions.csv
+RUN_DIRS := $(addprefix $(RUNS)/,$(subst $(comma),$(space),$(MODELS)))
+
+$(RUNS)/%/model.json: | embed-corpus
+	$(BIN)/embcache train --store $(STORE) --model $* --out $(RUNS)/$*
+
+score: install $(addsuffix /model.json,$(RUN_DIRS))
+	$(BIN)/embcache score --models $(subst $(space),$(comma),$(RUN_DIRS)) --input $(STORE) \
+	  --split test --out $(OUT) $(ARGS)
 
 data:
 	mkdir -p $(DATA_DIR)

@@ -167,14 +167,20 @@ class BlockWriter:
 
 # One writer per worker process (spawned, never forked: zarr-python 3 can deadlock after fork).
 _WRITER: BlockWriter | None = None
+_WRITER_KEY: tuple | None = None
 
 
 def init_worker(table_path: str, settings: EmbedSettings, oov: np.ndarray | None) -> None:
-    global _WRITER
-    _WRITER = BlockWriter(table_path, settings, oov)
+    """Load the vectors and tokenizer once per worker process."""
+    global _WRITER, _WRITER_KEY
+    _WRITER, _WRITER_KEY = BlockWriter(table_path, settings, oov), (table_path, settings)
 
 
-def write_block(store_url: str, chunk: int, texts: list[str], doc_ids: list[str],
-                labels: list[int] | None, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    assert _WRITER is not None, "init_worker was not called"
+def write_block(table_path: str, settings: EmbedSettings, oov: np.ndarray | None, store_url: str,
+                chunk: int, texts: list[str], doc_ids: list[str], labels: list[int] | None,
+                split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The task every executor runs: embed and write one chunk. The worker's writer (vectors
+    memory-mapped from the cache) is built on first use and reused by later tasks."""
+    if _WRITER is None or _WRITER_KEY != (table_path, settings):
+        init_worker(table_path, settings, oov)
     return _WRITER.write(store_url, chunk, texts, doc_ids, labels, split)

@@ -86,6 +86,9 @@ def main() -> None:
 @click.option("--chunk-docs", default=None, type=int,
               help="Documents per chunk [default: about 12 MiB uncompressed, ~1 MB compressed].")
 @click.option("--workers", default=None, type=int, help="Worker processes [default: all cores].")
+@click.option("--scheduler", default=None,
+              help="Run on Dask: local:N (a local cluster of N workers) or a scheduler address "
+                   "(tcp://host:8786). Workers need embcache installed and the vectors cache.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing complete store.")
 @click.option("--cache-dir", default=None, envvar="EMBCACHE_CACHE_DIR",
               help="Where parsed vectors are cached [default: ~/.cache/embcache].")
@@ -94,7 +97,7 @@ def main() -> None:
 def embed_corpus_cmd(corpus_path, vectors_path, out, corpus_format, text_columns, label_column,
                      id_column, header, label_names_file, strip_headers, vectors_member,
                      vectors_format, max_len, padding, truncating, oov, dtype, val_frac, test_frac,
-                     seed, chunk_docs, workers, overwrite, cache_dir, quiet):
+                     seed, chunk_docs, workers, scheduler, overwrite, cache_dir, quiet):
     """Tokenize a corpus once and write its embedded sequences to a Zarr v3 store.
 
     \b
@@ -117,7 +120,7 @@ def embed_corpus_cmd(corpus_path, vectors_path, out, corpus_format, text_columns
                            split=SplitSettings(val_frac=val_frac, test_frac=test_frac, seed=seed),
                            vectors_member=vectors_member, vectors_format=vectors_format,
                            chunk_docs=chunk_docs, workers=workers, overwrite=overwrite,
-                           progress=not quiet, cache_dir=cache_dir)
+                           progress=not quiet, cache_dir=cache_dir, scheduler=scheduler)
     click.echo(summary.line())
 
 

@@ -7,12 +7,11 @@ memory-mapped from the parse cache.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,11 +36,13 @@ from cache.store import (
     auto_chunk_docs,
     bytes_on_disk,
     create_store,
+    is_local,
     read_chunk_stats,
     remove_store,
     store_state,
 )
 from cache.vectors import load_vectors
+from jobs.executors import Executor, block_executor, parse_scheduler
 
 _POOL_MIN_BYTES = 2 << 20
 
@@ -134,8 +135,13 @@ def embed_corpus(
     overwrite: bool = False,
     progress: bool = True,
     cache_dir: str | None = None,
+    scheduler: str | None = None,
 ) -> EmbedSummary:
     """Embed ``corpus`` with the vectors at ``vectors_path`` into the store ``out``.
+
+    ``out`` is a path or a URL (``memory://``, ``s3://``, ``gs://``: zarr's fsspec support, with
+    credentials from the usual environment). ``scheduler`` runs the blocks as Dask tasks
+    (``local:N`` or a scheduler address); otherwise ``workers`` spawned processes run them.
 
     An incomplete store from an earlier run of the same command is resumed from its last
     completed chunk; a complete one is only replaced with ``overwrite``.
@@ -147,6 +153,10 @@ def embed_corpus(
     workers = workers or os.cpu_count() or 1
     validate_settings(settings, split, chunk_docs, workers)
     out = str(out)
+    parse_scheduler(scheduler)
+    if scheduler and out.startswith("memory://"):
+        raise StoreError(f"A memory:// store ({out}) cannot be written by Dask workers; use a path "
+                         "or object storage (s3://, gs://)")
     if not Path(corpus.path).exists():
         raise CorpusError(f"Corpus not found: {corpus.path}")
     state = store_state(out)
@@ -164,26 +174,17 @@ def embed_corpus(
     # Small corpora run in this process: spawning workers costs about a second.
     use_pool = workers > 1 and (Path(corpus.path).is_dir()
                                 or Path(corpus.path).stat().st_size > _POOL_MIN_BYTES)
-    pool = _start_pool(workers, table.cache_path, settings, oov) if use_pool else None
-    try:
+    # A memory:// store lives in this process only: other processes cannot write into it.
+    use_pool = use_pool and not out.startswith("memory://")
+    with block_executor(scheduler, workers, use_pool, table.cache_path, settings, oov) as pool:
         scan = scan_corpus(corpus)
         return _embed(corpus, out, scan, table, oov, pool, state, t0, settings=settings,
                       split=split, chunk_docs=chunk_docs, workers=workers, overwrite=overwrite,
                       progress=progress)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _start_pool(workers: int, table_path: str, settings: EmbedSettings, oov) -> ProcessPoolExecutor:
-    from cache.embed import init_worker
-
-    return ProcessPoolExecutor(max_workers=workers,
-                               mp_context=multiprocessing.get_context("spawn"),
-                               initializer=init_worker, initargs=(table_path, settings, oov))
-
-
-def _embed(corpus: CorpusSpec, out: str, scan, table, oov, pool, state: str, t0: float, *,
+def _embed(corpus: CorpusSpec, out: str, scan, table, oov, pool: Executor | None, state: str,
+           t0: float, *,
            settings: EmbedSettings, split: SplitSettings, chunk_docs: int | None, workers: int,
            overwrite: bool, progress: bool) -> EmbedSummary:
     itemsize = np.dtype(settings.dtype).itemsize
@@ -202,7 +203,8 @@ def _embed(corpus: CorpusSpec, out: str, scan, table, oov, pool, state: str, t0:
         remove_store(out)
     if group is None:
         try:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            if is_local(out):
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"Cannot create output folder for {out}: {e.strerror}") from None
         group = create_store(
@@ -231,8 +233,6 @@ def _embed(corpus: CorpusSpec, out: str, scan, table, oov, pool, state: str, t0:
 
     bar = tqdm(total=scan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
                desc="embed-corpus", dynamic_ncols=True)
-    from cache.embed import write_block
-
     writer = BlockWriter(table.cache_path, settings, oov) if pool is None else None
     # Which vector rows the corpus uses: its vocabulary size is what a frozen Embedding layer
     # over "the corpus vocabulary" would hold (reported by train and score). One bit per word.
@@ -258,8 +258,8 @@ def _embed(corpus: CorpusSpec, out: str, scan, table, oov, pool, state: str, t0:
                 used[writer.write(*args)[1]] = True
                 bar.update(len(block))
                 continue
-            pending[pool.submit(write_block, *args)] = len(block)
-            if len(pending) >= 2 * workers:  # bounded: at most 2 blocks queued per worker
+            pending[pool.submit(*args)] = len(block)
+            if len(pending) >= 2 * pool.parallel:  # bounded: at most 2 blocks queued per worker
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
                     used[f.result()[1]] = True

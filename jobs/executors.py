@@ -1,0 +1,94 @@
+"""Where embed-corpus blocks run: in this process, a pool of spawned processes, or Dask.
+
+All three run the same task (:func:`cache.embed.write_block`) on whole chunks, so they write the
+same store. Workers load the vectors themselves from the parse cache (memory-mapped), so only a
+block's texts travel with a task, never the vectors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+
+from cache.embed import EmbedSettings
+from cache.errors import EmbcacheError
+
+
+@dataclass
+class Executor:
+    """``submit(*block_args) -> Future`` and how many blocks may run at once."""
+
+    submit: Callable[..., Future]
+    parallel: int
+    describe: str
+
+
+def parse_scheduler(value: str | None) -> tuple[str, int | str] | None:
+    """``local:N`` -> ("local", N); ``tcp://host:port`` (or tls://, ws://) -> ("remote", address)."""
+    if value is None:
+        return None
+    if value.startswith("local:"):
+        n = value.removeprefix("local:")
+        if n.isdigit() and int(n) >= 1:
+            return "local", int(n)
+    elif "://" in value:
+        return "remote", value
+    raise EmbcacheError("Invalid value for `scheduler`. Expected local:N (N workers on this "
+                        f"machine) or a scheduler address such as tcp://host:8786. Received: "
+                        f"scheduler={value!r}")
+
+
+@contextlib.contextmanager
+def block_executor(scheduler: str | None, workers: int, use_pool: bool, table_path: str,
+                   settings: EmbedSettings, oov) -> Iterator[Executor | None]:
+    """``None`` means: run blocks in this process."""
+    from cache.embed import init_worker, write_block
+
+    parsed = parse_scheduler(scheduler)
+    if parsed is not None:
+        yield from _dask(parsed, table_path, settings, oov)
+        return
+    if not use_pool:
+        yield None
+        return
+    # Spawned, never forked: zarr-python 3 can deadlock in a forked child.
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init_worker, initargs=(table_path, settings, oov))
+    try:
+        yield Executor(submit=lambda *a: pool.submit(write_block, table_path, settings, oov, *a),
+                       parallel=workers, describe=f"{workers} processes")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _dask(parsed, table_path: str, settings: EmbedSettings, oov):
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise EmbcacheError("--scheduler needs dask.distributed: pip install 'dask[distributed]'") from None
+    from cache.embed import write_block
+
+    kind, arg = parsed
+    cluster = None
+    try:
+        if kind == "local":
+            cluster = LocalCluster(n_workers=arg, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+        else:
+            client = Client(arg, timeout="20s")
+    except OSError as e:
+        raise EmbcacheError(f"Cannot reach the Dask scheduler {arg}: {e}") from None
+    try:
+        # Each task owns one whole chunk and writes its own region; a failed task is retried.
+        executor = client.get_executor(retries=2, pure=False)
+        parallel = max(1, sum(client.nthreads().values()))
+        yield Executor(submit=lambda *a: executor.submit(write_block, table_path, settings, oov, *a),
+                       parallel=parallel, describe=f"Dask, {parallel} worker threads")
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -73,11 +73,18 @@ def make_dataset(
     parallel_reads: int = 4,
     shard: tuple[int, int] | None = None,
     plan: StreamPlan | None = None,
+    repeat: bool = False,
+    read_log: set | None = None,
 ):
     """A ``tf.data.Dataset`` of ``({"embedded": (b, max_len, dim) float32, "lengths": (b,)}, labels)``.
 
     Shuffling is two-level and seeded: chunk order is reshuffled every epoch, then documents mix
     in a buffer of ``shuffle_docs``. Without ``shuffle`` the order is the store's.
+
+    ``shard=(index, count)`` reads only every ``count``-th chunk: the explicit sharding that
+    multi-worker training needs (tf.data's auto-sharding cannot see inside a Zarr reader and
+    would make every worker read everything, so it is switched off). ``repeat`` loops forever
+    (steps are then set by the caller); ``read_log`` collects the chunk indices actually read.
 
     Raises:
         StoreError: labels requested from an unlabelled store.
@@ -95,6 +102,8 @@ def make_dataset(
     dtype = tf.as_dtype(store.attrs["dtype"])
 
     def _read(chunk):
+        if read_log is not None:
+            read_log.add(int(chunk))
         x, lengths, labels = read_chunk(local, int(chunk), split, with_labels)
         if labels is None:
             labels = np.zeros(len(lengths), dtype=np.int32)
@@ -109,6 +118,8 @@ def make_dataset(
         return tf.data.Dataset.from_tensor_slices((x, lengths, labels))
 
     ds = tf.data.Dataset.from_tensor_slices(plan.chunks.astype(np.int64))
+    if repeat:
+        ds = ds.repeat()
     if shuffle:
         ds = ds.shuffle(len(plan.chunks), seed=seed, reshuffle_each_iteration=True)
     # interleave with parallel calls reads several chunks at once (zarr decompression releases
@@ -120,7 +131,11 @@ def make_dataset(
     ds = ds.batch(batch_size)
     # The size is known from the plan: tell tf.data, so Keras shows a full progress bar from the
     # first epoch and never warns that the input "ran out of data".
-    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-plan.num_docs // batch_size)))
+    if not repeat:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-plan.num_docs // batch_size)))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    ds = ds.with_options(options)
 
     def _to_model(x, lengths, labels):
         features = {"embedded": tf.cast(x, tf.float32), "lengths": lengths}

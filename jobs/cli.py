@@ -159,12 +159,16 @@ def info_cmd(store, as_json):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--shuffle-docs", default=2048, show_default=True, type=int,
               help="In-memory shuffle buffer (documents), on top of per-epoch chunk shuffling.")
+@click.option("--strategy", default="default", show_default=True,
+              type=click.Choice(["default", "multi-worker"]),
+              help="multi-worker: tf.distribute.MultiWorkerMirroredStrategy over the workers in "
+                   "TF_CONFIG, each reading its own chunks of the store.")
 @click.option("--param", "params", multiple=True,
               help="Model hyperparameter as key=value (JSON value), e.g. --param filters=64.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @_friendly
 def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patience, seed,
-              shuffle_docs, params, quiet):
+              shuffle_docs, strategy, params, quiet):
     """Train an embedding-free Keras model by streaming a store.
 
     \b
@@ -182,7 +186,8 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
             raise click.BadParameter(f"must be a positive integer, got {value}",
                                      param_hint=f"--{name.replace('_', '-')}")
     config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                         patience=patience, seed=seed, shuffle_docs=shuffle_docs)
+                         patience=patience, seed=seed, shuffle_docs=shuffle_docs,
+                         strategy=strategy)
     summary = train(store, model_name, out or f"runs/{model_name}", config=config,
                     hparams=parse_hparams(params), progress=not quiet)
     click.echo(summary.line())

@@ -126,7 +126,9 @@ def load_run(run_dir: str | Path) -> Run:
     run = Path(run_dir)
     import keras
 
-    import models  # noqa: F401 - registers the custom layers that safe mode may deserialize
+    import models
+
+    models.names()  # imports every model module: registers the custom layers safe mode may load
 
     try:
         model = keras.saving.load_model(run / MODEL_FILE, safe_mode=True, compile=False)

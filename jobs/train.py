@@ -32,6 +32,7 @@ class TrainConfig:
     patience: int = 3
     seed: int = 0
     shuffle_docs: int = 2048
+    strategy: str = "default"  # or "multi-worker": tf.distribute.MultiWorkerMirroredStrategy
 
 
 @dataclass
@@ -99,6 +100,11 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
         ModelError: unknown model or hyperparameter.
     """
     t0 = time.perf_counter()
+    if config.strategy not in STRATEGIES:
+        raise EmbcacheError(f"Invalid value for `strategy`. Expected one of {STRATEGIES}. "
+                            f"Received: strategy={config.strategy!r}")
+    # A multi-worker strategy must exist before any other TensorFlow op (it reads TF_CONFIG).
+    cluster = _MultiWorker.start() if config.strategy == "multi-worker" else None
     store = open_store(store_url, require_complete=True, require_labels=True)
     import models
 
@@ -117,31 +123,43 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    model = models.build(model_name, max_len=store.max_len, dim=store.dim,
-                         num_classes=len(store.label_names), padding=store.attrs["padding"],
-                         **(hparams or {}))
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    train_ds = make_dataset(store, split="train", batch_size=config.batch_size, shuffle=True,
-                            seed=config.seed, shuffle_docs=config.shuffle_docs, plan=plans["train"])
-    val_ds = make_dataset(store, split="val", batch_size=config.batch_size, plan=plans["val"])
+    scope = cluster.strategy.scope() if cluster else contextlib.nullcontext()
+    with scope:
+        model = models.build(model_name, max_len=store.max_len, dim=store.dim,
+                             num_classes=len(store.label_names), padding=store.attrs["padding"],
+                             **(hparams or {}))
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    fit_steps: dict = {}
+    read_log: set[int] = set()
+    if cluster is None:
+        train_ds = make_dataset(store, split="train", batch_size=config.batch_size, shuffle=True,
+                                seed=config.seed, shuffle_docs=config.shuffle_docs,
+                                plan=plans["train"])
+        val_ds = make_dataset(store, split="val", batch_size=config.batch_size, plan=plans["val"])
+    else:
+        train_ds, val_ds, fit_steps, plans["train"] = cluster.datasets(store, config, read_log)
     timer = _EpochTimer.make()
-    model_path = out / MODEL_FILE
+    timer = _EpochTimer.make()
+    # Every worker saves (saving may need collective ops); only the chief saves into the run folder.
+    work_dir = out if cluster is None or cluster.is_chief else out / f".worker-{cluster.index}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    model_path = work_dir / MODEL_FILE
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
                                       restore_best_weights=True),
         keras.callbacks.ModelCheckpoint(model_path, monitor="val_accuracy", mode="max",
                                         save_best_only=True),
-        keras.callbacks.CSVLogger(out / "history.csv"),
+        keras.callbacks.CSVLogger(work_dir / "history.csv"),
         timer,
     ]
     # Keras writes its progress bar to stdout; stdout is for results, so send it to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                             callbacks=callbacks, verbose=1 if progress else 0,
-                            shuffle=False)  # the dataset shuffles itself
+                            shuffle=False, **fit_steps)  # the dataset shuffles itself
         metrics = {}
-        for split in ("val", "test"):
+        for split in ("val", "test") if cluster is None else ():
             if plans[split].num_docs:
                 ds = make_dataset(store, split=split, batch_size=config.batch_size,
                                   plan=plans[split])
@@ -151,6 +169,16 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
     best_epoch = int(max(range(len(val_acc)), key=val_acc.__getitem__)) + 1
     # The checkpoint holds the best epoch's weights; EarlyStopping restored the same in memory.
     model.save(model_path)
+    if cluster is not None:
+        cluster.record(out, read_log)
+        if not cluster.is_chief:
+            import shutil
+
+            shutil.rmtree(work_dir, ignore_errors=True)
+            return TrainSummary(out=str(out), model=model_name, epochs=len(
+                history.history["val_accuracy"]), best_epoch=0, metrics={
+                "val_accuracy": max(history.history["val_accuracy"])})
+        metrics = {"val_accuracy": max(history.history["val_accuracy"])}
     from models.keras_way import embedding_model_bytes
 
     vocab = store.attrs.get("corpus_vocab_size") or store.attrs["vectors"]["vocab_size"]
@@ -158,7 +186,9 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
         lambda: models.build(model_name, max_len=store.max_len, dim=store.dim,
                              num_classes=len(store.label_names), padding=store.attrs["padding"],
                              **(hparams or {})), vocab, store.dim, store.max_len)
-    samples_per_s = sorted(plans["train"].num_docs / s for s in timer.seconds)[len(timer.seconds) // 2]
+    per_epoch = (fit_steps["steps_per_epoch"] * config.batch_size * cluster.count if cluster
+                 else plans["train"].num_docs)
+    samples_per_s = sorted(per_epoch / s for s in timer.seconds)[len(timer.seconds) // 2]
     seconds = time.perf_counter() - t0
     card = {
         "card_version": CARD_VERSION,
@@ -191,6 +221,57 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
                         metrics=metrics, samples_per_s=samples_per_s,
                         model_bytes=card["model_bytes"], keras_way_bytes=keras_way_bytes,
                         seconds=seconds)
+
+
+STRATEGIES = ("default", "multi-worker")
+
+
+class _MultiWorker:
+    """MultiWorkerMirroredStrategy from TF_CONFIG, with explicit sharding by chunk index."""
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+        resolver = strategy.cluster_resolver
+        self.count = int(resolver.cluster_spec().num_tasks("worker"))
+        self.index = int(resolver.task_id or 0)
+        self.is_chief = self.index == 0
+
+    @classmethod
+    def start(cls) -> _MultiWorker:
+        if "TF_CONFIG" not in os.environ:
+            raise EmbcacheError("--strategy multi-worker needs TF_CONFIG describing the workers "
+                                "(see the README's 'Training across workers')")
+        import tensorflow as tf
+
+        return cls(tf.distribute.MultiWorkerMirroredStrategy())
+
+    def datasets(self, store, config: TrainConfig, read_log: set):
+        """This worker's shard of train and val chunks; steps equal on every worker."""
+        shards = {s: [plan_split(store, s, (i, self.count)) for i in range(self.count)]
+                  for s in ("train", "val")}
+        b = config.batch_size
+        steps = {s: min(p.num_docs for p in shards[s]) // b for s in shards}
+        if min(steps.values()) < 1:
+            raise StoreError(f"Store {store.url} is too small for {self.count} workers: each "
+                             f"needs at least one batch of {b} train and val documents")
+        mine = {s: shards[s][self.index] for s in shards}
+        # Each worker feeds global batches of b * workers; the strategy gives it b per step.
+        train_ds = make_dataset(store, split="train", batch_size=b * self.count, shuffle=True,
+                                seed=config.seed + self.index, shuffle_docs=config.shuffle_docs,
+                                plan=mine["train"], repeat=True, read_log=read_log)
+        val_ds = make_dataset(store, split="val", batch_size=b * self.count, plan=mine["val"],
+                              repeat=True)
+        self.shard_chunks = mine["train"].chunks.tolist()
+        return train_ds, val_ds, {"steps_per_epoch": steps["train"],
+                                  "validation_steps": steps["val"]}, mine["train"]
+
+    def record(self, out: Path, read_log: set) -> None:
+        """``shards/worker-<i>.json``: the train chunks this worker was given and read."""
+        folder = out / "shards"
+        folder.mkdir(exist_ok=True)
+        (folder / f"worker-{self.index}.json").write_text(json.dumps({
+            "worker": self.index, "workers": self.count, "train_chunks": self.shard_chunks,
+            "chunks_read": sorted(read_log)}))
 
 
 def plot_curves(history: dict, path: Path, title: str) -> None:

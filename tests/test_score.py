@@ -193,3 +193,17 @@ def test_failed_run_leaves_no_predictions(setup, tmp_path, monkeypatch):
         score_mod.score([str(root / "runs" / "fasttext")], str(store), str(out), progress=False)
     assert list(tmp_path.iterdir()) == []
     np.testing.assert_equal(out.exists(), False)
+
+
+def test_score_in_a_fresh_process_loads_custom_layers(setup, tmp_path):
+    """A new interpreter has imported no model module: loading must still find the layers."""
+    import subprocess
+    import sys
+
+    root, store = setup
+    out = tmp_path / "p.jsonl"
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "score", "-q", "--models",
+                        f"{root}/runs/fasttext", "--input", str(store), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(out.read_text().splitlines()) == 90

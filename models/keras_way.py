@@ -20,8 +20,11 @@ def with_frozen_embedding(body, max_len: int, matrix: np.ndarray):
 
     ids = keras.Input(shape=(max_len,), dtype="int32", name="ids")
     lengths = keras.Input(shape=(), dtype="int32", name="lengths")
-    emb = keras.layers.Embedding(matrix.shape[0], matrix.shape[1], trainable=False,
-                                 embeddings_initializer=keras.initializers.Constant(matrix))(ids)
+    layer = keras.layers.Embedding(matrix.shape[0], matrix.shape[1], trainable=False)
+    emb = layer(ids)
+    # Set the weights rather than use a Constant initializer: that one would also write the whole
+    # matrix into the saved config as JSON text.
+    layer.set_weights([matrix])
     return keras.Model({"ids": ids, "lengths": lengths}, body({"embedded": emb, "lengths": lengths}))
 
 

@@ -46,8 +46,11 @@ class TrainSummary:
     model_bytes: int = 0
     keras_way_bytes: int = 0
     seconds: float = 0.0
+    worker_note: str = ""  # set on non-chief workers of a multi-worker run
 
     def line(self) -> str:
+        if self.worker_note:
+            return self.worker_note
         m = self.metrics
         test = f", test accuracy {m['test_accuracy']:.3f}" if "test_accuracy" in m else ""
         return (f"Trained {self.model} for {self.epochs} epochs (best {self.best_epoch}): val "
@@ -139,6 +142,7 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
         val_ds = make_dataset(store, split="val", batch_size=config.batch_size, plan=plans["val"])
     else:
         train_ds, val_ds, fit_steps, plans["train"] = cluster.datasets(store, config, read_log)
+        cluster.build(model, train_ds)
     timer = _EpochTimer.make()
     timer = _EpochTimer.make()
     # Every worker saves (saving may need collective ops); only the chief saves into the run folder.
@@ -175,9 +179,12 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
             import shutil
 
             shutil.rmtree(work_dir, ignore_errors=True)
-            return TrainSummary(out=str(out), model=model_name, epochs=len(
-                history.history["val_accuracy"]), best_epoch=0, metrics={
-                "val_accuracy": max(history.history["val_accuracy"])})
+            return TrainSummary(
+                out=str(out), model=model_name, epochs=len(val_acc), best_epoch=best_epoch,
+                metrics={"val_accuracy": max(val_acc)},
+                worker_note=f"Worker {cluster.index} of {cluster.count} trained {model_name} on its "
+                            f"{len(cluster.shard_chunks)} train chunks for {len(val_acc)} epochs; "
+                            f"worker 0 wrote the run folder {out}")
         metrics = {"val_accuracy": max(history.history["val_accuracy"])}
     from models.keras_way import embedding_model_bytes
 
@@ -265,6 +272,21 @@ class _MultiWorker:
         return train_ds, val_ds, {"steps_per_epoch": steps["train"],
                                   "validation_steps": steps["val"]}, mine["train"]
 
+    def build(self, model, dataset) -> None:
+        """Build the model's state from one local batch before ``fit``.
+
+        Keras 3.x's TF trainer builds a distributed model by ``strategy.reduce``-ing a whole
+        input batch, which fails for dict inputs once there are two or more workers ("Attempt to
+        convert a value ({'embedded': PerReplica...}) to a Tensor"). Building from a local batch
+        first, and skipping that step, gives the same variables without the cross-worker reduce.
+        """
+        batch = next(iter(dataset.take(1)))
+        with self.strategy.scope():
+            model._symbolic_build(data_batch=batch)
+        if hasattr(model, "_maybe_symbolic_build"):
+            model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+        _patch_keras_multi_worker_reduce()
+
     def record(self, out: Path, read_log: set) -> None:
         """``shards/worker-<i>.json``: the train chunks this worker was given and read."""
         folder = out / "shards"
@@ -272,6 +294,27 @@ class _MultiWorker:
         (folder / f"worker-{self.index}.json").write_text(json.dumps({
             "worker": self.index, "workers": self.count, "train_chunks": self.shard_chunks,
             "chunks_read": sorted(read_log)}))
+
+
+def _patch_keras_multi_worker_reduce() -> None:
+    """Keras 3.x reduces each step's scalar logs across workers with ``reduce("MEAN", v, axis=0)``,
+    which fails on scalars ("Invalid reduction dimension 0 for input with 0 dimensions"); its
+    train function hard-codes that reduction. Reduce scalars with ``axis=None`` instead: the mean
+    of values every worker already shares (metric variables are all-reduced on write)."""
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "_embcache_patched", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._embcache_patched = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
 
 
 def plot_curves(history: dict, path: Path, title: str) -> None:

@@ -32,6 +32,28 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def store_card_fields(store) -> dict[str, Any]:
+    """What a card copies from the store it was trained on (all a scorer needs to embed input)."""
+    from cache import __version__
+
+    a = store.attrs
+    return {
+        "card_version": CARD_VERSION,
+        "store": {"url": str(store.url), "num_docs": store.num_docs, "split": a.get("split")},
+        "vectors": a["vectors"],
+        "tokenizer": a["tokenizer"],
+        "max_len": store.max_len,
+        "dim": store.dim,
+        "dtype": a["dtype"],
+        "padding": a["padding"],
+        "truncating": a["truncating"],
+        "oov": a["oov"],
+        "strip_headers": a.get("strip_headers", False),
+        "label_names": store.label_names,
+        "embcache_version": __version__,
+    }
+
+
 def card_digest(card: dict[str, Any]) -> str:
     """sha256 of the card's canonical JSON, without its own ``card_sha256`` field."""
     body = {k: v for k, v in card.items() if k != "card_sha256"}

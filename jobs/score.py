@@ -211,7 +211,7 @@ def _score_store(runs: list[Run], store, out_path: Path, fmt: str, *, split: str
                 cols: dict[str, list] = {"doc_id": ids}
                 probs = {}
                 for run in runs:
-                    p = np.asarray(run.model(features, training=False))
+                    p = np.asarray(run.model.predict_on_batch(features))  # compiled, not eager
                     probs[run.name] = p
                     _add_topk(cols, run.name, p, run.label_names, top_k)
                 if ensemble:

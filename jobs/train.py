@@ -17,11 +17,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cache import __version__
 from cache.errors import EmbcacheError, StoreError
 from cache.store import open_store
 from cache.stream import make_dataset, plan_split
-from jobs.runs import CARD_VERSION, MODEL_FILE, write_card
+from jobs.runs import MODEL_FILE, store_card_fields, write_card
 
 
 @dataclass(frozen=True)
@@ -198,29 +197,16 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
     samples_per_s = sorted(per_epoch / s for s in timer.seconds)[len(timer.seconds) // 2]
     seconds = time.perf_counter() - t0
     card = {
-        "card_version": CARD_VERSION,
+        **store_card_fields(store),
         "model": model_name,
         "hyperparameters": hp,
         "training": {**asdict(config), "epochs_run": len(val_acc), "best_epoch": best_epoch,
                      "seconds": round(seconds, 2), "samples_per_s": round(samples_per_s, 1),
                      "train_docs": plans["train"].num_docs, "val_docs": plans["val"].num_docs},
         "metrics": metrics,
-        "store": {"url": str(store_url), "num_docs": store.num_docs,
-                  "split": store.attrs.get("split")},
-        "vectors": store.attrs["vectors"],
-        "tokenizer": store.attrs["tokenizer"],
-        "max_len": store.max_len,
-        "dim": store.dim,
-        "dtype": store.attrs["dtype"],
-        "padding": store.attrs["padding"],
-        "truncating": store.attrs["truncating"],
-        "oov": store.attrs["oov"],
-        "strip_headers": store.attrs.get("strip_headers", False),
-        "label_names": store.label_names,
         "model_bytes": model_path.stat().st_size,
         "keras_way": {"vocab_size": vocab, "model_bytes": keras_way_bytes,
                       "note": "the same network with a frozen Embedding over the corpus vocabulary"},
-        "embcache_version": __version__,
     }
     write_card(out, card)
     plot_curves(history.history, out / "curves.png", title=f"{model_name} on {Path(store_url).name}")

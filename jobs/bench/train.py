@@ -27,17 +27,6 @@ from models.keras_way import with_frozen_embedding
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _sample_texts(store, doc_ids: set[str]) -> dict[str, str]:
-    """The original texts of ``doc_ids``, read again from the corpus recorded in the store."""
-    from cache.corpus import CorpusSpec, iter_documents
-
-    c = store.attrs["corpus"]
-    spec = CorpusSpec(path=c["path"], format=c["format"], text_columns=tuple(c["text_columns"]),
-                      label_column=c["label_column"], id_column=c["id_column"], header=c["header"],
-                      strip_headers=c["strip_headers"], label_names_file=c["label_names_file"])
-    return {d.doc_id: d.text for d in iter_documents(spec) if d.doc_id in doc_ids}
-
-
 def _timer():
     import keras
 
@@ -56,28 +45,21 @@ def _timer():
 
 
 def _token_ids(store, rows: np.ndarray, table):
-    """Token-id sequences over the sample's own vocabulary (id 0: padding and OOV, a zero row, as
-    in the store with ``--oov zero``) and the frozen embedding matrix."""
-    from cache.embed import BlockEmbedder, EmbedSettings
+    """Token-id sequences over the sampled documents' own vocabulary, and the frozen matrix."""
+    from jobs.bench.keras_way import (
+        corpus_texts,
+        embedding_matrix,
+        id_sequences,
+        token_rows,
+        word_index,
+    )
 
     doc_ids = [str(x) for x in store.array("doc_ids")[:]]
     wanted = [doc_ids[r] for r in rows]
-    texts = _sample_texts(store, set(wanted))
-    emb = BlockEmbedder(table, EmbedSettings(max_len=store.max_len), None)
-    L = store.max_len
-    seqs = np.zeros((len(rows), L), dtype=np.int32)
-    vocab: dict[int, int] = {}
-    for i, d in enumerate(wanted):
-        row = emb.token_ids(texts[d])  # OOV tokens keep their position as id 0 (a zero vector)
-        row = row[-L:] if store.attrs["truncating"] == "pre" else row[:L]
-        local = np.array([0 if r < 0 else vocab.setdefault(int(r), len(vocab) + 1) for r in row],
-                         dtype=np.int32)
-        if len(local):
-            seqs[i, L - len(local):] = local
-    matrix = np.zeros((len(vocab) + 1, table.dim), dtype=np.float32)
-    for r, j in vocab.items():
-        matrix[j] = table.vectors[r]
-    return seqs, matrix
+    texts = corpus_texts(store, set(wanted))
+    table_rows = token_rows(store, table, [texts[d] for d in wanted])
+    index = word_index(table_rows)
+    return id_sequences(store, table_rows, index), embedding_matrix(table, index)
 
 
 def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,

@@ -1,0 +1,160 @@
+"""``make bench-score``: four models scoring the 20 Newsgroups test split, in one run.
+
+- embcache: ``embcache score`` on the raw test documents (JSON Lines): one embedding pass into a
+  scoring store, then the four embedding-free models streaming from it.
+- keras: the same four networks, each with its own frozen Embedding over the corpus vocabulary,
+  loaded from their own files and fed token ids (the text is tokenized once, to be generous).
+
+Both run end to end (loading models included) in a child process each, so peak RSS is their own.
+Untrained weights: throughput and file sizes do not depend on them. Disk is reported for both,
+with embedded vectors at the corpus vocabulary and at the full vectors vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+MODELS = ("cnn", "kim_cnn", "fasttext", "transformer")
+
+
+def _keras_child(work: Path, store_url: str) -> dict:
+    """End to end the Keras way: word index, four models with vectors inside, ids, predictions."""
+    t0 = time.perf_counter()
+    import keras
+
+    import models
+    from cache.store import open_store
+    from cache.vectors import open_cached_table
+    from jobs.bench.keras_way import id_sequences, token_rows
+
+    models.names()
+    store = open_store(store_url)
+    docs = [json.loads(line) for line in (work / "test.jsonl").read_text().splitlines()]
+    index = {int(k): v for k, v in json.loads((work / "word_index.json").read_text()).items()}
+    table = open_cached_table(os.environ["EMBCACHE_BENCH_TABLE"])
+    loaded = [keras.saving.load_model(work / "keras" / f"{m}.keras", compile=False) for m in MODELS]
+    ids = id_sequences(store, token_rows(store, table, [d["text"] for d in docs]), index)
+    lengths = np.count_nonzero(ids, axis=1).astype(np.int32)
+    for model in loaded:
+        for start in range(0, len(ids), 64):
+            model.predict_on_batch({"ids": ids[start:start + 64],
+                                    "lengths": lengths[start:start + 64]})
+    return {"docs": len(docs), "seconds": time.perf_counter() - t0}
+
+
+def _prepare(work: Path, store_url: str, vectors: str) -> dict:
+    """Run folders for embcache, Keras-way model files, the test documents; returns file sizes."""
+    import models
+    from cache.store import SPLIT_NAMES, open_store
+    from cache.vectors import load_vectors
+    from jobs.bench.keras_way import corpus_texts, embedding_matrix, token_rows, word_index
+    from jobs.runs import MODEL_FILE, store_card_fields, write_card
+    from models.keras_way import with_frozen_embedding
+
+    store = open_store(store_url, require_labels=True)
+    table = load_vectors(vectors)
+    os.environ["EMBCACHE_BENCH_TABLE"] = table.cache_path
+    ids = [str(x) for x in store.array("doc_ids")[:]]
+    split = store.array("split")[:]
+    labels = store.array("labels")[:]
+    texts = corpus_texts(store, set(ids))
+    test = [i for i, s in enumerate(split) if s == SPLIT_NAMES.index("test")]
+    with open(work / "test.jsonl", "w") as f:
+        for i in test:
+            f.write(json.dumps({"id": ids[i], "text": texts[ids[i]],
+                                "label": store.label_names[labels[i]]}) + "\n")
+    index = word_index(token_rows(store, table, [texts[d] for d in ids]))  # corpus vocabulary
+    (work / "word_index.json").write_text(json.dumps(index))
+    corpus_matrix = embedding_matrix(table, index)
+    full_matrix = np.asarray(table.vectors)
+    (work / "keras").mkdir()
+    (work / "keras_full").mkdir()
+    sizes = {"embcache_models": 0, "keras_corpus_vocab": 0, "keras_full_vocab": 0,
+             "corpus_vocab": len(index), "full_vocab": table.size}
+    for name in MODELS:
+        def body(name=name):
+            return models.build(name, max_len=store.max_len, dim=store.dim,
+                                num_classes=len(store.label_names), padding=store.attrs["padding"])
+        run = work / "runs" / name
+        run.mkdir(parents=True)
+        body().save(run / MODEL_FILE)
+        write_card(run, {**store_card_fields(store), "model": name, "hyperparameters": {}})
+        sizes["embcache_models"] += (run / MODEL_FILE).stat().st_size
+        for folder, matrix, key in (("keras", corpus_matrix, "keras_corpus_vocab"),
+                                    ("keras_full", full_matrix, "keras_full_vocab")):
+            path = work / folder / f"{name}.keras"
+            with_frozen_embedding(body(), store.max_len, matrix).save(path)
+            sizes[key] += path.stat().st_size
+    shutil.rmtree(work / "keras_full")
+    sizes["vectors_file"] = Path(vectors).stat().st_size
+    sizes["test_docs"] = len(test)
+    return sizes
+
+
+@click.command()
+@click.option("--store", "store_url", required=True, help="The 20 Newsgroups store.")
+@click.option("--vectors", required=True)
+@click.option("--repeats", default=3, show_default=True)
+@click.option("--child", "child_dir", default=None, hidden=True)
+def main(store_url, vectors, repeats, child_dir):
+    """Benchmark scoring four models: one shared embedding pass vs four embedded-vector models."""
+    if child_dir:
+        click.echo(json.dumps(_keras_child(Path(child_dir), store_url)))
+        return
+    from jobs.bench.common import median, run_measured, table
+
+    work = Path(tempfile.mkdtemp(prefix="bench-score-"))
+    try:
+        sizes = _prepare(work, store_url, vectors)
+        runs = ",".join(str(work / "runs" / m) for m in MODELS)
+        emb, ker = [], []
+        for _ in range(repeats):
+            wall, rss, _out = run_measured([
+                sys.executable, "-m", "jobs.cli", "score", "-q", "--models", runs, "--input",
+                str(work / "test.jsonl"), "--label-column", "label", "--id-column", "id",
+                "--vectors", vectors, "--out", str(work / "p.csv"), "--keep-store",
+                str(work / "score.zarr")])
+            emb.append((wall, rss))
+            store_bytes = sum(f.stat().st_size for f in (work / "score.zarr").rglob("*") if f.is_file())
+            shutil.rmtree(work / "score.zarr")
+            wall, rss, _out = run_measured([sys.executable, "-m", "jobs.bench.score", "--store",
+                                            store_url, "--vectors", vectors, "--child", str(work)],
+                                           env=dict(os.environ))
+            ker.append((wall, rss))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    n = sizes["test_docs"]
+    e_wall, k_wall = median([w for w, _ in emb]), median([w for w, _ in ker])
+    click.echo(f"score benchmark: {n:,} test documents, models {', '.join(MODELS)}, median of "
+               f"{repeats}, end to end (process start to exit), {os.cpu_count()} cores")
+    click.echo(table(["way", "wall s", "docs/s", "peak RSS MB", "speed-up"], [
+        ["embcache (one embedding pass, 4 embedding-free models)", f"{e_wall:.1f}",
+         f"{n / e_wall:,.0f}", f"{max(r for _, r in emb):,.0f}", f"{k_wall / e_wall:.2f}x"],
+        ["Keras way (4 models with frozen Embedding, token ids)", f"{k_wall:.1f}",
+         f"{n / k_wall:,.0f}", f"{max(r for _, r in ker):,.0f}", "1.00x"]]))
+    mb = 1e6
+    click.echo("")
+    click.echo(table(["disk", "MB", "vs embcache models"], [
+        ["embcache: 4 model files", f"{sizes['embcache_models'] / mb:.1f}", "1.0x"],
+        ["embcache: + vectors file (shared by all models)", f"{sizes['vectors_file'] / mb:.1f}", ""],
+        ["embcache: + scoring store of the test split (temporary)", f"{store_bytes / mb:.1f}", ""],
+        [f"Keras way: 4 models, corpus vocabulary ({sizes['corpus_vocab']:,} words)",
+         f"{sizes['keras_corpus_vocab'] / mb:.1f}",
+         f"{sizes['keras_corpus_vocab'] / sizes['embcache_models']:.1f}x"],
+        [f"Keras way: 4 models, full vocabulary ({sizes['full_vocab']:,} words)",
+         f"{sizes['keras_full_vocab'] / mb:.1f}",
+         f"{sizes['keras_full_vocab'] / sizes['embcache_models']:.1f}x"]]))
+
+
+if __name__ == "__main__":
+    main()

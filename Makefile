@@ -14,7 +14,7 @@ VECTORS  ?= $(DATA_DIR)/glove.6B.50d.txt.gz
 GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
 NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
 
-.PHONY: install embed-corpus info train score test check bench bench-embed bench-train bench-quality data clean
+.PHONY: install embed-corpus info train score test check bench bench-embed bench-train bench-quality bench-score bench-scale data clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,7 +82,7 @@ check: install
 	$(BIN)/ruff check cache jobs models tests
 	DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest $(ARGS)
 
-bench: bench-embed bench-train
+bench: bench-embed bench-train bench-score bench-scale
 
 bench-embed: install
 	$(call need_data,$(CORPUS) $(VECTORS))
@@ -96,3 +96,10 @@ bench-train: embed-corpus
 
 bench-quality: install
 	$(BIN)/python -m jobs.bench.train --store $(STORE) --vectors $(VECTORS) --quality $(RUNS)/$(MODEL) $(ARGS)
+
+bench-score: install
+	$(BIN)/python -m jobs.bench.score --store $(STORE) --vectors $(VECTORS) $(ARGS)
+
+bench-scale: install
+	$(call need_data,$(CORPUS) $(VECTORS))
+	$(BIN)/python -m jobs.bench.scale --corpus $(CORPUS) --vectors $(VECTORS) $(ARGS)

@@ -1,0 +1,95 @@
+"""``make bench-scale``: embed-corpus on Dask against the single-machine job, and store read
+throughput from a local S3-compatible endpoint (moto's server) against local disk, in one run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from jobs.bench.common import median, run_measured, table
+
+
+def _embed(corpus, vectors, out, extra, env=None):
+    argv = [sys.executable, "-m", "jobs.cli", "embed-corpus", "--corpus", corpus, "--vectors",
+            vectors, "--out", out, "--strip-headers", "--overwrite", "-q", *extra]
+    return run_measured(argv, env=env)[:2]
+
+
+def _read_throughput(url: str, repeats: int) -> float:
+    """Documents per second streamed through make_dataset (all documents, no model)."""
+    from cache.store import open_store
+    from cache.stream import make_dataset
+
+    store = open_store(url)
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        n = sum(int(f["lengths"].shape[0]) for f, _ in make_dataset(store, split=None,
+                                                                     batch_size=64))
+        rates.append(n / (time.perf_counter() - t))
+    return median(rates)
+
+
+@click.command()
+@click.option("--corpus", required=True)
+@click.option("--vectors", required=True)
+@click.option("--repeats", default=3, show_default=True)
+def main(corpus, vectors, repeats):
+    """Benchmark Dask embedding and S3 reads."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    rows = []
+    try:
+        out = str(work / "s.zarr")
+        _embed(corpus, vectors, out, [])  # warm the vectors cache
+        variants = [("single process (--workers 1)", ["--workers", "1"]),
+                    ("2 spawned processes (default)", []),
+                    ("Dask local cluster, 1 worker (--scheduler local:1)", ["--scheduler", "local:1"]),
+                    ("Dask local cluster, 2 workers (--scheduler local:2)", ["--scheduler", "local:2"])]
+        base = None
+        for name, extra in variants:
+            runs = [_embed(corpus, vectors, out, extra) for _ in range(repeats)]
+            wall = median([w for w, _ in runs])
+            base = base or wall
+            rows.append([name, f"{wall:.1f}", f"{max(r for _, r in runs):,.0f}", f"{base / wall:.2f}x"])
+        click.echo(f"embed-corpus on Dask: {Path(corpus).name}, median of {repeats}, "
+                   f"{os.cpu_count()} cores (cluster start-up included)")
+        click.echo(table(["run", "wall s", "peak RSS MB", "speed-up vs single process"], rows))
+
+        from moto.server import ThreadedMotoServer
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+        os.environ.update(env)
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="bench")
+        s3_url = "s3://bench/news20.zarr"
+        s3_wall, _ = _embed(corpus, vectors, s3_url, [], env=env)
+        local_rate = _read_throughput(out, repeats)
+        s3_rate = _read_throughput(s3_url, repeats)
+        server.stop()
+        click.echo("")
+        click.echo("store read throughput (tf.data stream of every document, no model), median "
+                   f"of {repeats}; writing the store to S3 took {s3_wall:.1f} s")
+        click.echo(table(["store", "docs/s", "vs local disk"], [
+            ["local disk", f"{local_rate:,.0f}", "1.00x"],
+            ["S3 (moto server on localhost)", f"{s3_rate:,.0f}", f"{s3_rate / local_rate:.2f}x"]]))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -86,8 +86,13 @@ def store_state(url: str) -> str:
         group = zarr.open_group(store=url, mode="r")
     except FileNotFoundError:
         return "missing"
-    except Exception:  # noqa: BLE001 - unreadable metadata (e.g. killed mid-create)
-        return "incomplete" if is_local(url) else "foreign"
+    except ImportError as e:  # e.g. gs:// without gcsfs: fsspec says which package to install
+        raise StoreError(f"Cannot open {url}: {e}") from e
+    except Exception as e:  # noqa: BLE001
+        if is_local(url):  # unreadable metadata: killed mid-create
+            return "incomplete"
+        # Object storage: no credentials, no such bucket, no network. Say so rather than guess.
+        raise StoreError(f"Cannot open {url}: {type(e).__name__}: {e}") from e
     attrs = dict(group.attrs)
     if "embcache_layout" not in attrs:
         return "foreign" if attrs else "incomplete"

@@ -1,9 +1,9 @@
 """Stream a store into ``tf.data``: chunk-aligned reads, seeded shuffling, float16 -> float32 in graph.
 
-Memory is bounded by ``parallel_reads + shuffle_chunks`` chunks of decoded documents plus the
-shuffle buffer of ``shuffle_docs`` documents, whatever the store's size: a store far larger than
-RAM streams the same way. The only whole-store read is the ``split`` array (1 byte per document).
-Python runs once per chunk (about 125 documents), never per sample.
+Memory is bounded by ``parallel_reads`` chunks of decoded documents (in order) or about two
+shuffle windows of ``shuffle_docs`` documents (shuffled), plus prefetched batches, whatever the
+store's size: a store far larger than RAM streams the same way. The only whole-store read is the ``split`` array (1 byte per document).
+Python runs once per chunk (about 125 documents) or shuffle window, never per sample.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def make_dataset(
 ):
     """A ``tf.data.Dataset`` of ``({"embedded": (b, max_len, dim) float32, "lengths": (b,)}, labels)``.
 
-    Shuffling is two-level and seeded: chunk order is reshuffled every epoch, then documents mix
-    in a buffer of ``shuffle_docs``. Without ``shuffle`` the order is the store's.
+    Shuffling is two-level and seeded: chunk order is reshuffled every epoch, then documents are
+    permuted within windows of about ``shuffle_docs`` documents (whole chunks). Without ``shuffle`` the order is the store's.
 
     ``shard=(index, count)`` reads only every ``count``-th chunk: the explicit sharding that
     multi-worker training needs (tf.data's auto-sharding cannot see inside a Zarr reader and
@@ -101,34 +101,63 @@ def make_dataset(
     max_len, dim = store.max_len, store.dim
     dtype = tf.as_dtype(store.attrs["dtype"])
 
-    def _read(chunk):
+    def _read(chunks):
+        """One window: the chunks' documents of ``split``, rows permuted when shuffling.
+
+        Shuffling permutes row *indices* within a window of chunks in NumPy and writes each chunk
+        once into its permuted rows; a tf.data shuffle buffer of 100 KB documents costs far more
+        (measured: 3,900 docs/s through ``shuffle(2048)`` against 47,000 without).
+        """
+        chunks = [int(c) for c in np.atleast_1d(chunks)]
         if read_log is not None:
-            read_log.add(int(chunk))
-        x, lengths, labels = read_chunk(local, int(chunk), split, with_labels)
+            read_log.update(chunks)
+        parts = [read_chunk(local, c, split, with_labels) for c in chunks]
+        n = sum(len(p[1]) for p in parts)
+        if not shuffle:
+            x = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+            lengths = np.concatenate([p[1] for p in parts])
+            labels = np.concatenate([p[2] for p in parts]) if with_labels else None
+        else:
+            # Seeded by the run's seed and this window's chunks: chunk order changes every epoch,
+            # so does the permutation, and a rerun with the same seed sees the same order.
+            order = np.random.default_rng([seed, *chunks]).permutation(n)
+            x = np.empty((n, max_len, dim), dtype=parts[0][0].dtype)
+            lengths = np.empty(n, dtype=parts[0][1].dtype)
+            labels = np.empty(n, dtype=parts[0][2].dtype) if with_labels else None
+            start = 0
+            for px, pl, py in parts:
+                rows = order[start:start + len(pl)]
+                x[rows], lengths[rows] = px, pl
+                if with_labels:
+                    labels[rows] = py
+                start += len(pl)
         if labels is None:
             labels = np.zeros(len(lengths), dtype=np.int32)
         return x, lengths.astype(np.int32), labels.astype(np.int32)
 
-    def _tf_read(chunk):
-        x, lengths, labels = tf.numpy_function(_read, [chunk], [dtype, tf.int32, tf.int32],
+    def _tf_read(chunks):
+        x, lengths, labels = tf.numpy_function(_read, [chunks], [dtype, tf.int32, tf.int32],
                                                stateful=False)
         x.set_shape([None, max_len, dim])
         lengths.set_shape([None])
         labels.set_shape([None])
-        return tf.data.Dataset.from_tensor_slices((x, lengths, labels))
+        return x, lengths, labels
 
     ds = tf.data.Dataset.from_tensor_slices(plan.chunks.astype(np.int64))
     if repeat:
         ds = ds.repeat()
     if shuffle:
+        # Two-level shuffle: chunk order every epoch, then documents within windows of
+        # ``shuffle_docs`` documents (whole chunks) drawn from that order. One window is built
+        # while the model consumes the previous one, so memory is about two windows.
         ds = ds.shuffle(len(plan.chunks), seed=seed, reshuffle_each_iteration=True)
-    # interleave with parallel calls reads several chunks at once (zarr decompression releases
-    # the GIL); deterministic, so a seeded run is reproducible and scoring keeps store order.
-    ds = ds.interleave(_tf_read, cycle_length=parallel_reads, block_length=store.chunk_docs,
-                       num_parallel_calls=parallel_reads, deterministic=True)
-    if shuffle:
-        ds = ds.shuffle(shuffle_docs, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+        window = max(1, -(-shuffle_docs // store.chunk_docs))
+        ds = ds.batch(window).map(_tf_read, num_parallel_calls=1, deterministic=True)
+    else:
+        # Whole chunks, several read at once (zarr decompression releases the GIL), in store
+        # order: scoring relies on it.
+        ds = ds.map(_tf_read, num_parallel_calls=parallel_reads, deterministic=True)
+    ds = ds.unbatch().batch(batch_size)
     # The size is known from the plan: tell tf.data, so Keras shows a full progress bar from the
     # first epoch and never warns that the input "ran out of data".
     if not repeat:

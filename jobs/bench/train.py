@@ -145,11 +145,13 @@ def _quality_keras_way(store, body, epochs: int, batch_size: int) -> dict:
 @click.option("--docs", default=2048, show_default=True, help="Documents in the sample.")
 @click.option("--epochs", default=4, show_default=True, help="Epochs per variant (first is warm-up).")
 @click.option("--batch-size", default=32, show_default=True)
+@click.option("--rounds", default=3, show_default=True, help="Runs of every variant, interleaved.")
 @click.option("--quality", "quality_run", default=None,
               help="Instead of throughput: train cnn the Keras way for this many epochs and compare "
                    "with the run folder given (e.g. runs/cnn).")
 @click.option("--child-variant", default=None, hidden=True)
-def main(store_url, vectors, model_names, docs, epochs, batch_size, quality_run, child_variant):
+def main(store_url, vectors, model_names, docs, epochs, batch_size, rounds, quality_run,
+         child_variant):
     """Benchmark training throughput: store streaming vs ceiling, Keras way and seed way."""
     if quality_run:
         from cache.vectors import load_vectors
@@ -171,26 +173,35 @@ def main(store_url, vectors, model_names, docs, epochs, batch_size, quality_run,
         click.echo(json.dumps(child(variant, model_name, store_url, docs, epochs, batch_size)))
         return
     from cache.vectors import load_vectors
-    from jobs.bench.common import run_measured, table
+    from jobs.bench.common import median, run_measured, table
 
     os.environ["EMBCACHE_BENCH_TABLE"] = load_vectors(vectors).cache_path
     rows = []
+    variants = ("embcache", "ceiling", "keras", "seed")
     for model_name in model_names.split(","):
-        results = {}
-        for variant in ("embcache", "ceiling", "keras", "seed"):
-            wall, rss, out = run_measured([sys.executable, "-m", "jobs.bench.train", "--store",
-                                           store_url, "--vectors", vectors, "--docs", str(docs),
-                                           "--epochs", str(epochs), "--batch-size",
-                                           str(batch_size), "--child-variant",
-                                           f"{variant}:{model_name}"], env=dict(os.environ))
-            results[variant] = (json.loads(out.strip().splitlines()[-1])["samples_per_s"], rss)
-        base = results["embcache"][0]
-        for variant, (sps, rss) in results.items():
-            rows.append([model_name, variant, f"{sps:,.0f}", f"{rss:,.0f}",
+        results = {v: [] for v in variants}
+        # Rounds interleave the variants, so a noisy spell on the machine hits all of them.
+        for _ in range(rounds):
+            for variant in variants:
+                wall, rss, out = run_measured([sys.executable, "-m", "jobs.bench.train", "--store",
+                                               store_url, "--vectors", vectors, "--docs", str(docs),
+                                               "--epochs", str(epochs), "--batch-size",
+                                               str(batch_size), "--child-variant",
+                                               f"{variant}:{model_name}"], env=dict(os.environ))
+                sps = json.loads(out.strip().splitlines()[-1])["samples_per_s"]
+                results[variant].append((sps, rss))
+        base = median([s for s, _ in results["embcache"]])
+        for variant, runs in results.items():
+            sps = median([s for s, _ in runs])
+            spread = f"{min(s for s, _ in runs):,.0f}-{max(s for s, _ in runs):,.0f}"
+            rows.append([model_name, variant, f"{sps:,.0f}", spread,
+                         f"{max(r for _, r in runs):,.0f}",
                          f"{base / sps:.2f}x" if variant != "embcache" else ""])
-    click.echo(f"train benchmark: {docs:,} documents, batch {batch_size}, median epoch of "
-               f"{epochs - 1} after a warm-up epoch, {os.cpu_count()} cores")
-    click.echo(table(["model", "variant", "samples/s", "peak RSS MB", "embcache / variant"], rows))
+    click.echo(f"train benchmark: {docs:,} documents, batch {batch_size}; samples/s is the median "
+               f"over {rounds} rounds of each round's median epoch ({epochs - 1} after a warm-up "
+               f"epoch); {os.cpu_count()} cores")
+    click.echo(table(["model", "variant", "samples/s", "range", "peak RSS MB",
+                      "embcache / variant"], rows))
 
 
 def max_val(run: str) -> float:

@@ -2,7 +2,8 @@
 
 Memory is bounded by ``parallel_reads`` chunks of decoded documents (in order) or about two
 shuffle windows of ``shuffle_docs`` documents (shuffled), plus prefetched batches, whatever the
-store's size: a store far larger than RAM streams the same way. The only whole-store read is the ``split`` array (1 byte per document).
+store's size: a store far larger than RAM streams the same way. The only whole-store read is the
+``split`` array (1 byte per document).
 Python runs once per chunk (about 125 documents) or shuffle window, never per sample.
 """
 
@@ -79,7 +80,8 @@ def make_dataset(
     """A ``tf.data.Dataset`` of ``({"embedded": (b, max_len, dim) float32, "lengths": (b,)}, labels)``.
 
     Shuffling is two-level and seeded: chunk order is reshuffled every epoch, then documents are
-    permuted within windows of about ``shuffle_docs`` documents (whole chunks). Without ``shuffle`` the order is the store's.
+    permuted within windows of about ``shuffle_docs`` documents (whole chunks). Without ``shuffle``
+    the order is the store's.
 
     ``shard=(index, count)`` reads only every ``count``-th chunk: the explicit sharding that
     multi-worker training needs (tf.data's auto-sharding cannot see inside a Zarr reader and

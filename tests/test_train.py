@@ -50,6 +50,26 @@ def test_shuffle_is_seeded(store):
     assert not np.array_equal(order(3), order(4))
 
 
+def test_shuffle_keeps_vectors_lengths_and_labels_together(store):
+    """Shuffling permutes rows of a window: each document's vectors, length and label move as one,
+    and every epoch sees a new order."""
+    s = open_store(str(store))
+
+    def rows(ds):
+        out = []
+        for f, y in ds:
+            x = f["embedded"].numpy().reshape(len(y), -1)
+            out += [(x[i].tobytes(), int(f["lengths"][i]), int(y[i])) for i in range(len(y))]
+        return out
+
+    truth = rows(make_dataset(s, split="train", batch_size=5))
+    ds = make_dataset(s, split="train", batch_size=5, shuffle=True, seed=2, shuffle_docs=16)
+    epoch1, epoch2 = rows(ds), rows(ds)
+    assert sorted(epoch1) == sorted(epoch2) == sorted(truth)
+    assert [r[1:] for r in epoch1] != [r[1:] for r in truth]
+    assert [r[1:] for r in epoch1] != [r[1:] for r in epoch2]
+
+
 def test_train_leaves_a_run_folder(store, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--store", str(store), "--model", "fasttext",

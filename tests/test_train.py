@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from cache.corpus import CorpusSpec
 from cache.embed import EmbedSettings
 from cache.store import open_store
-from cache.stream import make_dataset, plan_split
+from cache.stream import ShuffleBuffer, make_dataset, plan_split
 from jobs.cli import main
 from jobs.embed_corpus import SplitSettings, embed_corpus
 from tests.conftest import make_folder_corpus
@@ -68,6 +68,19 @@ def test_shuffle_keeps_vectors_lengths_and_labels_together(store):
     assert sorted(epoch1) == sorted(epoch2) == sorted(truth)
     assert [r[1:] for r in epoch1] != [r[1:] for r in truth]
     assert [r[1:] for r in epoch1] != [r[1:] for r in epoch2]
+
+
+@pytest.mark.parametrize("size", [1, 5, 16, 100])
+def test_shuffle_buffer_emits_every_document_once_with_its_fields(size):
+    buf = ShuffleBuffer(size, np.random.default_rng(0))
+    chunks = [np.arange(s, s + n) for s, n in ((0, 8), (8, 8), (16, 3), (19, 40))]
+    out = [part for c in chunks for part in buf.push((c, c * 10))]
+    out += list(buf.drain(7))
+    ids = np.concatenate([a for a, _ in out])
+    assert np.array_equal(np.concatenate([b for _, b in out]), ids * 10)  # fields stay together
+    assert sorted(ids.tolist()) == list(range(59))
+    if size >= 16:
+        assert not np.array_equal(ids, np.arange(59))  # and the order is mixed
 
 
 def test_train_leaves_a_run_folder(store, tmp_path):

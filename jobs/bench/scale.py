@@ -63,7 +63,11 @@ def main(corpus, vectors, repeats):
                    f"{os.cpu_count()} cores (cluster start-up included)")
         click.echo(table(["run", "wall s", "peak RSS MB", "speed-up vs single process"], rows))
 
+        import logging
+
         from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

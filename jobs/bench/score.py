@@ -121,7 +121,9 @@ def main(store_url, vectors, repeats, child_dir):
         for _ in range(repeats):
             wall, rss, _out = run_measured([
                 sys.executable, "-m", "jobs.cli", "score", "-q", "--models", runs, "--input",
-                str(work / "test.jsonl"), "--label-column", "label", "--id-column", "id",
+                # No --label-column: predictions only, no metrics report or plots, as the Keras
+                # way child below computes predictions only.
+                str(work / "test.jsonl"), "--id-column", "id",
                 "--vectors", vectors, "--out", str(work / "p.csv"), "--keep-store",
                 str(work / "score.zarr")])
             emb.append((wall, rss))
@@ -136,7 +138,8 @@ def main(store_url, vectors, repeats, child_dir):
     n = sizes["test_docs"]
     e_wall, k_wall = median([w for w, _ in emb]), median([w for w, _ in ker])
     click.echo(f"score benchmark: {n:,} test documents, models {', '.join(MODELS)}, median of "
-               f"{repeats}, end to end (process start to exit), {os.cpu_count()} cores")
+               f"{repeats}, end to end (process start to exit, predictions only), "
+               f"{os.cpu_count()} cores")
     click.echo(table(["way", "wall s", "docs/s", "peak RSS MB", "speed-up"], [
         ["embcache (one embedding pass, 4 embedding-free models)", f"{e_wall:.1f}",
          f"{n / e_wall:,.0f}", f"{max(r for _, r in emb):,.0f}", f"{k_wall / e_wall:.2f}x"],

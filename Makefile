@@ -94,10 +94,10 @@ clean:
 bench-train: embed-corpus
 	$(BIN)/python -m jobs.bench.train --store $(STORE) --vectors $(VECTORS) $(ARGS)
 
-bench-quality: install
+bench-quality: $(RUNS)/$(MODEL)/model.json
 	$(BIN)/python -m jobs.bench.train --store $(STORE) --vectors $(VECTORS) --quality $(RUNS)/$(MODEL) $(ARGS)
 
-bench-score: install
+bench-score: embed-corpus
 	$(BIN)/python -m jobs.bench.score --store $(STORE) --vectors $(VECTORS) $(ARGS)
 
 bench-scale: install

@@ -81,7 +81,7 @@ def main() -> None:
 @click.option("--val-frac", default=0.1, show_default=True, type=float,
               help="Fraction of documents in the validation split (by hash of the doc id).")
 @click.option("--test-frac", default=0.1, show_default=True, type=float)
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Seed of the split hash and the unk vector.")
 @click.option("--chunk-docs", default=None, type=int,
               help="Documents per chunk [default: about 12 MiB uncompressed, ~1 MB compressed].")
@@ -156,7 +156,7 @@ def info_cmd(store, as_json):
 @click.option("--learning-rate", default=1e-3, show_default=True, type=float)
 @click.option("--patience", default=3, show_default=True, type=int,
               help="Epochs without a better validation accuracy before stopping.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--shuffle-docs", default=2048, show_default=True, type=int,
               help="In-memory shuffle buffer (documents), on top of per-epoch chunk shuffling.")
 @click.option("--strategy", default="default", show_default=True,

@@ -53,6 +53,22 @@ def make_folder_corpus(root: Path, docs_per_label=12, labels=("neg", "pos"), see
     return out
 
 
+def small_store(root: Path, vectors: Path, *, docs_per_label: int, val_frac: float,
+                test_frac: float, labels=("a", "b", "c")) -> Path:
+    """A labelled folder corpus in ``root/corpus`` embedded into ``root/s.zarr`` (max_len 160,
+    16 documents per chunk, one process)."""
+    from cache.corpus import CorpusSpec
+    from cache.embed import EmbedSettings
+    from jobs.embed_corpus import SplitSettings, embed_corpus
+
+    make_folder_corpus(root / "corpus", docs_per_label=docs_per_label, labels=labels)
+    store = root / "s.zarr"
+    embed_corpus(CorpusSpec(str(root / "corpus")), str(vectors), str(store), workers=1,
+                 chunk_docs=16, progress=False, settings=EmbedSettings(max_len=160),
+                 split=SplitSettings(val_frac=val_frac, test_frac=test_frac))
+    return store
+
+
 @pytest.fixture
 def folder_corpus(tmp_path):
     root = tmp_path / "corpus"

@@ -11,20 +11,16 @@ from click.testing import CliRunner
 from cache.corpus import CorpusSpec
 from cache.embed import EmbedSettings
 from jobs.cli import main
-from jobs.embed_corpus import SplitSettings, embed_corpus
+from jobs.embed_corpus import embed_corpus
 from jobs.runs import write_card
 from jobs.train import TrainConfig, train
-from tests.conftest import make_folder_corpus
+from tests.conftest import make_folder_corpus, small_store
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, vectors_file):
     root = tmp_path_factory.mktemp("score")
-    make_folder_corpus(root / "corpus", docs_per_label=30, labels=("a", "b", "c"))
-    store = root / "s.zarr"
-    embed_corpus(CorpusSpec(str(root / "corpus")), str(vectors_file[0]), str(store), workers=1,
-                 chunk_docs=16, progress=False, settings=EmbedSettings(max_len=160),
-                 split=SplitSettings(val_frac=0.3, test_frac=0.3))
+    store = small_store(root, vectors_file[0], docs_per_label=30, val_frac=0.3, test_frac=0.3)
     cfg = TrainConfig(epochs=1)
     for name in ("fasttext", "kim_cnn"):
         train(str(store), name, str(root / "runs" / name), config=cfg, progress=False)

@@ -5,23 +5,17 @@ import pytest
 from click.testing import CliRunner
 
 from cache.corpus import CorpusSpec
-from cache.embed import EmbedSettings
 from cache.store import open_store
 from cache.stream import ShuffleBuffer, make_dataset, plan_split
 from jobs.cli import main
-from jobs.embed_corpus import SplitSettings, embed_corpus
-from tests.conftest import make_folder_corpus
+from jobs.embed_corpus import embed_corpus
+from tests.conftest import small_store
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, vectors_file):
-    root = tmp_path_factory.mktemp("train")
-    make_folder_corpus(root / "corpus", docs_per_label=60, labels=("a", "b", "c"))
-    out = root / "s.zarr"
-    embed_corpus(CorpusSpec(str(root / "corpus")), str(vectors_file[0]), str(out), workers=1,
-                 chunk_docs=16, progress=False, settings=EmbedSettings(max_len=160),
-                 split=SplitSettings(val_frac=0.2, test_frac=0.2))
-    return out
+    return small_store(tmp_path_factory.mktemp("train"), vectors_file[0], docs_per_label=60,
+                       val_frac=0.2, test_frac=0.2)
 
 
 def test_stream_covers_each_split_exactly_once(store):

@@ -210,8 +210,10 @@ def _score_store(runs: list[Run], store, out_path: Path, fmt: str, *, split: str
                 ids = [next(ids_iter) for _ in range(n)]
                 cols: dict[str, list] = {"doc_id": ids}
                 probs = {}
+                inputs = _pad_batch(features, batch_size)
                 for run in runs:
-                    p = np.asarray(run.model.predict_on_batch(features))  # compiled, not eager
+                    # compiled, not eager; one input shape, so each model is traced only once
+                    p = np.asarray(run.model.predict_on_batch(inputs))[:n]
                     probs[run.name] = p
                     _add_topk(cols, run.name, p, run.label_names, top_k)
                 if ensemble:
@@ -237,6 +239,17 @@ def _score_store(runs: list[Run], store, out_path: Path, fmt: str, *, split: str
                                 models=[r.name for r in runs])
     return ScoreSummary(out=str(out_path), docs=plan.num_docs, models=[r.name for r in runs],
                         seconds=0.0, metrics=metrics)
+
+
+def _pad_batch(features: dict, batch_size: int) -> dict:
+    """Pad a short (last) batch with empty documents up to ``batch_size``: a new input shape would
+    make Keras trace and compile every model's predict function a second time."""
+    import tensorflow as tf
+
+    missing = batch_size - int(features["lengths"].shape[0])
+    if missing <= 0:
+        return features
+    return {k: tf.pad(v, [[0, missing]] + [[0, 0]] * (len(v.shape) - 1)) for k, v in features.items()}
 
 
 def _doc_ids_in_order(doc_ids, split_codes, split: str | None, store):

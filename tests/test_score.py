@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from cache.corpus import CorpusSpec
 from cache.embed import EmbedSettings
+from cache.store import open_store
 from jobs.cli import main
 from jobs.embed_corpus import embed_corpus
 from jobs.runs import write_card
@@ -69,6 +70,24 @@ def test_scores_a_store_split_with_metrics_and_ensemble(setup, tmp_path):
     assert set(metrics["models"]["fasttext"]["per_class"]) == {"a", "b", "c"}
     assert "ensemble" in metrics and (tmp_path / "confusion_kim_cnn.png").exists()
     assert "macro-F1" in text and text.strip().splitlines()[-1].startswith(f"Scored {len(rows)} documents")
+
+
+@pytest.mark.parametrize("batch_size", [7, 64])
+def test_probabilities_equal_the_models_own(setup, tmp_path, batch_size):
+    """Scores equal the model's own predictions, a padded short last batch included."""
+    root, store = setup
+    out = tmp_path / "p.csv"
+    code, text = run("--models", f"{root}/runs/kim_cnn", "--input", store, "--out", out,
+                     "--batch-size", batch_size)
+    assert code == 0, text
+    s = open_store(str(store))
+    model = keras.saving.load_model(root / "runs" / "kim_cnn" / "model.keras")
+    want = model.predict({"embedded": s.array("embedded")[:].astype("float32"),
+                          "lengths": s.array("lengths")[:].astype("int32")}, verbose=0)
+    rows = read_csv(out)
+    assert len(rows) == s.num_docs and s.num_docs % 7 != 0
+    got = np.array([float(r["kim_cnn_prob"]) for r in rows])
+    assert np.allclose(got, want.max(axis=1), atol=1e-5)
 
 
 def predictions(path):

@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,11 +106,12 @@ def score(
         raise EmbcacheError(f"Output folder {out_path.parent} does not exist (for --out {out})")
     if top_k < 1:
         raise EmbcacheError(f"Invalid value for `top_k`. Expected a positive integer. Received: top_k={top_k}")
-    for d in model_dirs:  # cheap checks first: a bad card fails before any model loads
-        read_card(d)
-    runs = [load_run(d) for d in model_dirs]
-    _model_names(runs)
-    expected = check_compatible(runs)
+    # Cheap checks first, from the cards alone: a bad card or incompatible models fail before
+    # any model loads or any document is embedded.
+    cards = [Run(path=Path(d), name=Path(d).name, card=card, model=None)
+             for d, card in ((d, read_card(d)) for d in model_dirs)]
+    _model_names(cards)
+    expected = check_compatible(cards)
 
     tmp_dir = None
     if store_state(input_path) in ("complete", "incomplete"):
@@ -118,16 +120,26 @@ def score(
         if diff:
             raise StoreError(f"Store {input_path} was embedded differently from what the models "
                              f"expect ({'; '.join(diff)})")
+        runs = _load_runs(model_dirs)
     else:
         if vectors_path is None:
             raise EmbcacheError(f"Scoring raw documents ({input_path}) needs --vectors: the file "
-                                f"the models were trained with ({runs[0].card['vectors']['source']})")
+                                f"the models were trained with ({cards[0].card['vectors']['source']})")
         target = keep_store
         if target is None:
             tmp_dir = tempfile.mkdtemp(prefix="embcache-score-")
             target = os.path.join(tmp_dir, "score.zarr")
-        store = _embed_input(runs[0].card, corpus or CorpusSpec(input_path), vectors_path, target,
-                             expected, progress, cache_dir)
+        # The one embedding pass overlaps with importing Keras and loading the models.
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                embedding = pool.submit(_embed_input, cards[0].card, corpus or CorpusSpec(input_path),
+                                        vectors_path, target, expected, progress, cache_dir)
+                runs = _load_runs(model_dirs)  # on failure, the pool waits for the embedding
+                store = embedding.result()
+        except BaseException:
+            if tmp_dir:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
         split = None
     try:
         summary = _score_store(runs, store, out_path, fmt, split=split, top_k=top_k,
@@ -138,6 +150,12 @@ def score(
     summary.seconds = time.perf_counter() - t0
     summary.kept_store = keep_store
     return summary
+
+
+def _load_runs(model_dirs: list[str]) -> list[Run]:
+    runs = [load_run(d) for d in model_dirs]
+    _model_names(runs)
+    return runs
 
 
 def _embed_input(card: dict, corpus: CorpusSpec, vectors_path: str, target: str, expected: dict,

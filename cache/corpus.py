@@ -15,7 +15,7 @@ import os
 import tarfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from cache.errors import CorpusError
@@ -73,6 +73,14 @@ class CorpusSpec:
         d["text_columns"] = list(self.text_columns)
         d["format"] = self.resolved_format()
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CorpusSpec:
+        """The inverse of ``to_dict`` (extra keys, such as a store's file size, are ignored)."""
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        kwargs["text_columns"] = tuple(kwargs.get("text_columns", ()))
+        return cls(**kwargs)
 
 
 @dataclass

@@ -1,10 +1,9 @@
 """Stream a store into ``tf.data``: chunk-aligned reads, seeded shuffling, float16 -> float32 in graph.
 
 Memory is bounded by ``parallel_reads`` chunks of decoded documents in flight, the shuffle buffer
-of ``shuffle_docs`` documents (training), and the prefetched batches, whatever the
-store's size: a store far larger than RAM streams the same way. The only whole-store read is the
-``split`` array (1 byte per document).
-Python runs once per chunk (about 125 documents), never per sample.
+of ``shuffle_docs`` documents (training) and the prefetched batches, whatever the store's size: a
+store far larger than RAM streams the same way. The only whole-store read is the ``split`` array
+(1 byte per document). Python runs once per chunk (about 125 documents), never per sample.
 """
 
 from __future__ import annotations
@@ -130,8 +129,8 @@ def make_dataset(
     """A ``tf.data.Dataset`` of ``({"embedded": (b, max_len, dim) float32, "lengths": (b,)}, labels)``.
 
     Shuffling is two-level and seeded: chunk order is reshuffled every epoch, then documents mix
-    in a buffer of ``shuffle_docs`` (``ShuffleBuffer``). Without ``shuffle``
-    the order is the store's.
+    in a buffer of ``shuffle_docs`` (``ShuffleBuffer``). Without ``shuffle`` the order is the
+    store's.
 
     ``shard=(index, count)`` reads only every ``count``-th chunk: the explicit sharding that
     multi-worker training needs (tf.data's auto-sharding cannot see inside a Zarr reader and

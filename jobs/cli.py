@@ -151,13 +151,13 @@ def info_cmd(store, as_json):
 @click.option("--model", "model_name", default="cnn", show_default=True,
               help="A registered model: bilstm, cnn, fasttext, gru, kim_cnn, transformer.")
 @click.option("--out", default=None, help="Run folder [default: runs/MODEL].")
-@click.option("--epochs", default=10, show_default=True, type=int)
-@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--learning-rate", default=1e-3, show_default=True, type=float)
-@click.option("--patience", default=3, show_default=True, type=int,
+@click.option("--patience", default=3, show_default=True, type=click.IntRange(min=1),
               help="Epochs without a better validation accuracy before stopping.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--shuffle-docs", default=2048, show_default=True, type=int,
+@click.option("--shuffle-docs", default=2048, show_default=True, type=click.IntRange(min=1),
               help="In-memory shuffle buffer (documents), on top of per-epoch chunk shuffling.")
 @click.option("--strategy", default="default", show_default=True,
               type=click.Choice(["default", "multi-worker"]),
@@ -180,11 +180,6 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
     quiet_tensorflow()
     from jobs.train import train
 
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience),
-                        ("shuffle_docs", shuffle_docs)):
-        if value < 1:
-            raise click.BadParameter(f"must be a positive integer, got {value}",
-                                     param_hint=f"--{name.replace('_', '-')}")
     config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          patience=patience, seed=seed, shuffle_docs=shuffle_docs,
                          strategy=strategy)
@@ -204,9 +199,9 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
               help="The vectors file the models were trained with (raw input only).")
 @click.option("--split", default=None, type=click.Choice(["train", "val", "test"]),
               help="Score only this split of a store [default: every document].")
-@click.option("--top-k", default=1, show_default=True, type=int,
+@click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1),
               help="Labels and probabilities per model and document.")
-@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--keep-store", default=None,
               help="Keep the scoring store of raw input here (default: a temporary one).")
 @click.option("--metrics-dir", default=None,
@@ -232,11 +227,6 @@ def score_cmd(model_dirs, input_path, out, vectors_path, split, top_k, batch_siz
     from cache.corpus import CorpusSpec
     from jobs.score import dump_metrics_table, score
 
-    if top_k < 1:
-        raise click.BadParameter(f"must be a positive integer, got {top_k}", param_hint="--top-k")
-    if batch_size < 1:
-        raise click.BadParameter(f"must be a positive integer, got {batch_size}",
-                                 param_hint="--batch-size")
     spec = CorpusSpec(path=input_path, format=corpus_format, text_columns=tuple(text_columns),
                       label_column=label_column, id_column=id_column, header=header,
                       label_names_file=label_names_file)

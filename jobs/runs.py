@@ -96,7 +96,7 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 @dataclass
 class Run:
-    """A loaded run folder."""
+    """A run folder: its verified card, and its Keras model once loaded (``None`` before)."""
 
     path: Path
     name: str
@@ -138,13 +138,16 @@ def read_card(run_dir: str | Path) -> dict[str, Any]:
     return card
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path, card: dict[str, Any] | None = None) -> Run:
     """Read, verify and load a run folder; the model is loaded in Keras safe mode.
+
+    ``card``: the folder's card as ``read_card`` already returned it (skips reading and hashing
+    the files a second time).
 
     Raises:
         ModelError: no card, a tampered or foreign card, or a model that needs unsafe loading.
     """
-    card = read_card(run_dir)
+    card = card if card is not None else read_card(run_dir)
     run = Path(run_dir)
     import keras
 

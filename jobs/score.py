@@ -9,7 +9,6 @@ bounded by one batch per model plus the prefetch queue, whatever the number of d
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -108,10 +107,9 @@ def score(
         raise EmbcacheError(f"Invalid value for `top_k`. Expected a positive integer. Received: top_k={top_k}")
     # Cheap checks first, from the cards alone: a bad card or incompatible models fail before
     # any model loads or any document is embedded.
-    cards = [Run(path=Path(d), name=Path(d).name, card=card, model=None)
-             for d, card in ((d, read_card(d)) for d in model_dirs)]
-    _model_names(cards)
-    expected = check_compatible(cards)
+    runs = [Run(path=Path(d), name=Path(d).name, card=read_card(d), model=None) for d in model_dirs]
+    _model_names(runs)
+    expected = check_compatible(runs)
 
     tmp_dir = None
     if store_state(input_path) in ("complete", "incomplete"):
@@ -120,11 +118,11 @@ def score(
         if diff:
             raise StoreError(f"Store {input_path} was embedded differently from what the models "
                              f"expect ({'; '.join(diff)})")
-        runs = _load_runs(model_dirs)
+        _load_models(runs)
     else:
         if vectors_path is None:
             raise EmbcacheError(f"Scoring raw documents ({input_path}) needs --vectors: the file "
-                                f"the models were trained with ({cards[0].card['vectors']['source']})")
+                                f"the models were trained with ({runs[0].card['vectors']['source']})")
         target = keep_store
         if target is None:
             tmp_dir = tempfile.mkdtemp(prefix="embcache-score-")
@@ -132,9 +130,9 @@ def score(
         # The one embedding pass overlaps with importing Keras and loading the models.
         try:
             with ThreadPoolExecutor(max_workers=1) as pool:
-                embedding = pool.submit(_embed_input, cards[0].card, corpus or CorpusSpec(input_path),
+                embedding = pool.submit(_embed_input, runs[0].card, corpus or CorpusSpec(input_path),
                                         vectors_path, target, expected, progress, cache_dir)
-                runs = _load_runs(model_dirs)  # on failure, the pool waits for the embedding
+                _load_models(runs)  # on failure, the pool waits for the embedding
                 store = embedding.result()
         except BaseException:
             if tmp_dir:
@@ -152,10 +150,10 @@ def score(
     return summary
 
 
-def _load_runs(model_dirs: list[str]) -> list[Run]:
-    runs = [load_run(d) for d in model_dirs]
-    _model_names(runs)
-    return runs
+def _load_models(runs: list[Run]) -> None:
+    """Load each run's model (Keras safe mode), reusing the card already read and verified."""
+    for run in runs:
+        run.model = load_run(run.path, card=run.card).model
 
 
 def _embed_input(card: dict, corpus: CorpusSpec, vectors_path: str, target: str, expected: dict,
@@ -303,6 +301,3 @@ def dump_metrics_table(metrics: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
-
-def metrics_json(metrics: dict) -> str:
-    return json.dumps(metrics, indent=2)

@@ -72,14 +72,15 @@ def parse_hparams(pairs: tuple[str, ...] | list[str]) -> dict:
     return out
 
 
-class _EpochTimer:
-    """Keras callback factory (built lazily so importing this module does not import Keras)."""
+class EpochTimer:
+    """Per-epoch wall times as a Keras callback; ``make()`` builds it lazily, so importing this
+    module does not import Keras (also used by ``jobs.bench.train``)."""
 
     @staticmethod
     def make():
         import keras
 
-        class EpochTimer(keras.callbacks.Callback):
+        class Timer(keras.callbacks.Callback):
             def __init__(self):
                 super().__init__()
                 self.seconds: list[float] = []
@@ -90,7 +91,7 @@ class _EpochTimer:
             def on_epoch_end(self, epoch, logs=None):
                 self.seconds.append(time.perf_counter() - self._t)
 
-        return EpochTimer()
+        return Timer()
 
 
 def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig = TrainConfig(),
@@ -124,12 +125,15 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
 
     import keras
 
+    def build():
+        return models.build(model_name, max_len=store.max_len, dim=store.dim,
+                            num_classes=len(store.label_names), padding=store.attrs["padding"],
+                            **hp)
+
     keras.utils.set_random_seed(config.seed)
     scope = cluster.strategy.scope() if cluster else contextlib.nullcontext()
     with scope:
-        model = models.build(model_name, max_len=store.max_len, dim=store.dim,
-                             num_classes=len(store.label_names), padding=store.attrs["padding"],
-                             **(hparams or {}))
+        model = build()
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     fit_steps: dict = {}
@@ -142,8 +146,7 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
     else:
         train_ds, val_ds, fit_steps, plans["train"] = cluster.datasets(store, config, read_log)
         cluster.build(model, train_ds)
-    timer = _EpochTimer.make()
-    timer = _EpochTimer.make()
+    timer = EpochTimer.make()
     # Every worker saves (saving may need collective ops); only the chief saves into the run folder.
     work_dir = out if cluster is None or cluster.is_chief else out / f".worker-{cluster.index}"
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -188,10 +191,7 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
     from models.keras_way import embedding_model_bytes
 
     vocab = store.attrs.get("corpus_vocab_size") or store.attrs["vectors"]["vocab_size"]
-    keras_way_bytes = embedding_model_bytes(
-        lambda: models.build(model_name, max_len=store.max_len, dim=store.dim,
-                             num_classes=len(store.label_names), padding=store.attrs["padding"],
-                             **(hparams or {})), vocab, store.dim, store.max_len)
+    keras_way_bytes = embedding_model_bytes(build, vocab, store.dim, store.max_len)
     per_epoch = (fit_steps["steps_per_epoch"] * config.batch_size * cluster.count if cluster
                  else plans["train"].num_docs)
     samples_per_s = sorted(per_epoch / s for s in timer.seconds)[len(timer.seconds) // 2]

@@ -97,3 +97,10 @@ def test_corrupt_archive_and_bad_json(tmp_path):
     js.write_text('{"text": "ok"}\n{"text": oops}\n')
     with pytest.raises(CorpusError, match="x.jsonl, line 2: not valid JSON"):
         scan_corpus(CorpusSpec(str(js)))
+
+
+def test_spec_round_trips_through_its_dict(tmp_path):
+    spec = CorpusSpec(str(tmp_path / "a.csv"), text_columns=("title", "body"), label_column="0",
+                      header=False, strip_headers=True)
+    back = CorpusSpec.from_dict({**spec.to_dict(), "size": 123})  # extra store keys are ignored
+    assert back == CorpusSpec(**{**spec.__dict__, "format": "csv"})

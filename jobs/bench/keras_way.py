@@ -12,10 +12,7 @@ def corpus_texts(store, doc_ids: set[str]) -> dict[str, str]:
     """The original texts of ``doc_ids``, read again from the corpus recorded in the store."""
     from cache.corpus import CorpusSpec, iter_documents
 
-    c = store.attrs["corpus"]
-    spec = CorpusSpec(path=c["path"], format=c["format"], text_columns=tuple(c["text_columns"]),
-                      label_column=c["label_column"], id_column=c["id_column"], header=c["header"],
-                      strip_headers=c["strip_headers"], label_names_file=c["label_names_file"])
+    spec = CorpusSpec.from_dict(store.attrs["corpus"])
     return {d.doc_id: d.text for d in iter_documents(spec) if d.doc_id in doc_ids}
 
 

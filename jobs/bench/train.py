@@ -17,31 +17,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import click
 import numpy as np
 
+from jobs.train import EpochTimer
 from models.keras_way import with_frozen_embedding
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _timer():
-    import keras
-
-    class EpochTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self.t)
-
-    return EpochTimer()
 
 
 def _token_ids(store, rows: np.ndarray, table):
@@ -103,7 +86,7 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
         model = with_frozen_embedding(body, store.max_len, matrix)
         fit_args = {"x": {"ids": seqs, "lengths": lengths}, "y": labels, "batch_size": batch_size}
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    timer = _timer()
+    timer = EpochTimer.make()
     model.fit(**fit_args, epochs=epochs, verbose=0, callbacks=[timer])
     per_epoch = sorted(timer.seconds[1:])  # the first epoch includes tracing
     return {"samples_per_s": len(rows) / per_epoch[len(per_epoch) // 2]}

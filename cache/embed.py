@@ -2,7 +2,7 @@
 
 A block is exactly one chunk of documents, so a block's output depends only on its documents and
 the settings: any number of workers, in any order, writes an identical store. Memory per block is
-``chunk_docs x max_len x dim`` (a few MB) plus the block's texts.
+its kept tokens' vectors (at most ``chunk_docs x max_len x dim``, a few MB) plus its texts.
 """
 
 from __future__ import annotations
@@ -67,15 +67,15 @@ def _column_stats(vectors: np.ndarray, rows: int = 65536) -> tuple[np.ndarray, n
 
 @dataclass
 class BlockResult:
-    embedded: np.ndarray  # (n, max_len, dim)
+    tokens: np.ndarray  # (kept tokens, dim): every document's kept tokens, in order, no padding
     lengths: np.ndarray  # (n,) int32
-    tokens: int
+    num_tokens: int
     oov_tokens: int
     rows_used: np.ndarray  # unique vector rows of the block's in-vocabulary tokens
 
 
 class BlockEmbedder:
-    """Tokenize, look up, truncate and pad a block of texts into ``(n, max_len, dim)``."""
+    """Tokenize, look up and truncate a block of texts into its kept tokens' vectors (ragged)."""
 
     def __init__(self, table: VectorTable, settings: EmbedSettings, oov: np.ndarray | None):
         self.settings = settings
@@ -93,26 +93,21 @@ class BlockEmbedder:
 
     def embed(self, texts: list[str]) -> BlockResult:
         s = self.settings
-        n, max_len = len(texts), s.max_len
-        ids = np.full((n, max_len), _PAD, dtype=np.int64)
-        lengths = np.zeros(n, dtype=np.int32)
-        tokens = oov = 0
+        max_len = s.max_len
+        kept = []
         used = []
-        for i, text in enumerate(texts):
+        tokens = oov = 0
+        for text in texts:
             row = self.token_ids(text)
             used.append(row)
             tokens += len(row)
             oov += int(np.count_nonzero(row == _OOV))
             if len(row) > max_len:  # Keras pad_sequences: "pre" drops from the start
                 row = row[-max_len:] if s.truncating == "pre" else row[:max_len]
-            k = len(row)
-            lengths[i] = k
-            if k:
-                if s.padding == "pre":
-                    ids[i, max_len - k:] = row
-                else:
-                    ids[i, :k] = row
-        out = np.zeros((n, max_len, self.vectors.shape[1]), dtype=self.dtype)
+            kept.append(row)
+        lengths = np.fromiter(map(len, kept), dtype=np.int32, count=len(kept))
+        ids = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+        out = np.zeros((len(ids), self.vectors.shape[1]), dtype=self.dtype)
         known = ids >= 0
         out[known] = self.vectors[ids[known]]  # one gather per block, cast on assignment
         if self.oov is not None:
@@ -140,7 +135,8 @@ class BlockWriter:
             group = zarr.open_group(store=store_url, mode="r+")
             # Open each array once: looking one up re-reads its metadata document.
             arrays = {name: group[name] for name in group.array_keys()}
-            self._stores[store_url] = arrays, int(group.attrs["chunk_docs"])
+            attrs = group.attrs
+            self._stores[store_url] = arrays, (int(attrs["chunk_docs"]), int(attrs["block_rows"]))
         return self._stores[store_url]
 
     def write(self, store_url: str, chunk: int, texts: list[str], doc_ids: list[str],
@@ -150,16 +146,21 @@ class BlockWriter:
         Returns:
             The stats row (docs, tokens, oov tokens, kept tokens) and the vector rows used.
         """
-        arrays, chunk_docs = self._open(store_url)
+        arrays, (chunk_docs, rows) = self._open(store_url)
         region = slice(chunk * chunk_docs, chunk * chunk_docs + len(texts))
         result = self.embedder.embed(texts)
-        arrays["embedded"][region] = result.embedded
+        first = chunk * rows  # this block's own rows of `tokens`: whole chunks, no other writer
+        starts = np.zeros(len(texts), dtype=np.int64)
+        np.cumsum(result.lengths[:-1], out=starts[1:])
+        if len(result.tokens):
+            arrays["tokens"][first:first + len(result.tokens)] = result.tokens
+        arrays["offsets"][region] = first + starts
         arrays["lengths"][region] = result.lengths
         arrays["doc_ids"][region] = np.asarray(doc_ids, dtype=object)
         arrays["split"][region] = split
         if "labels" in arrays:
             arrays["labels"][region] = np.asarray(labels, dtype=np.int32)
-        stats = np.array([len(texts), result.tokens, result.oov_tokens,
+        stats = np.array([len(texts), result.num_tokens, result.oov_tokens,
                           int(result.lengths.sum())], dtype=np.int64)
         arrays["chunk_stats"][chunk] = stats
         return stats, result.rows_used

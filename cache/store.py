@@ -1,17 +1,31 @@
-"""The store layout: one Zarr v3 group, its arrays and its attributes (the single source of truth).
+"""The store layout (version 2, ragged): one Zarr v3 group, its arrays and its attributes (the
+single source of truth).
 
-    embedded     (docs, max_len, dim)  float16|float32  chunked along docs, Blosc-compressed
-    lengths      (docs,)               int32            tokens kept per doc (for masking)
-    labels       (docs,)               int32            label index (labelled corpora only)
-    doc_ids      (docs,)               string           source path, CSV row or JSON id
-    split        (docs,)               int8             0 train, 1 val, 2 test (hash of doc id)
-    chunk_stats  (chunks, 4)           int64            per chunk: docs, tokens, oov tokens,
-                                                        kept tokens; -1 until the chunk is written
+    tokens       (chunks * block_rows, dim)  float16|float32  the kept tokens' vectors, flat; zstd
+    offsets      (docs,)                     int64   first row of each document in ``tokens``
+    lengths      (docs,)                     int32   tokens kept per document (after truncation)
+    labels       (docs,)                     int32   label index (labelled corpora only)
+    doc_ids      (docs,)                     string  source path, CSV row or JSON id
+    split        (docs,)                     int8    0 train, 1 val, 2 test (hash of doc id)
+    chunk_stats  (chunks, 4)                 int64   per chunk: docs, tokens, oov tokens, kept
+                                                     tokens; -1 until the chunk is written
 
-Every per-document array shares the document chunking, so a chunk-aligned block of documents is
-written by exactly one task. ``chunk_stats`` row *i* is written last for block *i*: it is the
-commit marker that makes resume possible. ``attrs["complete"]`` turns true only after every chunk
-is in; readers refuse a store without it.
+Document *d* is ``tokens[offsets[d] : offsets[d] + lengths[d]]``, its kept tokens in text order:
+padding is not stored. ``max_len``, ``padding`` and ``truncating`` stay recorded; truncation was
+applied when the store was written, padding is applied by the reader (to the batch's length).
+
+Every per-document array shares the document chunking (``chunk_docs``). Block *i* (documents
+``i * chunk_docs ...``) owns the rows ``[i * block_rows, (i + 1) * block_rows)`` of ``tokens``,
+where ``block_rows`` is ``chunk_docs * max_len`` rounded up to whole ``tokens`` chunks: a block
+writes only whole chunks of its own, so it is still written by exactly one task, in any order.
+It fills its rows from the start and leaves the rest unwritten; Zarr stores no unwritten chunk,
+so the disk holds the kept tokens (plus at most one part-filled chunk per block) and the shape is
+an address space, not a size: never read ``tokens[:]`` whole.
+
+``chunk_stats`` row *i* is written last for block *i*: it is the commit marker that makes resume
+possible. ``attrs["complete"]`` turns true only after every chunk is in; readers refuse a store
+without it. Layout 1 (every document padded to ``max_len`` in ``embedded``) is refused with a
+request to rebuild.
 """
 
 from __future__ import annotations
@@ -27,10 +41,10 @@ import numpy as np
 
 from cache.errors import StoreError
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 SPLIT_NAMES = ("train", "val", "test")
 STATS_COLUMNS = ("docs", "tokens", "oov_tokens", "kept_tokens")
-DOC_ARRAYS = ("embedded", "lengths", "labels", "doc_ids", "split")
+DOC_ARRAYS = ("offsets", "lengths", "labels", "doc_ids", "split")
 
 
 def default_compressor():
@@ -43,11 +57,25 @@ def default_compressor():
 
 
 def auto_chunk_docs(max_len: int, dim: int, itemsize: int, target_bytes: int = 12 << 20) -> int:
-    """Documents per chunk so an uncompressed chunk holds about ``target_bytes``.
+    """Documents per block so a block padded to ``max_len`` would hold about ``target_bytes``.
 
-    12 MiB uncompressed is about 1 MB compressed on 20 Newsgroups (the Zarr docs advise >= 1 MB
-    per chunk) and measured fastest: per-chunk overhead dominates below it (BENCHMARKS.md)."""
+    Measured on layout 1 (BENCHMARKS.md): 12 MiB per block of documents kept the per-chunk
+    overhead of the small per-document arrays low while leaving enough blocks (160 for 20
+    Newsgroups) to shuffle their order. A ragged block stores less (a quarter on 20 Newsgroups)."""
     return max(1, target_bytes // (max_len * dim * itemsize))
+
+
+def token_chunk_rows(dim: int, itemsize: int, target_bytes: int = 512 << 10) -> int:
+    """Rows per ``tokens`` chunk: a power of two near ``target_bytes`` uncompressed (4,096 rows at
+    50 float16 dimensions). Small enough that a block's last, part-filled chunk wastes little;
+    large enough that zarr's per-chunk cost (about 1 ms) stays small against decoding."""
+    rows = max(64, target_bytes // (dim * itemsize))
+    return 1 << (rows.bit_length() - 1)
+
+
+def block_rows(chunk_docs: int, max_len: int, token_chunk: int) -> int:
+    """``tokens`` rows reserved per block: its worst case, in whole ``tokens`` chunks."""
+    return -(-chunk_docs * max_len // token_chunk) * token_chunk
 
 
 def assign_split(doc_ids: list[str], val_frac: float, test_frac: float, seed: int = 0) -> np.ndarray:
@@ -120,11 +148,15 @@ def create_store(url: str, *, num_docs: int, max_len: int, dim: int, dtype: str,
 
     group = zarr.open_group(store=url, mode="w")
     n_chunks = -(-num_docs // chunk_docs)
-    group.create_array("embedded", shape=(num_docs, max_len, dim), chunks=(chunk_docs, max_len, dim),
+    token_chunk = token_chunk_rows(dim, np.dtype(dtype).itemsize)
+    rows = block_rows(chunk_docs, max_len, token_chunk)
+    group.create_array("tokens", shape=(n_chunks * rows, dim), chunks=(token_chunk, dim),
                        dtype=dtype, compressors=default_compressor(), fill_value=0,
-                       # Skip zarr's all-zero scan of every chunk (half the write time here);
-                       # an empty document chunk is rare and costs a few bytes compressed.
+                       # Skip zarr's all-zero scan of every chunk written (measured: half the
+                       # write time of layout 1); unwritten chunks are still never stored.
                        config={"write_empty_chunks": True})
+    group.create_array("offsets", shape=(num_docs,), chunks=(chunk_docs,), dtype="int64",
+                       fill_value=0)
     group.create_array("lengths", shape=(num_docs,), chunks=(chunk_docs,), dtype="int32",
                        fill_value=0)
     if labelled:
@@ -138,7 +170,8 @@ def create_store(url: str, *, num_docs: int, max_len: int, dim: int, dtype: str,
     # Attributes last: a store killed before this line has no layout tag and reads as incomplete.
     group.attrs.update({**attrs, "embcache_layout": LAYOUT_VERSION, "complete": False,
                         "num_docs": num_docs, "max_len": max_len, "dim": dim, "dtype": dtype,
-                        "chunk_docs": chunk_docs, "num_chunks": n_chunks, "labelled": labelled})
+                        "chunk_docs": chunk_docs, "num_chunks": n_chunks, "labelled": labelled,
+                        "token_chunk": token_chunk, "block_rows": rows})
     return group
 
 
@@ -182,6 +215,10 @@ class Store:
         return int(self.attrs["chunk_docs"])
 
     @property
+    def padding(self) -> str:
+        return str(self.attrs["padding"])
+
+    @property
     def num_chunks(self) -> int:
         return int(self.attrs["num_chunks"])
 
@@ -219,8 +256,10 @@ def open_store(url: str, *, require_complete: bool = True, require_labels: bool 
                          "embed-corpus command that created it, or rebuild it with --overwrite") from None
     layout = attrs.get("embcache_layout")
     if layout is not None and layout != LAYOUT_VERSION:
-        raise StoreError(f"Store {url} has layout version {layout}; this embcache reads version "
-                         f"{LAYOUT_VERSION}. Rebuild it with this version's embed-corpus")
+        what = " (every document padded to max_len)" if layout == 1 else ""
+        raise StoreError(f"Store {url} has layout version {layout}{what}; this embcache reads "
+                         f"version {LAYOUT_VERSION} (ragged: kept tokens only). Rebuild it: rerun "
+                         "its embed-corpus command with --overwrite")
     if require_complete and not attrs.get("complete"):
         done = total = "?"
         if "chunk_stats" in group:

@@ -1,9 +1,17 @@
-"""Stream a store into ``tf.data``: chunk-aligned reads, seeded shuffling, float16 -> float32 in graph.
+"""Stream a ragged store into ``tf.data``: chunk-aligned reads, seeded shuffling, length buckets.
 
-Memory is bounded by ``parallel_reads`` chunks of decoded documents in flight, the shuffle buffer
-of ``shuffle_docs`` documents (training) and the prefetched batches, whatever the store's size: a
-store far larger than RAM streams the same way. The only whole-store read is the ``split`` array
-(1 byte per document). Python runs once per chunk (about 125 documents), never per sample.
+A batch is padded to its length bucket (:func:`bucket_lengths`: a fixed grid of lengths, a
+quarter octave apart, capped at the store's ``max_len``), not to ``max_len``: every document
+joins the queue of its bucket and a batch leaves when a queue holds ``batch_size`` documents.
+A document is therefore always padded to the same length, wherever it is read (training,
+evaluation, scoring), and a batch wastes at most a fifth of its rows on padding. Padding goes on
+the side the store records (``pre``: the tokens end the sequence, as Keras ``pad_sequences``).
+
+Memory is bounded whatever the store's size: ``parallel_reads`` blocks in flight, the shuffle
+buffer (``shuffle_docs`` documents, training), at most ``batch_size - 1`` documents waiting in
+each of the ~24 bucket queues, and the prefetched batches. Documents are copied out of their block
+when they enter a buffer, so a waiting document never pins its whole block. Python runs once per
+block and once per batch, never per token.
 """
 
 from __future__ import annotations
@@ -21,57 +29,192 @@ from cache.store import SPLIT_NAMES, Store
 
 @dataclass(frozen=True)
 class StreamPlan:
-    """Which chunks hold documents of the requested split, and how many documents that is."""
+    """Which chunks hold documents of the requested split, how many, and in which length buckets."""
 
     chunks: np.ndarray  # chunk indices, ascending
     num_docs: int
+    bucket_counts: np.ndarray | None = None  # documents per length bucket (bucket_lengths order)
+
+    def num_batches(self, batch_size: int) -> int | None:
+        """Batches in one pass when short batches leave only at the end (no ``max_wait``): every
+        bucket gives ``ceil(count / batch_size)``, whatever the order the documents come in."""
+        if self.bucket_counts is None:
+            return None
+        return int((-(-self.bucket_counts // batch_size)).sum())
 
 
 def plan_split(store: Store, split: str | None, shard: tuple[int, int] | None = None) -> StreamPlan:
     """Chunks with at least one document of ``split`` (``None``: all documents).
 
     ``shard=(index, count)`` keeps every ``count``-th of those chunks starting at ``index``
-    (explicit sharding by chunk, for multi-worker training).
+    (explicit sharding by chunk, for multi-worker training). Reads ``split`` and ``lengths``
+    (5 bytes per document) a slab of about a million documents at a time.
     """
     if split is not None and split not in SPLIT_NAMES:
         raise StoreError(f"Invalid value for `split`. Expected one of {SPLIT_NAMES}. "
                          f"Received: split={split!r}")
-    c = store.chunk_docs
-    if split is None:
-        per_chunk = np.full(store.num_chunks, c, dtype=np.int64)
-        per_chunk[-1] = store.num_docs - c * (store.num_chunks - 1)
-    else:
-        codes = store.array("split")[:] == SPLIT_NAMES.index(split)
-        per_chunk = np.add.reduceat(codes.astype(np.int64), np.arange(0, store.num_docs, c))
-    chunks = np.flatnonzero(per_chunk > 0)
+    c, n_chunks = store.chunk_docs, store.num_chunks
+    buckets = bucket_lengths(store.max_len)
+    counts = np.zeros(n_chunks * len(buckets), dtype=np.int64)  # (chunk, bucket), flat
+    slab = max(1, (1 << 20) // c) * c
+    for start in range(0, store.num_docs, slab):
+        stop = min(start + slab, store.num_docs)
+        lengths = store.array("lengths")[start:stop]
+        chunk = np.arange(start, stop) // c
+        if split is not None:
+            keep = store.array("split")[start:stop] == SPLIT_NAMES.index(split)
+            lengths, chunk = lengths[keep], chunk[keep]
+        index = chunk * len(buckets) + np.searchsorted(buckets, lengths)
+        counts += np.bincount(index, minlength=len(counts))
+    counts = counts.reshape(n_chunks, len(buckets))
+    chunks = np.flatnonzero(counts.sum(axis=1) > 0)
     if shard is not None:
         index, count = shard
         chunks = chunks[index::count]
-    return StreamPlan(chunks=chunks, num_docs=int(per_chunk[chunks].sum()))
+    return StreamPlan(chunks=chunks, num_docs=int(counts[chunks].sum()),
+                      bucket_counts=counts[chunks].sum(axis=0))
 
 
-def read_chunk(store: Store, chunk: int, split: str | None, with_labels: bool):
-    """One chunk's documents of ``split``: (embedded float16, lengths, labels or None)."""
-    c = store.chunk_docs
-    region = slice(chunk * c, min((chunk + 1) * c, store.num_docs))
-    x = store.array("embedded")[region]
-    lengths = store.array("lengths")[region]
-    labels = store.array("labels")[region] if with_labels else None
-    if split is not None:
-        keep = store.array("split")[region] == SPLIT_NAMES.index(split)
-        x, lengths = x[keep], lengths[keep]
-        labels = labels[keep] if labels is not None else None
-    return x, lengths, labels
+def bucket_lengths(max_len: int, granule: int = 8, per_octave: int = 4) -> np.ndarray:
+    """The lengths a batch is padded to: multiples of ``granule``, ``per_octave`` per doubling,
+    ending at ``max_len`` (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, ... 864, 1000 for 1000).
+
+    Fixed by ``max_len`` alone, so a document gets the same padded length in every store and job;
+    a quarter octave bounds the padding at about a fifth of a batch; ~24 lengths keep the
+    number of shapes a model sees small (one trace each where shapes are static, as on XLA).
+    """
+    out = set()
+    for i in itertools.count():
+        b = -(-int(np.ceil(granule * 2 ** (i / per_octave))) // granule) * granule
+        if b >= max_len:
+            out.add(max_len)
+            break
+        out.add(b)
+    return np.array(sorted(out), dtype=np.int64)
+
+
+@dataclass
+class Block:
+    """One chunk's documents of the requested split, as stored (ragged)."""
+
+    tokens: np.ndarray  # (rows, dim): the documents' kept tokens back to back
+    starts: np.ndarray  # (n,) first row of each document in ``tokens``
+    lengths: np.ndarray  # (n,) int32
+    labels: np.ndarray  # (n,) int32 (zeros for an unlabelled store)
+
+    def documents(self) -> np.ndarray:
+        """An object array of per-document ``(length, dim)`` arrays, each a copy (so a document
+        kept in a buffer never pins the whole block)."""
+        docs = np.empty(len(self.lengths), dtype=object)
+        for i, (s, n) in enumerate(zip(self.starts.tolist(), self.lengths.tolist())):
+            docs[i] = self.tokens[s:s + n].copy()
+        return docs
+
+
+class BlockReader:
+    """Reads whole blocks: the per-document arrays of one chunk and its ``tokens`` rows in one
+    contiguous read (only the chunks the block wrote)."""
+
+    def __init__(self, store: Store, with_labels: bool):
+        names = ["tokens", "offsets", "lengths", "split"] + (["labels"] if with_labels else [])
+        # Open the arrays once: looking one up re-reads its metadata document.
+        self.arrays = {k: store.array(k) for k in names}
+        self.chunk_docs, self.num_docs = store.chunk_docs, store.num_docs
+
+    def read(self, chunk: int, split: str | None) -> Block:
+        c = self.chunk_docs
+        region = slice(chunk * c, min((chunk + 1) * c, self.num_docs))
+        a = self.arrays
+        offsets = a["offsets"][region]
+        lengths = a["lengths"][region].astype(np.int32)
+        labels = (a["labels"][region].astype(np.int32) if "labels" in a
+                  else np.zeros(len(lengths), np.int32))
+        first, end = int(offsets[0]), int(offsets[-1] + lengths[-1])
+        starts = offsets - first
+        if split is not None:
+            keep = a["split"][region] == SPLIT_NAMES.index(split)
+            starts, lengths, labels = starts[keep], lengths[keep], labels[keep]
+        tokens = a["tokens"][first:end] if end > first else a["tokens"][0:0]
+        return Block(tokens, starts, lengths, labels)
+
+
+def pad_batch(docs, length: int, padding: str, dim: int, dtype) -> np.ndarray:
+    """``(n, length, dim)``: each document's rows at the end (``pre``) or start (``post``)."""
+    x = np.zeros((len(docs), length, dim), dtype=dtype)
+    for i, d in enumerate(docs):
+        n = len(d)
+        if n:
+            if padding == "pre":
+                x[i, length - n:] = d
+            else:
+                x[i, :n] = d
+    return x
+
+
+def read_padded(store: Store, start: int, stop: int, length: int | None = None) -> np.ndarray:
+    """Documents ``start:stop`` padded to ``length`` (default ``max_len``), as layout 1 held them.
+    For tests and benchmarks: memory is ``(stop - start) x length x dim``."""
+    a = store.array("offsets")[start:stop]
+    lengths = store.array("lengths")[start:stop]
+    tokens = store.array("tokens")
+    docs = [tokens[int(o):int(o) + int(n)] for o, n in zip(a, lengths)]
+    return pad_batch(docs, length or store.max_len, store.padding, store.dim,
+                     np.dtype(store.attrs["dtype"]))
+
+
+class Bucketer:
+    """Length-bucket queues: documents in, padded batches ``(x, lengths, labels, seq)`` out.
+
+    ``seq`` numbers documents in the order they entered. ``max_wait`` (documents) flushes a
+    queue, as a short batch, once its oldest document has waited that long: in store order this
+    bounds how far a batch can run ahead of the documents before it (scoring writes rows in
+    input order through a buffer of that size).
+    """
+
+    def __init__(self, boundaries: np.ndarray, batch_size: int, padding: str, dim: int, dtype,
+                 max_wait: int | None = None):
+        self.boundaries, self.batch_size, self.padding = boundaries, batch_size, padding
+        self.dim, self.dtype, self.max_wait = dim, dtype, max_wait
+        self.queues: list[list] = [[] for _ in boundaries]
+        self.seq = 0
+
+    def add(self, docs: np.ndarray, lengths: np.ndarray, labels: np.ndarray):
+        buckets = np.searchsorted(self.boundaries, lengths)  # first boundary >= length
+        for d, n, y, k in zip(docs, lengths.tolist(), labels.tolist(), buckets.tolist()):
+            q = self.queues[k]
+            q.append((d, n, y, self.seq))
+            self.seq += 1
+            if len(q) == self.batch_size:
+                yield self._batch(k)
+        if self.max_wait is not None:
+            for k, q in enumerate(self.queues):
+                if q and self.seq - q[0][3] >= self.max_wait:
+                    yield self._batch(k)
+
+    def flush(self):
+        """The remaining short batches, oldest first."""
+        while True:
+            waiting = [(q[0][3], k) for k, q in enumerate(self.queues) if q]
+            if not waiting:
+                return
+            yield self._batch(min(waiting)[1])
+
+    def _batch(self, k: int):
+        q, self.queues[k] = self.queues[k], []
+        docs, lengths, labels, seq = zip(*q)
+        x = pad_batch(docs, int(self.boundaries[k]), self.padding, self.dim, self.dtype)
+        return (x, np.asarray(lengths, np.int32), np.asarray(labels, np.int32),
+                np.asarray(seq, np.int64))
 
 
 class ShuffleBuffer:
     """A shuffle buffer over whole chunks, in NumPy: tf.data's ``shuffle`` semantics (every
     document leaves from a uniformly random slot of a full buffer) at a fraction of the cost.
 
-    tf.data's own ``shuffle`` handles one 100 KB document per element and was the training
-    bottleneck (measured: 3,900 docs/s through ``shuffle(2048)`` against 47,000 without). Here a
+    tf.data's own ``shuffle`` handles one document per element and was the training bottleneck
+    on layout 1 (measured: 3,900 docs/s through ``shuffle(2048)`` against 47,000 without). Here a
     chunk of documents enters in one step: its documents take random slots of the buffer and the
-    documents they displace leave as one array. Memory: ``size`` documents, preallocated.
+    documents they displace leave as one array. Memory: ``size`` documents.
     """
 
     def __init__(self, size: int, rng: np.random.Generator):
@@ -111,6 +254,44 @@ class ShuffleBuffer:
         self.filled = 0
 
 
+def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_size: int,
+                 shuffle: bool = False, rng: np.random.Generator | None = None,
+                 shuffle_docs: int = 2048, with_labels: bool = True, parallel_reads: int = 4,
+                 max_wait: int | None = None, read_log: set | None = None):
+    """One pass over ``plan``: padded batches ``(x, lengths, labels, seq)`` in NumPy.
+
+    With ``shuffle``, chunk order is a permutation drawn from ``rng`` and documents mix through a
+    ``ShuffleBuffer`` of ``shuffle_docs`` before they are bucketed; without, documents enter in
+    store order (``seq`` is then the position in the split) and ``max_wait`` bounds how far a
+    batch runs ahead (see :class:`Bucketer`).
+    """
+    reader = BlockReader(store, with_labels)
+    bucketer = Bucketer(bucket_lengths(store.max_len), batch_size, store.padding, store.dim,
+                        np.dtype(store.attrs["dtype"]), max_wait=max_wait)
+    chunks = rng.permutation(plan.chunks) if shuffle else plan.chunks
+    buffer = ShuffleBuffer(min(shuffle_docs, plan.num_docs), rng) if shuffle else None
+
+    def read(chunk):
+        if read_log is not None:
+            read_log.add(int(chunk))
+        b = reader.read(int(chunk), split)
+        return b.documents(), b.lengths, b.labels
+
+    with ThreadPoolExecutor(max_workers=parallel_reads) as pool:
+        ahead: collections.deque = collections.deque()
+        for chunk in itertools.chain(chunks, [None] * parallel_reads):
+            if chunk is not None:
+                ahead.append(pool.submit(read, chunk))
+            if len(ahead) >= parallel_reads or (chunk is None and ahead):
+                block = ahead.popleft().result()  # bounded read-ahead: memory stays flat
+                for docs in (buffer.push(block) if buffer else (block,)):
+                    yield from bucketer.add(*docs)
+    if buffer:
+        for docs in buffer.drain(store.chunk_docs):
+            yield from bucketer.add(*docs)
+    yield from bucketer.flush()
+
+
 def make_dataset(
     store: Store,
     *,
@@ -118,19 +299,23 @@ def make_dataset(
     batch_size: int = 32,
     shuffle: bool = False,
     seed: int = 0,
-    shuffle_docs: int = 1024,
+    shuffle_docs: int = 2048,
     with_labels: bool = True,
+    with_seq: bool = False,
     parallel_reads: int = 4,
     shard: tuple[int, int] | None = None,
     plan: StreamPlan | None = None,
     repeat: bool = False,
+    max_wait: int | None = None,
     read_log: set | None = None,
 ):
-    """A ``tf.data.Dataset`` of ``({"embedded": (b, max_len, dim) float32, "lengths": (b,)}, labels)``.
+    """A ``tf.data.Dataset`` of ``({"embedded": (b, T, dim) float32, "lengths": (b,)}, labels)``.
 
-    Shuffling is two-level and seeded: chunk order is reshuffled every epoch, then documents mix
-    in a buffer of ``shuffle_docs`` (``ShuffleBuffer``). Without ``shuffle`` the order is the
-    store's.
+    ``T`` is the batch's length bucket (see the module docstring). Shuffling is two-level and
+    seeded: chunk order is reshuffled every epoch, then documents mix in a buffer of
+    ``shuffle_docs`` (``ShuffleBuffer``). Without ``shuffle`` documents enter in store order;
+    ``with_seq`` adds ``"seq"`` (the document's position in that order) to the features, so a
+    caller can put results back in order.
 
     ``shard=(index, count)`` reads only every ``count``-th chunk: the explicit sharding that
     multi-worker training needs (tf.data's auto-sharding cannot see inside a Zarr reader and
@@ -145,71 +330,35 @@ def make_dataset(
     if with_labels and not store.labelled:
         raise StoreError(f"Store {store.url} has no labels")
     plan = plan or plan_split(store, split, shard)
-    # Open the arrays once here; each read then goes straight to the chunk.
-    arrays = {k: store.array(k) for k in ("embedded", "lengths", "split", "labels")
-              if k in store.group}
-    local = Store(url=store.url, group=arrays, attrs=store.attrs)
-    max_len, dim = store.max_len, store.dim
+    dim = store.dim
     dtype = tf.as_dtype(store.attrs["dtype"])
+    epochs = itertools.count()
 
-    def _read(chunk):
-        if read_log is not None:
-            read_log.add(int(chunk))
-        x, lengths, labels = read_chunk(local, int(chunk), split, with_labels)
-        if labels is None:
-            labels = np.zeros(len(lengths), dtype=np.int32)
-        return x, lengths.astype(np.int32), labels.astype(np.int32)
+    def _batches():
+        rng = np.random.default_rng([seed, next(epochs)]) if shuffle else None
+        yield from iter_batches(store, plan, split=split, batch_size=batch_size, shuffle=shuffle,
+                                rng=rng, shuffle_docs=shuffle_docs, with_labels=with_labels,
+                                parallel_reads=parallel_reads, max_wait=max_wait,
+                                read_log=read_log)
 
-    def _tf_read(chunk):
-        x, lengths, labels = tf.numpy_function(_read, [chunk], [dtype, tf.int32, tf.int32],
-                                               stateful=False)
-        x.set_shape([None, max_len, dim])
-        lengths.set_shape([None])
-        labels.set_shape([None])
-        return x, lengths, labels
-
-    if shuffle:
-        epochs = itertools.count()
-
-        def _shuffled():
-            """One epoch: chunks in a new seeded order, read ``parallel_reads`` ahead, documents
-            mixed through a ``ShuffleBuffer`` of ``shuffle_docs``. Python runs once per chunk."""
-            rng = np.random.default_rng([seed, next(epochs)])
-            buffer = ShuffleBuffer(min(shuffle_docs, plan.num_docs), rng)
-            with ThreadPoolExecutor(max_workers=parallel_reads) as pool:
-                ahead: collections.deque = collections.deque()
-                for chunk in rng.permutation(plan.chunks):
-                    ahead.append(pool.submit(_read, chunk))
-                    if len(ahead) >= parallel_reads:  # bounded read-ahead: memory stays flat
-                        yield from buffer.push(ahead.popleft().result())
-                while ahead:
-                    yield from buffer.push(ahead.popleft().result())
-            yield from buffer.drain(store.chunk_docs)
-
-        spec = (tf.TensorSpec([None, max_len, dim], dtype), tf.TensorSpec([None], tf.int32),
-                tf.TensorSpec([None], tf.int32))
-        # A generator of chunk-sized elements (not per-sample): ~128 Python steps per epoch.
-        ds = tf.data.Dataset.from_generator(_shuffled, output_signature=spec)
-        if repeat:
-            ds = ds.repeat()
-    else:
-        ds = tf.data.Dataset.from_tensor_slices(plan.chunks.astype(np.int64))
-        if repeat:
-            ds = ds.repeat()
-        # Whole chunks, several read at once (zarr decompression releases the GIL), in store
-        # order: scoring relies on it.
-        ds = ds.map(_tf_read, num_parallel_calls=parallel_reads, deterministic=True)
-    ds = ds.unbatch().batch(batch_size)
-    # The size is known from the plan: tell tf.data, so Keras shows a full progress bar from the
-    # first epoch and never warns that the input "ran out of data".
-    if not repeat:
-        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-plan.num_docs // batch_size)))
+    spec = (tf.TensorSpec([None, None, dim], dtype), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64))
+    # One element per padded batch: Python runs per block and per batch, never per document.
+    ds = tf.data.Dataset.from_generator(_batches, output_signature=spec)
+    if repeat:
+        ds = ds.repeat()
+    elif max_wait is None:
+        # The count is known from the plan: tell tf.data, so Keras shows a full progress bar
+        # from the first epoch and never warns that the input "ran out of data".
+        ds = ds.apply(tf.data.experimental.assert_cardinality(plan.num_batches(batch_size)))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     ds = ds.with_options(options)
 
-    def _to_model(x, lengths, labels):
+    def _to_model(x, lengths, labels, seq):
         features = {"embedded": tf.cast(x, tf.float32), "lengths": lengths}
+        if with_seq:
+            features["seq"] = seq
         return (features, labels) if with_labels else features
 
     return ds.map(_to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

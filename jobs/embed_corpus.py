@@ -31,6 +31,7 @@ from cache.embed import (
 )
 from cache.errors import CorpusError, EmbcacheError, StoreError
 from cache.store import (
+    LAYOUT_VERSION,
     SPLIT_NAMES,
     assign_split,
     auto_chunk_docs,
@@ -190,6 +191,7 @@ def _embed(corpus: CorpusSpec, out: str, scan, table, oov, pool: Executor | None
     itemsize = np.dtype(settings.dtype).itemsize
     chunk = chunk_docs or auto_chunk_docs(settings.max_len, table.dim, itemsize)
     job = {
+        "layout": LAYOUT_VERSION,
         "corpus": _corpus_identity(corpus),
         "vectors": table.fingerprint,
         "settings": settings.to_dict(),

@@ -28,8 +28,9 @@ def format_info(info: dict[str, Any]) -> str:
     size = info.get("bytes_on_disk")
     lines = [
         f"store        {info['store']} ({state})",
-        f"embedded     ({info['num_docs']:,}, {info['max_len']}, {info['dim']}) {info['dtype']}, "
-        f"{info['chunk_docs']} docs per chunk, {info['num_chunks']} chunks",
+        f"documents    {info['num_docs']:,} of up to {info['max_len']} tokens x {info['dim']} "
+        f"{info['dtype']} (ragged: kept tokens only), {info['chunk_docs']} docs per chunk, "
+        f"{info['num_chunks']} chunks",
         f"on disk      {size / 1e6:,.1f} MB" if size is not None else "on disk      (remote)",
         f"vectors      {vec.get('source')} dim={vec.get('dim')} vocab={vec.get('vocab_size', 0):,} "
         f"fingerprint={str(vec.get('fingerprint'))[:16]}",
@@ -38,8 +39,10 @@ def format_info(info: dict[str, Any]) -> str:
         f"oov={info.get('oov', {}).get('policy')}",
     ]
     if "num_tokens" in info:
-        lines.append(f"tokens       {info['num_tokens']:,} (OOV rate {info['oov_rate']:.2%}, "
-                     f"{info['kept_tokens']:,} kept after truncation)")
+        mean = info["kept_tokens"] / max(info["num_docs"], 1)
+        lines.append(f"tokens       {info['num_tokens']:,} (OOV rate {info['oov_rate']:.2%}), "
+                     f"{info['kept_tokens']:,} kept after truncation ({mean:,.0f} per document, "
+                     f"{mean / info['max_len']:.0%} of max_len)")
     if labels:
         shown = ", ".join(labels[:8]) + (f", ... ({len(labels)} in all)" if len(labels) > 8 else "")
         lines.append(f"labels       {shown}")

@@ -14,7 +14,7 @@ from typing import Any
 
 from cache.errors import ModelError
 
-CARD_VERSION = 1
+CARD_VERSION = 2  # 2: models take batches of any length (layout-2 stores); 1: fixed max_len
 CARD_FILE = "model.json"
 MODEL_FILE = "model.keras"
 # What decides the embedded values a model expects: scoring input must match all of them.
@@ -128,7 +128,8 @@ def read_card(run_dir: str | Path) -> dict[str, Any]:
                          "by `embcache train` or has been edited")
     if card["card_version"] != CARD_VERSION:
         raise ModelError(f"Model card {card_path} has version {card['card_version']}; this "
-                         f"embcache reads version {CARD_VERSION}")
+                         f"embcache reads version {CARD_VERSION}: retrain the model with "
+                         "`embcache train` on a store built by this version")
     if card_digest(card) != card["card_sha256"]:
         raise ModelError(f"Model card {card_path} was edited after training (its checksum does "
                          "not match); retrain, or restore the card that train wrote")
@@ -168,9 +169,9 @@ def load_run(run_dir: str | Path, card: dict[str, Any] | None = None) -> Run:
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     shape = model.output_shape
     embedded = next((i for i in model.inputs if i.name.startswith("embedded")), None)
-    if embedded is None or tuple(embedded.shape[1:]) != (card["max_len"], card["dim"]):
-        raise ModelError(f"{run / MODEL_FILE} does not take (max_len, dim) = "
-                         f"({card['max_len']}, {card['dim']}) embedded input as its card says")
+    if embedded is None or tuple(embedded.shape[1:]) != (None, card["dim"]):
+        raise ModelError(f"{run / MODEL_FILE} does not take (any length, dim={card['dim']}) "
+                         "embedded input as its card says")
     if shape[-1] != len(card["label_names"]):
         raise ModelError(f"{run / MODEL_FILE} predicts {shape[-1]} classes but its card names "
                          f"{len(card['label_names'])} labels")

@@ -206,7 +206,10 @@ def _score_store(runs: list[Run], store, out_path: Path, fmt: str, *, split: str
         if ensemble:
             confusions["ensemble"] = Confusion(ensemble[0].label_names)
             truth_maps["ensemble"] = truth_maps[ensemble[0].name]
-    ds = make_dataset(store, split=split, batch_size=batch_size, with_labels=labelled, plan=plan)
+    # Batches come bucketed by length; `seq` puts each row back at its place in the input.
+    ds = make_dataset(store, split=split, batch_size=batch_size, with_labels=labelled, plan=plan,
+                      with_seq=True, max_wait=_MAX_WAIT)
+    predict = _predict_all([r.model for r in runs], store.dim)
     doc_ids = store.array("doc_ids")
     split_codes = store.array("split")
     columns = ["doc_id"]
@@ -215,6 +218,7 @@ def _score_store(runs: list[Run], store, out_path: Path, fmt: str, *, split: str
             suffix = "" if k == 1 else f"_{k}"
             columns += [f"{name}_label{suffix}", f"{name}_prob{suffix}"]
     ids_iter = _doc_ids_in_order(doc_ids, split_codes, split, store)
+    rows = InputOrder(columns[1:])
     bar = tqdm(total=plan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
                desc="score", dynamic_ncols=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
@@ -222,15 +226,11 @@ def _score_store(runs: list[Run], store, out_path: Path, fmt: str, *, split: str
         with open_writer(tmp, fmt, columns) as writer, contextlib.redirect_stdout(sys.stderr):
             for batch in ds:
                 features, labels = batch if labelled else (batch, None)
-                n = int(features["lengths"].shape[0])
-                ids = [next(ids_iter) for _ in range(n)]
-                cols: dict[str, list] = {"doc_id": ids}
+                seq = features.pop("seq").numpy()
+                cols: dict[str, list] = {}
                 probs = {}
-                inputs = _pad_batch(features, batch_size)
-                for run in runs:
-                    # compiled, not eager; one input shape, so each model is traced only once
-                    p = np.asarray(run.model.predict_on_batch(inputs))[:n]
-                    probs[run.name] = p
+                for run, p in zip(runs, predict(features)):
+                    probs[run.name] = p = p.numpy()
                     _add_topk(cols, run.name, p, run.label_names, top_k)
                 if ensemble:
                     p = np.mean([probs[r.name] for r in ensemble], axis=0)
@@ -240,8 +240,13 @@ def _score_store(runs: list[Run], store, out_path: Path, fmt: str, *, split: str
                     y = labels.numpy()
                     for name, conf in confusions.items():
                         conf.add(truth_maps[name][y], probs[name].argmax(axis=1))
-                writer.write(cols)
-                bar.update(n)
+                rows.add(seq, cols)
+                ready, n = rows.ready()
+                if n:
+                    writer.write({"doc_id": [next(ids_iter) for _ in range(n)], **ready})
+                bar.update(len(seq))
+        if rows.waiting:
+            raise StoreError(f"Store {store.url}: {rows.waiting} documents were not scored")
         os.replace(tmp, out_path)  # atomic: a failed run leaves no partial predictions file
     except BaseException:
         with contextlib.suppress(OSError):
@@ -257,15 +262,47 @@ def _score_store(runs: list[Run], store, out_path: Path, fmt: str, *, split: str
                         seconds=0.0, metrics=metrics)
 
 
-def _pad_batch(features: dict, batch_size: int) -> dict:
-    """Pad a short (last) batch with empty documents up to ``batch_size``: a new input shape would
-    make Keras trace and compile every model's predict function a second time."""
+# A bucket's short batch leaves once its oldest document has waited this many documents: rows
+# wait at most that long to be written in input order (memory: that many rows of predictions).
+_MAX_WAIT = 4096
+
+
+class InputOrder:
+    """Prediction rows arrive by length bucket; ``ready()`` releases them in input order."""
+
+    def __init__(self, columns: list[str]):
+        self.columns, self.rows, self.next = columns, {}, 0
+
+    def add(self, seq: np.ndarray, cols: dict[str, list]) -> None:
+        values = [cols[c] for c in self.columns]
+        for j, s in enumerate(seq.tolist()):
+            self.rows[s] = tuple(v[j] for v in values)
+
+    def ready(self) -> tuple[dict[str, list], int]:
+        out: list[tuple] = []
+        while self.next in self.rows:
+            out.append(self.rows.pop(self.next))
+            self.next += 1
+        return {c: [r[i] for r in out] for i, c in enumerate(self.columns)}, len(out)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.rows)
+
+
+def _predict_all(models: list, dim: int):
+    """One compiled function running every model on a batch of any size and length: traced once,
+    whatever shapes the length buckets give (``predict_on_batch`` would trace per shape)."""
     import tensorflow as tf
 
-    missing = batch_size - int(features["lengths"].shape[0])
-    if missing <= 0:
-        return features
-    return {k: tf.pad(v, [[0, missing]] + [[0, 0]] * (len(v.shape) - 1)) for k, v in features.items()}
+    spec = {"embedded": tf.TensorSpec([None, None, dim], tf.float32),
+            "lengths": tf.TensorSpec([None], tf.int32)}
+
+    @tf.function(input_signature=[spec])
+    def predict(features):
+        return [m(features, training=False) for m in models]
+
+    return predict
 
 
 def _doc_ids_in_order(doc_ids, split_codes, split: str | None, store):

@@ -1,7 +1,9 @@
-"""Registry of embedding-free Keras models: their input is ``(max_len, dim)`` vectors + lengths.
+"""Registry of embedding-free Keras models: their input is ``(T, dim)`` vectors + lengths.
 
 Each model lives in its own module exposing ``build(*, max_len, dim, num_classes, padding, **hp)``
-and registers itself here. ``get(name)`` raises :class:`ModelError` listing the known names.
+and registers itself here. Every model takes batches of any length ``T`` up to the store's
+``max_len`` (each batch is padded to its own length bucket) and masks or pads as it needs.
+``get(name)`` raises :class:`ModelError` listing the known names.
 """
 
 from __future__ import annotations

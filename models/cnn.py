@@ -3,7 +3,13 @@
 import keras
 
 from models import register
-from models.layers import head, inputs
+from models.layers import MinLength, head, inputs
+
+
+def receptive_field(kernel_size: int, pool_size: int) -> int:
+    """The shortest input for which the three convolutions and two poolings leave one step."""
+    k, p = kernel_size, pool_size
+    return p * (k * p + k - 1) + k - 1
 
 
 @register("cnn")
@@ -11,10 +17,12 @@ def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", fil
           kernel_size: int = 5, pool_size: int = 5, dense: int = 128, dropout: float = 0.0):
     """Three Conv1D(filters, kernel_size) with max pooling, global max pooling, Dense(dense).
 
-    Input ``(max_len, dim)``; needs ``max_len`` >= about 150 for the default kernel/pool sizes.
+    Input ``(T, dim)`` for any ``T``: a batch shorter than the receptive field (149 steps for
+    the default sizes) is padded up to it first. At ``T = 1000`` this is the Keras example's
+    network (its last pooling, MaxPooling1D(35) over 35 steps, is a global max pooling).
     """
-    ins = inputs(max_len, dim)
-    x = ins["embedded"]
+    ins = inputs(dim)
+    x = MinLength(receptive_field(kernel_size, pool_size), padding)(ins["embedded"])
     x = keras.layers.Conv1D(filters, kernel_size, activation="relu")(x)
     x = keras.layers.MaxPooling1D(pool_size)(x)
     x = keras.layers.Conv1D(filters, kernel_size, activation="relu")(x)

@@ -9,8 +9,8 @@ from models.layers import LengthMask, MaskedMean, head, inputs
 @register("fasttext")
 def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", hidden: int = 64,
           dropout: float = 0.0):
-    ins = inputs(max_len, dim)
-    mask = LengthMask(max_len, padding)(ins["lengths"])
+    ins = inputs(dim)
+    mask = LengthMask(padding)(ins["lengths"], ins["embedded"])
     x = MaskedMean()(ins["embedded"], mask)
     if hidden:
         x = keras.layers.Dense(hidden, activation="relu")(x)

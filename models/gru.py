@@ -9,7 +9,7 @@ from models.layers import LengthMask, head, inputs
 @register("gru")
 def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", units: int = 64,
           dropout: float = 0.3):
-    ins = inputs(max_len, dim)
-    mask = LengthMask(max_len, padding)(ins["lengths"])
+    ins = inputs(dim)
+    mask = LengthMask(padding)(ins["lengths"], ins["embedded"])
     x = keras.layers.GRU(units)(ins["embedded"], mask=mask)
     return keras.Model(ins, head(x, num_classes, dropout), name="gru")

@@ -6,36 +6,60 @@ import keras
 from keras import ops
 
 
-def inputs(max_len: int, dim: int):
-    """The two model inputs every model takes: the embedded sequence and its true length."""
-    return {"embedded": keras.Input(shape=(max_len, dim), name="embedded"),
+def inputs(dim: int):
+    """The two model inputs every model takes: the embedded sequence, of any length (each batch
+    comes padded to its own length bucket), and each document's true length."""
+    return {"embedded": keras.Input(shape=(None, dim), name="embedded"),
             "lengths": keras.Input(shape=(), dtype="int32", name="lengths")}
 
 
 @keras.saving.register_keras_serializable(package="embcache")
 class LengthMask(keras.layers.Layer):
-    """``(batch,)`` lengths -> ``(batch, max_len)`` boolean mask of real tokens.
+    """``(lengths (batch,), embedded (batch, T, dim))`` -> ``(batch, T)`` mask of real tokens.
 
-    With ``padding="pre"`` the tokens sit at the end of the sequence (Keras pad_sequences).
+    ``T`` is the batch's own length. With ``padding="pre"`` the tokens sit at the end of the
+    sequence (Keras pad_sequences).
     """
 
-    def __init__(self, max_len: int, padding: str = "pre", **kwargs):
+    def __init__(self, padding: str = "pre", **kwargs):
         super().__init__(**kwargs)
-        self.max_len = max_len
         self.padding = padding
 
-    def call(self, lengths):
-        positions = ops.arange(self.max_len)[None, :]
+    def call(self, lengths, embedded):
+        steps = ops.shape(embedded)[1]
+        positions = ops.arange(steps)[None, :]
         lengths = ops.cast(lengths, "int32")[:, None]
         if self.padding == "pre":
-            return positions >= (self.max_len - lengths)
+            return positions >= (steps - lengths)
         return positions < lengths
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.max_len)
+    def compute_output_shape(self, lengths_shape, embedded_shape):
+        return (lengths_shape[0], embedded_shape[1])
 
     def get_config(self):
-        return {**super().get_config(), "max_len": self.max_len, "padding": self.padding}
+        return {**super().get_config(), "padding": self.padding}
+
+
+@keras.saving.register_keras_serializable(package="embcache")
+class MinLength(keras.layers.Layer):
+    """Pads a batch with zero steps, on the padding side, up to ``min_len`` (a network's receptive
+    field); longer batches pass unchanged. The padding is what a longer batch would hold there."""
+
+    def __init__(self, min_len: int, padding: str = "pre", **kwargs):
+        super().__init__(**kwargs)
+        self.min_len, self.padding = int(min_len), padding
+
+    def call(self, x):
+        missing = ops.maximum(self.min_len - ops.shape(x)[1], 0)
+        side = [missing, 0] if self.padding == "pre" else [0, missing]
+        return ops.pad(x, [[0, 0], side, [0, 0]])
+
+    def compute_output_shape(self, input_shape):
+        steps = input_shape[1]
+        return (input_shape[0], None if steps is None else max(steps, self.min_len), input_shape[2])
+
+    def get_config(self):
+        return {**super().get_config(), "min_len": self.min_len, "padding": self.padding}
 
 
 @keras.saving.register_keras_serializable(package="embcache")

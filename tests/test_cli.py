@@ -23,7 +23,7 @@ def test_embed_and_info(tmp_path, folder_corpus, vectors_file):
     assert code == 0, text
     assert text.startswith("Embedded 24 documents (") and "OOV rate" in text
     code, text = run("info", out)
-    assert code == 0 and "(24, 10, 8) float16" in text and "labels       neg, pos" in text
+    assert code == 0 and "24 of up to 10 tokens x 8 float16 (ragged" in text and "labels       neg, pos" in text
     code, text = run("info", out, "--json")
     info = json.loads(text)
     assert info["complete"] is True and info["label_names"] == ["neg", "pos"]

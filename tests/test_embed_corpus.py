@@ -12,6 +12,7 @@ from cache.corpus import CorpusSpec
 from cache.embed import EmbedSettings
 from cache.errors import StoreError
 from cache.store import open_store, store_state
+from cache.stream import read_padded
 from cache.tokenize import make_tokenizer
 from jobs.embed_corpus import embed_corpus
 from tests.conftest import make_folder_corpus
@@ -37,16 +38,23 @@ def test_store_holds_keras_padded_sequences(tmp_path, folder_corpus, vectors_fil
     store = open_store(str(out), require_labels=True)
     assert summary.docs == store.num_docs == 24
     assert store.label_names == ["neg", "pos"]
-    emb, lengths = store.array("embedded")[:], store.array("lengths")[:]
+    emb, lengths = read_padded(store, 0, store.num_docs), store.array("lengths")[:]
+    offsets, tokens = store.array("offsets")[:], store.array("tokens")
     ids, labels = store.array("doc_ids")[:], store.array("labels")[:]
     for i, doc_id in enumerate(ids):
         label, name = str(doc_id).split("/")
         text = (folder_corpus / label / name).read_text()
         text = text[text.find("\n\n"):]
         seq, n = expected_sequence(text, table, 12, padding, truncating)
-        np.testing.assert_allclose(emb[i], seq, rtol=1e-6)
+        np.testing.assert_allclose(emb[i], seq, rtol=1e-6)  # padded by the reader
         assert lengths[i] == n
+        # Stored ragged: exactly the kept tokens, in order, at the document's offset.
+        kept = seq[12 - n:] if padding == "pre" else seq[:n]
+        np.testing.assert_allclose(tokens[offsets[i]:offsets[i] + n], kept, rtol=1e-6)
         assert labels[i] == ["neg", "pos"].index(label)
+    # Each block of 5 documents starts its own run of rows: whole chunks of `tokens`, one writer.
+    assert (offsets[::5] % store.attrs["token_chunk"] == 0).all()
+    assert (np.diff(offsets[:5]) == lengths[:4]).all()
     attrs = store.attrs
     assert attrs["complete"] and attrs["padding"] == padding and attrs["truncating"] == truncating
     assert attrs["vectors"]["dim"] == 8 and attrs["tokenizer"]["lower"] is True
@@ -62,7 +70,7 @@ def test_oov_policies(tmp_path, vectors_file, policy):
     out = tmp_path / f"{policy}.zarr"
     embed_corpus(CorpusSpec(str(corpus)), str(vec_path), str(out), workers=1, progress=False,
                  settings=EmbedSettings(max_len=4, oov=policy, dtype="float32", seed=3))
-    emb = open_store(str(out)).array("embedded")[0]
+    emb = read_padded(open_store(str(out)), 0, 1)[0]
     np.testing.assert_array_equal(emb[0], 0)  # padding is always zeros
     np.testing.assert_allclose(emb[1], table["cat"], rtol=1e-6)
     oov = emb[2]
@@ -82,8 +90,9 @@ def test_float16_default_and_unlabelled_input(tmp_path, vectors_file):
     out = tmp_path / "u.zarr"
     embed_corpus(CorpusSpec(str(corpus)), str(vectors_file[0]), str(out), workers=1, progress=False)
     store = open_store(str(out))
-    assert store.array("embedded").dtype == np.float16
-    assert store.array("embedded").shape == (2, 1000, 8)
+    assert store.array("tokens").dtype == np.float16
+    assert store.array("lengths")[:].tolist() == [2, 2]
+    assert store.array("tokens")[:4].shape == (4, 8) and read_padded(store, 0, 2).shape == (2, 1000, 8)
     assert not store.labelled and "labels" not in store.group
     with pytest.raises(StoreError, match="has no labels"):
         open_store(str(out), require_labels=True)
@@ -100,8 +109,15 @@ def test_complete_store_is_not_overwritten(tmp_path, folder_corpus, vectors_file
 
 
 def read_all(url):
+    """Every array; ``tokens`` as the documents' rows (never read whole: it is an address space)
+    plus the chunk files it wrote."""
     g = zarr.open_group(str(url), mode="r")
-    return {name: g[name][:] for name in g.array_keys()}
+    out = {name: g[name][:] for name in g.array_keys() if name != "tokens"}
+    tokens = g["tokens"]
+    out["tokens"] = np.concatenate([tokens[o:o + n] for o, n in zip(out["offsets"], out["lengths"])])
+    out["token_chunks"] = np.array(sorted(str(p.relative_to(url)) for p in (url / "tokens").rglob("*")
+                                          if p.is_file()))
+    return out
 
 
 def assert_same_store(a, b):

@@ -60,3 +60,45 @@ def test_registry_errors():
     with pytest.raises(ModelError, match="Model 'gru' has no hyperparameter 'filters'"):
         models.build("gru", max_len=10, dim=4, num_classes=2, filters=3)
     assert models.hyperparameters("cnn")["filters"] == 128
+
+
+def pad_to(x: dict, length: int, padding: str = "pre") -> dict:
+    """The same (pre-padded) documents padded to ``length`` steps on the ``padding`` side."""
+    n, steps, dim = x["embedded"].shape
+    out = np.zeros((n, length, dim), "float32")
+    for i, k in enumerate(x["lengths"]):
+        if k:
+            rows = x["embedded"][i, steps - k:]
+            if padding == "pre":
+                out[i, length - k:] = rows
+            else:
+                out[i, :k] = rows
+    return {"embedded": out, "lengths": x["lengths"]}
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_any_batch_length(name):
+    """Every model takes batches of any length, shorter than its receptive field too (the cnn
+    pads up to 149 steps itself), and the same documents give finite probabilities at each."""
+    keras.utils.set_random_seed(0)
+    model = models.build(name, max_len=MAX_LEN, dim=DIM, num_classes=CLASSES)
+    x, _ = batch()
+    x["lengths"] = np.minimum(x["lengths"], 3)
+    for length in (3, 8, 40, 200, 1000):
+        probs = model.predict_on_batch(pad_to(x, length))
+        assert probs.shape == (6, CLASSES) and np.isfinite(probs).all(), length
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["pre", "post"])
+@pytest.mark.parametrize("name", ["bilstm", "gru", "fasttext", "transformer"])
+def test_masked_models_ignore_the_batch_length(name, padding):
+    """A document's probabilities from a masked model do not depend on how far its batch is
+    padded (length buckets give the same document different lengths only across stores)."""
+    keras.utils.set_random_seed(0)
+    model = models.build(name, max_len=MAX_LEN, dim=DIM, num_classes=CLASSES, padding=padding)
+    x, _ = batch()
+    want = model.predict_on_batch(pad_to(x, MAX_LEN, padding))
+    for length in (int(x["lengths"].max()), 400):
+        np.testing.assert_allclose(model.predict_on_batch(pad_to(x, length, padding)), want,
+                                   rtol=1e-4, atol=1e-5)

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from cache.corpus import CorpusSpec
 from cache.embed import EmbedSettings
 from cache.store import open_store
+from cache.stream import bucket_lengths, read_padded
 from jobs.cli import main
 from jobs.embed_corpus import embed_corpus
 from jobs.runs import write_card
@@ -74,7 +75,8 @@ def test_scores_a_store_split_with_metrics_and_ensemble(setup, tmp_path):
 
 @pytest.mark.parametrize("batch_size", [7, 64])
 def test_probabilities_equal_the_models_own(setup, tmp_path, batch_size):
-    """Scores equal the model's own predictions, a padded short last batch included."""
+    """Scores equal the model's own predictions of each document padded to its length bucket,
+    short batches included, and rows come in the input order (batches come by bucket)."""
     root, store = setup
     out = tmp_path / "p.csv"
     code, text = run("--models", f"{root}/runs/kim_cnn", "--input", store, "--out", out,
@@ -82,8 +84,12 @@ def test_probabilities_equal_the_models_own(setup, tmp_path, batch_size):
     assert code == 0, text
     s = open_store(str(store))
     model = keras.saving.load_model(root / "runs" / "kim_cnn" / "model.keras")
-    want = model.predict({"embedded": s.array("embedded")[:].astype("float32"),
-                          "lengths": s.array("lengths")[:].astype("int32")}, verbose=0)
+    lengths = s.array("lengths")[:].astype("int32")
+    buckets = bucket_lengths(s.max_len)
+    want = np.concatenate([model.predict_on_batch({
+        "embedded": read_padded(s, i, i + 1, int(buckets[np.searchsorted(buckets, n)])).astype("float32"),
+        "lengths": lengths[i:i + 1]}) for i, n in enumerate(lengths)])
+    assert len(set(np.searchsorted(buckets, lengths).tolist())) > 2
     rows = read_csv(out)
     assert len(rows) == s.num_docs and s.num_docs % 7 != 0
     got = np.array([float(r["kim_cnn_prob"]) for r in rows])

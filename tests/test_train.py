@@ -30,6 +30,7 @@ def test_stream_covers_each_split_exactly_once(store):
             n += len(labels)
             got_lengths += features["lengths"].numpy().tolist()
         assert n == plan.num_docs == int((splits == code).sum())
+        assert len(ds) == plan.num_batches(7)  # the same count every pass, known up front
         assert sorted(got_lengths) == sorted(ids[splits == code].tolist())
 
 
@@ -106,3 +107,51 @@ def test_train_refuses_bad_stores_and_models(store, tmp_path, vectors_file):
                                                   "training needs a labelled corpus")
     r = runner.invoke(main, ["train", "--store", str(store), "--epochs", "0"])
     assert r.exit_code == 2 and "--epochs" in r.output
+
+
+def test_batches_are_padded_to_their_length_bucket(store):
+    """Each batch is as long as its length bucket (not max_len), holds only documents of that
+    bucket, and each document's rows equal the store's, padded on the recorded side."""
+    from cache.stream import bucket_lengths, read_padded
+
+    s = open_store(str(store))
+    buckets = bucket_lengths(s.max_len)
+    assert buckets[0] == 8 and buckets[-1] == s.max_len and (np.diff(buckets) > 0).all()
+    assert (np.diff(buckets) <= np.maximum(buckets[1:] / 5, 8)).all()  # padding: <= 1/5 of a batch
+    codes = s.array("split")[:]
+    train_rows = np.flatnonzero(codes == 0)
+    full = read_padded(s, 0, s.num_docs)
+    shapes = set()
+    for f, _ in make_dataset(s, split="train", batch_size=4, with_seq=True, max_wait=10):
+        x, lengths, seq = f["embedded"].numpy(), f["lengths"].numpy(), f["seq"].numpy()
+        T = x.shape[1]
+        shapes.add(T)
+        k = np.searchsorted(buckets, T)
+        assert buckets[k] == T and (lengths <= T).all()
+        assert k == 0 or (lengths > buckets[k - 1]).all()
+        for i, row in enumerate(train_rows[seq]):
+            np.testing.assert_array_equal(x[i], full[row, s.max_len - T:])  # "pre" padding
+    assert len(shapes) > 2 and max(shapes) < s.max_len
+
+
+def test_bucketer_bounds_how_far_a_batch_runs_ahead():
+    from cache.stream import Bucketer
+
+    b = Bucketer(np.array([8, 16]), batch_size=4, padding="post", dim=2, dtype=np.float16,
+                 max_wait=5)
+    lengths = np.array([9, 1, 1, 1, 1, 1, 1, 1, 1, 1], np.int32)  # one long document, then short
+    docs = np.empty(len(lengths), dtype=object)
+    for i, n in enumerate(lengths):
+        docs[i] = np.full((n, 2), i + 1, np.float16)
+    labels = np.arange(10, dtype=np.int32)
+    # Blocks of 6 and 4 documents: the wait is checked after each block.
+    out = list(b.add(docs[:6], lengths[:6], labels[:6])) + list(b.add(docs[6:], lengths[6:], labels[6:]))
+    seqs = [batch[3].tolist() for batch in out]
+    assert seqs == [[1, 2, 3, 4], [0], [5, 6, 7, 8]]  # the long one leaves once 5 more came
+    x, n, y, _ = out[1]
+    assert x.shape == (1, 16, 2) and (x[0, :9] == 1).all() and (x[0, 9:] == 0).all()  # "post"
+    assert n.tolist() == [9] and y.tolist() == [0]
+    x = out[0][0]
+    assert x.shape == (4, 8, 2) and (x[:, 0, 0] == [2, 3, 4, 5]).all() and (x[:, 1:] == 0).all()
+    rest = list(b.flush())
+    assert [r[3].tolist() for r in rest] == [[9]]

@@ -32,15 +32,21 @@ class StreamPlan:
     """Which chunks hold documents of the requested split, how many, and in which length buckets."""
 
     chunks: np.ndarray  # chunk indices, ascending
-    num_docs: int
-    bucket_counts: np.ndarray | None = None  # documents per length bucket (bucket_lengths order)
+    counts: np.ndarray  # (len(chunks), buckets) int32: the split's documents per length bucket
 
-    def num_batches(self, batch_size: int) -> int | None:
+    @property
+    def num_docs(self) -> int:
+        return int(self.counts.sum())
+
+    def head(self, n_chunks: int) -> StreamPlan:
+        """The first ``n_chunks`` chunks only (benchmarks take a sample this way)."""
+        return StreamPlan(self.chunks[:n_chunks], self.counts[:n_chunks])
+
+    def num_batches(self, batch_size: int, buckets: bool = True) -> int:
         """Batches in one pass when short batches leave only at the end (no ``max_wait``): every
         bucket gives ``ceil(count / batch_size)``, whatever the order the documents come in."""
-        if self.bucket_counts is None:
-            return None
-        return int((-(-self.bucket_counts // batch_size)).sum())
+        per_bucket = self.counts.sum(axis=0) if buckets else self.counts.sum(keepdims=True)
+        return int((-(-per_bucket // batch_size)).sum())
 
 
 def plan_split(store: Store, split: str | None, shard: tuple[int, int] | None = None) -> StreamPlan:
@@ -71,8 +77,7 @@ def plan_split(store: Store, split: str | None, shard: tuple[int, int] | None = 
     if shard is not None:
         index, count = shard
         chunks = chunks[index::count]
-    return StreamPlan(chunks=chunks, num_docs=int(counts[chunks].sum()),
-                      bucket_counts=counts[chunks].sum(axis=0))
+    return StreamPlan(chunks=chunks, counts=counts[chunks].astype(np.int32))
 
 
 def bucket_lengths(max_len: int, granule: int = 8, per_octave: int = 4) -> np.ndarray:
@@ -256,9 +261,11 @@ class ShuffleBuffer:
 
 def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_size: int,
                  shuffle: bool = False, rng: np.random.Generator | None = None,
-                 shuffle_docs: int = 2048, with_labels: bool = True, parallel_reads: int = 4,
-                 max_wait: int | None = None, read_log: set | None = None):
+                 shuffle_docs: int = 8192, with_labels: bool = True, parallel_reads: int = 4,
+                 max_wait: int | None = None, read_log: set | None = None, buckets: bool = True):
     """One pass over ``plan``: padded batches ``(x, lengths, labels, seq)`` in NumPy.
+
+    ``buckets=False`` pads every batch to ``max_len`` (one bucket), as layout 1 did.
 
     With ``shuffle``, chunk order is a permutation drawn from ``rng`` and documents mix through a
     ``ShuffleBuffer`` of ``shuffle_docs`` before they are bucketed; without, documents enter in
@@ -266,7 +273,8 @@ def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_siz
     batch runs ahead (see :class:`Bucketer`).
     """
     reader = BlockReader(store, with_labels)
-    bucketer = Bucketer(bucket_lengths(store.max_len), batch_size, store.padding, store.dim,
+    lengths = bucket_lengths(store.max_len) if buckets else np.array([store.max_len])
+    bucketer = Bucketer(lengths, batch_size, store.padding, store.dim,
                         np.dtype(store.attrs["dtype"]), max_wait=max_wait)
     chunks = rng.permutation(plan.chunks) if shuffle else plan.chunks
     buffer = ShuffleBuffer(min(shuffle_docs, plan.num_docs), rng) if shuffle else None
@@ -292,6 +300,9 @@ def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_siz
     yield from bucketer.flush()
 
 
+_PROCESS_MIN_DOCS = 2048
+
+
 def make_dataset(
     store: Store,
     *,
@@ -299,7 +310,7 @@ def make_dataset(
     batch_size: int = 32,
     shuffle: bool = False,
     seed: int = 0,
-    shuffle_docs: int = 2048,
+    shuffle_docs: int = 8192,
     with_labels: bool = True,
     with_seq: bool = False,
     parallel_reads: int = 4,
@@ -308,10 +319,13 @@ def make_dataset(
     repeat: bool = False,
     max_wait: int | None = None,
     read_log: set | None = None,
+    in_process: bool | None = None,
+    buckets: bool = True,
 ):
     """A ``tf.data.Dataset`` of ``({"embedded": (b, T, dim) float32, "lengths": (b,)}, labels)``.
 
-    ``T`` is the batch's length bucket (see the module docstring). Shuffling is two-level and
+    ``T`` is the batch's length bucket (see the module docstring; ``buckets=False``: ``max_len``
+    for every batch, for comparison). Shuffling is two-level and
     seeded: chunk order is reshuffled every epoch, then documents mix in a buffer of
     ``shuffle_docs`` (``ShuffleBuffer``). Without ``shuffle`` documents enter in store order;
     ``with_seq`` adds ``"seq"`` (the document's position in that order) to the features, so a
@@ -321,6 +335,12 @@ def make_dataset(
     multi-worker training needs (tf.data's auto-sharding cannot see inside a Zarr reader and
     would make every worker read everything, so it is switched off). ``repeat`` loops forever
     (steps are then set by the caller); ``read_log`` collects the chunk indices actually read.
+
+    The batches are made by a spawned producer process (:mod:`cache.producer`), except for a
+    ``memory://`` store (which lives in this process only), a pass of fewer than 2,048
+    documents, or with ``in_process=True``. As with
+    any spawned worker, a script that iterates the dataset needs the ``if __name__ ==
+    "__main__":`` guard (the ``embcache`` command has it).
 
     Raises:
         StoreError: labels requested from an unlabelled store.
@@ -333,13 +353,23 @@ def make_dataset(
     dim = store.dim
     dtype = tf.as_dtype(store.attrs["dtype"])
     epochs = itertools.count()
+    pipeline = dict(batch_size=batch_size, shuffle=shuffle, shuffle_docs=shuffle_docs,
+                    with_labels=with_labels, parallel_reads=parallel_reads, max_wait=max_wait,
+                    buckets=buckets)
+    if in_process is None:  # spawning costs about a second: small passes run here
+        in_process = str(store.url).startswith("memory://") or plan.num_docs < _PROCESS_MIN_DOCS
+    if not in_process:
+        from cache.producer import Producer
+
+        producer = Producer(store, plan, split, seed=seed, **pipeline)
 
     def _batches():
-        rng = np.random.default_rng([seed, next(epochs)]) if shuffle else None
-        yield from iter_batches(store, plan, split=split, batch_size=batch_size, shuffle=shuffle,
-                                rng=rng, shuffle_docs=shuffle_docs, with_labels=with_labels,
-                                parallel_reads=parallel_reads, max_wait=max_wait,
-                                read_log=read_log)
+        epoch = next(epochs)
+        if not in_process:
+            yield from producer.batches(epoch, read_log)
+            return
+        rng = np.random.default_rng([seed, epoch]) if shuffle else None
+        yield from iter_batches(store, plan, split=split, rng=rng, read_log=read_log, **pipeline)
 
     spec = (tf.TensorSpec([None, None, dim], dtype), tf.TensorSpec([None], tf.int32),
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64))
@@ -350,7 +380,8 @@ def make_dataset(
     elif max_wait is None:
         # The count is known from the plan: tell tf.data, so Keras shows a full progress bar
         # from the first epoch and never warns that the input "ran out of data".
-        ds = ds.apply(tf.data.experimental.assert_cardinality(plan.num_batches(batch_size)))
+        ds = ds.apply(tf.data.experimental.assert_cardinality(plan.num_batches(batch_size,
+                                                                               buckets)))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     ds = ds.with_options(options)

@@ -157,8 +157,13 @@ def info_cmd(store, as_json):
 @click.option("--patience", default=3, show_default=True, type=click.IntRange(min=1),
               help="Epochs without a better validation accuracy before stopping.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--shuffle-docs", default=2048, show_default=True, type=click.IntRange(min=1),
-              help="In-memory shuffle buffer (documents), on top of per-epoch chunk shuffling.")
+@click.option("--shuffle-docs", default=8192, show_default=True, type=click.IntRange(min=1),
+              help="In-memory shuffle buffer (documents; about 190 MB at 20 Newsgroups' mean "
+                   "length), on top of per-epoch block shuffling.")
+@click.option("--steps-per-execution", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Training steps per compiled call (fewer Python round trips).")
+@click.option("--length-buckets/--no-length-buckets", default=True, show_default=True,
+              help="Pad each batch to its length bucket, or every batch to max_len.")
 @click.option("--strategy", default="default", show_default=True,
               type=click.Choice(["default", "multi-worker"]),
               help="multi-worker: tf.distribute.MultiWorkerMirroredStrategy over the workers in "
@@ -168,7 +173,7 @@ def info_cmd(store, as_json):
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @_friendly
 def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patience, seed,
-              shuffle_docs, strategy, params, quiet):
+              shuffle_docs, steps_per_execution, length_buckets, strategy, params, quiet):
     """Train an embedding-free Keras model by streaming a store.
 
     \b
@@ -182,6 +187,7 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          patience=patience, seed=seed, shuffle_docs=shuffle_docs,
+                         steps_per_execution=steps_per_execution, length_buckets=length_buckets,
                          strategy=strategy)
     summary = train(store, model_name, out or f"runs/{model_name}", config=config,
                     hparams=parse_hparams(params), progress=not quiet)

@@ -30,7 +30,11 @@ class TrainConfig:
     learning_rate: float = 1e-3
     patience: int = 3
     seed: int = 0
-    shuffle_docs: int = 2048
+    shuffle_docs: int = 8192
+    # Training steps per compiled call: Keras's per-step Python work (about 1 ms) otherwise caps
+    # light models (measured: fasttext 8-12k samples/s at 1, 15-20k at 16; BENCHMARKS.md).
+    steps_per_execution: int = 16
+    length_buckets: bool = True  # False: every batch padded to max_len (for comparison)
     strategy: str = "default"  # or "multi-worker": tf.distribute.MultiWorkerMirroredStrategy
 
 
@@ -135,14 +139,17 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
     with scope:
         model = build()
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                      # Multi-worker keeps one step per call: its workarounds (below) assume it.
+                      steps_per_execution=1 if cluster else config.steps_per_execution)
     fit_steps: dict = {}
     read_log: set[int] = set()
     if cluster is None:
         train_ds = make_dataset(store, split="train", batch_size=config.batch_size, shuffle=True,
                                 seed=config.seed, shuffle_docs=config.shuffle_docs,
-                                plan=plans["train"])
-        val_ds = make_dataset(store, split="val", batch_size=config.batch_size, plan=plans["val"])
+                                plan=plans["train"], buckets=config.length_buckets)
+        val_ds = make_dataset(store, split="val", batch_size=config.batch_size, plan=plans["val"],
+                              buckets=config.length_buckets)
     else:
         train_ds, val_ds, fit_steps, plans["train"] = cluster.datasets(store, config, read_log)
         cluster.build(model, train_ds)
@@ -168,7 +175,7 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
         for split in ("val", "test") if cluster is None else ():
             if plans[split].num_docs:
                 ds = make_dataset(store, split=split, batch_size=config.batch_size,
-                                  plan=plans[split])
+                                  plan=plans[split], buckets=config.length_buckets)
                 loss, acc = model.evaluate(ds, verbose=0)
                 metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = float(loss), float(acc)
     val_acc = history.history["val_accuracy"]

@@ -5,6 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from cache.corpus import CorpusSpec
+from cache.errors import StoreError
 from cache.store import open_store
 from cache.stream import ShuffleBuffer, make_dataset, plan_split
 from jobs.cli import main
@@ -155,3 +156,48 @@ def test_bucketer_bounds_how_far_a_batch_runs_ahead():
     assert x.shape == (4, 8, 2) and (x[:, 0, 0] == [2, 3, 4, 5]).all() and (x[:, 1:] == 0).all()
     rest = list(b.flush())
     assert [r[3].tolist() for r in rest] == [[9]]
+
+
+def batches_of(ds):
+    return [(f["embedded"].numpy().tobytes(), f["lengths"].numpy().tolist(), y.numpy().tolist())
+            for f, y in ds]
+
+
+def test_producer_process_gives_the_in_process_batches(store):
+    """The spawned producer yields exactly the seeded in-process batches, epoch after epoch, and
+    a pass abandoned half-way does not leak into the next."""
+    s = open_store(str(store))
+    args = dict(split="train", batch_size=8, shuffle=True, seed=5, shuffle_docs=16)
+    here = make_dataset(s, in_process=True, **args)
+    there = make_dataset(s, in_process=False, **args)
+    want = [batches_of(here), batches_of(here)]
+    assert want[0] != want[1]  # a new order each epoch
+    assert batches_of(there) == want[0]
+    assert len(batches_of(there.take(2))) == 2  # epoch 1, abandoned after two batches
+    assert batches_of(there) == batches_of(here)  # epoch 2, whole
+    val = dict(split="val", batch_size=4)
+    assert batches_of(make_dataset(s, in_process=False, **val)) == \
+        batches_of(make_dataset(s, in_process=True, **val))
+
+
+def test_producer_reports_a_broken_store_and_stops_with_its_owner(store, tmp_path):
+    import gc
+    import shutil
+
+    from cache.producer import Producer
+
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(store, broken)
+    chunk = next(p for p in (broken / "tokens").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"not zstd")
+    s = open_store(str(broken))
+    producer = Producer(s, plan_split(s, "train"), "train", seed=0, batch_size=8, shuffle=False,
+                        shuffle_docs=16, with_labels=True, parallel_reads=2, max_wait=None)
+    with pytest.raises(StoreError, match=f"Reading {broken} failed: "):
+        list(producer.batches(0))
+    process = producer.process
+    assert process.is_alive()
+    del producer
+    gc.collect()
+    process.join(timeout=10)
+    assert not process.is_alive()

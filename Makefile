@@ -94,8 +94,8 @@ clean:
 bench-train: embed-corpus
 	$(BIN)/python -m jobs.bench.train --store $(STORE) --vectors $(VECTORS) $(ARGS)
 
-bench-quality: $(RUNS)/$(MODEL)/model.json
-	$(BIN)/python -m jobs.bench.train --store $(STORE) --vectors $(VECTORS) --quality $(RUNS)/$(MODEL) $(ARGS)
+bench-quality: embed-corpus
+	$(BIN)/python -m jobs.bench.train --store $(STORE) --vectors $(VECTORS) --quality $(ARGS)
 
 bench-score: embed-corpus
 	$(BIN)/python -m jobs.bench.score --store $(STORE) --vectors $(VECTORS) $(ARGS)

@@ -17,7 +17,6 @@ producer's pipeline (see :mod:`cache.stream`) plus ``queue_batches`` batches in 
 from __future__ import annotations
 
 import multiprocessing
-import queue
 import threading
 import weakref
 
@@ -66,7 +65,7 @@ class Slots:
         return tuple(v.copy() for v in self._views(slot, shape, np.dtype(dtype)))
 
 
-def _serve(url: str, split, chunks, counts, options: dict, slots_spec, free, requests, out,
+def _serve(url: str, split, chunks, counts, options: dict, slots_spec, requests, out, free,
            cancel) -> None:
     """The producer's loop: one pass of :func:`cache.stream.iter_batches` per request."""
     from cache.store import open_store
@@ -77,7 +76,7 @@ def _serve(url: str, split, chunks, counts, options: dict, slots_spec, free, req
     slots = Slots(*slots_spec)
     seed = options.pop("seed")
     while True:
-        epoch = requests.get()
+        epoch = requests.recv()
         if epoch is None:
             return
         log: set[int] = set()
@@ -86,95 +85,105 @@ def _serve(url: str, split, chunks, counts, options: dict, slots_spec, free, req
             for batch in iter_batches(store, plan, split=split, rng=rng, read_log=log, **options):
                 if cancel.is_set():
                     break
-                out.put(slots.write(free.get(), batch))
-            out.put((_END, sorted(log)))
+                out.send(slots.write(free.recv(), batch))
+            out.send((_END, sorted(log)))
         except Exception as e:  # noqa: BLE001 - reported to the training process, which raises
-            out.put((_ERROR, f"{type(e).__name__}: {e}"))
+            out.send((_ERROR, f"{type(e).__name__}: {e}"))
 
 
 class Producer:
-    """A spawned process that produces the batches of :func:`cache.stream.iter_batches`."""
+    """A spawned process that produces the batches of :func:`cache.stream.iter_batches`.
+
+    Passes are numbered by epoch; when one ends, the next is requested at once, so the producer
+    reads and shuffles epoch ``e + 1``'s first blocks while the model finishes epoch ``e`` (the
+    shuffle buffer must fill before the first batch leaves). Messages go over pipes written
+    directly by the sending thread (``multiprocessing.Queue`` hands each one to a feeder thread:
+    one more GIL hand-off per batch).
+    """
 
     def __init__(self, store, plan, split, *, seed: int, queue_batches: int = 8, **options):
         self.args = (store.url, split, plan.chunks, plan.counts, {**options, "seed": seed})
         rows = options["batch_size"]
         x_bytes = rows * store.max_len * store.dim * np.dtype(store.attrs["dtype"]).itemsize
         # At least 2 slots (one written while one is read), at most 256 MB of them.
-        self.queue_batches = max(2, min(queue_batches, (256 << 20) // x_bytes))
-        self.slot_shape = (self.queue_batches, x_bytes, rows)
-        self._start()  # now: the process starts while the caller builds its model
+        count = max(2, min(queue_batches, (256 << 20) // x_bytes))
+        self.slots = Slots(count, x_bytes, rows)
         self.lock = threading.Lock()
-        self.active = 0  # the pass being served (0: none)
-        self.passes = 0
-
-    def _start(self) -> None:
+        self.inflight: int | None = None  # the epoch the producer is on (requested, not ended)
+        self.consumer = 0  # token of the generator that may read the pass in flight
         ctx = multiprocessing.get_context("spawn")
-        self.slots = Slots(*self.slot_shape)
-        self.requests, self.out, self.free = ctx.Queue(), ctx.Queue(), ctx.Queue()
-        for slot in range(self.slots.count):
-            self.free.put(slot)
+        requests_r, self.requests = ctx.Pipe(duplex=False)
+        self.out, out_w = ctx.Pipe(duplex=False)
+        free_r, self.free = ctx.Pipe(duplex=False)
+        for slot in range(count):
+            self.free.send(slot)
         self.cancel = ctx.Event()
-        self.process = ctx.Process(target=_serve, args=(*self.args, self.slots.spec(), self.free,
-                                                        self.requests, self.out, self.cancel),
-                                   daemon=True)
+        # Started now: the process imports and opens the store while the caller builds its model.
+        self.process = ctx.Process(target=_serve, daemon=True, args=(
+            *self.args, self.slots.spec(), requests_r, out_w, free_r, self.cancel))
         self.process.start()
         weakref.finalize(self, _stop, self.process, self.requests, self.slots.shm)
 
     def _get(self):
-        while True:
-            try:
-                return self.out.get(timeout=1.0)
-            except queue.Empty:
-                if not self.process.is_alive():
-                    raise StoreError(f"The input pipeline process for {self.args[0]} died "
-                                     f"(exit code {self.process.exitcode})") from None
+        while not self.out.poll(1.0):
+            if not self.process.is_alive():
+                raise StoreError(f"The input pipeline process for {self.args[0]} died "
+                                 f"(exit code {self.process.exitcode})")
+        return self.out.recv()
 
-    def _finish_active(self) -> None:
-        """Abandon the pass in progress (a consumer stopped early): drain it to its end."""
+    def _request(self, epoch: int) -> None:
+        self.requests.send(epoch)
+        self.inflight = epoch
+
+    def _drain(self) -> None:
+        """Abandon the pass in flight (its consumer stopped early): run it to its end."""
         self.cancel.set()
         while True:
             item = self._get()
             if isinstance(item[0], str):
                 break
-            self.free.put(item[0])
+            self.free.send(item[0])
         self.cancel.clear()
-        self.active = 0
+        self.inflight = None
 
     def batches(self, epoch: int, read_log: set | None = None):
         """One pass: yields ``(x, lengths, labels, seq)`` as :func:`iter_batches` would."""
         with self.lock:
-            if self.active:
-                self._finish_active()
-            self.passes += 1
-            token = self.active = self.passes
-            self.requests.put(epoch)
+            if self.inflight is not None and self.inflight != epoch:
+                self._drain()
+            if self.inflight is None:
+                self._request(epoch)
+            self.consumer += 1
+            token = self.consumer
+        done = False
         try:
             while True:
                 with self.lock:
-                    if self.active != token:  # a newer pass took over
+                    if self.consumer != token:  # a newer pass took over
                         return
                     item = self._get()
-                if isinstance(item[0], str):
-                    with self.lock:
-                        self.active = 0
-                    if item[0] == _ERROR:
-                        raise StoreError(f"Reading {self.args[0]} failed: {item[1]}")
-                    if read_log is not None:
-                        read_log.update(item[1])
-                    return
-                batch = self.slots.read(*item)
-                self.free.put(item[0])
+                    if isinstance(item[0], str):
+                        done = True
+                        self.inflight = None
+                        if item[0] == _ERROR:
+                            raise StoreError(f"Reading {self.args[0]} failed: {item[1]}")
+                        self._request(epoch + 1)  # read ahead into the next epoch
+                        if read_log is not None:
+                            read_log.update(item[1])
+                        return
+                    batch = self.slots.read(*item)
+                    self.free.send(item[0])
                 yield batch
         finally:
             with self.lock:
-                if self.active == token:
-                    self._finish_active()
+                if not done and self.consumer == token and self.inflight == epoch:
+                    self._drain()
 
 
 def _stop(process, requests, shm) -> None:
     if process.is_alive():
         try:
-            requests.put(None)
+            requests.send(None)
             process.join(timeout=5)
         except (OSError, ValueError):
             pass

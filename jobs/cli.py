@@ -69,7 +69,7 @@ def main() -> None:
 @click.option("--vectors-member", default=None, help="The vectors file inside a .zip.")
 @click.option("--vectors-format", default="auto", show_default=True,
               type=click.Choice(["auto", "glove", "word2vec", "word2vec-bin", "fasttext"]))
-@click.option("--max-len", default=1000, show_default=True, type=int,
+@click.option("--max-len", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Tokens per sequence; longer documents are truncated.")
 @click.option("--padding", default="pre", show_default=True, type=click.Choice(["pre", "post"]))
 @click.option("--truncating", default="pre", show_default=True, type=click.Choice(["pre", "post"]))
@@ -78,14 +78,18 @@ def main() -> None:
                    "mean vector.")
 @click.option("--dtype", default="float16", show_default=True,
               type=click.Choice(["float16", "float32"]))
-@click.option("--val-frac", default=0.1, show_default=True, type=float,
+@click.option("--val-frac", default=0.1, show_default=True,
+              type=click.FloatRange(0, 1, max_open=True),
               help="Fraction of documents in the validation split (by hash of the doc id).")
-@click.option("--test-frac", default=0.1, show_default=True, type=float)
+@click.option("--test-frac", default=0.1, show_default=True,
+              type=click.FloatRange(0, 1, max_open=True))
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Seed of the split hash and the unk vector.")
-@click.option("--chunk-docs", default=None, type=int,
-              help="Documents per chunk [default: about 12 MiB uncompressed, ~1 MB compressed].")
-@click.option("--workers", default=None, type=int, help="Worker processes [default: all cores].")
+@click.option("--chunk-docs", default=None, type=click.IntRange(min=1),
+              help="Documents per block (the unit of writing and reading) [default: as many as "
+                   "48 MiB would hold at max_len, within 64-1024: 503 at 1000 x 50 float16].")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Worker processes [default: all cores].")
 @click.option("--scheduler", default=None,
               help="Run on Dask: local:N (a local cluster of N workers) or a scheduler address "
                    "(tcp://host:8786). Workers need embcache installed and the vectors cache.")
@@ -153,7 +157,8 @@ def info_cmd(store, as_json):
 @click.option("--out", default=None, help="Run folder [default: runs/MODEL].")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--learning-rate", default=1e-3, show_default=True, type=float)
+@click.option("--learning-rate", default=1e-3, show_default=True,
+              type=click.FloatRange(min=0, min_open=True))
 @click.option("--patience", default=3, show_default=True, type=click.IntRange(min=1),
               help="Epochs without a better validation accuracy before stopping.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
@@ -208,6 +213,10 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
 @click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1),
               help="Labels and probabilities per model and document.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--ensemble", default="weighted", show_default=True,
+              type=click.Choice(["weighted", "mean"]),
+              help="Average the models' probabilities weighted by each card's validation "
+                   "accuracy, or equally.")
 @click.option("--keep-store", default=None,
               help="Keep the scoring store of raw input here (default: a temporary one).")
 @click.option("--metrics-dir", default=None,
@@ -217,8 +226,8 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
               help="Where parsed vectors are cached [default: ~/.cache/embcache].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_friendly
-def score_cmd(model_dirs, input_path, out, vectors_path, split, top_k, batch_size, keep_store,
-              metrics_dir, corpus_format, text_columns, label_column, id_column, header,
+def score_cmd(model_dirs, input_path, out, vectors_path, split, top_k, batch_size, ensemble,
+              keep_store, metrics_dir, corpus_format, text_columns, label_column, id_column, header,
               label_names_file, cache_dir, quiet):
     """Batch-classify documents with many models sharing one embedding pass.
 
@@ -239,7 +248,7 @@ def score_cmd(model_dirs, input_path, out, vectors_path, split, top_k, batch_siz
     summary = score([d for d in model_dirs.split(",") if d], input_path, out, corpus=spec,
                     vectors_path=vectors_path, split=split, top_k=top_k, batch_size=batch_size,
                     keep_store=keep_store, metrics_dir=metrics_dir, progress=not quiet,
-                    cache_dir=cache_dir)
+                    cache_dir=cache_dir, ensemble=ensemble)
     if summary.metrics:
         click.echo(dump_metrics_table(summary.metrics))
     click.echo(summary.line())

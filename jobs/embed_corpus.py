@@ -7,6 +7,7 @@ memory-mapped from the parse cache.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -44,6 +45,7 @@ from cache.store import (
 )
 from cache.vectors import load_vectors
 from jobs.executors import Executor, block_executor, parse_scheduler
+from jobs.locks import exclusive
 
 _POOL_MIN_BYTES = 2 << 20
 
@@ -160,6 +162,19 @@ def embed_corpus(
                          "or object storage (s3://, gs://)")
     if not Path(corpus.path).exists():
         raise CorpusError(f"Corpus not found: {corpus.path}")
+    local = is_local(out)
+    lock = exclusive(out.removeprefix("file://"), f"Store {out}") if local else contextlib.nullcontext()
+    with lock:
+        return _embed_locked(corpus, vectors_path, out, t0, settings=settings, split=split,
+                             vectors_member=vectors_member, vectors_format=vectors_format,
+                             chunk_docs=chunk_docs, workers=workers, overwrite=overwrite,
+                             progress=progress, cache_dir=cache_dir, scheduler=scheduler)
+
+
+def _embed_locked(corpus: CorpusSpec, vectors_path: str, out: str, t0: float, *,
+                  settings: EmbedSettings, split: SplitSettings, vectors_member: str | None,
+                  vectors_format: str, chunk_docs: int | None, workers: int, overwrite: bool,
+                  progress: bool, cache_dir: str | None, scheduler: str | None) -> EmbedSummary:
     state = store_state(out)
     if state == "file":
         raise StoreError(f"Output {out} is a file, not a store folder")

@@ -60,12 +60,16 @@ class Confusion:
         plt.close(fig)
 
 
-def write_metrics(confusions: dict[str, Confusion], folder: Path, models: list[str]) -> dict:
-    """``metrics.json`` and ``confusion_<model>.png`` in ``folder``; returns the metrics."""
+def write_metrics(confusions: dict[str, Confusion], folder: Path, models: list[str],
+                  ensemble: dict | None = None) -> dict:
+    """``metrics.json`` and ``confusion_<model>.png`` in ``folder``; returns the metrics.
+
+    ``ensemble``: how the ensemble was made (``{"method": ..., "weights": {model: weight}}``).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     out = {"models": {name: confusions[name].report() for name in models}}
     if "ensemble" in confusions:
-        out["ensemble"] = confusions["ensemble"].report()
+        out["ensemble"] = {**confusions["ensemble"].report(), **(ensemble or {})}
     for name, conf in confusions.items():
         conf.plot(folder / f"confusion_{name}.png", title=f"{name}: accuracy "
                   f"{conf.report()['accuracy']:.3f}")

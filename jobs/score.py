@@ -68,10 +68,35 @@ def _model_names(runs: list[Run]) -> None:
             run.name = f"{run.name}_{n + 1}"
 
 
+ENSEMBLES = ("weighted", "mean")
+
+
 def _ensemble_group(runs: list[Run]) -> list[Run]:
     """Models sharing the first model's label set (the ensemble averages their probabilities)."""
     group = [r for r in runs if r.label_names == runs[0].label_names]
     return group if len(group) > 1 else []
+
+
+def ensemble_weights(group: list[Run], how: str) -> np.ndarray:
+    """One weight per model, summing to 1: equal (``mean``) or proportional to each model's
+    validation accuracy from its card (``weighted``: a weak model pulls the ensemble less).
+
+    Raises:
+        ModelError: ``weighted`` with a card that records no validation accuracy.
+    """
+    if how not in ENSEMBLES:
+        raise EmbcacheError(f"Invalid value for `ensemble`. Expected one of {ENSEMBLES}. "
+                            f"Received: ensemble={how!r}")
+    if how == "mean":
+        return np.full(len(group), 1.0 / len(group))
+    acc = []
+    for run in group:
+        value = (run.card.get("metrics") or {}).get("val_accuracy")
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise ModelError(f"{run.path / 'model.json'} records no validation accuracy to weight "
+                             "the ensemble by; pass --ensemble mean")
+        acc.append(float(value))
+    return np.asarray(acc) / sum(acc)
 
 
 def score(
@@ -88,6 +113,7 @@ def score(
     metrics_dir: str | None = None,
     progress: bool = True,
     cache_dir: str | None = None,
+    ensemble: str = "weighted",
 ) -> ScoreSummary:
     """Score ``input_path`` (a store, or raw documents in ``corpus``'s format) with every model.
 
@@ -110,6 +136,8 @@ def score(
     runs = [Run(path=Path(d), name=Path(d).name, card=read_card(d), model=None) for d in model_dirs]
     _model_names(runs)
     expected = check_compatible(runs)
+    group = _ensemble_group(runs)
+    weights = ensemble_weights(group, ensemble) if group else None
 
     tmp_dir = None
     if store_state(input_path) in ("complete", "incomplete"):
@@ -141,7 +169,8 @@ def score(
         split = None
     try:
         summary = _score_store(runs, store, out_path, fmt, split=split, top_k=top_k,
-                               batch_size=batch_size, metrics_dir=metrics_dir, progress=progress)
+                               batch_size=batch_size, metrics_dir=metrics_dir, progress=progress,
+                               weights=weights, method=ensemble)
     finally:
         if tmp_dir:
             shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -184,7 +213,8 @@ def _embed_input(card: dict, corpus: CorpusSpec, vectors_path: str, target: str,
 
 def _score_store(runs: list[Run], store, out_path: Path, fmt: str, *, split: str | None,
                  top_k: int, batch_size: int, metrics_dir: str | None,
-                 progress: bool) -> ScoreSummary:
+                 progress: bool, weights: np.ndarray | None = None,
+                 method: str = "weighted") -> ScoreSummary:
     from tqdm import tqdm
 
     from cache.stream import make_dataset, plan_split
@@ -233,7 +263,7 @@ def _score_store(runs: list[Run], store, out_path: Path, fmt: str, *, split: str
                     probs[run.name] = p = p.numpy()
                     _add_topk(cols, run.name, p, run.label_names, top_k)
                 if ensemble:
-                    p = np.mean([probs[r.name] for r in ensemble], axis=0)
+                    p = np.tensordot(weights, np.stack([probs[r.name] for r in ensemble]), axes=1)
                     probs["ensemble"] = p
                     _add_topk(cols, "ensemble", p, ensemble[0].label_names, top_k)
                 if labelled:
@@ -256,8 +286,12 @@ def _score_store(runs: list[Run], store, out_path: Path, fmt: str, *, split: str
         bar.close()
     metrics = {}
     if labelled:
+        how = None
+        if ensemble:
+            how = {"method": method,
+                   "weights": {r.name: round(float(w), 6) for r, w in zip(ensemble, weights)}}
         metrics = write_metrics(confusions, Path(metrics_dir) if metrics_dir else out_path.parent,
-                                models=[r.name for r in runs])
+                                models=[r.name for r in runs], ensemble=how)
     return ScoreSummary(out=str(out_path), docs=plan.num_docs, models=[r.name for r in runs],
                         seconds=0.0, metrics=metrics)
 

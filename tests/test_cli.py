@@ -61,10 +61,14 @@ def test_bad_vectors_and_outputs(tmp_path, folder_corpus, vectors_file):
     code, text = run(*embed_args(folder_corpus, vectors_file[0], afile))
     assert (code, text.strip()) == (1, f"Error: Output {afile} is a file, not a store folder")
     code, text = run(*embed_args(folder_corpus, vectors_file[0], tmp_path / "o.zarr", "--max-len", "0"))
-    assert (code, text.strip()) == (1, "Error: Invalid value for `max_len`. Expected a positive "
-                                       "integer. Received: max_len=0")
+    assert code == 2 and "Invalid value for '--max-len': 0 is not in the range x>=1." in text
     code, text = run(*embed_args(folder_corpus, vectors_file[0], tmp_path / "o.zarr", "--padding", "mid"))
     assert code == 2 and "Invalid value for '--padding'" in text
+    for option, value in (("--val-frac", "1"), ("--test-frac", "-0.1"), ("--chunk-docs", "0"),
+                          ("--workers", "0"), ("--max-len", "ten")):
+        code, text = run(*embed_args(folder_corpus, vectors_file[0], tmp_path / "o.zarr", option, value))
+        assert code == 2 and f"Invalid value for '{option}'" in text, (option, text)
+    assert not (tmp_path / "o.zarr").exists()
 
 
 def test_info_refuses_what_is_not_a_store(tmp_path):

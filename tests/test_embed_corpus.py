@@ -170,3 +170,28 @@ def test_kill_and_resume_gives_the_uninterrupted_store(tmp_path, big_corpus, vec
     assert_same_store(reference, out)
     for key in ("num_tokens", "oov_tokens", "corpus_vocab_size"):
         assert open_store(str(out)).attrs[key] == open_store(str(reference)).attrs[key]
+
+
+def test_a_second_writer_is_refused_and_the_first_loses_nothing(tmp_path, folder_corpus, vectors_file):
+    """While one process writes a store (it holds the store's lock), another embed-corpus into the
+    same --out exits 1 with one line and touches nothing; once the first is done, it may."""
+    from click.testing import CliRunner
+
+    from jobs.cli import main
+    from jobs.locks import exclusive
+
+    out = tmp_path / "s.zarr"
+    args = ["embed-corpus", "--corpus", str(folder_corpus), "--vectors", str(vectors_file[0]),
+            "--out", str(out), "--max-len", "10", "-q"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    before = read_all(out)
+    with exclusive(out, "held by this test"):
+        r = CliRunner().invoke(main, args + ["--overwrite"])
+    assert (r.exit_code, r.output.strip()) == (1, (
+        f"Error: Store {out} is being written by another process right now (it holds "
+        f"{tmp_path / '.s.zarr.lock'}); wait for it to finish, or write elsewhere"))
+    after = read_all(out)
+    assert after.keys() == before.keys()
+    for k, v in after.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    assert CliRunner().invoke(main, args + ["--overwrite"]).exit_code == 0  # released

@@ -228,3 +228,47 @@ def test_score_in_a_fresh_process_loads_custom_layers(setup, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(out.read_text().splitlines()) == 90
+
+
+@pytest.mark.parametrize("how", ["weighted", "mean"])
+def test_ensemble_is_the_exact_weighted_mean(setup, tmp_path, how):
+    """Every ensemble probability equals the mean of the models' probabilities, weighted by
+    their cards' validation accuracies (or equally), to the 6 decimals written."""
+    root, store = setup
+    out = tmp_path / "p.csv"
+    dirs = [root / "runs" / "fasttext", root / "runs" / "kim_cnn"]
+    code, text = run("--models", ",".join(map(str, dirs)), "--input", store, "--split", "test",
+                     "--out", out, "--top-k", 3, "--ensemble", how, "--metrics-dir", tmp_path)
+    assert code == 0, text
+    acc = [json.loads((d / "model.json").read_text())["metrics"]["val_accuracy"] for d in dirs]
+    w = np.array(acc) / sum(acc) if how == "weighted" else np.array([0.5, 0.5])
+    labels = ["a", "b", "c"]
+    for r in read_csv(out):
+        dist = {}
+        for name in ("fasttext", "kim_cnn", "ensemble"):
+            dist[name] = np.zeros(3)
+            for k in ("", "_2", "_3"):
+                dist[name][labels.index(r[f"{name}_label{k}"])] = float(r[f"{name}_prob{k}"])
+        want = w[0] * dist["fasttext"] + w[1] * dist["kim_cnn"]
+        np.testing.assert_allclose(dist["ensemble"], want, atol=2e-6)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["ensemble"]
+    assert metrics["method"] == how
+    assert metrics["weights"] == pytest.approx({"fasttext": w[0], "kim_cnn": w[1]}, abs=1e-6)
+
+
+def test_weighted_ensemble_needs_validation_accuracies(setup, tmp_path):
+    root, store = setup
+    run_dir = tmp_path / "noval"
+    import shutil
+
+    shutil.copytree(root / "runs" / "fasttext", run_dir)
+    card = json.loads((run_dir / "model.json").read_text())
+    card["metrics"] = {}
+    write_card(run_dir, {k: v for k, v in card.items() if k not in ("model_sha256", "card_sha256")})
+    code, text = run("--models", f"{root}/runs/kim_cnn,{run_dir}", "--input", store, "--out",
+                     tmp_path / "p.csv")
+    assert (code, text.strip()) == (1, f"Error: {run_dir / 'model.json'} records no validation "
+                                       "accuracy to weight the ensemble by; pass --ensemble mean")
+    code, text = run("--models", f"{root}/runs/kim_cnn,{run_dir}", "--input", store, "--out",
+                     tmp_path / "p.csv", "--ensemble", "mean")
+    assert code == 0, text

@@ -33,16 +33,25 @@ def test_glove_txt_gz_zip_share_a_fingerprint(tmp_path):
     assert len({t.fingerprint for t in tables}) == 1
 
 
-def test_second_load_is_memory_mapped_from_the_cache(tmp_path):
+def test_second_load_is_memory_mapped_from_the_cache(tmp_path, monkeypatch):
+    import cache.vectors as vectors_module
+
     txt = tmp_path / "v.txt"
     write_vectors(txt)
+    parses = []
+    build = vectors_module._build_cache_entry
+    monkeypatch.setattr(vectors_module, "_build_cache_entry",
+                        lambda *a: (parses.append(a[0]), build(*a))[1])
     first = load_vectors(txt, cache_dir=tmp_path / "c")
     second = load_vectors(txt, cache_dir=tmp_path / "c")
+    assert parses == [txt]  # parsed once: the second load read nothing but the cache
     assert isinstance(second.vectors, np.memmap)
     assert second.cache_path == first.cache_path
+    np.testing.assert_array_equal(np.asarray(second.vectors), np.asarray(first.vectors))
     # The cache is keyed by content: a changed file is parsed again.
     write_vectors(txt, seed=1)
     third = load_vectors(txt, cache_dir=tmp_path / "c")
+    assert parses == [txt, txt]
     assert third.fingerprint != first.fingerprint
 
 

@@ -123,7 +123,7 @@ def main(store_url, vectors, repeats, child_dir):
                 sys.executable, "-m", "jobs.cli", "score", "-q", "--models", runs, "--input",
                 # No --label-column: predictions only, no metrics report or plots, as the Keras
                 # way child below computes predictions only.
-                str(work / "test.jsonl"), "--id-column", "id",
+                str(work / "test.jsonl"), "--id-column", "id", "--ensemble", "mean",
                 "--vectors", vectors, "--out", str(work / "p.csv"), "--keep-store",
                 str(work / "score.zarr")])
             emb.append((wall, rss))

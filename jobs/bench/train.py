@@ -201,6 +201,26 @@ def main(store_url, vectors, model_names, docs, epochs, batch_size, rounds, spe_
                       "peak RSS MB embcache / Keras"], rows))
     click.echo(f"\ninput pipeline alone (no model): {cell(results[('stream', '-')])} documents/s, "
                f"peak RSS {max(x for _, x in results[('stream', '-')]):,.0f} MB")
+    click.echo(store_bytes(store_url))
+
+
+def store_bytes(store_url: str) -> str:
+    """Bytes on disk, and bytes decoded per document in one pass, against layout 1's
+    (every document padded to ``max_len``, so ``max_len x dim x itemsize`` decoded)."""
+    from cache.store import bytes_on_disk, open_store
+
+    store = open_store(store_url)
+    stats = store.array("chunk_stats")[:]
+    rows = store.attrs["token_chunk"]
+    item = store.dim * np.dtype(store.attrs["dtype"]).itemsize
+    decoded = int((-(-stats[:, 3] // rows) * rows).sum()) * item / store.num_docs
+    padded = store.max_len * item
+    kept = store.attrs["kept_tokens"] * item / store.num_docs
+    size = bytes_on_disk(store_url)
+    return (f"store: {size / 1e6:,.1f} MB on disk; decoded per document in one pass "
+            f"{decoded / 1e3:,.1f} KB (kept tokens {kept / 1e3:,.1f} KB, the rest is the part-filled "
+            f"last chunk of each block) against {padded / 1e3:,.1f} KB in layout 1: "
+            f"{decoded / padded:.1%}")
 
 
 def max_val(run: str) -> float:

@@ -175,10 +175,13 @@ def info_cmd(store, as_json):
                    "TF_CONFIG, each reading its own chunks of the store.")
 @click.option("--param", "params", multiple=True,
               help="Model hyperparameter as key=value (JSON value), e.g. --param filters=64.")
+@click.option("--overwrite", is_flag=True, help="Replace a run folder that holds a trained model.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own logs.")
 @_friendly
 def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patience, seed,
-              shuffle_docs, steps_per_execution, length_buckets, strategy, params, quiet):
+              shuffle_docs, steps_per_execution, length_buckets, strategy, params, overwrite,
+              quiet, verbose):
     """Train an embedding-free Keras model by streaming a store.
 
     \b
@@ -187,7 +190,7 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
     """
     from jobs.train import TrainConfig, parse_hparams, quiet_tensorflow
 
-    quiet_tensorflow()
+    quiet_tensorflow(verbose)
     from jobs.train import train
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
@@ -195,7 +198,7 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
                          steps_per_execution=steps_per_execution, length_buckets=length_buckets,
                          strategy=strategy)
     summary = train(store, model_name, out or f"runs/{model_name}", config=config,
-                    hparams=parse_hparams(params), progress=not quiet)
+                    hparams=parse_hparams(params), progress=not quiet, overwrite=overwrite)
     click.echo(summary.line())
 
 
@@ -225,10 +228,11 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
 @click.option("--cache-dir", default=None, envvar="EMBCACHE_CACHE_DIR",
               help="Where parsed vectors are cached [default: ~/.cache/embcache].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own logs.")
 @_friendly
 def score_cmd(model_dirs, input_path, out, vectors_path, split, top_k, batch_size, ensemble,
               keep_store, metrics_dir, corpus_format, text_columns, label_column, id_column, header,
-              label_names_file, cache_dir, quiet):
+              label_names_file, cache_dir, quiet, verbose):
     """Batch-classify documents with many models sharing one embedding pass.
 
     \b
@@ -238,7 +242,7 @@ def score_cmd(model_dirs, input_path, out, vectors_path, split, top_k, batch_siz
     """
     from jobs.train import quiet_tensorflow
 
-    quiet_tensorflow()
+    quiet_tensorflow(verbose)
     from cache.corpus import CorpusSpec
     from jobs.score import dump_metrics_table, score
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,9 @@ def write_card(run_dir: Path, card: dict[str, Any]) -> None:
     """Write ``model.json`` with the model file's and the card's own checksums."""
     card = {**card, "model_sha256": file_sha256(run_dir / MODEL_FILE)}
     card["card_sha256"] = card_digest(card)
-    (run_dir / CARD_FILE).write_text(json.dumps(card, indent=2))
+    tmp = run_dir / f".{CARD_FILE}.tmp"
+    tmp.write_text(json.dumps(card, indent=2))
+    os.replace(tmp, run_dir / CARD_FILE)  # atomic: a card is whole or absent
 
 
 def embedding_settings(meta: dict[str, Any]) -> dict[str, Any]:

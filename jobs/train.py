@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,8 @@ from pathlib import Path
 from cache.errors import EmbcacheError, StoreError
 from cache.store import open_store
 from cache.stream import make_dataset, plan_split
-from jobs.runs import MODEL_FILE, store_card_fields, write_card
+from jobs.locks import exclusive
+from jobs.runs import CARD_FILE, MODEL_FILE, store_card_fields, write_card
 
 
 @dataclass(frozen=True)
@@ -99,13 +101,47 @@ class EpochTimer:
 
 
 def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig = TrainConfig(),
-          hparams: dict | None = None, progress: bool = True) -> TrainSummary:
+          hparams: dict | None = None, progress: bool = True,
+          overwrite: bool = False) -> TrainSummary:
     """Train ``model_name`` on the store's train split, early-stopping on its val split.
 
+    The run is built in ``.<name>.partial`` beside ``out_dir`` and moved into place when it is
+    complete, so a failed or killed run leaves any previous run folder as it was; a lock
+    refuses a second ``train`` into the same folder meanwhile.
+
     Raises:
+        EmbcacheError: ``out_dir`` holds a trained model and ``overwrite`` is false, or another
+            process is writing it.
         StoreError: incomplete, unlabelled or unknown-layout store, or an empty split.
         ModelError: unknown model or hyperparameter.
     """
+    final = Path(out_dir)
+    if not overwrite and ((final / CARD_FILE).exists() or (final / MODEL_FILE).exists()):
+        raise EmbcacheError(f"Run folder {final} already holds a trained model; pass --overwrite "
+                            "to replace it, or choose another --out")
+    if config.strategy != "default":  # every worker runs this; worker 0 writes the folder
+        return _train(store_url, model_name, final, config, hparams, progress)
+    with exclusive(final, f"Run folder {final}"):
+        stage = final.parent / f".{final.name}.partial"
+        shutil.rmtree(stage, ignore_errors=True)  # left by a killed run
+        summary = _train(store_url, model_name, stage, config, hparams, progress)
+        _publish(stage, final)
+    summary.out = str(final)
+    return summary
+
+
+def _publish(stage: Path, final: Path) -> None:
+    """Put a finished run in place of ``final`` (renames: the old one goes only after)."""
+    old = final.parent / f".{final.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    stage.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _train(store_url: str, model_name: str, out: Path, config: TrainConfig, hparams: dict | None,
+           progress: bool) -> TrainSummary:
     t0 = time.perf_counter()
     if config.strategy not in STRATEGIES:
         raise EmbcacheError(f"Invalid value for `strategy`. Expected one of {STRATEGIES}. "
@@ -121,7 +157,6 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
         if plans[s].num_docs == 0:
             raise StoreError(f"Store {store_url} has no {s} documents; rebuild it with "
                              "--val-frac/--test-frac above 0")
-    out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -185,8 +220,6 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
     if cluster is not None:
         cluster.record(out, read_log)
         if not cluster.is_chief:
-            import shutil
-
             shutil.rmtree(work_dir, ignore_errors=True)
             return TrainSummary(
                 out=str(out), model=model_name, epochs=len(val_acc), best_epoch=best_epoch,
@@ -216,7 +249,8 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
                       "note": "the same network with a frozen Embedding over the corpus vocabulary"},
     }
     write_card(out, card)
-    plot_curves(history.history, out / "curves.png", title=f"{model_name} on {Path(store_url).name}")
+    plot_curves(history.history, out / "curves.png",
+                title=f"{model_name} on {Path(str(store_url)).name}")
     return TrainSummary(out=str(out), model=model_name, epochs=len(val_acc), best_epoch=best_epoch,
                         metrics=metrics, samples_per_s=samples_per_s,
                         model_bytes=card["model_bytes"], keras_way_bytes=keras_way_bytes,
@@ -332,6 +366,9 @@ def plot_curves(history: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ start-up chatter (set before TensorFlow is imported)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def quiet_tensorflow(verbose: bool = False) -> None:
+    """Silence TensorFlow's C++ and absl logs (on a CPU machine: "failed call to cuInit", oneDNN
+    notices) unless ``verbose``; set before TensorFlow is imported. A user's own
+    ``TF_CPP_MIN_LOG_LEVEL`` wins."""
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

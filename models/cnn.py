@@ -3,7 +3,7 @@
 import keras
 
 from models import register
-from models.layers import MinLength, head, inputs
+from models.layers import MinLength, WindowMaxPool, head, inputs
 
 
 def receptive_field(kernel_size: int, pool_size: int) -> int:
@@ -18,16 +18,21 @@ def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", fil
     """Three Conv1D(filters, kernel_size) with max pooling, global max pooling, Dense(dense).
 
     Input ``(T, dim)`` for any ``T``: a batch shorter than the receptive field (149 steps for
-    the default sizes) is padded up to it first. At ``T = 1000`` this is the Keras example's
-    network (its last pooling, MaxPooling1D(35) over 35 steps, is a global max pooling).
+    the default sizes) is padded up to it first. The Keras example's network, whose last
+    pooling (MaxPooling1D(35) over the 35 steps left of 1000) is global, except that the global
+    pooling skips the steps that see only padding (:class:`WindowMaxPool`): they appear only in
+    batches padded far enough, so a document's features jumped with its batch's length. The
+    pooling grids still shift with the batch length, so the features are close, not equal,
+    across lengths (kim_cnn's are equal).
     """
     ins = inputs(dim)
-    x = MinLength(receptive_field(kernel_size, pool_size), padding)(ins["embedded"])
+    field = receptive_field(kernel_size, pool_size)
+    x = padded = MinLength(field, padding)(ins["embedded"])
     x = keras.layers.Conv1D(filters, kernel_size, activation="relu")(x)
     x = keras.layers.MaxPooling1D(pool_size)(x)
     x = keras.layers.Conv1D(filters, kernel_size, activation="relu")(x)
     x = keras.layers.MaxPooling1D(pool_size)(x)
     x = keras.layers.Conv1D(filters, kernel_size, activation="relu")(x)
-    x = keras.layers.GlobalMaxPooling1D()(x)
+    x = WindowMaxPool(pool_size * pool_size, field, padding)(x, ins["lengths"], padded)
     x = keras.layers.Dense(dense, activation="relu")(x)
     return keras.Model(ins, head(x, num_classes, dropout), name="cnn")

@@ -3,16 +3,19 @@
 import keras
 
 from models import register
-from models.layers import MinLength, head, inputs
+from models.layers import MinLength, WindowMaxPool, head, inputs
 
 
 @register("kim_cnn")
 def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", filters: int = 100,
           widths: tuple = (3, 4, 5), dropout: float = 0.5):
     ins = inputs(dim)
-    x = MinLength(max(int(w) for w in widths), padding)(ins["embedded"])
-    pooled = [keras.layers.GlobalMaxPooling1D()(
-        keras.layers.Conv1D(filters, int(w), activation="relu")(x))
+    widest = max(int(w) for w in widths)
+    # Every document gets widest - 1 zero steps beside it, and the max skips windows of padding
+    # alone: its features are the same whatever its batch's length.
+    x = MinLength(widest, padding, extra=widest - 1)(ins["embedded"])
+    pooled = [WindowMaxPool(1, int(w), padding)(
+        keras.layers.Conv1D(filters, int(w), activation="relu")(x), ins["lengths"], x)
         for w in widths]
     x = keras.layers.Concatenate()(pooled) if len(pooled) > 1 else pooled[0]
     return keras.Model(ins, head(x, num_classes, dropout), name="kim_cnn")

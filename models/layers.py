@@ -43,23 +43,26 @@ class LengthMask(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="embcache")
 class MinLength(keras.layers.Layer):
     """Pads a batch with zero steps, on the padding side, up to ``min_len`` (a network's receptive
-    field); longer batches pass unchanged. The padding is what a longer batch would hold there."""
+    field), and by at least ``extra`` steps (so every document has that much padding beside it,
+    whatever its batch's length). The padding is what a longer batch would hold there."""
 
-    def __init__(self, min_len: int, padding: str = "pre", **kwargs):
+    def __init__(self, min_len: int, padding: str = "pre", extra: int = 0, **kwargs):
         super().__init__(**kwargs)
-        self.min_len, self.padding = int(min_len), padding
+        self.min_len, self.padding, self.extra = int(min_len), padding, int(extra)
 
     def call(self, x):
-        missing = ops.maximum(self.min_len - ops.shape(x)[1], 0)
+        missing = ops.maximum(self.min_len - ops.shape(x)[1], self.extra)
         side = [missing, 0] if self.padding == "pre" else [0, missing]
         return ops.pad(x, [[0, 0], side, [0, 0]])
 
     def compute_output_shape(self, input_shape):
         steps = input_shape[1]
-        return (input_shape[0], None if steps is None else max(steps, self.min_len), input_shape[2])
+        return (input_shape[0], None if steps is None else max(steps + self.extra, self.min_len),
+                input_shape[2])
 
     def get_config(self):
-        return {**super().get_config(), "min_len": self.min_len, "padding": self.padding}
+        return {**super().get_config(), "min_len": self.min_len, "padding": self.padding,
+                "extra": self.extra}
 
 
 @keras.saving.register_keras_serializable(package="embcache")
@@ -79,3 +82,38 @@ def head(x, num_classes: int, dropout: float = 0.0):
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
     return keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+
+
+@keras.saving.register_keras_serializable(package="embcache")
+class WindowMaxPool(keras.layers.Layer):
+    """Global max pooling over the output steps whose window of the input holds at least one
+    token: ``(features (batch, K, F), lengths (batch,), padded (batch, T, dim)) -> (batch, F)``,
+    where ``padded`` is the convolutions' input.
+
+    Output step ``k`` of a stack of valid convolutions and poolings reads input steps
+    ``[k * stride, k * stride + field)``. Steps that read padding alone hold the same value for
+    every document and appear only when a batch is padded far enough, so pooling them would make
+    a document's features depend on its batch's length. ``features`` must be non-negative (after
+    a ReLU): excluded steps count as 0, and a document without tokens pools to zeros.
+    """
+
+    def __init__(self, stride: int, field: int, padding: str = "pre", **kwargs):
+        super().__init__(**kwargs)
+        self.stride, self.field, self.padding = int(stride), int(field), padding
+
+    def call(self, features, lengths, padded):
+        steps = ops.shape(padded)[1]  # the input of the convolutions, after any MinLength
+        start = ops.arange(ops.shape(features)[1])[None, :] * self.stride
+        lengths = ops.cast(lengths, "int32")[:, None]
+        if self.padding == "pre":  # tokens fill [steps - length, steps)
+            keep = start + self.field > steps - lengths
+        else:  # tokens fill [0, length)
+            keep = start < lengths
+        return ops.max(features * ops.cast(keep, features.dtype)[:, :, None], axis=1)
+
+    def compute_output_shape(self, features_shape, lengths_shape, padded_shape):
+        return (features_shape[0], features_shape[2])
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride, "field": self.field,
+                "padding": self.padding}

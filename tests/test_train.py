@@ -201,3 +201,66 @@ def test_producer_reports_a_broken_store_and_stops_with_its_owner(store, tmp_pat
     gc.collect()
     process.join(timeout=10)
     assert not process.is_alive()
+
+
+def test_train_never_replaces_a_run_unasked_and_a_killed_run_loses_nothing(store, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from jobs.runs import read_card
+
+    out = tmp_path / "run"
+    args = ["train", "--store", str(store), "--model", "fasttext", "--out", str(out), "-q"]
+    assert CliRunner().invoke(main, args + ["--epochs", "1"]).exit_code == 0
+    card = read_card(out)
+    r = CliRunner().invoke(main, args + ["--epochs", "1"])
+    assert (r.exit_code, r.output.strip()) == (1, f"Error: Run folder {out} already holds a trained "
+                                                  "model; pass --overwrite to replace it, or choose "
+                                                  "another --out")
+    # kill -9 in the middle of an --overwrite run: the previous run is still whole.
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args, "--epochs", "200",
+                             "--patience", "200", "--overwrite"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stage = tmp_path / ".run.partial"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (stage / "history.csv").exists():
+        time.sleep(0.1)
+    assert proc.poll() is None and (stage / "history.csv").exists(), "training never started"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert read_card(out) == card  # verified against its model file, unchanged
+    r = CliRunner().invoke(main, args + ["--epochs", "1", "--overwrite", "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    assert read_card(out)["training"]["seed"] == 3 and not stage.exists()
+
+
+def test_a_second_train_into_the_same_folder_is_refused(store, tmp_path):
+    from jobs.locks import exclusive
+
+    out = tmp_path / "run"
+    with exclusive(out, "held by this test"):
+        r = CliRunner().invoke(main, ["train", "--store", str(store), "--model", "fasttext",
+                                      "--out", str(out), "-q", "--epochs", "1"])
+    assert (r.exit_code, r.output.strip()) == (1, (
+        f"Error: Run folder {out} is being written by another process right now (it holds "
+        f"{tmp_path / '.run.lock'}); wait for it to finish, or write elsewhere"))
+    assert not out.exists()
+
+
+def test_tensorflow_stays_quiet_unless_verbose(store, tmp_path):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    base = [sys.executable, "-m", "jobs.cli", "train", "--store", str(store), "--model",
+            "fasttext", "--epochs", "1", "-q"]
+    quiet = subprocess.run(base + ["--out", str(tmp_path / "a")], capture_output=True, text=True,
+                           env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == "" and quiet.stdout.startswith("Trained fasttext")
+    loud = subprocess.run(base + ["--out", str(tmp_path / "b"), "--verbose"], capture_output=True,
+                          text=True, env=env)
+    assert loud.returncode == 0 and "I0000" in loud.stderr  # TensorFlow's own start-up logs

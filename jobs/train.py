@@ -367,8 +367,25 @@ def plot_curves(history: dict, path: Path, title: str) -> None:
 
 
 def quiet_tensorflow(verbose: bool = False) -> None:
-    """Silence TensorFlow's C++ and absl logs (on a CPU machine: "failed call to cuInit", oneDNN
-    notices) unless ``verbose``; set before TensorFlow is imported. A user's own
-    ``TF_CPP_MIN_LOG_LEVEL`` wins."""
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    """Import TensorFlow without its C++ and absl start-up logs ("failed call to cuInit",
+    oneDNN and CUDA-driver notices on a CPU machine) unless ``verbose``.
+
+    TensorFlow writes them to file descriptor 2 while it loads and first lists its devices, some
+    before ``TF_CPP_MIN_LOG_LEVEL`` is read; so both happen here with that descriptor pointed at
+    /dev/null, and later errors still reach the terminal.
+    """
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

@@ -9,6 +9,7 @@ import sys
 import click
 
 from cache.errors import EmbcacheError
+from jobs.train import TrainConfig
 
 
 def _friendly(fn):
@@ -150,24 +151,30 @@ def info_cmd(store, as_json):
         click.echo(format_info(info))
 
 
+# The train options' defaults live in TrainConfig (one home; importing it loads no TensorFlow).
+_TRAIN = TrainConfig()
+
+
 @main.command("train")
 @click.option("--store", required=True, help="A complete, labelled store from embed-corpus.")
 @click.option("--model", "model_name", default="cnn", show_default=True,
               help="A registered model: bilstm, cnn, fasttext, gru, kim_cnn, transformer.")
 @click.option("--out", default=None, help="Run folder [default: runs/MODEL].")
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--learning-rate", default=1e-3, show_default=True,
+@click.option("--epochs", default=_TRAIN.epochs, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=_TRAIN.batch_size, show_default=True, type=click.IntRange(min=1))
+@click.option("--learning-rate", default=_TRAIN.learning_rate, show_default=True,
               type=click.FloatRange(min=0, min_open=True))
-@click.option("--patience", default=3, show_default=True, type=click.IntRange(min=1),
+@click.option("--patience", default=_TRAIN.patience, show_default=True, type=click.IntRange(min=1),
               help="Epochs without a better validation accuracy before stopping.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--shuffle-docs", default=8192, show_default=True, type=click.IntRange(min=1),
+@click.option("--shuffle-docs", default=_TRAIN.shuffle_docs, show_default=True, type=click.IntRange(min=1),
               help="In-memory shuffle buffer (documents; about 190 MB at 20 Newsgroups' mean "
                    "length), on top of per-epoch block shuffling.")
-@click.option("--steps-per-execution", default=16, show_default=True, type=click.IntRange(min=1),
+@click.option("--steps-per-execution", default=_TRAIN.steps_per_execution, show_default=True,
+              type=click.IntRange(min=1),
               help="Training steps per compiled call (fewer Python round trips).")
-@click.option("--length-buckets/--no-length-buckets", default=True, show_default=True,
+@click.option("--length-buckets/--no-length-buckets", default=_TRAIN.length_buckets,
+              show_default=True,
               help="Pad each batch to its length bucket, or every batch to max_len.")
 @click.option("--strategy", default="default", show_default=True,
               type=click.Choice(["default", "multi-worker"]),

@@ -1,17 +1,18 @@
 """The input pipeline in its own process: batches are read, shuffled, bucketed and padded by a
-spawned producer and handed to ``tf.data`` through a bounded queue.
+spawned producer, written into shared-memory slots, and handed to ``tf.data`` as slot numbers.
 
 Why a process: in the training process the pipeline's Python (zarr's reads, the shuffle buffer,
 the buckets) and TensorFlow's generator thread take turns at one GIL. Measured on 20 Newsgroups
 (2 cores, BENCHMARKS.md), the same pipeline that makes 35,000-40,000 padded documents/s on its
 own delivered 6,000-11,000/s through ``tf.data.Dataset.from_generator``; lowering Python's
 switch interval only reached 14,000-20,000. A producer process has its own interpreter, so the
-model's process only unpickles finished batches (one copy of each).
+model's process only copies each finished batch out of its slot.
 
 The producer is spawned (never forked: TensorFlow and zarr hold threads) with its dataset, serves
 one pass per request (the epoch number seeds its shuffle, so passes are as reproducible as in
 process), and stops when its dataset is garbage-collected or the program exits. Memory: the
-producer's pipeline (see :mod:`cache.stream`) plus ``queue_batches`` batches in the queue.
+producer's pipeline (see :mod:`cache.stream`) plus ``queue_batches`` slots of one batch padded to
+``max_len`` each (at most 256 MB).
 """
 
 from __future__ import annotations
@@ -94,15 +95,17 @@ def _serve(url: str, split, chunks, counts, options: dict, slots_spec, requests,
 class Producer:
     """A spawned process that produces the batches of :func:`cache.stream.iter_batches`.
 
-    Passes are numbered by epoch; when one ends, the next is requested at once, so the producer
-    reads and shuffles epoch ``e + 1``'s first blocks while the model finishes epoch ``e`` (the
-    shuffle buffer must fill before the first batch leaves). Messages go over pipes written
-    directly by the sending thread (``multiprocessing.Queue`` hands each one to a feeder thread:
-    one more GIL hand-off per batch).
+    Passes are numbered by epoch. When a shuffled (training) pass ends, the next is requested at
+    once, so the producer reads and shuffles epoch ``e + 1``'s first blocks while the model
+    finishes epoch ``e`` (the shuffle buffer must fill before the first batch leaves); an
+    unshuffled pass (evaluation, scoring) is often the last, so it is not read ahead. Messages go
+    over pipes written directly by the sending thread (``multiprocessing.Queue`` hands each one
+    to a feeder thread: one more GIL hand-off per batch).
     """
 
     def __init__(self, store, plan, split, *, seed: int, queue_batches: int = 8, **options):
         self.args = (store.url, split, plan.chunks, plan.counts, {**options, "seed": seed})
+        self.read_ahead = bool(options["shuffle"])
         rows = options["batch_size"]
         x_bytes = rows * store.max_len * store.dim * np.dtype(store.attrs["dtype"]).itemsize
         # At least 2 slots (one written while one is read), at most 256 MB of them.
@@ -167,7 +170,8 @@ class Producer:
                         self.inflight = None
                         if item[0] == _ERROR:
                             raise StoreError(f"Reading {self.args[0]} failed: {item[1]}")
-                        self._request(epoch + 1)  # read ahead into the next epoch
+                        if self.read_ahead:
+                            self._request(epoch + 1)
                         if read_log is not None:
                             read_log.update(item[1])
                         return

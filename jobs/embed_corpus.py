@@ -162,37 +162,28 @@ def embed_corpus(
                          "or object storage (s3://, gs://)")
     if not Path(corpus.path).exists():
         raise CorpusError(f"Corpus not found: {corpus.path}")
-    local = is_local(out)
-    lock = exclusive(out.removeprefix("file://"), f"Store {out}") if local else contextlib.nullcontext()
-    with lock:
-        return _embed_locked(corpus, vectors_path, out, t0, settings=settings, split=split,
-                             vectors_member=vectors_member, vectors_format=vectors_format,
-                             chunk_docs=chunk_docs, workers=workers, overwrite=overwrite,
-                             progress=progress, cache_dir=cache_dir, scheduler=scheduler)
-
-
-def _embed_locked(corpus: CorpusSpec, vectors_path: str, out: str, t0: float, *,
-                  settings: EmbedSettings, split: SplitSettings, vectors_member: str | None,
-                  vectors_format: str, chunk_docs: int | None, workers: int, overwrite: bool,
-                  progress: bool, cache_dir: str | None, scheduler: str | None) -> EmbedSummary:
-    state = store_state(out)
-    if state == "file":
-        raise StoreError(f"Output {out} is a file, not a store folder")
-    if state == "foreign":
-        raise StoreError(f"Output {out} exists and is not an embcache store; choose another path")
-    if state == "complete" and not overwrite:
-        raise StoreError(f"Store {out} already exists and is complete; pass --overwrite to rebuild it")
-
-    table = load_vectors(vectors_path, member=vectors_member, fmt=vectors_format,
-                         cache_dir=cache_dir)
-    oov = oov_vector(table, settings)
-    # Workers start (imports, vocabulary) while this process scans the corpus.
-    # Small corpora run in this process: spawning workers costs about a second.
-    use_pool = workers > 1 and (Path(corpus.path).is_dir()
-                                or Path(corpus.path).stat().st_size > _POOL_MIN_BYTES)
-    # A memory:// store lives in this process only: other processes cannot write into it.
-    use_pool = use_pool and not out.startswith("memory://")
-    with block_executor(scheduler, workers, use_pool, table.cache_path, settings, oov) as pool:
+    with contextlib.ExitStack() as held:
+        if is_local(out):  # one writer per store: a second embed-corpus fails here, at once
+            held.enter_context(exclusive(out.removeprefix("file://"), f"Store {out}"))
+        state = store_state(out)
+        if state == "file":
+            raise StoreError(f"Output {out} is a file, not a store folder")
+        if state == "foreign":
+            raise StoreError(f"Output {out} exists and is not an embcache store; choose another path")
+        if state == "complete" and not overwrite:
+            raise StoreError(f"Store {out} already exists and is complete; pass --overwrite to "
+                             "rebuild it")
+        table = load_vectors(vectors_path, member=vectors_member, fmt=vectors_format,
+                             cache_dir=cache_dir)
+        oov = oov_vector(table, settings)
+        # Workers start (imports, vocabulary) while this process scans the corpus.
+        # Small corpora run in this process: spawning workers costs about a second.
+        use_pool = workers > 1 and (Path(corpus.path).is_dir()
+                                    or Path(corpus.path).stat().st_size > _POOL_MIN_BYTES)
+        # A memory:// store lives in this process only: other processes cannot write into it.
+        use_pool = use_pool and not out.startswith("memory://")
+        pool = held.enter_context(block_executor(scheduler, workers, use_pool, table.cache_path,
+                                                 settings, oov))
         scan = scan_corpus(corpus)
         return _embed(corpus, out, scan, table, oov, pool, state, t0, settings=settings,
                       split=split, chunk_docs=chunk_docs, workers=workers, overwrite=overwrite,

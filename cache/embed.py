@@ -71,7 +71,6 @@ class BlockResult:
     lengths: np.ndarray  # (n,) int32
     num_tokens: int
     oov_tokens: int
-    rows_used: np.ndarray  # unique vector rows of the block's in-vocabulary tokens
 
 
 class BlockEmbedder:
@@ -95,11 +94,9 @@ class BlockEmbedder:
         s = self.settings
         max_len = s.max_len
         kept = []
-        used = []
         tokens = oov = 0
         for text in texts:
             row = self.token_ids(text)
-            used.append(row)
             tokens += len(row)
             oov += int(np.count_nonzero(row == _OOV))
             if len(row) > max_len:  # Keras pad_sequences: "pre" drops from the start
@@ -112,13 +109,7 @@ class BlockEmbedder:
         out[known] = self.vectors[ids[known]]  # one gather per block, cast on assignment
         if self.oov is not None:
             out[ids == _OOV] = self.oov
-        rows_used = np.unique(np.concatenate(used)) if used else np.zeros(0, np.int64)
-        return BlockResult(out, lengths, tokens, oov, rows_used[rows_used >= 0])
-
-    def rows_used(self, texts: list[str]) -> np.ndarray:
-        """The vector rows a block's in-vocabulary tokens use (to rebuild vocabulary counts)."""
-        ids = np.unique(np.concatenate([self.token_ids(t) for t in texts]))
-        return ids[ids >= 0]
+        return BlockResult(out, lengths, tokens, oov)
 
 
 class BlockWriter:
@@ -132,19 +123,21 @@ class BlockWriter:
         if store_url not in self._stores:
             import zarr
 
+            from cache.meta import StoreMeta
+
             group = zarr.open_group(store=store_url, mode="r+")
             # Open each array once: looking one up re-reads its metadata document.
             arrays = {name: group[name] for name in group.array_keys()}
-            attrs = group.attrs
-            self._stores[store_url] = arrays, (int(attrs["chunk_docs"]), int(attrs["block_rows"]))
+            meta = StoreMeta.from_attrs(dict(group.attrs), f"Store {store_url}")
+            self._stores[store_url] = arrays, (meta.chunk_docs, meta.block_rows)
         return self._stores[store_url]
 
     def write(self, store_url: str, chunk: int, texts: list[str], doc_ids: list[str],
-              labels: list[int] | None, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+              labels: list[int] | None, split: np.ndarray) -> np.ndarray:
         """Write block ``chunk``; its ``chunk_stats`` row goes last (the commit marker).
 
         Returns:
-            The stats row (docs, tokens, oov tokens, kept tokens) and the vector rows used.
+            The stats row (docs, tokens, oov tokens, kept tokens).
         """
         arrays, (chunk_docs, rows) = self._open(store_url)
         region = slice(chunk * chunk_docs, chunk * chunk_docs + len(texts))
@@ -163,7 +156,7 @@ class BlockWriter:
         stats = np.array([len(texts), result.num_tokens, result.oov_tokens,
                           int(result.lengths.sum())], dtype=np.int64)
         arrays["chunk_stats"][chunk] = stats
-        return stats, result.rows_used
+        return stats
 
 
 # One writer per worker process (spawned, never forked: zarr-python 3 can deadlock after fork).
@@ -179,7 +172,7 @@ def init_worker(table_path: str, settings: EmbedSettings, oov: np.ndarray | None
 
 def write_block(table_path: str, settings: EmbedSettings, oov: np.ndarray | None, store_url: str,
                 chunk: int, texts: list[str], doc_ids: list[str], labels: list[int] | None,
-                split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                split: np.ndarray) -> np.ndarray:
     """The task every executor runs: embed and write one chunk. The worker's writer (vectors
     memory-mapped from the cache) is built on first use and reused by later tasks."""
     if _WRITER is None or _WRITER_KEY != (table_path, settings):

@@ -107,7 +107,7 @@ class Producer:
         self.args = (store.url, split, plan.chunks, plan.counts, {**options, "seed": seed})
         self.read_ahead = bool(options["shuffle"])
         rows = options["batch_size"]
-        x_bytes = rows * store.max_len * store.dim * np.dtype(store.attrs["dtype"]).itemsize
+        x_bytes = rows * store.max_len * store.dim * np.dtype(store.dtype).itemsize
         # At least 2 slots (one written while one is read), at most 256 MB of them.
         count = max(2, min(queue_batches, (256 << 20) // x_bytes))
         self.slots = Slots(count, x_bytes, rows)

@@ -40,9 +40,15 @@ from typing import Any
 import numpy as np
 
 from cache.errors import StoreError
+from cache.meta import (
+    LAYOUT_VERSION,
+    SPLIT_NAMES,
+    SplitSettings,
+    StoreMeta,
+    StoreTotals,
+    VectorsInfo,
+)
 
-LAYOUT_VERSION = 2
-SPLIT_NAMES = ("train", "val", "test")
 STATS_COLUMNS = ("docs", "tokens", "oov_tokens", "kept_tokens")
 DOC_ARRAYS = ("offsets", "lengths", "labels", "doc_ids", "split")
 
@@ -81,6 +87,23 @@ def token_chunk_rows(dim: int, itemsize: int, target_bytes: int = 2 << 20) -> in
 def block_rows(chunk_docs: int, max_len: int, token_chunk: int) -> int:
     """``tokens`` rows reserved per block: its worst case, in whole ``tokens`` chunks."""
     return -(-chunk_docs * max_len // token_chunk) * token_chunk
+
+
+def new_meta(*, settings, vectors: VectorsInfo, split: SplitSettings, corpus: dict[str, Any],
+             label_names: list[str] | None, num_docs: int, chunk_docs: int | None = None
+             ) -> StoreMeta:
+    """The metadata of a store about to be written, its physical layout decided here:
+    ``chunk_docs`` (default :func:`auto_chunk_docs`), ``token_chunk`` and ``block_rows``."""
+    from cache import __version__
+
+    itemsize = np.dtype(settings.dtype).itemsize
+    chunk = chunk_docs or auto_chunk_docs(settings.max_len, vectors.dim, itemsize)
+    token_chunk = token_chunk_rows(vectors.dim, itemsize)
+    return StoreMeta(settings=settings, vectors=vectors, split=split, corpus=corpus,
+                     label_names=tuple(label_names) if label_names is not None else None,
+                     num_docs=num_docs, chunk_docs=chunk, token_chunk=token_chunk,
+                     block_rows=block_rows(chunk, settings.max_len, token_chunk),
+                     embcache_version=__version__)
 
 
 def assign_split(doc_ids: list[str], val_frac: float, test_frac: float, seed: int = 0) -> np.ndarray:
@@ -142,9 +165,8 @@ def remove_store(url: str) -> None:
         zarr.open_group(store=url, mode="w")  # mode "w" clears the prefix
 
 
-def create_store(url: str, *, num_docs: int, max_len: int, dim: int, dtype: str,
-                 chunk_docs: int, labelled: bool, attrs: dict[str, Any]):
-    """Create an empty store (``complete`` false) with all arrays and attributes.
+def create_store(url: str, meta: StoreMeta):
+    """Create an empty store (``complete`` false) with all arrays; its attributes go last.
 
     Returns:
         The ``zarr.Group``.
@@ -152,31 +174,23 @@ def create_store(url: str, *, num_docs: int, max_len: int, dim: int, dtype: str,
     import zarr
 
     group = zarr.open_group(store=url, mode="w")
-    n_chunks = -(-num_docs // chunk_docs)
-    token_chunk = token_chunk_rows(dim, np.dtype(dtype).itemsize)
-    rows = block_rows(chunk_docs, max_len, token_chunk)
-    group.create_array("tokens", shape=(n_chunks * rows, dim), chunks=(token_chunk, dim),
-                       dtype=dtype, compressors=default_compressor(), fill_value=0,
+    n, chunk, dim = meta.num_docs, meta.chunk_docs, meta.dim
+    group.create_array("tokens", shape=(meta.num_chunks * meta.block_rows, dim),
+                       chunks=(meta.token_chunk, dim), dtype=meta.dtype,
+                       compressors=default_compressor(), fill_value=0,
                        # Skip zarr's all-zero scan of every chunk written (measured: half the
                        # write time of layout 1); unwritten chunks are still never stored.
                        config={"write_empty_chunks": True})
-    group.create_array("offsets", shape=(num_docs,), chunks=(chunk_docs,), dtype="int64",
-                       fill_value=0)
-    group.create_array("lengths", shape=(num_docs,), chunks=(chunk_docs,), dtype="int32",
-                       fill_value=0)
-    if labelled:
-        group.create_array("labels", shape=(num_docs,), chunks=(chunk_docs,), dtype="int32",
-                           fill_value=-1)
-    group.create_array("doc_ids", shape=(num_docs,), chunks=(chunk_docs,), dtype=str)
-    group.create_array("split", shape=(num_docs,), chunks=(chunk_docs,), dtype="int8",
-                       fill_value=0)
-    group.create_array("chunk_stats", shape=(n_chunks, len(STATS_COLUMNS)),
+    group.create_array("offsets", shape=(n,), chunks=(chunk,), dtype="int64", fill_value=0)
+    group.create_array("lengths", shape=(n,), chunks=(chunk,), dtype="int32", fill_value=0)
+    if meta.labelled:
+        group.create_array("labels", shape=(n,), chunks=(chunk,), dtype="int32", fill_value=-1)
+    group.create_array("doc_ids", shape=(n,), chunks=(chunk,), dtype=str)
+    group.create_array("split", shape=(n,), chunks=(chunk,), dtype="int8", fill_value=0)
+    group.create_array("chunk_stats", shape=(meta.num_chunks, len(STATS_COLUMNS)),
                        chunks=(1, len(STATS_COLUMNS)), dtype="int64", fill_value=-1)
     # Attributes last: a store killed before this line has no layout tag and reads as incomplete.
-    group.attrs.update({**attrs, "embcache_layout": LAYOUT_VERSION, "complete": False,
-                        "num_docs": num_docs, "max_len": max_len, "dim": dim, "dtype": dtype,
-                        "chunk_docs": chunk_docs, "num_chunks": n_chunks, "labelled": labelled,
-                        "token_chunk": token_chunk, "block_rows": rows})
+    group.attrs.update(meta.to_attrs())
     return group
 
 
@@ -197,46 +211,58 @@ def read_chunk_stats(group) -> np.ndarray:
 
 @dataclass
 class Store:
-    """An opened store: its group, its attributes and the facts later jobs need."""
+    """An opened store: its group and its metadata (the facts later jobs need)."""
 
     url: str
     group: Any
-    attrs: dict[str, Any]
+    meta: StoreMeta
 
     @property
     def num_docs(self) -> int:
-        return int(self.attrs["num_docs"])
+        return self.meta.num_docs
 
     @property
     def max_len(self) -> int:
-        return int(self.attrs["max_len"])
+        return self.meta.max_len
 
     @property
     def dim(self) -> int:
-        return int(self.attrs["dim"])
+        return self.meta.dim
+
+    @property
+    def dtype(self) -> str:
+        return self.meta.dtype
 
     @property
     def chunk_docs(self) -> int:
-        return int(self.attrs["chunk_docs"])
+        return self.meta.chunk_docs
 
     @property
     def padding(self) -> str:
-        return str(self.attrs["padding"])
+        return self.meta.padding
 
     @property
     def num_chunks(self) -> int:
-        return int(self.attrs["num_chunks"])
+        return self.meta.num_chunks
 
     @property
     def label_names(self) -> list[str] | None:
-        return self.attrs.get("label_names")
+        names = self.meta.label_names
+        return list(names) if names is not None else None
 
     @property
     def labelled(self) -> bool:
-        return bool(self.attrs.get("labelled"))
+        return self.meta.labelled
 
     def array(self, name: str):
         return self.group[name]
+
+
+def _layout_error(url: str, layout) -> StoreError:
+    what = " (every document padded to max_len)" if layout == 1 else ""
+    return StoreError(f"Store {url} has layout version {layout}{what}; this embcache reads "
+                      f"version {LAYOUT_VERSION} (ragged: kept tokens only). Rebuild it: rerun "
+                      "its embed-corpus command with --overwrite")
 
 
 def open_store(url: str, *, require_complete: bool = True, require_labels: bool = False) -> Store:
@@ -244,7 +270,8 @@ def open_store(url: str, *, require_complete: bool = True, require_labels: bool 
 
     Raises:
         StoreError: the store is missing, not an embcache store, of another layout version,
-            incomplete (when ``require_complete``) or unlabelled (when ``require_labels``).
+            incomplete (when ``require_complete``), unlabelled (when ``require_labels``) or has
+            malformed attributes.
     """
     import zarr
 
@@ -260,11 +287,11 @@ def open_store(url: str, *, require_complete: bool = True, require_labels: bool 
         raise StoreError(f"Store {url} cannot be read ({e}); it is incomplete: rerun the "
                          "embed-corpus command that created it, or rebuild it with --overwrite") from None
     layout = attrs.get("embcache_layout")
-    if layout is not None and layout != LAYOUT_VERSION:
-        what = " (every document padded to max_len)" if layout == 1 else ""
-        raise StoreError(f"Store {url} has layout version {layout}{what}; this embcache reads "
-                         f"version {LAYOUT_VERSION} (ragged: kept tokens only). Rebuild it: rerun "
-                         "its embed-corpus command with --overwrite")
+    if layout is None:
+        raise StoreError(f"Store {url} is incomplete (its embed-corpus run was stopped while "
+                         "creating it): rerun that command")
+    if layout != LAYOUT_VERSION:
+        raise _layout_error(url, layout)
     if require_complete and not attrs.get("complete"):
         done = total = "?"
         if "chunk_stats" in group:
@@ -272,9 +299,120 @@ def open_store(url: str, *, require_complete: bool = True, require_labels: bool 
             done, total = int((stats[:, 0] >= 0).sum()), stats.shape[0]
         raise StoreError(f"Store {url} is incomplete ({done} of {total} chunks written): its "
                          "embed-corpus run did not finish. Rerun the same command to resume it")
-    if require_labels and not attrs.get("labelled"):
+    meta = StoreMeta.from_attrs(attrs, f"Store {url}")
+    if require_labels and not meta.labelled:
         raise StoreError(f"Store {url} has no labels; training needs a labelled corpus")
-    return Store(url=str(url), group=group, attrs=attrs)
+    return Store(url=str(url), group=group, meta=meta)
+
+
+def check_target(url: str, overwrite: bool) -> str:
+    """Refuse an output a new store may not be written to; returns its state.
+
+    Raises:
+        StoreError: a file or a foreign folder is in the way, or a complete store without
+            ``overwrite``.
+    """
+    state = store_state(url)
+    if state == "file":
+        raise StoreError(f"Output {url} is a file, not a store folder")
+    if state == "foreign":
+        raise StoreError(f"Output {url} exists and is not an embcache store; choose another path")
+    if state == "complete" and not overwrite:
+        raise StoreError(f"Store {url} already exists and is complete; pass --overwrite to "
+                         "rebuild it")
+    return state
+
+
+class StoreWriter:
+    """A store being written: created new, or resumed from its commit markers.
+
+    The job that drives it reads ``scan -> StoreWriter.open -> write blocks -> finish``:
+    ``done[i]`` says block *i* is already in (a resumed run skips it), blocks are written by
+    :class:`cache.embed.BlockWriter` (in any process), and ``finish`` checks that every block
+    committed, adds the totals and only then sets ``complete``.
+    """
+
+    def __init__(self, url: str, group, meta: StoreMeta):
+        self.url, self.group, self.meta = url, group, meta
+        self.done = read_chunk_stats(group)[:, 0] >= 0
+        self.resumed = int(self.done.sum())
+
+    @classmethod
+    def open(cls, url: str, meta: StoreMeta, *, overwrite: bool = False) -> StoreWriter:
+        """Resume the incomplete store at ``url`` if it was started with the same job
+        (:meth:`StoreMeta.job`), else create it (replacing a complete one only on ``overwrite``).
+
+        Raises:
+            StoreError: see :func:`check_target`; an incomplete store started with other
+                settings; a remote store that cannot be opened (it is never deleted for that).
+        """
+        state = check_target(url, overwrite)
+        group = None
+        if state == "incomplete" and not overwrite:
+            group = _resume(url, meta)
+        elif state in ("incomplete", "complete"):
+            remove_store(url)
+        if group is None:
+            try:
+                if is_local(url):
+                    Path(url.removeprefix("file://")).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"Cannot create output folder for {url}: {e.strerror}") from None
+            group = create_store(url, meta)
+        return cls(url, group, meta)
+
+    def finish(self, seconds: float) -> StoreMeta:
+        """Check every block committed, record the totals and mark the store complete.
+
+        Raises:
+            StoreError: a block has no commit marker (the store stays incomplete).
+        """
+        stats = read_chunk_stats(self.group)
+        missing = int((stats[:, 0] < 0).sum())
+        if missing:
+            raise StoreError(f"Store {self.url}: {missing} chunks were not written")
+        totals = stats.sum(axis=0)
+        counts = np.bincount(self.group["split"][:], minlength=len(SPLIT_NAMES))  # 1 B per doc
+        from datetime import datetime, timezone
+
+        self.meta = self.meta.finished(StoreTotals(
+            num_tokens=int(totals[1]), oov_tokens=int(totals[2]), kept_tokens=int(totals[3]),
+            split_counts={n: int(c) for n, c in zip(SPLIT_NAMES, counts)},
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            seconds=round(seconds, 3)))
+        self.group.attrs.update(self.meta.to_attrs())  # `complete` turns true here, last
+        return self.meta
+
+    def chunk_stats(self) -> np.ndarray:
+        return read_chunk_stats(self.group)
+
+
+def _resume(url: str, meta: StoreMeta):
+    """The incomplete store's group if it can be resumed with ``meta``; ``None`` when it holds
+    nothing worth keeping (killed while being created) and was removed."""
+    import zarr
+
+    try:
+        group = zarr.open_group(store=url, mode="r+")
+        attrs = dict(group.attrs)
+    except Exception as e:  # noqa: BLE001
+        if not is_local(url):  # a network or credentials problem says nothing about the store
+            raise StoreError(f"Cannot open {url} to resume it: {type(e).__name__}: {e}") from None
+        attrs = {}
+    if "embcache_layout" not in attrs:  # killed before its attributes were written
+        remove_store(url)
+        return None
+    if attrs["embcache_layout"] != LAYOUT_VERSION:
+        raise _layout_error(url, attrs["embcache_layout"])
+    try:
+        previous = StoreMeta.from_attrs(attrs, f"Store {url}")
+    except StoreError as e:
+        raise StoreError(f"{e}; pass --overwrite to start again") from None
+    changed = previous.job_differences(meta)
+    if changed:
+        raise StoreError(f"Store {url} is an incomplete run with different settings "
+                         f"({', '.join(changed)} differ); pass --overwrite to start again")
+    return group
 
 
 def bytes_on_disk(url: str) -> int | None:

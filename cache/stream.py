@@ -26,6 +26,10 @@ import numpy as np
 from cache.errors import StoreError
 from cache.store import SPLIT_NAMES, Store
 
+# Documents in the in-memory shuffle buffer when training (about 190 MB at 20 Newsgroups' mean
+# length): the one home of this default (TrainConfig and the CLI read it from here).
+SHUFFLE_DOCS = 8192
+
 
 @dataclass(frozen=True)
 class StreamPlan:
@@ -164,7 +168,7 @@ def read_padded(store: Store, start: int, stop: int, length: int | None = None) 
     tokens = store.array("tokens")
     docs = [tokens[int(o):int(o) + int(n)] for o, n in zip(a, lengths)]
     return pad_batch(docs, length or store.max_len, store.padding, store.dim,
-                     np.dtype(store.attrs["dtype"]))
+                     np.dtype(store.dtype))
 
 
 class Bucketer:
@@ -261,7 +265,7 @@ class ShuffleBuffer:
 
 def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_size: int,
                  shuffle: bool = False, rng: np.random.Generator | None = None,
-                 shuffle_docs: int = 8192, with_labels: bool = True, parallel_reads: int = 4,
+                 shuffle_docs: int = SHUFFLE_DOCS, with_labels: bool = True, parallel_reads: int = 4,
                  max_wait: int | None = None, read_log: set | None = None, buckets: bool = True):
     """One pass over ``plan``: padded batches ``(x, lengths, labels, seq)`` in NumPy.
 
@@ -275,7 +279,7 @@ def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_siz
     reader = BlockReader(store, with_labels)
     lengths = bucket_lengths(store.max_len) if buckets else np.array([store.max_len])
     bucketer = Bucketer(lengths, batch_size, store.padding, store.dim,
-                        np.dtype(store.attrs["dtype"]), max_wait=max_wait)
+                        np.dtype(store.dtype), max_wait=max_wait)
     chunks = rng.permutation(plan.chunks) if shuffle else plan.chunks
     buffer = ShuffleBuffer(min(shuffle_docs, plan.num_docs), rng) if shuffle else None
 
@@ -310,7 +314,7 @@ def make_dataset(
     batch_size: int = 32,
     shuffle: bool = False,
     seed: int = 0,
-    shuffle_docs: int = 8192,
+    shuffle_docs: int = SHUFFLE_DOCS,
     with_labels: bool = True,
     with_seq: bool = False,
     parallel_reads: int = 4,
@@ -351,7 +355,7 @@ def make_dataset(
         raise StoreError(f"Store {store.url} has no labels")
     plan = plan or plan_split(store, split, shard)
     dim = store.dim
-    dtype = tf.as_dtype(store.attrs["dtype"])
+    dtype = tf.as_dtype(store.dtype)
     epochs = itertools.count()
     pipeline = dict(batch_size=batch_size, shuffle=shuffle, shuffle_docs=shuffle_docs,
                     with_labels=with_labels, parallel_reads=parallel_reads, max_wait=max_wait,

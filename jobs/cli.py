@@ -8,8 +8,15 @@ import sys
 
 import click
 
+from cache.embed import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
 from cache.errors import EmbcacheError
+from cache.meta import SplitSettings
+from jobs.score import ENSEMBLES, ScoreConfig
 from jobs.train import TrainConfig
+
+# Every option's default has one home, in the typed settings the jobs take (importing them loads
+# no TensorFlow): the CLI only reads them.
+_EMBED, _SPLIT, _TRAIN, _SCORE = EmbedSettings(), SplitSettings(), TrainConfig(), ScoreConfig()
 
 
 def _friendly(fn):
@@ -70,21 +77,22 @@ def main() -> None:
 @click.option("--vectors-member", default=None, help="The vectors file inside a .zip.")
 @click.option("--vectors-format", default="auto", show_default=True,
               type=click.Choice(["auto", "glove", "word2vec", "word2vec-bin", "fasttext"]))
-@click.option("--max-len", default=1000, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-len", default=_EMBED.max_len, show_default=True, type=click.IntRange(min=1),
               help="Tokens per sequence; longer documents are truncated.")
-@click.option("--padding", default="pre", show_default=True, type=click.Choice(["pre", "post"]))
-@click.option("--truncating", default="pre", show_default=True, type=click.Choice(["pre", "post"]))
-@click.option("--oov", default="zero", show_default=True, type=click.Choice(["zero", "unk", "mean"]),
+@click.option("--padding", default=_EMBED.padding, show_default=True, type=click.Choice(PADDINGS))
+@click.option("--truncating", default=_EMBED.truncating, show_default=True,
+              type=click.Choice(PADDINGS))
+@click.option("--oov", default=_EMBED.oov, show_default=True, type=click.Choice(OOV_POLICIES),
               help="Vector for out-of-vocabulary tokens: zeros, one seeded random vector, or the "
                    "mean vector.")
-@click.option("--dtype", default="float16", show_default=True,
-              type=click.Choice(["float16", "float32"]))
-@click.option("--val-frac", default=0.1, show_default=True,
+@click.option("--dtype", default=_EMBED.dtype, show_default=True,
+              type=click.Choice(DTYPES))
+@click.option("--val-frac", default=_SPLIT.val_frac, show_default=True,
               type=click.FloatRange(0, 1, max_open=True),
               help="Fraction of documents in the validation split (by hash of the doc id).")
-@click.option("--test-frac", default=0.1, show_default=True,
+@click.option("--test-frac", default=_SPLIT.test_frac, show_default=True,
               type=click.FloatRange(0, 1, max_open=True))
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--seed", default=_SPLIT.seed, show_default=True, type=click.IntRange(min=0),
               help="Seed of the split hash and the unk vector.")
 @click.option("--chunk-docs", default=None, type=click.IntRange(min=1),
               help="Documents per block (the unit of writing and reading) [default: as many as "
@@ -113,8 +121,7 @@ def embed_corpus_cmd(corpus_path, vectors_path, out, corpus_format, text_columns
     Rerunning an interrupted command resumes it from its last completed chunk.
     """
     from cache.corpus import CorpusSpec
-    from cache.embed import EmbedSettings
-    from jobs.embed_corpus import SplitSettings, embed_corpus
+    from jobs.embed_corpus import embed_corpus
 
     spec = CorpusSpec(path=corpus_path, format=corpus_format, text_columns=tuple(text_columns),
                       label_column=label_column, id_column=id_column, header=header,
@@ -151,10 +158,6 @@ def info_cmd(store, as_json):
         click.echo(format_info(info))
 
 
-# The train options' defaults live in TrainConfig (one home; importing it loads no TensorFlow).
-_TRAIN = TrainConfig()
-
-
 @main.command("train")
 @click.option("--store", required=True, help="A complete, labelled store from embed-corpus.")
 @click.option("--model", "model_name", default="cnn", show_default=True,
@@ -166,7 +169,7 @@ _TRAIN = TrainConfig()
               type=click.FloatRange(min=0, min_open=True))
 @click.option("--patience", default=_TRAIN.patience, show_default=True, type=click.IntRange(min=1),
               help="Epochs without a better validation accuracy before stopping.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--seed", default=_TRAIN.seed, show_default=True, type=click.IntRange(min=0))
 @click.option("--shuffle-docs", default=_TRAIN.shuffle_docs, show_default=True, type=click.IntRange(min=1),
               help="In-memory shuffle buffer (documents; about 190 MB at 20 Newsgroups' mean "
                    "length), on top of per-epoch block shuffling.")
@@ -176,7 +179,7 @@ _TRAIN = TrainConfig()
 @click.option("--length-buckets/--no-length-buckets", default=_TRAIN.length_buckets,
               show_default=True,
               help="Pad each batch to its length bucket, or every batch to max_len.")
-@click.option("--strategy", default="default", show_default=True,
+@click.option("--strategy", default=_TRAIN.strategy, show_default=True,
               type=click.Choice(["default", "multi-worker"]),
               help="multi-worker: tf.distribute.MultiWorkerMirroredStrategy over the workers in "
                    "TF_CONFIG, each reading its own chunks of the store.")
@@ -195,7 +198,7 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
     Example:
       embcache train --store news20.zarr --model cnn --out runs/cnn
     """
-    from jobs.train import TrainConfig, parse_hparams, quiet_tensorflow
+    from jobs.train import parse_hparams, quiet_tensorflow
 
     quiet_tensorflow(verbose)
     from jobs.train import train
@@ -220,11 +223,11 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
               help="The vectors file the models were trained with (raw input only).")
 @click.option("--split", default=None, type=click.Choice(["train", "val", "test"]),
               help="Score only this split of a store [default: every document].")
-@click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--top-k", default=_SCORE.top_k, show_default=True, type=click.IntRange(min=1),
               help="Labels and probabilities per model and document.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--ensemble", default="weighted", show_default=True,
-              type=click.Choice(["weighted", "mean"]),
+@click.option("--batch-size", default=_SCORE.batch_size, show_default=True, type=click.IntRange(min=1))
+@click.option("--ensemble", default=_SCORE.ensemble, show_default=True,
+              type=click.Choice(ENSEMBLES),
               help="Average the models' probabilities weighted by each card's validation "
                    "accuracy, or equally.")
 @click.option("--keep-store", default=None,

@@ -14,47 +14,32 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
-from cache import __version__
 from cache.corpus import CorpusSpec, Document, iter_documents, label_mapper, scan_corpus
 from cache.embed import (
     DTYPES,
     OOV_POLICIES,
     PADDINGS,
-    BlockEmbedder,
     BlockWriter,
     EmbedSettings,
     oov_vector,
 )
 from cache.errors import CorpusError, EmbcacheError, StoreError
+from cache.meta import SplitSettings, VectorsInfo
 from cache.store import (
-    LAYOUT_VERSION,
-    SPLIT_NAMES,
+    StoreWriter,
     assign_split,
-    auto_chunk_docs,
     bytes_on_disk,
-    create_store,
+    check_target,
     is_local,
-    read_chunk_stats,
-    remove_store,
-    store_state,
+    new_meta,
 )
 from cache.vectors import load_vectors
 from jobs.executors import Executor, block_executor, parse_scheduler
 from jobs.locks import exclusive
 
 _POOL_MIN_BYTES = 2 << 20
-
-
-@dataclass(frozen=True)
-class SplitSettings:
-    val_frac: float = 0.1
-    test_frac: float = 0.1
-    seed: int = 0
 
 
 @dataclass
@@ -165,14 +150,7 @@ def embed_corpus(
     with contextlib.ExitStack() as held:
         if is_local(out):  # one writer per store: a second embed-corpus fails here, at once
             held.enter_context(exclusive(out.removeprefix("file://"), f"Store {out}"))
-        state = store_state(out)
-        if state == "file":
-            raise StoreError(f"Output {out} is a file, not a store folder")
-        if state == "foreign":
-            raise StoreError(f"Output {out} exists and is not an embcache store; choose another path")
-        if state == "complete" and not overwrite:
-            raise StoreError(f"Store {out} already exists and is complete; pass --overwrite to "
-                             "rebuild it")
+        check_target(out, overwrite)  # before the vectors load: a refusal costs nothing
         table = load_vectors(vectors_path, member=vectors_member, fmt=vectors_format,
                              cache_dir=cache_dir)
         oov = oov_vector(table, settings)
@@ -185,77 +163,39 @@ def embed_corpus(
         pool = held.enter_context(block_executor(scheduler, workers, use_pool, table.cache_path,
                                                  settings, oov))
         scan = scan_corpus(corpus)
-        return _embed(corpus, out, scan, table, oov, pool, state, t0, settings=settings,
-                      split=split, chunk_docs=chunk_docs, workers=workers, overwrite=overwrite,
-                      progress=progress)
+        meta = new_meta(settings=settings, vectors=VectorsInfo(**table.describe()), split=split,
+                        corpus=_corpus_identity(corpus), label_names=scan.label_names,
+                        num_docs=scan.num_docs, chunk_docs=chunk_docs)
+        store = StoreWriter.open(out, meta, overwrite=overwrite)
+        _write_blocks(corpus, store, scan, table, oov, pool, split, progress)
+        final = store.finish(time.perf_counter() - t0)
+        totals = final.totals
+        return EmbedSummary(store=out, docs=final.num_docs, tokens=totals.num_tokens,
+                            oov_tokens=totals.oov_tokens, bytes_on_disk=bytes_on_disk(out),
+                            seconds=totals.seconds, resumed_chunks=store.resumed,
+                            num_chunks=final.num_chunks)
 
 
-def _embed(corpus: CorpusSpec, out: str, scan, table, oov, pool: Executor | None, state: str,
-           t0: float, *,
-           settings: EmbedSettings, split: SplitSettings, chunk_docs: int | None, workers: int,
-           overwrite: bool, progress: bool) -> EmbedSummary:
-    itemsize = np.dtype(settings.dtype).itemsize
-    chunk = chunk_docs or auto_chunk_docs(settings.max_len, table.dim, itemsize)
-    job = {
-        "layout": LAYOUT_VERSION,
-        "corpus": _corpus_identity(corpus),
-        "vectors": table.fingerprint,
-        "settings": settings.to_dict(),
-        "split": vars(split),
-        "chunk_docs": chunk,
-    }
-    group = None
-    if state == "incomplete" and not overwrite:
-        group = _resumable(out, job)
-    elif state in ("incomplete", "complete"):
-        remove_store(out)
-    if group is None:
-        try:
-            if is_local(out):
-                Path(out).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"Cannot create output folder for {out}: {e.strerror}") from None
-        group = create_store(
-            out, num_docs=scan.num_docs, max_len=settings.max_len, dim=table.dim,
-            dtype=settings.dtype, chunk_docs=chunk, labelled=scan.label_names is not None,
-            attrs={
-                "label_names": scan.label_names,
-                "vectors": table.describe(),
-                "tokenizer": settings.tokenizer.to_dict(),
-                "padding": settings.padding,
-                "truncating": settings.truncating,
-                "oov": {"policy": settings.oov, "seed": settings.seed},
-                "split": {"names": list(SPLIT_NAMES), "val_frac": split.val_frac,
-                          "test_frac": split.test_frac, "seed": split.seed},
-                "corpus": {k: v for k, v in job["corpus"].items() if k != "mtime_ns"},
-                "strip_headers": corpus.strip_headers,
-                "job": job,
-                "embcache_version": __version__,
-            })
-    done = read_chunk_stats(group)[:, 0] >= 0
-    resumed = int(done.sum())
-    n_chunks = len(done)
-    to_label = label_mapper(corpus, scan.label_names) if scan.label_names else None
+def _write_blocks(corpus: CorpusSpec, store: StoreWriter, scan, table, oov, pool: Executor | None,
+                  split: SplitSettings, progress: bool) -> None:
+    """Embed and write every block not yet committed, in this process or on ``pool``.
 
+    Memory: at most ``2 * pool.parallel`` blocks are queued (one block in-process)."""
     from tqdm import tqdm
 
+    out, chunk, done = store.url, store.meta.chunk_docs, store.done
+    to_label = label_mapper(corpus, scan.label_names) if scan.label_names else None
     bar = tqdm(total=scan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
                desc="embed-corpus", dynamic_ncols=True)
-    writer = BlockWriter(table.cache_path, settings, oov) if pool is None else None
-    # Which vector rows the corpus uses: its vocabulary size is what a frozen Embedding layer
-    # over "the corpus vocabulary" would hold (reported by train and score). One bit per word.
-    used = np.zeros(table.size, dtype=bool)
-    recount: BlockEmbedder | None = None
+    writer = BlockWriter(table.cache_path, store.meta.settings, oov) if pool is None else None
     pending: dict[Future, int] = {}
     seen = 0
     try:
         for index, block in enumerate(_blocks(iter_documents(corpus), chunk)):
             seen += len(block)
-            if index >= n_chunks:
+            if index >= len(done):
                 raise CorpusError(f"Corpus {corpus.path} changed while it was being read")
-            if done[index]:  # resumed: only the vocabulary has to be recounted
-                recount = recount or BlockEmbedder(table, settings, oov)
-                used[recount.rows_used([d.text for d in block])] = True
+            if done[index]:  # committed by an earlier run
                 bar.update(len(block))
                 continue
             ids = [d.doc_id for d in block]
@@ -263,63 +203,20 @@ def _embed(corpus: CorpusSpec, out: str, scan, table, oov, pool: Executor | None
             args = (out, index, [d.text for d in block], ids, labels,
                     assign_split(ids, split.val_frac, split.test_frac, split.seed))
             if pool is None:
-                used[writer.write(*args)[1]] = True
+                writer.write(*args)
                 bar.update(len(block))
                 continue
             pending[pool.submit(*args)] = len(block)
             if len(pending) >= 2 * pool.parallel:  # bounded: at most 2 blocks queued per worker
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
-                    used[f.result()[1]] = True
+                    f.result()
                     bar.update(pending.pop(f))
         for f in list(pending):
-            used[f.result()[1]] = True
+            f.result()
             bar.update(pending.pop(f))
     finally:
         bar.close()
     if seen != scan.num_docs:
         raise CorpusError(f"Corpus {corpus.path} changed while it was being read "
                           f"({scan.num_docs} documents counted, {seen} read)")
-    return _finish(out, group, t0, resumed, corpus_vocab_size=int(used.sum()))
-
-
-def _resumable(out: str, job: dict):
-    import zarr
-
-    try:
-        group = zarr.open_group(store=out, mode="r+")
-        previous = group.attrs.get("job")
-    except Exception:  # noqa: BLE001 - killed while creating: nothing worth keeping
-        previous = None
-        group = None
-    if previous is None:
-        remove_store(out)
-        return None
-    if previous != job:
-        changed = sorted(k for k in job if previous.get(k) != job[k])
-        raise StoreError(f"Store {out} is an incomplete run with different settings "
-                         f"({', '.join(changed)} differ); pass --overwrite to start again")
-    return group
-
-
-def _finish(out: str, group, t0: float, resumed: int, corpus_vocab_size: int) -> EmbedSummary:
-    stats = read_chunk_stats(group)
-    if (stats[:, 0] < 0).any():
-        raise StoreError(f"Store {out}: {(stats[:, 0] < 0).sum()} chunks were not written")
-    totals = stats.sum(axis=0)
-    split_counts = np.bincount(group["split"][:], minlength=len(SPLIT_NAMES))  # 1 byte per doc
-    seconds = time.perf_counter() - t0
-    group.attrs.update({
-        "num_tokens": int(totals[1]),
-        "oov_tokens": int(totals[2]),
-        "oov_rate": float(totals[2] / totals[1]) if totals[1] else 0.0,
-        "kept_tokens": int(totals[3]),
-        "corpus_vocab_size": corpus_vocab_size,
-        "split_counts": {n: int(c) for n, c in zip(SPLIT_NAMES, split_counts)},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(seconds, 3),
-        "complete": True,
-    })
-    return EmbedSummary(store=out, docs=int(totals[0]), tokens=int(totals[1]),
-                        oov_tokens=int(totals[2]), bytes_on_disk=bytes_on_disk(out),
-                        seconds=seconds, resumed_chunks=resumed, num_chunks=len(stats))

@@ -10,7 +10,7 @@ from cache.store import bytes_on_disk, open_store, read_chunk_stats
 def describe_store(url: str) -> dict[str, Any]:
     """All attributes of a store (complete or not) plus its size on disk and chunk progress."""
     store = open_store(url, require_complete=False)
-    info = {k: v for k, v in store.attrs.items() if k != "job"}
+    info = store.meta.to_attrs()
     stats = read_chunk_stats(store.group)
     info["chunks_written"] = int((stats[:, 0] >= 0).sum())
     info["bytes_on_disk"] = bytes_on_disk(url)

@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from cache.errors import ModelError
+from cache.meta import StoreMeta
 
-CARD_VERSION = 2  # 2: models take batches of any length (layout-2 stores); 1: fixed max_len
+CARD_VERSION = 3  # 3: the store's metadata embedded whole; 2: fields copied by hand
 CARD_FILE = "model.json"
 MODEL_FILE = "model.keras"
-# What decides the embedded values a model expects: scoring input must match all of them.
-EMBEDDING_KEYS = ("vectors.fingerprint", "tokenizer", "max_len", "dim", "padding", "truncating",
-                  "oov", "strip_headers")
-_REQUIRED = ("card_version", "model", "label_names", "vectors", "tokenizer", "max_len", "dim",
-             "padding", "truncating", "oov", "model_sha256", "card_sha256")
+_REQUIRED = ("card_version", "model", "store", "model_sha256", "card_sha256")
 
 
 def file_sha256(path: Path) -> str:
@@ -34,25 +31,12 @@ def file_sha256(path: Path) -> str:
 
 
 def store_card_fields(store) -> dict[str, Any]:
-    """What a card copies from the store it was trained on (all a scorer needs to embed input)."""
+    """What a card records of the store it was trained on: its whole metadata (all a scorer
+    needs to embed new input the same way, and to check a store against the model)."""
     from cache import __version__
 
-    a = store.attrs
-    return {
-        "card_version": CARD_VERSION,
-        "store": {"url": str(store.url), "num_docs": store.num_docs, "split": a.get("split")},
-        "vectors": a["vectors"],
-        "tokenizer": a["tokenizer"],
-        "max_len": store.max_len,
-        "dim": store.dim,
-        "dtype": a["dtype"],
-        "padding": a["padding"],
-        "truncating": a["truncating"],
-        "oov": a["oov"],
-        "strip_headers": a.get("strip_headers", False),
-        "label_names": store.label_names,
-        "embcache_version": __version__,
-    }
+    return {"card_version": CARD_VERSION, "store_url": str(store.url),
+            "store": store.meta.to_attrs(), "embcache_version": __version__}
 
 
 def card_digest(card: dict[str, Any]) -> str:
@@ -70,33 +54,6 @@ def write_card(run_dir: Path, card: dict[str, Any]) -> None:
     os.replace(tmp, run_dir / CARD_FILE)  # atomic: a card is whole or absent
 
 
-def embedding_settings(meta: dict[str, Any]) -> dict[str, Any]:
-    """The subset of a card or store's attributes that decides the embedded values."""
-    out = {}
-    for key in EMBEDDING_KEYS:
-        value: Any = meta
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if key == "oov" and isinstance(value, dict):
-            value = {"policy": value.get("policy"), "seed": value.get("seed")}
-        if key == "strip_headers":
-            value = bool(value)
-        out[key] = value
-    return out
-
-
-def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Human-readable differences between two embedding settings."""
-    out = []
-    for key in EMBEDDING_KEYS:
-        if a.get(key) != b.get(key):
-            va, vb = a.get(key), b.get(key)
-            if key == "vectors.fingerprint":
-                va, vb = str(va)[:12], str(vb)[:12]
-            out.append(f"{key} {va!r} vs {vb!r}")
-    return out
-
-
 @dataclass
 class Run:
     """A run folder: its verified card, and its Keras model once loaded (``None`` before)."""
@@ -107,8 +64,20 @@ class Run:
     model: Any
 
     @property
+    def meta(self) -> StoreMeta:
+        """The metadata of the store the model was trained on (checked by ``read_card``)."""
+        return card_meta(self.card, self.path / CARD_FILE)
+
+    @property
     def label_names(self) -> list[str]:
-        return list(self.card["label_names"])
+        return list(self.meta.label_names or ())
+
+
+def card_meta(card: dict[str, Any], where: Path) -> StoreMeta:
+    if not isinstance(card.get("store"), dict):
+        raise ModelError(f"Model card {where}: `store` is not an object; it was not written by "
+                         "`embcache train` or has been edited")
+    return StoreMeta.from_attrs(card["store"], f"Model card {where}", error=ModelError)
 
 
 def read_card(run_dir: str | Path) -> dict[str, Any]:
@@ -125,20 +94,26 @@ def read_card(run_dir: str | Path) -> dict[str, Any]:
         card = json.loads(card_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"Model card {card_path} is not valid JSON ({e})") from None
-    missing = [k for k in _REQUIRED if not isinstance(card, dict) or k not in card]
-    if missing:
-        raise ModelError(f"Model card {card_path} lacks {', '.join(missing)}; it was not written "
-                         "by `embcache train` or has been edited")
-    if card["card_version"] != CARD_VERSION:
+    if not isinstance(card, dict):
+        raise ModelError(f"Model card {card_path} is not a JSON object; it was not written by "
+                         "`embcache train`")
+    if "card_version" in card and card["card_version"] != CARD_VERSION:
         raise ModelError(f"Model card {card_path} has version {card['card_version']}; this "
                          f"embcache reads version {CARD_VERSION}: retrain the model with "
                          "`embcache train` on a store built by this version")
+    missing = [k for k in _REQUIRED if k not in card]
+    if missing:
+        raise ModelError(f"Model card {card_path} lacks {', '.join(missing)}; it was not written "
+                         "by `embcache train` or has been edited")
     if card_digest(card) != card["card_sha256"]:
         raise ModelError(f"Model card {card_path} was edited after training (its checksum does "
                          "not match); retrain, or restore the card that train wrote")
     if file_sha256(model_path) != card["model_sha256"]:
         raise ModelError(f"{model_path} does not match its card (sha256 differs): the card or "
                          "the model was changed after training")
+    if not card_meta(card, card_path).labelled:
+        raise ModelError(f"Model card {card_path} names no labels; it was not written by "
+                         "`embcache train`")
     return card
 
 
@@ -172,10 +147,11 @@ def load_run(run_dir: str | Path, card: dict[str, Any] | None = None) -> Run:
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     shape = model.output_shape
     embedded = next((i for i in model.inputs if i.name.startswith("embedded")), None)
-    if embedded is None or tuple(embedded.shape[1:]) != (None, card["dim"]):
-        raise ModelError(f"{run / MODEL_FILE} does not take (any length, dim={card['dim']}) "
+    meta = card_meta(card, run / CARD_FILE)
+    if embedded is None or tuple(embedded.shape[1:]) != (None, meta.dim):
+        raise ModelError(f"{run / MODEL_FILE} does not take (any length, dim={meta.dim}) "
                          "embedded input as its card says")
-    if shape[-1] != len(card["label_names"]):
+    if shape[-1] != len(meta.label_names):
         raise ModelError(f"{run / MODEL_FILE} predicts {shape[-1]} classes but its card names "
-                         f"{len(card['label_names'])} labels")
+                         f"{len(meta.label_names)} labels")
     return Run(path=run, name=run.name, card=card, model=model)

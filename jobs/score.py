@@ -22,10 +22,11 @@ import numpy as np
 
 from cache.corpus import CorpusSpec
 from cache.errors import EmbcacheError, ModelError, StoreError
+from cache.meta import StoreMeta
 from cache.store import open_store, store_state
 from jobs.metrics import Confusion, write_metrics
 from jobs.outputs import open_writer, output_format
-from jobs.runs import Run, differences, embedding_settings, load_run, read_card
+from jobs.runs import Run, load_run, read_card
 
 
 @dataclass
@@ -48,11 +49,11 @@ class ScoreSummary:
                 f"({self.docs / max(self.seconds, 1e-9):,.0f} docs/s) -> {self.out}{acc}")
 
 
-def check_compatible(runs: list[Run]) -> dict:
-    """All models must expect the same embedded values; returns those settings."""
-    first = embedding_settings(runs[0].card)
+def check_compatible(runs: list[Run]) -> StoreMeta:
+    """All models must expect the same embedded values; returns the first one's store metadata."""
+    first = runs[0].meta
     for run in runs[1:]:
-        diff = differences(first, embedding_settings(run.card))
+        diff = first.contract_differences(run.meta)
         if diff:
             raise ModelError(f"Models {runs[0].name} and {run.name} were trained on differently "
                              f"embedded data ({'; '.join(diff)}); score them separately")
@@ -69,6 +70,15 @@ def _model_names(runs: list[Run]) -> None:
 
 
 ENSEMBLES = ("weighted", "mean")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """The score options' defaults, in one place (``score()`` and the CLI read them here)."""
+
+    batch_size: int = 64
+    top_k: int = 1
+    ensemble: str = ENSEMBLES[0]
 
 
 def _ensemble_group(runs: list[Run]) -> list[Run]:
@@ -107,13 +117,13 @@ def score(
     corpus: CorpusSpec | None = None,
     vectors_path: str | None = None,
     split: str | None = None,
-    top_k: int = 1,
-    batch_size: int = 64,
+    top_k: int = ScoreConfig.top_k,
+    batch_size: int = ScoreConfig.batch_size,
     keep_store: str | None = None,
     metrics_dir: str | None = None,
     progress: bool = True,
     cache_dir: str | None = None,
-    ensemble: str = "weighted",
+    ensemble: str = ScoreConfig.ensemble,
 ) -> ScoreSummary:
     """Score ``input_path`` (a store, or raw documents in ``corpus``'s format) with every model.
 
@@ -142,7 +152,7 @@ def score(
     tmp_dir = None
     if store_state(input_path) in ("complete", "incomplete"):
         store = open_store(input_path, require_complete=True)
-        diff = differences(expected, embedding_settings(store.attrs))
+        diff = expected.contract_differences(store.meta)
         if diff:
             raise StoreError(f"Store {input_path} was embedded differently from what the models "
                              f"expect ({'; '.join(diff)})")
@@ -150,7 +160,7 @@ def score(
     else:
         if vectors_path is None:
             raise EmbcacheError(f"Scoring raw documents ({input_path}) needs --vectors: the file "
-                                f"the models were trained with ({runs[0].card['vectors']['source']})")
+                                f"the models were trained with ({expected.vectors.source})")
         target = keep_store
         if target is None:
             tmp_dir = tempfile.mkdtemp(prefix="embcache-score-")
@@ -158,8 +168,8 @@ def score(
         # The one embedding pass overlaps with importing Keras and loading the models.
         try:
             with ThreadPoolExecutor(max_workers=1) as pool:
-                embedding = pool.submit(_embed_input, runs[0].card, corpus or CorpusSpec(input_path),
-                                        vectors_path, target, expected, progress, cache_dir)
+                embedding = pool.submit(_embed_input, expected, corpus or CorpusSpec(input_path),
+                                        vectors_path, target, progress, cache_dir)
                 _load_models(runs)  # on failure, the pool waits for the embedding
                 store = embedding.result()
         except BaseException:
@@ -185,27 +195,22 @@ def _load_models(runs: list[Run]) -> None:
         run.model = load_run(run.path, card=run.card).model
 
 
-def _embed_input(card: dict, corpus: CorpusSpec, vectors_path: str, target: str, expected: dict,
+def _embed_input(meta: StoreMeta, corpus: CorpusSpec, vectors_path: str, target: str,
                  progress: bool, cache_dir: str | None):
-    """Embed raw documents with exactly the card's settings; check the vectors fingerprint."""
+    """Embed raw documents with exactly the models' settings; check the vectors fingerprint."""
     from dataclasses import replace
 
-    from cache.embed import EmbedSettings
-    from cache.tokenize import TokenizerSettings
+    from cache.meta import SplitSettings
     from cache.vectors import load_vectors
-    from jobs.embed_corpus import SplitSettings, embed_corpus
+    from jobs.embed_corpus import embed_corpus
 
     table = load_vectors(vectors_path, cache_dir=cache_dir)
-    if table.fingerprint != card["vectors"]["fingerprint"]:
+    if table.fingerprint != meta.vectors.fingerprint:
         raise ModelError(f"Vectors {vectors_path} (fingerprint {table.fingerprint[:12]}) are not "
-                         f"the ones the models were trained with ({card['vectors']['source']}, "
-                         f"fingerprint {card['vectors']['fingerprint'][:12]})")
-    settings = EmbedSettings(max_len=card["max_len"], padding=card["padding"],
-                             truncating=card["truncating"], oov=card["oov"]["policy"],
-                             seed=card["oov"]["seed"], dtype=card.get("dtype", "float16"),
-                             tokenizer=TokenizerSettings.from_dict(card["tokenizer"]))
-    corpus = replace(corpus, strip_headers=bool(card.get("strip_headers")))
-    embed_corpus(corpus, vectors_path, target, settings=settings,
+                         f"the ones the models were trained with ({meta.vectors.source}, "
+                         f"fingerprint {meta.vectors.fingerprint[:12]})")
+    corpus = replace(corpus, strip_headers=meta.strip_headers)
+    embed_corpus(corpus, vectors_path, target, settings=meta.settings,
                  split=SplitSettings(val_frac=0.0, test_frac=0.0), overwrite=True,
                  progress=progress, cache_dir=cache_dir)
     return open_store(target)

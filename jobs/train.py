@@ -20,8 +20,9 @@ from pathlib import Path
 
 from cache.errors import EmbcacheError, StoreError
 from cache.store import open_store
-from cache.stream import make_dataset, plan_split
+from cache.stream import SHUFFLE_DOCS, make_dataset, plan_split
 from jobs.locks import exclusive
+from jobs.multiworker import STRATEGIES, MultiWorker
 from jobs.runs import CARD_FILE, MODEL_FILE, store_card_fields, write_card
 
 
@@ -32,7 +33,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     patience: int = 3
     seed: int = 0
-    shuffle_docs: int = 8192
+    shuffle_docs: int = SHUFFLE_DOCS
     # Training steps per compiled call: Keras's per-step Python work (about 1 ms) otherwise caps
     # light models (measured: fasttext 8-12k samples/s at 1, 15-20k at 16; BENCHMARKS.md).
     steps_per_execution: int = 16
@@ -49,7 +50,6 @@ class TrainSummary:
     metrics: dict = field(default_factory=dict)
     samples_per_s: float = 0.0
     model_bytes: int = 0
-    keras_way_bytes: int = 0
     seconds: float = 0.0
     worker_note: str = ""  # set on non-chief workers of a multi-worker run
 
@@ -60,8 +60,8 @@ class TrainSummary:
         test = f", test accuracy {m['test_accuracy']:.3f}" if "test_accuracy" in m else ""
         return (f"Trained {self.model} for {self.epochs} epochs (best {self.best_epoch}): val "
                 f"accuracy {m['val_accuracy']:.3f}{test}, {self.samples_per_s:,.0f} samples/s, "
-                f"model {self.model_bytes / 1e6:.2f} MB (with a frozen Embedding: "
-                f"{self.keras_way_bytes / 1e6:.2f} MB) -> {self.out} ({self.seconds:.0f} s)")
+                f"model {self.model_bytes / 1e6:.2f} MB (no word vectors) -> {self.out} "
+                f"({self.seconds:.0f} s)")
 
 
 def parse_hparams(pairs: tuple[str, ...] | list[str]) -> dict:
@@ -147,7 +147,7 @@ def _train(store_url: str, model_name: str, out: Path, config: TrainConfig, hpar
         raise EmbcacheError(f"Invalid value for `strategy`. Expected one of {STRATEGIES}. "
                             f"Received: strategy={config.strategy!r}")
     # A multi-worker strategy must exist before any other TensorFlow op (it reads TF_CONFIG).
-    cluster = _MultiWorker.start() if config.strategy == "multi-worker" else None
+    cluster = MultiWorker.start() if config.strategy == "multi-worker" else None
     store = open_store(store_url, require_complete=True, require_labels=True)
     import models
 
@@ -164,15 +164,11 @@ def _train(store_url: str, model_name: str, out: Path, config: TrainConfig, hpar
 
     import keras
 
-    def build():
-        return models.build(model_name, max_len=store.max_len, dim=store.dim,
-                            num_classes=len(store.label_names), padding=store.attrs["padding"],
-                            **hp)
-
     keras.utils.set_random_seed(config.seed)
     scope = cluster.strategy.scope() if cluster else contextlib.nullcontext()
     with scope:
-        model = build()
+        model = models.build(model_name, max_len=store.max_len, dim=store.dim,
+                             num_classes=len(store.label_names), padding=store.padding, **hp)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                       # Multi-worker keeps one step per call: its workarounds (below) assume it.
@@ -228,10 +224,6 @@ def _train(store_url: str, model_name: str, out: Path, config: TrainConfig, hpar
                             f"{len(cluster.shard_chunks)} train chunks for {len(val_acc)} epochs; "
                             f"worker 0 wrote the run folder {out}")
         metrics = {"val_accuracy": max(history.history["val_accuracy"])}
-    from models.keras_way import embedding_model_bytes
-
-    vocab = store.attrs.get("corpus_vocab_size") or store.attrs["vectors"]["vocab_size"]
-    keras_way_bytes = embedding_model_bytes(build, vocab, store.dim, store.max_len)
     per_epoch = (fit_steps["steps_per_epoch"] * config.batch_size * cluster.count if cluster
                  else plans["train"].num_docs)
     samples_per_s = sorted(per_epoch / s for s in timer.seconds)[len(timer.seconds) // 2]
@@ -245,103 +237,13 @@ def _train(store_url: str, model_name: str, out: Path, config: TrainConfig, hpar
                      "train_docs": plans["train"].num_docs, "val_docs": plans["val"].num_docs},
         "metrics": metrics,
         "model_bytes": model_path.stat().st_size,
-        "keras_way": {"vocab_size": vocab, "model_bytes": keras_way_bytes,
-                      "note": "the same network with a frozen Embedding over the corpus vocabulary"},
     }
     write_card(out, card)
     plot_curves(history.history, out / "curves.png",
                 title=f"{model_name} on {Path(str(store_url)).name}")
     return TrainSummary(out=str(out), model=model_name, epochs=len(val_acc), best_epoch=best_epoch,
                         metrics=metrics, samples_per_s=samples_per_s,
-                        model_bytes=card["model_bytes"], keras_way_bytes=keras_way_bytes,
-                        seconds=seconds)
-
-
-STRATEGIES = ("default", "multi-worker")
-
-
-class _MultiWorker:
-    """MultiWorkerMirroredStrategy from TF_CONFIG, with explicit sharding by chunk index."""
-
-    def __init__(self, strategy):
-        self.strategy = strategy
-        resolver = strategy.cluster_resolver
-        self.count = int(resolver.cluster_spec().num_tasks("worker"))
-        self.index = int(resolver.task_id or 0)
-        self.is_chief = self.index == 0
-
-    @classmethod
-    def start(cls) -> _MultiWorker:
-        if "TF_CONFIG" not in os.environ:
-            raise EmbcacheError("--strategy multi-worker needs TF_CONFIG describing the workers "
-                                "(see the README's 'Training across workers')")
-        import tensorflow as tf
-
-        return cls(tf.distribute.MultiWorkerMirroredStrategy())
-
-    def datasets(self, store, config: TrainConfig, read_log: set):
-        """This worker's shard of train and val chunks; steps equal on every worker."""
-        shards = {s: [plan_split(store, s, (i, self.count)) for i in range(self.count)]
-                  for s in ("train", "val")}
-        b = config.batch_size
-        steps = {s: min(p.num_docs for p in shards[s]) // b for s in shards}
-        if min(steps.values()) < 1:
-            raise StoreError(f"Store {store.url} is too small for {self.count} workers: each "
-                             f"needs at least one batch of {b} train and val documents")
-        mine = {s: shards[s][self.index] for s in shards}
-        # Each worker feeds global batches of b * workers; the strategy gives it b per step.
-        train_ds = make_dataset(store, split="train", batch_size=b * self.count, shuffle=True,
-                                seed=config.seed + self.index, shuffle_docs=config.shuffle_docs,
-                                plan=mine["train"], repeat=True, read_log=read_log)
-        val_ds = make_dataset(store, split="val", batch_size=b * self.count, plan=mine["val"],
-                              repeat=True)
-        self.shard_chunks = mine["train"].chunks.tolist()
-        return train_ds, val_ds, {"steps_per_epoch": steps["train"],
-                                  "validation_steps": steps["val"]}, mine["train"]
-
-    def build(self, model, dataset) -> None:
-        """Build the model's state from one local batch before ``fit``.
-
-        Keras 3.x's TF trainer builds a distributed model by ``strategy.reduce``-ing a whole
-        input batch, which fails for dict inputs once there are two or more workers ("Attempt to
-        convert a value ({'embedded': PerReplica...}) to a Tensor"). Building from a local batch
-        first, and skipping that step, gives the same variables without the cross-worker reduce.
-        """
-        batch = next(iter(dataset.take(1)))
-        with self.strategy.scope():
-            model._symbolic_build(data_batch=batch)
-        if hasattr(model, "_maybe_symbolic_build"):
-            model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-        _patch_keras_multi_worker_reduce()
-
-    def record(self, out: Path, read_log: set) -> None:
-        """``shards/worker-<i>.json``: the train chunks this worker was given and read."""
-        folder = out / "shards"
-        folder.mkdir(exist_ok=True)
-        (folder / f"worker-{self.index}.json").write_text(json.dumps({
-            "worker": self.index, "workers": self.count, "train_chunks": self.shard_chunks,
-            "chunks_read": sorted(read_log)}))
-
-
-def _patch_keras_multi_worker_reduce() -> None:
-    """Keras 3.x reduces each step's scalar logs across workers with ``reduce("MEAN", v, axis=0)``,
-    which fails on scalars ("Invalid reduction dimension 0 for input with 0 dimensions"); its
-    train function hard-codes that reduction. Reduce scalars with ``axis=None`` instead: the mean
-    of values every worker already shares (metric variables are all-reduced on write)."""
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    original = tf_trainer.reduce_per_replica
-    if getattr(original, "_embcache_patched", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
-            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica._embcache_patched = True
-    tf_trainer.reduce_per_replica = reduce_per_replica
+                        model_bytes=card["model_bytes"], seconds=seconds)
 
 
 def plot_curves(history: dict, path: Path, title: str) -> None:

@@ -11,6 +11,7 @@ import zarr
 from cache.corpus import CorpusSpec
 from cache.embed import EmbedSettings
 from cache.errors import StoreError
+from cache.meta import StoreMeta
 from cache.store import open_store, store_state
 from cache.stream import read_padded
 from cache.tokenize import make_tokenizer
@@ -53,13 +54,18 @@ def test_store_holds_keras_padded_sequences(tmp_path, folder_corpus, vectors_fil
         np.testing.assert_allclose(tokens[offsets[i]:offsets[i] + n], kept, rtol=1e-6)
         assert labels[i] == ["neg", "pos"].index(label)
     # Each block of 5 documents starts its own run of rows: whole chunks of `tokens`, one writer.
-    assert (offsets[::5] % store.attrs["token_chunk"] == 0).all()
+    assert (offsets[::5] % store.meta.token_chunk == 0).all()
     assert (np.diff(offsets[:5]) == lengths[:4]).all()
-    attrs = store.attrs
-    assert attrs["complete"] and attrs["padding"] == padding and attrs["truncating"] == truncating
-    assert attrs["vectors"]["dim"] == 8 and attrs["tokenizer"]["lower"] is True
-    assert 0 < attrs["oov_rate"] < 1 and attrs["num_tokens"] == summary.tokens
-    assert sum(attrs["split_counts"].values()) == 24
+    meta = store.meta
+    assert meta.complete and meta.padding == padding and meta.settings.truncating == truncating
+    assert meta.vectors.dim == 8 and meta.settings.tokenizer.lower is True
+    assert 0 < meta.totals.oov_rate < 1 and meta.totals.num_tokens == summary.tokens
+    assert sum(meta.totals.split_counts.values()) == 24
+    # The attributes are the metadata's, and read back to the same object.
+    attrs = dict(store.group.attrs)
+    assert attrs["oov_rate"] == meta.totals.oov_rate
+    assert "job" not in attrs and "corpus_vocab_size" not in attrs  # no copies, no bench figures
+    assert StoreMeta.from_attrs(attrs, "store") == meta
 
 
 @pytest.mark.parametrize("policy", ["zero", "unk", "mean"])
@@ -80,8 +86,7 @@ def test_oov_policies(tmp_path, vectors_file, policy):
         np.testing.assert_allclose(oov, np.mean(list(table.values()), axis=0), rtol=1e-4, atol=1e-6)
     else:
         assert np.abs(oov).sum() > 0 and not any(np.allclose(oov, v) for v in table.values())
-    assert open_store(str(out)).attrs["oov_tokens"] == 1
-    assert open_store(str(out)).attrs["corpus_vocab_size"] == 2  # cat, dog
+    assert open_store(str(out)).meta.totals.oov_tokens == 1
 
 
 def test_float16_default_and_unlabelled_input(tmp_path, vectors_file):
@@ -168,8 +173,9 @@ def test_kill_and_resume_gives_the_uninterrupted_store(tmp_path, big_corpus, vec
     done = subprocess.run(cmd + ["--out", str(out)], check=True, capture_output=True, text=True)
     assert "resumed" in done.stdout
     assert_same_store(reference, out)
-    for key in ("num_tokens", "oov_tokens", "corpus_vocab_size"):
-        assert open_store(str(out)).attrs[key] == open_store(str(reference)).attrs[key]
+    for key in ("num_tokens", "oov_tokens", "kept_tokens"):
+        assert (getattr(open_store(str(out)).meta.totals, key)
+                == getattr(open_store(str(reference)).meta.totals, key))
 
 
 def test_a_second_writer_is_refused_and_the_first_loses_nothing(tmp_path, folder_corpus, vectors_file):

@@ -43,11 +43,11 @@ def test_news20_store(data, glove, tmp_path):
     assert len(store.label_names) == 20 and store.label_names[0] == "alt.atheism"
     counts = np.bincount(store.array("labels")[:], minlength=20)
     assert counts.min() == 997 and counts.max() == 1000
-    assert 0.03 < store.attrs["oov_rate"] < 0.12
+    assert 0.03 < store.meta.totals.oov_rate < 0.12
     # Ragged: only the kept tokens are stored, each block in whole `tokens` chunks of its own.
     lengths, stats = store.array("lengths")[:], store.array("chunk_stats")[:]
-    assert lengths.sum() == stats[:, 3].sum() == store.attrs["kept_tokens"] < 0.8 * 19_997 * 200
-    per_block = -(-stats[:, 3] // store.attrs["token_chunk"])
+    assert lengths.sum() == stats[:, 3].sum() == store.meta.totals.kept_tokens < 0.8 * 19_997 * 200
+    per_block = -(-stats[:, 3] // store.meta.token_chunk)
     written = [p for p in (out / "tokens").rglob("*") if p.is_file() and p.name != "zarr.json"]
     assert len(written) == per_block.sum()
 

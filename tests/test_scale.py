@@ -102,7 +102,7 @@ def test_s3_store_embeds_trains_and_scores(tmp_path, corpus, vectors_file, s3):
     assert_same_store(url, local)
     train(url, "fasttext", str(tmp_path / "run"), config=TrainConfig(epochs=1), progress=False)
     card = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert card["store"]["url"] == url
+    assert card["store_url"] == url
     summary = score([str(tmp_path / "run")], url, str(tmp_path / "p.csv"), split="val",
                     progress=False)
     assert summary.docs == card["training"]["val_docs"]

@@ -173,7 +173,7 @@ def test_bad_inputs(setup, tmp_path, vectors_file):
         1, f"Error: {nocard} has no model card (model.json); train it with `embcache train`\n")
     tampered = copy_run(good, tmp_path / "tampered")
     card = json.loads((tampered / "model.json").read_text())
-    card["label_names"] = ["c", "b", "a"]
+    card["store"]["label_names"] = ["c", "b", "a"]
     (tampered / "model.json").write_text(json.dumps(card))
     code, text = run("--models", tampered, "--input", store, "--out", out)
     assert code == 1 and "was edited after training" in text

@@ -6,6 +6,7 @@ from click.testing import CliRunner
 
 from cache.corpus import CorpusSpec
 from cache.errors import StoreError
+from cache.meta import StoreMeta
 from cache.store import open_store
 from cache.stream import ShuffleBuffer, make_dataset, plan_split
 from jobs.cli import main
@@ -87,9 +88,11 @@ def test_train_leaves_a_run_folder(store, tmp_path):
     assert result.output.startswith("Trained fasttext for 2 epochs")
     card = json.loads((out / "model.json").read_text())
     s = open_store(str(store))
-    assert card["vectors"]["fingerprint"] == s.attrs["vectors"]["fingerprint"]
-    assert card["label_names"] == ["a", "b", "c"] and card["max_len"] == 160
+    # The card embeds the store's metadata whole, and it reads back to the store's own.
+    assert StoreMeta.from_attrs(card["store"], "card") == s.meta
+    assert card["store"]["label_names"] == ["a", "b", "c"] and card["store"]["max_len"] == 160
     assert card["hyperparameters"]["hidden"] == 64 and "val_accuracy" in card["metrics"]
+    assert "keras_way" not in card  # the frozen-Embedding comparison is the benchmarks' job
     assert (out / "history.csv").read_text().count("\n") == 3
     assert (out / "curves.png").stat().st_size > 1000
     assert (out / "model.keras").stat().st_size < 200_000

@@ -12,7 +12,7 @@ def corpus_texts(store, doc_ids: set[str]) -> dict[str, str]:
     """The original texts of ``doc_ids``, read again from the corpus recorded in the store."""
     from cache.corpus import CorpusSpec, iter_documents
 
-    spec = CorpusSpec.from_dict(store.attrs["corpus"])
+    spec = CorpusSpec.from_dict(store.meta.corpus)
     return {d.doc_id: d.text for d in iter_documents(spec) if d.doc_id in doc_ids}
 
 
@@ -36,10 +36,10 @@ def id_sequences(store, rows: list[np.ndarray], index: dict[int, int]) -> np.nda
     L = store.max_len
     out = np.zeros((len(rows), L), dtype=np.int32)
     for i, r in enumerate(rows):
-        r = r[-L:] if store.attrs["truncating"] == "pre" else r[:L]
+        r = r[-L:] if store.meta.settings.truncating == "pre" else r[:L]
         ids = np.fromiter((index.get(int(x), 0) for x in r), dtype=np.int32, count=len(r))
         if len(ids):
-            if store.attrs["padding"] == "pre":
+            if store.padding == "pre":
                 out[i, L - len(ids):] = ids
             else:
                 out[i, :len(ids)] = ids
@@ -51,3 +51,18 @@ def embedding_matrix(table, index: dict[int, int]) -> np.ndarray:
     for row, j in index.items():
         matrix[j] = table.vectors[row]
     return matrix
+
+
+def with_frozen_embedding(body, max_len: int, matrix: np.ndarray):
+    """``body`` (an embedding-free model) fed by a frozen ``Embedding(matrix)`` over token ids:
+    the baseline embcache replaces. Inputs: ``{"ids": (max_len,) int32, "lengths": () int32}``."""
+    import keras
+
+    ids = keras.Input(shape=(max_len,), dtype="int32", name="ids")
+    lengths = keras.Input(shape=(), dtype="int32", name="lengths")
+    layer = keras.layers.Embedding(matrix.shape[0], matrix.shape[1], trainable=False)
+    emb = layer(ids)
+    # Set the weights rather than use a Constant initializer: that one would also write the whole
+    # matrix into the saved config as JSON text.
+    layer.set_weights([matrix])
+    return keras.Model({"ids": ids, "lengths": lengths}, body({"embedded": emb, "lengths": lengths}))

@@ -57,9 +57,14 @@ def _prepare(work: Path, store_url: str, vectors: str) -> dict:
     import models
     from cache.store import SPLIT_NAMES, open_store
     from cache.vectors import load_vectors
-    from jobs.bench.keras_way import corpus_texts, embedding_matrix, token_rows, word_index
+    from jobs.bench.keras_way import (
+        corpus_texts,
+        embedding_matrix,
+        token_rows,
+        with_frozen_embedding,
+        word_index,
+    )
     from jobs.runs import MODEL_FILE, store_card_fields, write_card
-    from models.keras_way import with_frozen_embedding
 
     store = open_store(store_url, require_labels=True)
     table = load_vectors(vectors)
@@ -84,7 +89,7 @@ def _prepare(work: Path, store_url: str, vectors: str) -> dict:
     for name in MODELS:
         def body(name=name):
             return models.build(name, max_len=store.max_len, dim=store.dim,
-                                num_classes=len(store.label_names), padding=store.attrs["padding"])
+                                num_classes=len(store.label_names), padding=store.padding)
         run = work / "runs" / name
         run.mkdir(parents=True)
         body().save(run / MODEL_FILE)

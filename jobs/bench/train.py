@@ -26,8 +26,8 @@ import sys
 import click
 import numpy as np
 
+from jobs.bench.keras_way import with_frozen_embedding
 from jobs.train import EpochTimer, TrainConfig
-from models.keras_way import with_frozen_embedding
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -75,7 +75,7 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
         return {"samples_per_s": len(rows) / sorted(seconds[1:])[(epochs - 1) // 2]}
     keras.utils.set_random_seed(0)
     body = models.build(model_name, max_len=store.max_len, dim=store.dim,
-                        num_classes=len(store.label_names), padding=store.attrs["padding"])
+                        num_classes=len(store.label_names), padding=store.padding)
     labels = store.array("labels")[: len(rows)].astype(np.int32)
     lengths = store.array("lengths")[: len(rows)].astype(np.int32)
     if variant == "embcache":
@@ -211,11 +211,11 @@ def store_bytes(store_url: str) -> str:
 
     store = open_store(store_url)
     stats = store.array("chunk_stats")[:]
-    rows = store.attrs["token_chunk"]
-    item = store.dim * np.dtype(store.attrs["dtype"]).itemsize
+    rows = store.meta.token_chunk
+    item = store.dim * np.dtype(store.dtype).itemsize
     decoded = int((-(-stats[:, 3] // rows) * rows).sum()) * item / store.num_docs
     padded = store.max_len * item
-    kept = store.attrs["kept_tokens"] * item / store.num_docs
+    kept = store.meta.totals.kept_tokens * item / store.num_docs
     size = bytes_on_disk(store_url)
     return (f"store: {size / 1e6:,.1f} MB on disk; decoded per document in one pass "
             f"{decoded / 1e3:,.1f} KB (kept tokens {kept / 1e3:,.1f} KB, the rest is the part-filled "

@@ -256,6 +256,7 @@ def _score_store(runs: list[Run], store, out_path: Path, fmt: str, *, split: str
     rows = InputOrder(columns[1:])
     bar = tqdm(total=plan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
                desc="score", dynamic_ncols=True)
+    _remove_stale_partials(out_path)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
         with open_writer(tmp, fmt, columns) as writer, contextlib.redirect_stdout(sys.stderr):
@@ -299,6 +300,22 @@ def _score_store(runs: list[Run], store, out_path: Path, fmt: str, *, split: str
                                 models=[r.name for r in runs], ensemble=how)
     return ScoreSummary(out=str(out_path), docs=plan.num_docs, models=[r.name for r in runs],
                         seconds=0.0, metrics=metrics)
+
+
+def _remove_stale_partials(out_path: Path) -> None:
+    """Delete hidden partial files of ``out_path`` left by runs that were killed (their process
+    is gone); a live concurrent run's file is left alone."""
+    for tmp in out_path.parent.glob(f".{out_path.name}.*.tmp"):
+        pid = tmp.name[len(out_path.name) + 2:-len(".tmp")]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        except PermissionError:  # another user's live process
+            pass
 
 
 # A bucket's short batch leaves once its oldest document has waited this many documents: rows

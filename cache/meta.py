@@ -148,7 +148,8 @@ class StoreMeta:
 
     # -- attributes ----------------------------------------------------------------------------
     def to_attrs(self) -> dict[str, Any]:
-        """The group attributes (plain JSON)."""
+        """The group attributes (plain JSON). Each fact once: what follows from others
+        (``num_chunks``, ``labelled``, ``strip_headers``) is a property, not an attribute."""
         s = self.settings
         attrs: dict[str, Any] = {
             "embcache_layout": self.layout,
@@ -158,10 +159,8 @@ class StoreMeta:
             "dim": self.dim,
             "dtype": s.dtype,
             "chunk_docs": self.chunk_docs,
-            "num_chunks": self.num_chunks,
             "token_chunk": self.token_chunk,
             "block_rows": self.block_rows,
-            "labelled": self.labelled,
             "label_names": list(self.label_names) if self.labelled else None,
             "vectors": asdict(self.vectors),
             "tokenizer": s.tokenizer.to_dict(),
@@ -170,7 +169,6 @@ class StoreMeta:
             "oov": {"policy": s.oov, "seed": s.seed},
             "split": {"names": list(SPLIT_NAMES), **asdict(self.split)},
             "corpus": dict(self.corpus),
-            "strip_headers": self.strip_headers,
             "embcache_version": self.embcache_version,
         }
         if self.totals is not None:
@@ -219,8 +217,6 @@ class StoreMeta:
                                        and all(isinstance(x, str) for x in labels)):
             raise error(f"{where}: label_names must be a non-empty list of strings or null")
         corpus = r.get("corpus", dict)
-        if "strip_headers" in attrs:  # its own attribute too, for readers of the raw attributes
-            corpus = {**corpus, "strip_headers": bool(attrs["strip_headers"])}
         totals = None
         complete = bool(attrs.get("complete", False))
         if complete:

@@ -11,6 +11,7 @@ def describe_store(url: str) -> dict[str, Any]:
     """All attributes of a store (complete or not) plus its size on disk and chunk progress."""
     store = open_store(url, require_complete=False)
     info = store.meta.to_attrs()
+    info["num_chunks"] = store.meta.num_chunks
     stats = read_chunk_stats(store.group)
     info["chunks_written"] = int((stats[:, 0] >= 0).sum())
     info["bytes_on_disk"] = bytes_on_disk(url)

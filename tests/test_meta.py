@@ -34,7 +34,8 @@ def test_round_trip_through_attributes():
                                   split_counts={"train": 8, "val": 1, "test": 1},
                                   created="2026-11-25T00:00:00+00:00", seconds=1.5))
     attrs = done.to_attrs()
-    assert attrs["complete"] is True and attrs["oov_rate"] == 0.1 and attrs["num_chunks"] == 3
+    assert attrs["complete"] is True and attrs["oov_rate"] == 0.1 and done.num_chunks == 3
+    assert not {"num_chunks", "labelled", "strip_headers", "job"} & attrs.keys()  # each fact once
     assert StoreMeta.from_attrs(attrs, "x") == done
     # The layout is decided in one place: blocks own whole token chunks.
     assert m.block_rows % m.token_chunk == 0 and m.block_rows >= m.chunk_docs * m.max_len

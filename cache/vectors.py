@@ -216,7 +216,13 @@ def _build_cache_entry(path: Path, member: str | None, fmt: str, entry: Path) ->
         fmt == "auto" and (member or path.name).removesuffix(".gz").endswith(".bin"))
     tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        stream.close()
+        raise VectorsError(f"Cannot write the vectors cache under {entry.parent.parent} "
+                           f"({e.strerror}); point --cache-dir or EMBCACHE_CACHE_DIR at a "
+                           "writable folder") from None
     writer = _TableWriter(tmp)
     try:
         with stream:

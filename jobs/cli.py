@@ -104,6 +104,7 @@ def main() -> None:
                    "(tcp://host:8786). Workers need embcache installed and the vectors cache.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing complete store.")
 @click.option("--cache-dir", default=None, envvar="EMBCACHE_CACHE_DIR",
+              type=click.Path(file_okay=False),
               help="Where parsed vectors are cached [default: ~/.cache/embcache].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_friendly
@@ -232,10 +233,11 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
                    "accuracy, or equally.")
 @click.option("--keep-store", default=None,
               help="Keep the scoring store of raw input here (default: a temporary one).")
-@click.option("--metrics-dir", default=None,
+@click.option("--metrics-dir", default=None, type=click.Path(file_okay=False),
               help="Where metrics.json and confusion_<model>.png go [default: beside --out].")
 @corpus_options
 @click.option("--cache-dir", default=None, envvar="EMBCACHE_CACHE_DIR",
+              type=click.Path(file_okay=False),
               help="Where parsed vectors are cached [default: ~/.cache/embcache].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own logs.")

@@ -36,7 +36,8 @@ def exclusive(target: str | os.PathLike, what: str) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise EmbcacheError(f"Cannot create the lock file {path}: {e.strerror}") from None
+        raise EmbcacheError(f"Cannot create the lock file {path} ({e.strerror}): is "
+                            f"{path.parent} a folder you can write to?") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -99,8 +99,8 @@ def read_card(run_dir: str | Path) -> dict[str, Any]:
                          "`embcache train`")
     if "card_version" in card and card["card_version"] != CARD_VERSION:
         raise ModelError(f"Model card {card_path} has version {card['card_version']}; this "
-                         f"embcache reads version {CARD_VERSION}: retrain the model with "
-                         "`embcache train` on a store built by this version")
+                         f"embcache reads version {CARD_VERSION}: retrain it into the same folder "
+                         "with `embcache train ... --overwrite`")
     missing = [k for k in _REQUIRED if k not in card]
     if missing:
         raise ModelError(f"Model card {card_path} lacks {', '.join(missing)}; it was not written "

@@ -44,7 +44,8 @@ class ScoreSummary:
             best = self.metrics.get("ensemble") or next(iter(self.metrics["models"].values()))
             which = "ensemble" if "ensemble" in self.metrics else self.models[0]
             acc = f"; {which} accuracy {best['accuracy']:.3f}, macro-F1 {best['macro_f1']:.3f}"
-        return (f"Scored {self.docs:,} documents with {len(self.models)} models "
+        n = len(self.models)
+        return (f"Scored {self.docs:,} documents with {n} model{'s' if n > 1 else ''} "
                 f"({', '.join(self.models)}) in {self.seconds:.1f} s "
                 f"({self.docs / max(self.seconds, 1e-9):,.0f} docs/s) -> {self.out}{acc}")
 
@@ -139,6 +140,11 @@ def score(
     fmt = output_format(out_path)
     if not out_path.parent.is_dir():
         raise EmbcacheError(f"Output folder {out_path.parent} does not exist (for --out {out})")
+    if metrics_dir is not None:  # checked up front: never predictions without their metrics
+        try:
+            Path(metrics_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise EmbcacheError(f"Cannot use --metrics-dir {metrics_dir}: {e.strerror}") from None
     if top_k < 1:
         raise EmbcacheError(f"Invalid value for `top_k`. Expected a positive integer. Received: top_k={top_k}")
     # Cheap checks first, from the cards alone: a bad card or incompatible models fail before

@@ -213,6 +213,16 @@ CASES = {
         lambda e, t: score(e, t, [e["run"]], text_file(t, "new.txt", "the cat\n"), "--vectors",
                            (write_vectors(t / "other.txt", seed=9), t / "other.txt")[1]), 1,
         "are not the ones the models were trained with"),
+    # paths that cannot be written
+    "cache-dir-is-a-file": (
+        lambda e, t: embed(e, t, None, None, "--cache-dir", text_file(t, "afile", "x")), 2,
+        "--cache-dir"),
+    "metrics-dir-is-a-file": (
+        lambda e, t: score(e, t, [e["run"]], None, "--metrics-dir", text_file(t, "afile", "x")), 2,
+        "--metrics-dir"),
+    "out-under-a-file": (
+        lambda e, t: embed(e, t)[:5] + ["--out", text_file(t, "afile", "x") / "o.zarr", "-q"], 1,
+        "a folder you can write to?"),
     # concurrent writers (the other writer holds the lock)
     "concurrent-embed": (lambda e, t: ("lock", t / "out.zarr", embed(e, t)), 1,
                          "is being written by another process"),

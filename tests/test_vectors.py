@@ -119,3 +119,10 @@ def test_missing_and_corrupt_files(tmp_path):
         z.writestr("b.txt", "y 1\n")
     with pytest.raises(VectorsError, match="holds 2 vectors files"):
         load_vectors(zp)
+
+
+def test_an_unwritable_cache_is_one_clear_error(tmp_path, vectors_file):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(VectorsError, match="Cannot write the vectors cache under .*afile"):
+        load_vectors(vectors_file[0], cache_dir=afile)

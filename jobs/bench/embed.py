@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from cache.embed import EmbedSettings
 from jobs.bench.common import median, run_measured, table
 
 
@@ -46,7 +47,7 @@ def _embcache(corpus, vectors, out, cache, max_len, workers=None):
 @click.command()
 @click.option("--corpus", required=True)
 @click.option("--vectors", required=True)
-@click.option("--max-len", default=1000, show_default=True)
+@click.option("--max-len", default=EmbedSettings().max_len, show_default=True)
 @click.option("--repeats", default=3, show_default=True, help="Runs per embcache row (median).")
 @click.option("--seed-repeats", default=1, show_default=True, help="Runs of the seed approach.")
 def main(corpus, vectors, max_len, repeats, seed_repeats):

@@ -138,7 +138,7 @@ def _quality(store_url: str, model_names: list[str], epochs: int) -> None:
 @click.option("--epochs", default=None, type=int,
               help="Epochs per variant, the first a warm-up [default: 3]; with --quality, at most "
                    "this many [default: 10].")
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", default=TrainConfig().batch_size, show_default=True)
 @click.option("--rounds", default=3, show_default=True, help="Runs of every variant, interleaved.")
 @click.option("--spe-baseline", default="fasttext,cnn", show_default=True,
               help="Models that also run the Keras way with train's steps_per_execution.")

@@ -3,7 +3,7 @@
 
 Keras 3 (checked on 3.15) cannot yet train a dict-input model under this strategy with public
 APIs alone (see :meth:`MultiWorker.build` and :func:`_patch_keras_multi_worker_reduce`), so this
-module uses three private names. :func:`check_keras` finds them before any training starts and
+module uses four private names. :func:`check_keras` finds them before any training starts and
 fails with one clear line when Keras has moved them; ``tests/test_train.py`` asserts they exist
 on the Keras that CI installs, so an upgrade that moves them fails the suite, not a user's run.
 Nothing here is imported or patched unless ``--strategy multi-worker`` is asked for, and the

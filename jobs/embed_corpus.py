@@ -167,7 +167,7 @@ def embed_corpus(
                         corpus=_corpus_identity(corpus), label_names=scan.label_names,
                         num_docs=scan.num_docs, chunk_docs=chunk_docs)
         store = StoreWriter.open(out, meta, overwrite=overwrite)
-        _write_blocks(corpus, store, scan, table, oov, pool, split, progress)
+        _write_blocks(corpus, store, scan, table, oov, pool, progress)
         final = store.finish(time.perf_counter() - t0)
         totals = final.totals
         return EmbedSummary(store=out, docs=final.num_docs, tokens=totals.num_tokens,
@@ -177,13 +177,13 @@ def embed_corpus(
 
 
 def _write_blocks(corpus: CorpusSpec, store: StoreWriter, scan, table, oov, pool: Executor | None,
-                  split: SplitSettings, progress: bool) -> None:
+                  progress: bool) -> None:
     """Embed and write every block not yet committed, in this process or on ``pool``.
 
     Memory: at most ``2 * pool.parallel`` blocks are queued (one block in-process)."""
     from tqdm import tqdm
 
-    out, chunk, done = store.url, store.meta.chunk_docs, store.done
+    out, chunk, done, split = store.url, store.meta.chunk_docs, store.done, store.meta.split
     to_label = label_mapper(corpus, scan.label_names) if scan.label_names else None
     bar = tqdm(total=scan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
                desc="embed-corpus", dynamic_ncols=True)

@@ -75,14 +75,14 @@ def _serve(url: str, split, chunks, counts, options: dict, slots_spec, requests,
     store = open_store(url)
     plan = StreamPlan(chunks, counts)
     slots = Slots(*slots_spec)
-    seed = options.pop("seed")
+    seed = options.pop("seed")  # None: unshuffled passes
     while True:
         epoch = requests.recv()
         if epoch is None:
             return
         log: set[int] = set()
         try:
-            rng = np.random.default_rng([seed, epoch]) if options["shuffle"] else None
+            rng = np.random.default_rng([seed, epoch]) if seed is not None else None
             for batch in iter_batches(store, plan, split=split, rng=rng, read_log=log, **options):
                 if cancel.is_set():
                     break
@@ -103,9 +103,11 @@ class Producer:
     to a feeder thread: one more GIL hand-off per batch).
     """
 
-    def __init__(self, store, plan, split, *, seed: int, queue_batches: int = 8, **options):
-        self.args = (store.url, split, plan.chunks, plan.counts, {**options, "seed": seed})
-        self.read_ahead = bool(options["shuffle"])
+    def __init__(self, store, plan, split, *, seed: int, shuffle: bool, queue_batches: int = 8,
+                 **options):
+        self.args = (store.url, split, plan.chunks, plan.counts,
+                     {**options, "seed": seed if shuffle else None})
+        self.read_ahead = shuffle
         rows = options["batch_size"]
         x_bytes = rows * store.max_len * store.dim * np.dtype(store.dtype).itemsize
         # At least 2 slots (one written while one is read), at most 256 MB of them.

@@ -163,10 +163,15 @@ def pad_batch(docs, length: int, padding: str, dim: int, dtype) -> np.ndarray:
 def read_padded(store: Store, start: int, stop: int, length: int | None = None) -> np.ndarray:
     """Documents ``start:stop`` padded to ``length`` (default ``max_len``), as layout 1 held them.
     For tests and benchmarks: memory is ``(stop - start) x length x dim``."""
-    a = store.array("offsets")[start:stop]
-    lengths = store.array("lengths")[start:stop]
-    tokens = store.array("tokens")
-    docs = [tokens[int(o):int(o) + int(n)] for o, n in zip(a, lengths)]
+    offsets = store.array("offsets")[start:stop].tolist()
+    lengths = store.array("lengths")[start:stop].tolist()
+    tokens, c = store.array("tokens"), store.chunk_docs
+    docs = []
+    for block in range(start - start % c, stop, c):  # a block's rows are contiguous: one read
+        lo, hi = max(block, start) - start, min(block + c, stop) - start
+        first = offsets[lo]
+        rows = tokens[first:offsets[hi - 1] + lengths[hi - 1]]
+        docs += [rows[o - first:o - first + n] for o, n in zip(offsets[lo:hi], lengths[lo:hi])]
     return pad_batch(docs, length or store.max_len, store.padding, store.dim,
                      np.dtype(store.dtype))
 
@@ -264,15 +269,15 @@ class ShuffleBuffer:
 
 
 def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_size: int,
-                 shuffle: bool = False, rng: np.random.Generator | None = None,
+                 rng: np.random.Generator | None = None,
                  shuffle_docs: int = SHUFFLE_DOCS, with_labels: bool = True, parallel_reads: int = 4,
                  max_wait: int | None = None, read_log: set | None = None, buckets: bool = True):
     """One pass over ``plan``: padded batches ``(x, lengths, labels, seq)`` in NumPy.
 
     ``buckets=False`` pads every batch to ``max_len`` (one bucket), as layout 1 did.
 
-    With ``shuffle``, chunk order is a permutation drawn from ``rng`` and documents mix through a
-    ``ShuffleBuffer`` of ``shuffle_docs`` before they are bucketed; without, documents enter in
+    With an ``rng`` (a shuffled pass), chunk order is a permutation drawn from it and documents mix
+    through a ``ShuffleBuffer`` of ``shuffle_docs`` before they are bucketed; without, documents enter in
     store order (``seq`` is then the position in the split) and ``max_wait`` bounds how far a
     batch runs ahead (see :class:`Bucketer`).
     """
@@ -280,6 +285,7 @@ def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_siz
     lengths = bucket_lengths(store.max_len) if buckets else np.array([store.max_len])
     bucketer = Bucketer(lengths, batch_size, store.padding, store.dim,
                         np.dtype(store.dtype), max_wait=max_wait)
+    shuffle = rng is not None
     chunks = rng.permutation(plan.chunks) if shuffle else plan.chunks
     buffer = ShuffleBuffer(min(shuffle_docs, plan.num_docs), rng) if shuffle else None
 
@@ -357,7 +363,7 @@ def make_dataset(
     dim = store.dim
     dtype = tf.as_dtype(store.dtype)
     epochs = itertools.count()
-    pipeline = dict(batch_size=batch_size, shuffle=shuffle, shuffle_docs=shuffle_docs,
+    pipeline = dict(batch_size=batch_size, shuffle_docs=shuffle_docs,
                     with_labels=with_labels, parallel_reads=parallel_reads, max_wait=max_wait,
                     buckets=buckets)
     if in_process is None:  # spawning costs about a second: small passes run here
@@ -365,7 +371,7 @@ def make_dataset(
     if not in_process:
         from cache.producer import Producer
 
-        producer = Producer(store, plan, split, seed=seed, **pipeline)
+        producer = Producer(store, plan, split, seed=seed, shuffle=shuffle, **pipeline)
 
     def _batches():
         epoch = next(epochs)

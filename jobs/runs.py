@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,10 @@ class Run:
     card: dict[str, Any]
     model: Any
 
-    @property
+    @cached_property
     def meta(self) -> StoreMeta:
-        """The metadata of the store the model was trained on (checked by ``read_card``)."""
+        """The metadata of the store the model was trained on (checked by ``read_card``;
+        parsed once: score reads the label names on every batch)."""
         return card_meta(self.card, self.path / CARD_FILE)
 
     @property

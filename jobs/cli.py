@@ -11,6 +11,7 @@ import click
 from cache.embed import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
 from cache.errors import EmbcacheError
 from cache.meta import SplitSettings
+from jobs.multiworker import STRATEGIES
 from jobs.score import ENSEMBLES, ScoreConfig
 from jobs.train import TrainConfig
 
@@ -181,7 +182,7 @@ def info_cmd(store, as_json):
               show_default=True,
               help="Pad each batch to its length bucket, or every batch to max_len.")
 @click.option("--strategy", default=_TRAIN.strategy, show_default=True,
-              type=click.Choice(["default", "multi-worker"]),
+              type=click.Choice(STRATEGIES),
               help="multi-worker: tf.distribute.MultiWorkerMirroredStrategy over the workers in "
                    "TF_CONFIG, each reading its own chunks of the store.")
 @click.option("--param", "params", multiple=True,

@@ -86,20 +86,20 @@ bench: bench-embed bench-train bench-score bench-scale
 
 bench-embed: install
 	$(call need_data,$(CORPUS) $(VECTORS))
-	$(BIN)/python -m jobs.bench.embed --corpus $(CORPUS) --vectors $(VECTORS) $(ARGS)
+	$(BIN)/python -m embcache.jobs.bench.embed --corpus $(CORPUS) --vectors $(VECTORS) $(ARGS)
 
 clean:
 	rm -rf $(STORE) $(RUNS) bench-out .pytest_cache
 
 bench-train: embed-corpus
-	$(BIN)/python -m jobs.bench.train --store $(STORE) --vectors $(VECTORS) $(ARGS)
+	$(BIN)/python -m embcache.jobs.bench.train --store $(STORE) --vectors $(VECTORS) $(ARGS)
 
 bench-quality: embed-corpus
-	$(BIN)/python -m jobs.bench.train --store $(STORE) --vectors $(VECTORS) --quality $(ARGS)
+	$(BIN)/python -m embcache.jobs.bench.train --store $(STORE) --vectors $(VECTORS) --quality $(ARGS)
 
 bench-score: embed-corpus
-	$(BIN)/python -m jobs.bench.score --store $(STORE) --vectors $(VECTORS) $(ARGS)
+	$(BIN)/python -m embcache.jobs.bench.score --store $(STORE) --vectors $(VECTORS) $(ARGS)
 
 bench-scale: install
 	$(call need_data,$(CORPUS) $(VECTORS))
-	$(BIN)/python -m jobs.bench.scale --corpus $(CORPUS) --vectors $(VECTORS) $(ARGS)
+	$(BIN)/python -m embcache.jobs.bench.scale --corpus $(CORPUS) --vectors $(VECTORS) $(ARGS)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from cache.errors import CorpusError
+from embcache.cache.errors import CorpusError
 
 FORMATS = ("auto", "folder", "tar", "csv", "tsv", "jsonl", "lines")
 

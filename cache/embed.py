@@ -7,37 +7,16 @@ its kept tokens' vectors (at most ``chunk_docs x max_len x dim``, a few MB) plus
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from itertools import repeat
-from typing import Any
 
 import numpy as np
 
-from cache.tokenize import TokenizerSettings, make_tokenizer
-from cache.vectors import VectorTable, open_cached_table
+from embcache.cache.settings import EmbedSettings
+from embcache.cache.tokenize import make_tokenizer
+from embcache.cache.vectors import VectorTable, open_cached_table
 
-PADDINGS = ("pre", "post")
-OOV_POLICIES = ("zero", "unk", "mean")
-DTYPES = ("float16", "float32")
 _PAD, _OOV = -1, -2
-
-
-@dataclass(frozen=True)
-class EmbedSettings:
-    """Everything that decides the embedded values; recorded in the store's attributes."""
-
-    max_len: int = 1000
-    padding: str = "pre"
-    truncating: str = "pre"
-    oov: str = "zero"
-    dtype: str = "float16"
-    seed: int = 0
-    tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["tokenizer"] = self.tokenizer.to_dict()
-        return d
 
 
 def oov_vector(table: VectorTable, settings: EmbedSettings) -> np.ndarray | None:
@@ -123,7 +102,7 @@ class BlockWriter:
         if store_url not in self._stores:
             import zarr
 
-            from cache.meta import StoreMeta
+            from embcache.cache.meta import StoreMeta
 
             group = zarr.open_group(store=store_url, mode="r+")
             # Open each array once: looking one up re-reads its metadata document.

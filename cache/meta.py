@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from cache.embed import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
-from cache.errors import StoreError
-from cache.tokenize import TokenizerSettings
+from embcache.cache.errors import StoreError
+from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
+from embcache.cache.tokenize import TokenizerSettings
 
 LAYOUT_VERSION = 2
 SPLIT_NAMES = ("train", "val", "test")
@@ -65,7 +65,7 @@ class StoreMeta:
 
     ``settings`` and ``vectors`` decide the embedded values; ``corpus`` identifies the input
     (its options, resolved path, size and modification time, for resuming); ``chunk_docs``,
-    ``token_chunk`` and ``block_rows`` fix the physical layout (see :mod:`cache.store`).
+    ``token_chunk`` and ``block_rows`` fix the physical layout (see :mod:`embcache.cache.store`).
     """
 
     settings: EmbedSettings

@@ -11,7 +11,7 @@ model's process only copies each finished batch out of its slot.
 The producer is spawned (never forked: TensorFlow and zarr hold threads) with its dataset, serves
 one pass per request (the epoch number seeds its shuffle, so passes are as reproducible as in
 process), and stops when its dataset is garbage-collected or the program exits. Memory: the
-producer's pipeline (see :mod:`cache.stream`) plus ``queue_batches`` slots of one batch padded to
+producer's pipeline (see :mod:`embcache.cache.stream`) plus ``queue_batches`` slots of one batch padded to
 ``max_len`` each (at most 256 MB).
 """
 
@@ -23,7 +23,9 @@ import weakref
 
 import numpy as np
 
-from cache.errors import StoreError
+from embcache.cache.errors import StoreError
+from embcache.cache.store import open_store
+from embcache.cache.stream import StreamPlan, iter_batches
 
 _END, _ERROR = "end", "error"
 
@@ -68,10 +70,7 @@ class Slots:
 
 def _serve(url: str, split, chunks, counts, options: dict, slots_spec, requests, out, free,
            cancel) -> None:
-    """The producer's loop: one pass of :func:`cache.stream.iter_batches` per request."""
-    from cache.store import open_store
-    from cache.stream import StreamPlan, iter_batches
-
+    """The producer's loop: one pass of :func:`embcache.cache.stream.iter_batches` per request."""
     store = open_store(url)
     plan = StreamPlan(chunks, counts)
     slots = Slots(*slots_spec)
@@ -93,7 +92,7 @@ def _serve(url: str, split, chunks, counts, options: dict, slots_spec, requests,
 
 
 class Producer:
-    """A spawned process that produces the batches of :func:`cache.stream.iter_batches`.
+    """A spawned process that produces the batches of :func:`embcache.cache.stream.iter_batches`.
 
     Passes are numbered by epoch. When a shuffled (training) pass ends, the next is requested at
     once, so the producer reads and shuffles epoch ``e + 1``'s first blocks while the model

@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from cache.errors import StoreError
-from cache.meta import (
+from embcache.cache.errors import StoreError
+from embcache.cache.meta import (
     LAYOUT_VERSION,
     SPLIT_NAMES,
     SplitSettings,
@@ -94,7 +94,7 @@ def new_meta(*, settings, vectors: VectorsInfo, split: SplitSettings, corpus: di
              ) -> StoreMeta:
     """The metadata of a store about to be written, its physical layout decided here:
     ``chunk_docs`` (default :func:`auto_chunk_docs`), ``token_chunk`` and ``block_rows``."""
-    from cache import __version__
+    from embcache.cache import __version__
 
     itemsize = np.dtype(settings.dtype).itemsize
     chunk = chunk_docs or auto_chunk_docs(settings.max_len, vectors.dim, itemsize)
@@ -123,11 +123,29 @@ def is_local(url: str) -> bool:
     return "://" not in str(url) or str(url).startswith("file://")
 
 
+# URL schemes served by an optional extra: (module to find, extra to install).
+_REMOTE_EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3")}
+
+
+def check_remote(url: str) -> None:
+    """Refuse an object-storage URL whose filesystem package is not installed, naming the
+    ``pip install`` that adds it (other schemes: fsspec's own ImportError names the package)."""
+    import importlib.util
+
+    scheme = str(url).partition("://")[0] if "://" in str(url) else ""
+    if scheme in _REMOTE_EXTRAS:
+        module, extra = _REMOTE_EXTRAS[scheme]
+        if importlib.util.find_spec(module) is None:
+            raise StoreError(f"Store {url} needs the {extra!r} extra ({module} is not installed): "
+                             f"pip install 'embcache[{extra}]'")
+
+
 def store_state(url: str) -> str:
     """``missing``, ``file`` (a plain file is in the way), ``foreign`` (not an embcache store),
     ``incomplete`` or ``complete``."""
     import zarr
 
+    check_remote(url)
     if is_local(url):
         p = Path(str(url).removeprefix("file://"))
         if not p.exists():

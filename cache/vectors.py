@@ -32,7 +32,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from cache.errors import VectorsError
+from embcache.cache.errors import VectorsError
 
 FORMATS = ("auto", "glove", "word2vec", "word2vec-bin", "fasttext")
 _BLOCK_BYTES = 64 << 20  # parse this much text at a time: bounds memory for multi-GB files

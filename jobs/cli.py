@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 
 import click
 
-from cache.embed import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
-from cache.errors import EmbcacheError
-from cache.meta import SplitSettings
-from jobs.multiworker import STRATEGIES
-from jobs.score import ENSEMBLES, ScoreConfig
-from jobs.train import TrainConfig
+from embcache.cache.errors import EmbcacheError
+from embcache.cache.meta import SplitSettings
+from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
+from embcache.jobs.multiworker import STRATEGIES
+from embcache.jobs.score import ENSEMBLES, ScoreConfig
+from embcache.jobs.train import TrainConfig
 
 # Every option's default has one home, in the typed settings the jobs take (importing them loads
 # no TensorFlow): the CLI only reads them.
@@ -35,6 +36,14 @@ def _friendly(fn):
             sys.exit(130)
 
     return wrapper
+
+
+def _importable_cwd() -> None:
+    """Let ``--model pkg.mod:fn`` (and a card naming such a module) import from the current folder,
+    as uvicorn and gunicorn do; appended, so it never shadows an installed package."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
 
 
 def corpus_options(fn):
@@ -122,8 +131,8 @@ def embed_corpus_cmd(corpus_path, vectors_path, out, corpus_format, text_columns
 
     Rerunning an interrupted command resumes it from its last completed chunk.
     """
-    from cache.corpus import CorpusSpec
-    from jobs.embed_corpus import embed_corpus
+    from embcache.cache.corpus import CorpusSpec
+    from embcache.jobs.embed_corpus import embed_corpus
 
     spec = CorpusSpec(path=corpus_path, format=corpus_format, text_columns=tuple(text_columns),
                       label_column=label_column, id_column=id_column, header=header,
@@ -149,13 +158,13 @@ def info_cmd(store, as_json):
     Example:
       embcache info news20.zarr --json
     """
-    from jobs.info import describe_store
+    from embcache.jobs.info import describe_store
 
     info = describe_store(store)
     if as_json:
         click.echo(json.dumps(info, indent=2, sort_keys=True))
     else:
-        from jobs.info import format_info
+        from embcache.jobs.info import format_info
 
         click.echo(format_info(info))
 
@@ -163,8 +172,10 @@ def info_cmd(store, as_json):
 @main.command("train")
 @click.option("--store", required=True, help="A complete, labelled store from embed-corpus.")
 @click.option("--model", "model_name", default="cnn", show_default=True,
-              help="A registered model: bilstm, cnn, fasttext, gru, kim_cnn, transformer.")
-@click.option("--out", default=None, help="Run folder [default: runs/MODEL].")
+              help="A built-in model (bilstm, cnn, fasttext, gru, kim_cnn, transformer), an "
+                   "installed plugin (entry-point group embcache.models), or your own builder as "
+                   "an import string package.module:function.")
+@click.option("--out", default=None, help="Run folder [default: runs/MODEL's name].")
 @click.option("--epochs", default=_TRAIN.epochs, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=_TRAIN.batch_size, show_default=True, type=click.IntRange(min=1))
 @click.option("--learning-rate", default=_TRAIN.learning_rate, show_default=True,
@@ -200,16 +211,17 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
     Example:
       embcache train --store news20.zarr --model cnn --out runs/cnn
     """
-    from jobs.train import parse_hparams, quiet_tensorflow
+    from embcache.jobs.train import parse_hparams, quiet_tensorflow
 
     quiet_tensorflow(verbose)
-    from jobs.train import train
+    _importable_cwd()
+    from embcache.jobs.train import train
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          patience=patience, seed=seed, shuffle_docs=shuffle_docs,
                          steps_per_execution=steps_per_execution, length_buckets=length_buckets,
                          strategy=strategy)
-    summary = train(store, model_name, out or f"runs/{model_name}", config=config,
+    summary = train(store, model_name, out, config=config,
                     hparams=parse_hparams(params), progress=not quiet, overwrite=overwrite)
     click.echo(summary.line())
 
@@ -253,11 +265,12 @@ def score_cmd(model_dirs, input_path, out, vectors_path, split, top_k, batch_siz
       embcache score --models runs/cnn,runs/fasttext --input news20.zarr --split test \\
           --out predictions.csv
     """
-    from jobs.train import quiet_tensorflow
+    from embcache.jobs.train import quiet_tensorflow
 
     quiet_tensorflow(verbose)
-    from cache.corpus import CorpusSpec
-    from jobs.score import dump_metrics_table, score
+    _importable_cwd()
+    from embcache.cache.corpus import CorpusSpec
+    from embcache.jobs.score import dump_metrics_table, score
 
     spec = CorpusSpec(path=input_path, format=corpus_format, text_columns=tuple(text_columns),
                       label_column=label_column, id_column=id_column, header=header,

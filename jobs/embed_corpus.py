@@ -1,7 +1,7 @@
 """The embed-corpus job: tokenize a corpus once and write its embedded sequences to a store.
 
 Memory is bounded by ``(workers * 2 + 1)`` blocks in flight, each one chunk of documents: the
-corpus streams through (see :mod:`cache.corpus`) and is never held whole, and the vectors are
+corpus streams through (see :mod:`embcache.cache.corpus`) and is never held whole, and the vectors are
 memory-mapped from the parse cache.
 """
 
@@ -16,18 +16,12 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache.corpus import CorpusSpec, Document, iter_documents, label_mapper, scan_corpus
-from cache.embed import (
-    DTYPES,
-    OOV_POLICIES,
-    PADDINGS,
-    BlockWriter,
-    EmbedSettings,
-    oov_vector,
-)
-from cache.errors import CorpusError, EmbcacheError, StoreError
-from cache.meta import SplitSettings, VectorsInfo
-from cache.store import (
+from embcache.cache.corpus import CorpusSpec, Document, iter_documents, label_mapper, scan_corpus
+from embcache.cache.embed import BlockWriter, oov_vector
+from embcache.cache.errors import CorpusError, EmbcacheError, StoreError
+from embcache.cache.meta import SplitSettings, VectorsInfo
+from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
+from embcache.cache.store import (
     StoreWriter,
     assign_split,
     bytes_on_disk,
@@ -35,9 +29,9 @@ from cache.store import (
     is_local,
     new_meta,
 )
-from cache.vectors import load_vectors
-from jobs.executors import Executor, block_executor, parse_scheduler
-from jobs.locks import exclusive
+from embcache.cache.vectors import load_vectors
+from embcache.jobs.executors import Executor, block_executor, parse_scheduler
+from embcache.jobs.locks import exclusive
 
 _POOL_MIN_BYTES = 2 << 20
 
@@ -110,7 +104,7 @@ def _blocks(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
 
 
 def embed_corpus(
-    corpus: CorpusSpec,
+    corpus: CorpusSpec | str,
     vectors_path: str,
     out: str,
     *,
@@ -134,10 +128,14 @@ def embed_corpus(
     An incomplete store from an earlier run of the same command is resumed from its last
     completed chunk; a complete one is only replaced with ``overwrite``.
 
+    ``corpus``: a :class:`CorpusSpec`, or a path read with the default options of its format.
+
     Raises:
         EmbcacheError (or a subclass): bad settings, vectors, corpus or output path.
     """
     t0 = time.perf_counter()
+    if not isinstance(corpus, CorpusSpec):
+        corpus = CorpusSpec(str(corpus))
     workers = workers or os.cpu_count() or 1
     validate_settings(settings, split, chunk_docs, workers)
     out = str(out)

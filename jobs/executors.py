@@ -1,6 +1,6 @@
 """Where embed-corpus blocks run: in this process, a pool of spawned processes, or Dask.
 
-All three run the same task (:func:`cache.embed.write_block`) on whole chunks, so they write the
+All three run the same task (:func:`embcache.cache.embed.write_block`) on whole chunks, so they write the
 same store. Workers load the vectors themselves from the parse cache (memory-mapped), so only a
 block's texts travel with a task, never the vectors.
 """
@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
-from cache.embed import EmbedSettings
-from cache.errors import EmbcacheError
+from embcache.cache.errors import EmbcacheError
+from embcache.cache.settings import EmbedSettings
 
 
 @dataclass
@@ -45,7 +45,7 @@ def parse_scheduler(value: str | None) -> tuple[str, int | str] | None:
 def block_executor(scheduler: str | None, workers: int, use_pool: bool, table_path: str,
                    settings: EmbedSettings, oov) -> Iterator[Executor | None]:
     """``None`` means: run blocks in this process."""
-    from cache.embed import init_worker, write_block
+    from embcache.cache.embed import init_worker, write_block
 
     parsed = parse_scheduler(scheduler)
     if parsed is not None:
@@ -68,8 +68,9 @@ def _dask(parsed, table_path: str, settings: EmbedSettings, oov):
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise EmbcacheError("--scheduler needs dask.distributed: pip install 'dask[distributed]'") from None
-    from cache.embed import write_block
+        raise EmbcacheError("--scheduler needs the 'dask' extra (dask.distributed is not "
+                            "installed): pip install 'embcache[dask]'") from None
+    from embcache.cache.embed import write_block
 
     kind, arg = parsed
     cluster = None

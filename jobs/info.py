@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cache.store import bytes_on_disk, open_store, read_chunk_stats
+from embcache.cache.store import bytes_on_disk, open_store, read_chunk_stats
 
 
 def describe_store(url: str) -> dict[str, Any]:

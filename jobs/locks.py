@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from cache.errors import EmbcacheError
+from embcache.cache.errors import EmbcacheError
 
 
 def lock_path(target: str | os.PathLike) -> Path:

@@ -16,8 +16,9 @@ import json
 import os
 from pathlib import Path
 
-from cache.errors import EmbcacheError, StoreError
-from cache.stream import make_dataset, plan_split
+from embcache.cache.dataset import make_dataset
+from embcache.cache.errors import EmbcacheError, StoreError
+from embcache.cache.stream import plan_split
 
 STRATEGIES = ("default", "multi-worker")
 # The Keras versions whose private names below were read and tested (the patched function's

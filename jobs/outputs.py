@@ -10,7 +10,7 @@ import csv
 import json
 from pathlib import Path
 
-from cache.errors import EmbcacheError
+from embcache.cache.errors import EmbcacheError
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 

@@ -14,8 +14,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from cache.errors import ModelError
-from cache.meta import StoreMeta
+from embcache.cache.errors import ModelError
+from embcache.cache.meta import StoreMeta
 
 CARD_VERSION = 3  # 3: the store's metadata embedded whole; 2: fields copied by hand
 CARD_FILE = "model.json"
@@ -34,7 +34,7 @@ def file_sha256(path: Path) -> str:
 def store_card_fields(store) -> dict[str, Any]:
     """What a card records of the store it was trained on: its whole metadata (all a scorer
     needs to embed new input the same way, and to check a store against the model)."""
-    from cache import __version__
+    from embcache.cache import __version__
 
     return {"card_version": CARD_VERSION, "store_url": str(store.url),
             "store": store.meta.to_attrs(), "embcache_version": __version__}
@@ -132,9 +132,12 @@ def load_run(run_dir: str | Path, card: dict[str, Any] | None = None) -> Run:
     run = Path(run_dir)
     import keras
 
-    import models
+    from embcache.models.registry import load_source
 
-    models.names()  # imports every model module: registers the custom layers safe mode may load
+    # Registers the custom layers safe mode may load: the built-in modules, and the module the
+    # card names for a model from elsewhere. Only now, after read_card verified the checksums:
+    # importing a module runs its code.
+    load_source(card.get("model_source"), f"Model card {run / CARD_FILE}")
 
     try:
         model = keras.saving.load_model(run / MODEL_FILE, safe_mode=True, compile=False)

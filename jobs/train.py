@@ -15,15 +15,17 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cache.errors import EmbcacheError, StoreError
-from cache.store import open_store
-from cache.stream import SHUFFLE_DOCS, make_dataset, plan_split
-from jobs.locks import exclusive
-from jobs.multiworker import STRATEGIES, MultiWorker
-from jobs.runs import CARD_FILE, MODEL_FILE, store_card_fields, write_card
+from embcache.cache.dataset import make_dataset
+from embcache.cache.errors import EmbcacheError, StoreError
+from embcache.cache.store import open_store
+from embcache.cache.stream import SHUFFLE_DOCS, plan_split
+from embcache.jobs.locks import exclusive
+from embcache.jobs.multiworker import STRATEGIES, MultiWorker
+from embcache.jobs.runs import CARD_FILE, MODEL_FILE, store_card_fields, write_card
 
 
 @dataclass(frozen=True)
@@ -100,10 +102,15 @@ class EpochTimer:
         return Timer()
 
 
-def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig = TrainConfig(),
-          hparams: dict | None = None, progress: bool = True,
+def train(store_url: str, model: str | Callable, out_dir: str | None = None, *,
+          config: TrainConfig = TrainConfig(), hparams: dict | None = None, progress: bool = True,
           overwrite: bool = False) -> TrainSummary:
-    """Train ``model_name`` on the store's train split, early-stopping on its val split.
+    """Train ``model`` on the store's train split, early-stopping on its val split.
+
+    ``model``: a built-in or registered name, an installed plugin's name (entry-point group
+    ``embcache.models``), an import string ``package.module:function``, or a builder function
+    itself (recorded as its import string). The card records where it came from, so ``score``
+    can import it again. ``out_dir`` defaults to ``runs/<model name>``.
 
     The run is built in ``.<name>.partial`` beside ``out_dir`` and moved into place when it is
     complete, so a failed or killed run leaves any previous run folder as it was; a lock
@@ -115,16 +122,19 @@ def train(store_url: str, model_name: str, out_dir: str, *, config: TrainConfig 
         StoreError: incomplete, unlabelled or unknown-layout store, or an empty split.
         ModelError: unknown model or hyperparameter.
     """
-    final = Path(out_dir)
+    from embcache import models
+
+    source = model if isinstance(model, models.ModelSource) else models.resolve(model)
+    final = Path(out_dir if out_dir is not None else f"runs/{source.name}")
     if not overwrite and ((final / CARD_FILE).exists() or (final / MODEL_FILE).exists()):
         raise EmbcacheError(f"Run folder {final} already holds a trained model; pass --overwrite "
                             "to replace it, or choose another --out")
     if config.strategy != "default":  # every worker runs this; worker 0 writes the folder
-        return _train(store_url, model_name, final, config, hparams, progress)
+        return _train(store_url, source, final, config, hparams, progress)
     with exclusive(final, f"Run folder {final}"):
         stage = final.parent / f".{final.name}.partial"
         shutil.rmtree(stage, ignore_errors=True)  # left by a killed run
-        summary = _train(store_url, model_name, stage, config, hparams, progress)
+        summary = _train(store_url, source, stage, config, hparams, progress)
         _publish(stage, final)
     summary.out = str(final)
     return summary
@@ -140,8 +150,9 @@ def _publish(stage: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _train(store_url: str, model_name: str, out: Path, config: TrainConfig, hparams: dict | None,
+def _train(store_url: str, source, out: Path, config: TrainConfig, hparams: dict | None,
            progress: bool) -> TrainSummary:
+    model_name = source.ref
     t0 = time.perf_counter()
     if config.strategy not in STRATEGIES:
         raise EmbcacheError(f"Invalid value for `strategy`. Expected one of {STRATEGIES}. "
@@ -149,9 +160,7 @@ def _train(store_url: str, model_name: str, out: Path, config: TrainConfig, hpar
     # A multi-worker strategy must exist before any other TensorFlow op (it reads TF_CONFIG).
     cluster = MultiWorker.start() if config.strategy == "multi-worker" else None
     store = open_store(store_url, require_complete=True, require_labels=True)
-    import models
-
-    hp = {**models.hyperparameters(model_name), **(hparams or {})}
+    hp = {**source.hyperparameters(), **(hparams or {})}
     plans = {s: plan_split(store, s) for s in ("train", "val", "test")}
     for s in ("train", "val"):
         if plans[s].num_docs == 0:
@@ -167,8 +176,8 @@ def _train(store_url: str, model_name: str, out: Path, config: TrainConfig, hpar
     keras.utils.set_random_seed(config.seed)
     scope = cluster.strategy.scope() if cluster else contextlib.nullcontext()
     with scope:
-        model = models.build(model_name, max_len=store.max_len, dim=store.dim,
-                             num_classes=len(store.label_names), padding=store.padding, **hp)
+        model = source.make(max_len=store.max_len, dim=store.dim,
+                            num_classes=len(store.label_names), padding=store.padding, **hp)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                       # Multi-worker keeps one step per call: its workarounds (below) assume it.
@@ -231,6 +240,7 @@ def _train(store_url: str, model_name: str, out: Path, config: TrainConfig, hpar
     card = {
         **store_card_fields(store),
         "model": model_name,
+        "model_source": source.record(),
         "hyperparameters": hp,
         "training": {**asdict(config), "epochs_run": len(val_acc), "best_epoch": best_epoch,
                      "seconds": round(seconds, 2), "samples_per_s": round(samples_per_s, 1),

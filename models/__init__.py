@@ -1,64 +1,40 @@
-"""Registry of embedding-free Keras models: their input is ``(T, dim)`` vectors + lengths.
+"""Embedding-free Keras models: their input is ``(T, dim)`` vectors plus each document's length.
 
-Each model lives in its own module exposing ``build(*, max_len, dim, num_classes, padding, **hp)``
-and registers itself here. Every model takes batches of any length ``T`` up to the store's
-``max_len`` (each batch is padded to its own length bucket) and masks or pads as it needs.
-``get(name)`` raises :class:`ModelError` listing the known names.
+Public surface:
+
+- :func:`register`: make a builder known by name (``@embcache.models.register("my_net")``).
+- :func:`inputs`: the two inputs every model takes, ``{"embedded": (None, dim), "lengths": ()}``.
+- :func:`names`, :func:`build`, :func:`hyperparameters`, :func:`resolve`: look models up by spec:
+  a built-in or registered name, an installed plugin (entry-point group ``embcache.models``) or an
+  import string ``package.module:function``.
+- :class:`LengthMask`, :class:`MaskedMean`: masking layers a custom model may reuse.
+
+Each built-in model lives in its own module exposing ``build(*, max_len, dim, num_classes,
+padding, **hp)``. Every model takes batches of any length ``T`` up to the store's ``max_len``
+(each batch is padded to its own length bucket) and masks or pads as it needs. Importing this
+package loads no Keras: the layers and built-in models load on first use.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
-from collections.abc import Callable
+from embcache.models.registry import (
+    ENTRY_POINT_GROUP,
+    ModelSource,
+    build,
+    get,
+    hyperparameters,
+    names,
+    register,
+    resolve,
+)
 
-from cache.errors import ModelError
-
-_REGISTRY: dict[str, Callable] = {}
-_MODULES = ("cnn", "kim_cnn", "bilstm", "gru", "fasttext", "transformer")
-
-
-def register(name: str):
-    """Decorator: register a ``build`` function under ``name``."""
-
-    def deco(fn: Callable) -> Callable:
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+__all__ = ["ENTRY_POINT_GROUP", "LengthMask", "MaskedMean", "ModelSource", "build", "get",
+           "hyperparameters", "inputs", "names", "register", "resolve"]
 
 
-def _load_all() -> None:
-    for mod in _MODULES:
-        importlib.import_module(f"models.{mod}")
+def __getattr__(name: str):
+    if name in ("inputs", "LengthMask", "MaskedMean"):  # Keras loads only when these are used
+        from embcache.models import layers
 
-
-def names() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> Callable:
-    _load_all()
-    if name not in _REGISTRY:
-        raise ModelError(f"Unknown model {name!r}. Known models: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
-
-
-def hyperparameters(name: str) -> dict:
-    """The model's hyperparameters and their defaults (recorded in the model card)."""
-    sig = inspect.signature(get(name))
-    return {k: p.default for k, p in sig.parameters.items()
-            if p.default is not inspect.Parameter.empty and k != "padding"}
-
-
-def build(name: str, *, max_len: int, dim: int, num_classes: int, padding: str = "pre",
-          **hparams):
-    """Build a registered model, rejecting unknown hyperparameters by name."""
-    fn = get(name)
-    known = hyperparameters(name)
-    unknown = sorted(set(hparams) - set(known))
-    if unknown:
-        raise ModelError(f"Model {name!r} has no hyperparameter {unknown[0]!r}; it takes: "
-                         f"{', '.join(f'{k}={v}' for k, v in known.items())}")
-    return fn(max_len=max_len, dim=dim, num_classes=num_classes, padding=padding, **hparams)
+        return getattr(layers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

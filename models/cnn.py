@@ -2,8 +2,8 @@
 
 import keras
 
-from models import register
-from models.layers import MinLength, WindowMaxPool, head, inputs
+from embcache.models.layers import MinLength, WindowMaxPool, head, inputs
+from embcache.models.registry import register
 
 
 def receptive_field(kernel_size: int, pool_size: int) -> int:

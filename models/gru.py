@@ -2,8 +2,8 @@
 
 import keras
 
-from models import register
-from models.layers import LengthMask, head, inputs
+from embcache.models.layers import LengthMask, head, inputs
+from embcache.models.registry import register
 
 
 @register("gru")

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from models import register
-from models.layers import LengthMask, MaskedMean, head, inputs
+from embcache.models.layers import LengthMask, MaskedMean, head, inputs
+from embcache.models.registry import register
 
 
 @keras.saving.register_keras_serializable(package="embcache")

@@ -57,9 +57,9 @@ def small_store(root: Path, vectors: Path, *, docs_per_label: int, val_frac: flo
                 test_frac: float, labels=("a", "b", "c")) -> Path:
     """A labelled folder corpus in ``root/corpus`` embedded into ``root/s.zarr`` (max_len 160,
     16 documents per chunk, one process)."""
-    from cache.corpus import CorpusSpec
-    from cache.embed import EmbedSettings
-    from jobs.embed_corpus import SplitSettings, embed_corpus
+    from embcache.cache.corpus import CorpusSpec
+    from embcache.cache.settings import EmbedSettings
+    from embcache.jobs.embed_corpus import SplitSettings, embed_corpus
 
     make_folder_corpus(root / "corpus", docs_per_label=docs_per_label, labels=labels)
     store = root / "s.zarr"

@@ -23,19 +23,19 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from jobs.cli import main
-from jobs.locks import exclusive
-from jobs.runs import card_digest
-from jobs.train import TrainConfig, train
+from embcache.jobs.cli import main
+from embcache.jobs.locks import exclusive
+from embcache.jobs.runs import card_digest
+from embcache.jobs.train import TrainConfig, train
 from tests.conftest import small_store, write_vectors
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, vectors_file):
     """A store, a trained run, an incompatible run, an unlabelled store, earlier predictions."""
-    from cache.corpus import CorpusSpec
-    from cache.embed import EmbedSettings
-    from jobs.embed_corpus import embed_corpus
+    from embcache.cache.corpus import CorpusSpec
+    from embcache.cache.settings import EmbedSettings
+    from embcache.jobs.embed_corpus import embed_corpus
 
     root = tmp_path_factory.mktemp("battery")
     vectors = vectors_file[0]
@@ -271,7 +271,7 @@ def test_kill_9_during_score_keeps_the_previous_predictions(env, tmp_path):
     out = tmp_path / "p.csv"
     shutil.copy(env["prev"], out)
     before = out.read_bytes()
-    cmd = [sys.executable, "-m", "jobs.cli", "score", "-q", "--models", str(env["run"]),
+    cmd = [sys.executable, "-m", "embcache.jobs.cli", "score", "-q", "--models", str(env["run"]),
            "--input", str(env["store"]), "--out", str(out), "--batch-size", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

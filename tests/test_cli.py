@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from jobs.cli import main
+from embcache.jobs.cli import main
 
 
 def run(*args):

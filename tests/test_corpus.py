@@ -3,8 +3,8 @@ import tarfile
 
 import pytest
 
-from cache.corpus import CorpusSpec, iter_documents, scan_corpus
-from cache.errors import CorpusError
+from embcache.cache.corpus import CorpusSpec, iter_documents, scan_corpus
+from embcache.cache.errors import CorpusError
 from tests.conftest import make_folder_corpus
 
 

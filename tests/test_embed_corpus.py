@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import zarr
 
-from cache.corpus import CorpusSpec
-from cache.embed import EmbedSettings
-from cache.errors import StoreError
-from cache.meta import StoreMeta
-from cache.store import open_store, store_state
-from cache.stream import read_padded
-from cache.tokenize import make_tokenizer
-from jobs.embed_corpus import embed_corpus
+from embcache.cache.corpus import CorpusSpec
+from embcache.cache.errors import StoreError
+from embcache.cache.meta import StoreMeta
+from embcache.cache.settings import EmbedSettings
+from embcache.cache.store import open_store, store_state
+from embcache.cache.stream import read_padded
+from embcache.cache.tokenize import make_tokenizer
+from embcache.jobs.embed_corpus import embed_corpus
 from tests.conftest import make_folder_corpus
 
 
@@ -151,7 +151,7 @@ def test_worker_count_does_not_change_the_store(tmp_path, big_corpus, vectors_fi
 
 def test_kill_and_resume_gives_the_uninterrupted_store(tmp_path, big_corpus, vectors_file):
     reference = tmp_path / "ref.zarr"
-    cmd = [sys.executable, "-m", "jobs.cli", "embed-corpus", "--corpus", str(big_corpus),
+    cmd = [sys.executable, "-m", "embcache.jobs.cli", "embed-corpus", "--corpus", str(big_corpus),
            "--vectors", str(vectors_file[0]), "--max-len", "300", "--chunk-docs", "3",
            "--workers", "1", "-q", "--oov", "unk"]
     subprocess.run(cmd + ["--out", str(reference)], check=True, capture_output=True)
@@ -183,8 +183,8 @@ def test_a_second_writer_is_refused_and_the_first_loses_nothing(tmp_path, folder
     same --out exits 1 with one line and touches nothing; once the first is done, it may."""
     from click.testing import CliRunner
 
-    from jobs.cli import main
-    from jobs.locks import exclusive
+    from embcache.jobs.cli import main
+    from embcache.jobs.locks import exclusive
 
     out = tmp_path / "s.zarr"
     args = ["embed-corpus", "--corpus", str(folder_corpus), "--vectors", str(vectors_file[0]),

@@ -10,11 +10,11 @@ import click
 import numpy as np
 import pytest
 
-from cache.embed import EmbedSettings
-from cache.errors import EmbcacheError, StoreError
-from cache.meta import SplitSettings, StoreMeta, StoreTotals, VectorsInfo
-from cache.store import StoreWriter, new_meta, open_store
-from jobs.cli import main
+from embcache.cache.errors import EmbcacheError, StoreError
+from embcache.cache.meta import SplitSettings, StoreMeta, StoreTotals, VectorsInfo
+from embcache.cache.settings import EmbedSettings
+from embcache.cache.store import StoreWriter, new_meta, open_store
+from embcache.jobs.cli import main
 
 VECTORS = VectorsInfo(fingerprint="f" * 64, dim=8, vocab_size=20, source="tiny.txt")
 
@@ -97,7 +97,7 @@ def test_writer_creates_resumes_and_finishes(tmp_path):
 def test_a_remote_store_that_cannot_be_opened_is_never_deleted(monkeypatch):
     import zarr
 
-    import cache.store as store_mod
+    import embcache.cache.store as store_mod
 
     removed = []
     monkeypatch.setattr(store_mod, "remove_store", removed.append)
@@ -113,8 +113,8 @@ def test_a_remote_store_that_cannot_be_opened_is_never_deleted(monkeypatch):
 
 
 def test_option_defaults_come_from_the_typed_settings():
-    from jobs.score import ScoreConfig
-    from jobs.train import TrainConfig
+    from embcache.jobs.score import ScoreConfig
+    from embcache.jobs.train import TrainConfig
 
     def defaults(command):
         return {p.name: p.default for p in main.commands[command].params
@@ -134,7 +134,8 @@ def test_option_defaults_come_from_the_typed_settings():
                                                                        c.ensemble)
     import inspect
 
-    from cache.stream import SHUFFLE_DOCS, make_dataset
+    from embcache.cache.dataset import make_dataset
+    from embcache.cache.stream import SHUFFLE_DOCS
 
     assert inspect.signature(make_dataset).parameters["shuffle_docs"].default == SHUFFLE_DOCS == t.shuffle_docs
 
@@ -143,7 +144,7 @@ def test_keras_still_has_what_multi_worker_training_uses():
     """Fails loudly on a Keras upgrade that moves the private names (see jobs/multiworker.py)."""
     import keras
 
-    from jobs.multiworker import KERAS_CHECKED, missing_private_api
+    from embcache.jobs.multiworker import KERAS_CHECKED, missing_private_api
 
     assert missing_private_api() == [], (
         f"Keras {keras.__version__} moved names jobs/multiworker.py relies on (checked with "
@@ -151,7 +152,7 @@ def test_keras_still_has_what_multi_worker_training_uses():
 
 
 def test_a_missing_private_name_is_one_clear_error(monkeypatch):
-    import jobs.multiworker as mw
+    import embcache.jobs.multiworker as mw
 
     monkeypatch.setattr(mw, "PRIVATE_API", (*mw.PRIVATE_API, "keras.src.nowhere.gone"))
     assert mw.missing_private_api() == ["keras.src.nowhere.gone"]

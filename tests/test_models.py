@@ -5,8 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-import models
-from cache.errors import ModelError
+from embcache import models
+from embcache.cache.errors import ModelError
 
 MAX_LEN, DIM, CLASSES = 160, 8, 3
 

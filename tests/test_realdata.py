@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from cache.corpus import CorpusSpec
-from cache.embed import EmbedSettings
-from cache.store import open_store
-from cache.vectors import load_vectors
-from jobs.embed_corpus import embed_corpus
+from embcache.cache.corpus import CorpusSpec
+from embcache.cache.settings import EmbedSettings
+from embcache.cache.store import open_store
+from embcache.cache.vectors import load_vectors
+from embcache.jobs.embed_corpus import embed_corpus
 from tests.conftest import real_data_dir
 
 pytestmark = pytest.mark.realdata

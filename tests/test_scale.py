@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import zarr
 
-from cache.corpus import CorpusSpec
-from cache.embed import EmbedSettings
-from cache.store import open_store
-from jobs.embed_corpus import SplitSettings, embed_corpus
-from jobs.score import score
-from jobs.train import TrainConfig, train
+from embcache.cache.corpus import CorpusSpec
+from embcache.cache.settings import EmbedSettings
+from embcache.cache.store import open_store
+from embcache.jobs.embed_corpus import SplitSettings, embed_corpus
+from embcache.jobs.score import score
+from embcache.jobs.train import TrainConfig, train
 from tests.conftest import make_folder_corpus
 
 SETTINGS = EmbedSettings(max_len=160)
@@ -120,7 +120,7 @@ def test_multi_worker_training_reads_disjoint_chunks(tmp_path, corpus, vectors_f
             "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
             "task": {"type": "worker", "index": index}})}
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "jobs.cli", "train", "--store", str(store), "--model", "fasttext",
+            [sys.executable, "-m", "embcache.jobs.cli", "train", "--store", str(store), "--model", "fasttext",
              "--out", str(run), "--epochs", "1", "--batch-size", "8", "--strategy", "multi-worker",
              "-q"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for p in procs:
@@ -128,7 +128,7 @@ def test_multi_worker_training_reads_disjoint_chunks(tmp_path, corpus, vectors_f
         assert p.returncode == 0, err[-3000:]
     shards = [json.loads((run / "shards" / f"worker-{i}.json").read_text()) for i in range(2)]
     s = open_store(str(store))
-    from cache.stream import plan_split
+    from embcache.cache.stream import plan_split
 
     train_chunks = set(plan_split(s, "train").chunks.tolist())
     given = [set(sh["train_chunks"]) for sh in shards]

@@ -8,14 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from cache.corpus import CorpusSpec
-from cache.embed import EmbedSettings
-from cache.store import open_store
-from cache.stream import bucket_lengths, read_padded
-from jobs.cli import main
-from jobs.embed_corpus import embed_corpus
-from jobs.runs import write_card
-from jobs.train import TrainConfig, train
+from embcache.cache.corpus import CorpusSpec
+from embcache.cache.settings import EmbedSettings
+from embcache.cache.store import open_store
+from embcache.cache.stream import bucket_lengths, read_padded
+from embcache.jobs.cli import main
+from embcache.jobs.embed_corpus import embed_corpus
+from embcache.jobs.runs import write_card
+from embcache.jobs.train import TrainConfig, train
 from tests.conftest import make_folder_corpus, small_store
 
 
@@ -203,7 +203,7 @@ def test_unsafe_model_is_refused(setup, tmp_path):
 
 def test_failed_run_leaves_no_predictions(setup, tmp_path, monkeypatch):
     root, store = setup
-    import jobs.score as score_mod
+    import embcache.jobs.score as score_mod
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
@@ -223,7 +223,7 @@ def test_score_in_a_fresh_process_loads_custom_layers(setup, tmp_path):
 
     root, store = setup
     out = tmp_path / "p.jsonl"
-    r = subprocess.run([sys.executable, "-m", "jobs.cli", "score", "-q", "--models",
+    r = subprocess.run([sys.executable, "-m", "embcache.jobs.cli", "score", "-q", "--models",
                         f"{root}/runs/fasttext", "--input", str(store), "--out", str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

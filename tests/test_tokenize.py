@@ -1,7 +1,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache.tokenize import KERAS_FILTERS, TokenizerSettings, make_tokenizer
+from embcache.cache.tokenize import KERAS_FILTERS, TokenizerSettings, make_tokenizer
 
 tokenize = make_tokenizer()
 

@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cache.corpus import CorpusSpec
-from cache.errors import StoreError
-from cache.meta import StoreMeta
-from cache.store import open_store
-from cache.stream import ShuffleBuffer, make_dataset, plan_split
-from jobs.cli import main
-from jobs.embed_corpus import embed_corpus
+from embcache.cache.corpus import CorpusSpec
+from embcache.cache.dataset import make_dataset
+from embcache.cache.errors import StoreError
+from embcache.cache.meta import StoreMeta
+from embcache.cache.store import open_store
+from embcache.cache.stream import ShuffleBuffer, plan_split
+from embcache.jobs.cli import main
+from embcache.jobs.embed_corpus import embed_corpus
 from tests.conftest import small_store
 
 
@@ -116,7 +117,7 @@ def test_train_refuses_bad_stores_and_models(store, tmp_path, vectors_file):
 def test_batches_are_padded_to_their_length_bucket(store):
     """Each batch is as long as its length bucket (not max_len), holds only documents of that
     bucket, and each document's rows equal the store's, padded on the recorded side."""
-    from cache.stream import bucket_lengths, read_padded
+    from embcache.cache.stream import bucket_lengths, read_padded
 
     s = open_store(str(store))
     buckets = bucket_lengths(s.max_len)
@@ -139,7 +140,7 @@ def test_batches_are_padded_to_their_length_bucket(store):
 
 
 def test_bucketer_bounds_how_far_a_batch_runs_ahead():
-    from cache.stream import Bucketer
+    from embcache.cache.stream import Bucketer
 
     b = Bucketer(np.array([8, 16]), batch_size=4, padding="post", dim=2, dtype=np.float16,
                  max_wait=5)
@@ -187,7 +188,7 @@ def test_producer_reports_a_broken_store_and_stops_with_its_owner(store, tmp_pat
     import gc
     import shutil
 
-    from cache.producer import Producer
+    from embcache.cache.producer import Producer
 
     broken = tmp_path / "broken.zarr"
     shutil.copytree(store, broken)
@@ -213,7 +214,7 @@ def test_train_never_replaces_a_run_unasked_and_a_killed_run_loses_nothing(store
     import sys
     import time
 
-    from jobs.runs import read_card
+    from embcache.jobs.runs import read_card
 
     out = tmp_path / "run"
     args = ["train", "--store", str(store), "--model", "fasttext", "--out", str(out), "-q"]
@@ -224,7 +225,7 @@ def test_train_never_replaces_a_run_unasked_and_a_killed_run_loses_nothing(store
                                                   "model; pass --overwrite to replace it, or choose "
                                                   "another --out")
     # kill -9 in the middle of an --overwrite run: the previous run is still whole.
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args, "--epochs", "200",
+    proc = subprocess.Popen([sys.executable, "-m", "embcache.jobs.cli", *args, "--epochs", "200",
                              "--patience", "200", "--overwrite"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stage = tmp_path / ".run.partial"
@@ -241,7 +242,7 @@ def test_train_never_replaces_a_run_unasked_and_a_killed_run_loses_nothing(store
 
 
 def test_a_second_train_into_the_same_folder_is_refused(store, tmp_path):
-    from jobs.locks import exclusive
+    from embcache.jobs.locks import exclusive
 
     out = tmp_path / "run"
     with exclusive(out, "held by this test"):
@@ -258,7 +259,7 @@ def test_tensorflow_stays_quiet_unless_verbose(store, tmp_path):
     import sys
 
     env = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    base = [sys.executable, "-m", "jobs.cli", "train", "--store", str(store), "--model",
+    base = [sys.executable, "-m", "embcache.jobs.cli", "train", "--store", str(store), "--model",
             "fasttext", "--epochs", "1", "-q"]
     quiet = subprocess.run(base + ["--out", str(tmp_path / "a")], capture_output=True, text=True,
                            env=env)

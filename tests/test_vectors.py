@@ -5,8 +5,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from cache.errors import VectorsError
-from cache.vectors import load_vectors
+from embcache.cache.errors import VectorsError
+from embcache.cache.vectors import load_vectors
 from tests.conftest import DIM, WORDS, write_vectors
 
 
@@ -34,7 +34,7 @@ def test_glove_txt_gz_zip_share_a_fingerprint(tmp_path):
 
 
 def test_second_load_is_memory_mapped_from_the_cache(tmp_path, monkeypatch):
-    import cache.vectors as vectors_module
+    import embcache.cache.vectors as vectors_module
 
     txt = tmp_path / "v.txt"
     write_vectors(txt)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from cache.embed import EmbedSettings
-from jobs.bench.common import median, run_measured, table
+from embcache.cache.settings import EmbedSettings
+from embcache.jobs.bench.common import median, run_measured, table
 
 
 def _subset_tar(src: str, dst: Path, n: int) -> None:
@@ -34,7 +34,7 @@ def _subset_tar(src: str, dst: Path, n: int) -> None:
 
 
 def _embcache(corpus, vectors, out, cache, max_len, workers=None):
-    argv = [sys.executable, "-m", "jobs.cli", "embed-corpus", "--corpus", str(corpus),
+    argv = [sys.executable, "-m", "embcache.jobs.cli", "embed-corpus", "--corpus", str(corpus),
             "--vectors", str(vectors), "--out", str(out), "--strip-headers", "--max-len",
             str(max_len), "--cache-dir", str(cache), "--overwrite", "-q"]
     if workers:
@@ -57,7 +57,7 @@ def main(corpus, vectors, max_len, repeats, seed_repeats):
         rows, docs = [], 19_997
         seeds = []
         for _ in range(seed_repeats):
-            wall, rss, out = run_measured([sys.executable, "-m", "jobs.bench.seed_embed", corpus,
+            wall, rss, out = run_measured([sys.executable, "-m", "embcache.jobs.bench.seed_embed", corpus,
                                            vectors, str(max_len)])
             seeds.append((wall, rss, json.loads(out)))
         seed_wall = median([s[0] for s in seeds])
@@ -85,7 +85,7 @@ def main(corpus, vectors, max_len, repeats, seed_repeats):
         quarter_row = ["embcache, warm, 1/4 of the corpus", median([r[0] for r in runs]),
                        max(r[1] for r in runs), runs[0][2], f"{docs // 4:,} docs"]
 
-        from cache.vectors import load_vectors
+        from embcache.cache.vectors import load_vectors
 
         loads = []
         for _ in range(5):

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from cache.embed import BlockEmbedder, EmbedSettings
+from embcache.cache.embed import BlockEmbedder
+from embcache.cache.settings import EmbedSettings
 
 
 def corpus_texts(store, doc_ids: set[str]) -> dict[str, str]:
     """The original texts of ``doc_ids``, read again from the corpus recorded in the store."""
-    from cache.corpus import CorpusSpec, iter_documents
+    from embcache.cache.corpus import CorpusSpec, iter_documents
 
     spec = CorpusSpec.from_dict(store.meta.corpus)
     return {d.doc_id: d.text for d in iter_documents(spec) if d.doc_id in doc_ids}

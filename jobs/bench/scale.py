@@ -13,19 +13,19 @@ from pathlib import Path
 
 import click
 
-from jobs.bench.common import median, run_measured, table
+from embcache.jobs.bench.common import median, run_measured, table
 
 
 def _embed(corpus, vectors, out, extra, env=None):
-    argv = [sys.executable, "-m", "jobs.cli", "embed-corpus", "--corpus", corpus, "--vectors",
+    argv = [sys.executable, "-m", "embcache.jobs.cli", "embed-corpus", "--corpus", corpus, "--vectors",
             vectors, "--out", out, "--strip-headers", "--overwrite", "-q", *extra]
     return run_measured(argv, env=env)[:2]
 
 
 def _read_throughput(url: str, repeats: int) -> float:
     """Documents per second streamed through make_dataset (all documents, no model)."""
-    from cache.store import open_store
-    from cache.stream import make_dataset
+    from embcache.cache.dataset import make_dataset
+    from embcache.cache.store import open_store
 
     store = open_store(url)
     rates = []

@@ -32,10 +32,10 @@ def _keras_child(work: Path, store_url: str) -> dict:
     t0 = time.perf_counter()
     import keras
 
-    import models
-    from cache.store import open_store
-    from cache.vectors import open_cached_table
-    from jobs.bench.keras_way import id_sequences, token_rows
+    from embcache import models
+    from embcache.cache.store import open_store
+    from embcache.cache.vectors import open_cached_table
+    from embcache.jobs.bench.keras_way import id_sequences, token_rows
 
     models.names()
     store = open_store(store_url)
@@ -54,17 +54,17 @@ def _keras_child(work: Path, store_url: str) -> dict:
 
 def _prepare(work: Path, store_url: str, vectors: str) -> dict:
     """Run folders for embcache, Keras-way model files, the test documents; returns file sizes."""
-    import models
-    from cache.store import SPLIT_NAMES, open_store
-    from cache.vectors import load_vectors
-    from jobs.bench.keras_way import (
+    from embcache import models
+    from embcache.cache.store import SPLIT_NAMES, open_store
+    from embcache.cache.vectors import load_vectors
+    from embcache.jobs.bench.keras_way import (
         corpus_texts,
         embedding_matrix,
         token_rows,
         with_frozen_embedding,
         word_index,
     )
-    from jobs.runs import MODEL_FILE, store_card_fields, write_card
+    from embcache.jobs.runs import MODEL_FILE, store_card_fields, write_card
 
     store = open_store(store_url, require_labels=True)
     table = load_vectors(vectors)
@@ -116,7 +116,7 @@ def main(store_url, vectors, repeats, child_dir):
     if child_dir:
         click.echo(json.dumps(_keras_child(Path(child_dir), store_url)))
         return
-    from jobs.bench.common import median, run_measured, table
+    from embcache.jobs.bench.common import median, run_measured, table
 
     work = Path(tempfile.mkdtemp(prefix="bench-score-"))
     try:
@@ -125,7 +125,7 @@ def main(store_url, vectors, repeats, child_dir):
         emb, ker = [], []
         for _ in range(repeats):
             wall, rss, _out = run_measured([
-                sys.executable, "-m", "jobs.cli", "score", "-q", "--models", runs, "--input",
+                sys.executable, "-m", "embcache.jobs.cli", "score", "-q", "--models", runs, "--input",
                 # No --label-column: predictions only, no metrics report or plots, as the Keras
                 # way child below computes predictions only.
                 str(work / "test.jsonl"), "--id-column", "id", "--ensemble", "mean",
@@ -134,7 +134,7 @@ def main(store_url, vectors, repeats, child_dir):
             emb.append((wall, rss))
             store_bytes = sum(f.stat().st_size for f in (work / "score.zarr").rglob("*") if f.is_file())
             shutil.rmtree(work / "score.zarr")
-            wall, rss, _out = run_measured([sys.executable, "-m", "jobs.bench.score", "--store",
+            wall, rss, _out = run_measured([sys.executable, "-m", "embcache.jobs.bench.score", "--store",
                                             store_url, "--vectors", vectors, "--child", str(work)],
                                            env=dict(os.environ))
             ker.append((wall, rss))

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from cache.corpus import decode_text, strip_usenet_header
-from cache.tokenize import make_tokenizer
+from embcache.cache.corpus import decode_text, strip_usenet_header
+from embcache.cache.tokenize import make_tokenizer
 
 
 def main(corpus: str, vectors: str, max_len: int) -> None:

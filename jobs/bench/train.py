@@ -26,15 +26,15 @@ import sys
 import click
 import numpy as np
 
-from jobs.bench.keras_way import with_frozen_embedding
-from jobs.train import EpochTimer, TrainConfig
+from embcache.jobs.bench.keras_way import with_frozen_embedding
+from embcache.jobs.train import EpochTimer, TrainConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _token_ids(store, rows: np.ndarray, table):
     """Token-id sequences over the sampled documents' own vocabulary, and the frozen matrix."""
-    from jobs.bench.keras_way import (
+    from embcache.jobs.bench.keras_way import (
         corpus_texts,
         embedding_matrix,
         id_sequences,
@@ -57,9 +57,10 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
     import keras
     import tensorflow as tf
 
-    import models
-    from cache.store import open_store
-    from cache.stream import make_dataset, plan_split, read_padded
+    from embcache import models
+    from embcache.cache.dataset import make_dataset
+    from embcache.cache.store import open_store
+    from embcache.cache.stream import plan_split, read_padded
 
     store = open_store(store_url, require_labels=True)
     plan = plan_split(store, None).head(-(-docs // store.chunk_docs))  # whole blocks
@@ -87,7 +88,7 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
         data = tf.data.Dataset.from_tensors(batch).repeat(len(rows) // batch_size)
         model, fit_args = body, {"x": data}
     else:  # keras, keras-spe
-        from cache.vectors import open_cached_table
+        from embcache.cache.vectors import open_cached_table
 
         table = open_cached_table(os.environ["EMBCACHE_BENCH_TABLE"])
         seqs, matrix = _token_ids(store, rows, table)
@@ -107,8 +108,8 @@ def _quality(store_url: str, model_names: list[str], epochs: int) -> None:
     seed, split, epochs and early stopping), and print their accuracies."""
     import tempfile
 
-    from jobs.bench.common import table
-    from jobs.train import train
+    from embcache.jobs.bench.common import table
+    from embcache.jobs.train import train
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,9 +158,9 @@ def main(store_url, vectors, model_names, docs, epochs, batch_size, rounds, spe_
         variant, model_name = child_variant.split(":")
         click.echo(json.dumps(child(variant, model_name, store_url, docs, epochs, batch_size)))
         return
-    import models
-    from cache.vectors import load_vectors
-    from jobs.bench.common import median, run_measured, table
+    from embcache import models
+    from embcache.cache.vectors import load_vectors
+    from embcache.jobs.bench.common import median, run_measured, table
 
     os.environ["EMBCACHE_BENCH_TABLE"] = load_vectors(vectors).cache_path
     names = model_names.split(",") if model_names else models.names()
@@ -170,7 +171,7 @@ def main(store_url, vectors, model_names, docs, epochs, batch_size, rounds, spe_
     # Rounds interleave every variant of every model, so a slow spell of the machine hits all.
     for _ in range(rounds):
         for variant, model_name in plan:
-            _wall, rss, out = run_measured([sys.executable, "-m", "jobs.bench.train", "--store",
+            _wall, rss, out = run_measured([sys.executable, "-m", "embcache.jobs.bench.train", "--store",
                                             store_url, "--vectors", vectors, "--docs", str(docs),
                                             "--epochs", str(epochs), "--batch-size",
                                             str(batch_size), "--child-variant",
@@ -207,7 +208,7 @@ def main(store_url, vectors, model_names, docs, epochs, batch_size, rounds, spe_
 def store_bytes(store_url: str) -> str:
     """Bytes on disk, and bytes decoded per document in one pass, against layout 1's
     (every document padded to ``max_len``, so ``max_len x dim x itemsize`` decoded)."""
-    from cache.store import bytes_on_disk, open_store
+    from embcache.cache.store import bytes_on_disk, open_store
 
     store = open_store(store_url)
     stats = store.array("chunk_stats")[:]

@@ -1,0 +1,138 @@
+"""``tf.data`` datasets over a store: the batches of :func:`embcache.cache.stream.iter_batches`,
+made in a spawned producer process (:mod:`embcache.cache.producer`) or in this one.
+
+This is the layer above the producer: the stream (NumPy only) knows nothing of either, the
+producer runs the stream, and only this module imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from embcache.cache.errors import StoreError
+from embcache.cache.producer import Producer
+from embcache.cache.store import Store, open_store
+from embcache.cache.stream import SHUFFLE_DOCS, StreamPlan, iter_batches, plan_split
+
+_PROCESS_MIN_DOCS = 2048
+
+
+def make_dataset(
+    store: Store | str,
+    *,
+    split: str | None = "train",
+    batch_size: int = 32,
+    shuffle: bool = False,
+    seed: int = 0,
+    shuffle_docs: int = SHUFFLE_DOCS,
+    with_labels: bool = True,
+    with_seq: bool = False,
+    parallel_reads: int = 4,
+    shard: tuple[int, int] | None = None,
+    plan: StreamPlan | None = None,
+    repeat: bool = False,
+    max_wait: int | None = None,
+    read_log: set | None = None,
+    in_process: bool | None = None,
+    buckets: bool = True,
+):
+    """A ``tf.data.Dataset`` of ``({"embedded": (b, T, dim) float32, "lengths": (b,)}, labels)``.
+
+    ``T`` is the batch's length bucket (see the module docstring; ``buckets=False``: ``max_len``
+    for every batch, for comparison). Shuffling is two-level and
+    seeded: chunk order is reshuffled every epoch, then documents mix in a buffer of
+    ``shuffle_docs`` (``ShuffleBuffer``). Without ``shuffle`` documents enter in store order;
+    ``with_seq`` adds ``"seq"`` (the document's position in that order) to the features, so a
+    caller can put results back in order.
+
+    ``shard=(index, count)`` reads only every ``count``-th chunk: the explicit sharding that
+    multi-worker training needs (tf.data's auto-sharding cannot see inside a Zarr reader and
+    would make every worker read everything, so it is switched off). ``repeat`` loops forever
+    (steps are then set by the caller); ``read_log`` collects the chunk indices actually read.
+
+    The batches are made by a spawned producer process (:mod:`embcache.cache.producer`), except for a
+    ``memory://`` store (which lives in this process only), a pass of fewer than 2,048
+    documents, or with ``in_process=True``. As with
+    any spawned worker, a script that iterates the dataset needs the ``if __name__ ==
+    "__main__":`` guard (the ``embcache`` command has it).
+
+    Raises:
+        StoreError: labels requested from an unlabelled store.
+    """
+    import tensorflow as tf
+
+    if not isinstance(store, Store):
+        store = open_store(str(store), require_complete=True)
+    if with_labels and not store.labelled:
+        raise StoreError(f"Store {store.url} has no labels")
+    plan = plan or plan_split(store, split, shard)
+    dim = store.dim
+    dtype = tf.as_dtype(store.dtype)
+    epochs = itertools.count()
+    pipeline = dict(batch_size=batch_size, shuffle_docs=shuffle_docs,
+                    with_labels=with_labels, parallel_reads=parallel_reads, max_wait=max_wait,
+                    buckets=buckets)
+    if in_process is None:  # spawning costs about a second: small passes run here
+        in_process = str(store.url).startswith("memory://") or plan.num_docs < _PROCESS_MIN_DOCS
+    if not in_process:
+        producer = Producer(store, plan, split, seed=seed, shuffle=shuffle, **pipeline)
+
+    def _batches():
+        epoch = next(epochs)
+        if not in_process:
+            yield from producer.batches(epoch, read_log)
+            return
+        rng = np.random.default_rng([seed, epoch]) if shuffle else None
+        yield from iter_batches(store, plan, split=split, rng=rng, read_log=read_log, **pipeline)
+
+    spec = (tf.TensorSpec([None, None, dim], dtype), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64))
+    # One element per padded batch: Python runs per block and per batch, never per document.
+    ds = tf.data.Dataset.from_generator(_batches, output_signature=spec)
+    if repeat:
+        ds = ds.repeat()
+    elif max_wait is None:
+        # The count is known from the plan: tell tf.data, so Keras shows a full progress bar
+        # from the first epoch and never warns that the input "ran out of data".
+        ds = ds.apply(tf.data.experimental.assert_cardinality(plan.num_batches(batch_size,
+                                                                               buckets)))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    ds = ds.with_options(options)
+
+    def _to_model(x, lengths, labels, seq):
+        features = {"embedded": tf.cast(x, tf.float32), "lengths": lengths}
+        if with_seq:
+            features["seq"] = seq
+        return (features, labels) if with_labels else features
+
+    return ds.map(_to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def dataset(store: Store | str, split: str | None = "train", *, batch_size: int = 32,
+            shuffle: bool | None = None, seed: int = 0, shuffle_docs: int = SHUFFLE_DOCS,
+            length_buckets: bool = True, repeat: bool = False):
+    """A ``tf.data.Dataset`` of one split of a store, ready for ``model.fit``: elements are
+    ``({"embedded": (b, T, dim) float32, "lengths": (b,) int32}, labels (b,) int32)``.
+
+    The same pipeline as ``embcache train``: each batch padded to its length bucket ``T``
+    (``length_buckets=False``: to ``max_len``), blocks reshuffled every epoch and documents mixed
+    in a seeded buffer of ``shuffle_docs`` documents (``shuffle`` defaults to true for
+    ``split="train"`` only), batches made by a spawned producer process for passes of 2,048
+    documents or more (so a script needs the ``if __name__ == "__main__":`` guard). Iterating it
+    again starts the next epoch. Memory: the blocks in flight, the shuffle buffer and the bucket
+    queues (see :mod:`embcache.cache.stream`), never the whole store.
+
+    Args:
+        store: a store path or URL, or a store from :func:`embcache.open_store`.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``None`` (every document).
+        repeat: loop forever (then give ``model.fit`` its ``steps_per_epoch``).
+
+    Raises:
+        StoreError: a missing, incomplete or unlabelled store, or an unknown split.
+    """
+    return make_dataset(store, split=split, batch_size=batch_size,
+                        shuffle=split == "train" if shuffle is None else shuffle, seed=seed,
+                        shuffle_docs=shuffle_docs, buckets=length_buckets, repeat=repeat)

@@ -1,0 +1,99 @@
+"""embcache: embed a text corpus once into a Zarr v3 store; train and score many
+embedding-free Keras models from it.
+
+The public Python API (everything else is private and may change)::
+
+    import embcache
+
+    store = embcache.open_store("news20.zarr")          # metadata: store.meta, store.label_names
+    train_ds = embcache.dataset(store, "train")         # tf.data for your own model.fit
+    embcache.embed_corpus("corpus.csv", "glove.txt.gz", "corpus.zarr")
+    embcache.train("news20.zarr", "cnn", "runs/cnn")    # or "my_pkg.my_models:build_net"
+    scorer = embcache.Scorer(["runs/cnn"], vectors="glove.6B.50d.txt.gz")
+    scorer.classify(["a text", "another text"])          # models loaded once, reused
+
+Models: :mod:`embcache.models` (``register``, ``inputs``). Errors: every problem a user can fix
+raises an :class:`EmbcacheError` subclass with a one-line message.
+
+This package is the ``jobs/api`` folder of the repository (the packaging maps ``cache/``,
+``models/`` and ``jobs/`` to ``embcache.cache``, ``embcache.models`` and ``embcache.jobs``).
+Importing it loads nothing heavy: each name is imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from embcache.cache import __version__
+
+_EXPORTS = {
+    "open_store": "embcache.cache.store",
+    "Store": "embcache.cache.store",
+    "StoreMeta": "embcache.cache.meta",
+    "dataset": "embcache.cache.dataset",
+    "CorpusSpec": "embcache.cache.corpus",
+    "EmbedSettings": "embcache.cache.settings",
+    "SplitSettings": "embcache.cache.meta",
+    "embed_corpus": "embcache.jobs.embed_corpus",
+    "train": "embcache.jobs.train",
+    "TrainConfig": "embcache.jobs.train",
+    "score": "embcache.jobs.score",
+    "Scorer": "embcache.jobs.score",
+    "EmbcacheError": "embcache.cache.errors",
+    "CorpusError": "embcache.cache.errors",
+    "ModelError": "embcache.cache.errors",
+    "StoreError": "embcache.cache.errors",
+    "VectorsError": "embcache.cache.errors",
+}
+
+__all__ = [
+    "__version__",
+    "CorpusError",
+    "CorpusSpec",
+    "EmbcacheError",
+    "EmbedSettings",
+    "ModelError",
+    "Scorer",
+    "SplitSettings",
+    "Store",
+    "StoreError",
+    "StoreMeta",
+    "TrainConfig",
+    "VectorsError",
+    "dataset",
+    "embed_corpus",
+    "open_store",
+    "score",
+    "train",
+]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily (below)
+    from embcache.cache.corpus import CorpusSpec
+    from embcache.cache.dataset import dataset
+    from embcache.cache.errors import (
+        CorpusError,
+        EmbcacheError,
+        ModelError,
+        StoreError,
+        VectorsError,
+    )
+    from embcache.cache.meta import SplitSettings, StoreMeta
+    from embcache.cache.settings import EmbedSettings
+    from embcache.cache.store import Store, open_store
+    from embcache.jobs.embed_corpus import embed_corpus
+    from embcache.jobs.score import Scorer, score
+    from embcache.jobs.train import TrainConfig, train
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'embcache' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

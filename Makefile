@@ -14,12 +14,12 @@ VECTORS  ?= $(DATA_DIR)/glove.6B.50d.txt.gz
 GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
 NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
 
-.PHONY: install embed-corpus info train score test check bench bench-embed bench-train bench-quality bench-score bench-scale data clean
+.PHONY: install store embed-corpus info train score test check bench bench-embed bench-train bench-quality bench-score bench-scale data clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[all,dev]'
 	@touch $@
 
 install: $(BIN)/.installed
@@ -35,21 +35,33 @@ define need_data
 	  exit 1; }; done
 endef
 
-embed-corpus: install
+# $(call embed,OPTIONS): build $(STORE) unless it is complete (--overwrite among OPTIONS rebuilds).
+define embed
 	$(call need_data,$(CORPUS) $(VECTORS))
 	@if $(BIN)/embcache info $(STORE) --json 2>/dev/null | grep -q '"complete": true' \
-	    && ! echo "$(ARGS)" | grep -q -- --overwrite; then \
+	    && ! echo "$(1)" | grep -q -- --overwrite; then \
 	  echo "$(STORE) is already built (rebuild: make embed-corpus ARGS=--overwrite)"; \
 	else \
 	  $(BIN)/embcache embed-corpus --corpus $(CORPUS) --vectors $(VECTORS) --strip-headers \
-	    --out $(STORE) $(ARGS); \
+	    --out $(STORE) $(1); \
 	fi
+endef
+
+embed-corpus: install
+	$(call embed,$(ARGS))
 	$(BIN)/embcache info $(STORE)
+
+# What train, score and the benchmarks need: the store, built if missing. ARGS belong to the
+# target named on the command line (e.g. `make train ARGS=--overwrite` retrains, it does not
+# rebuild the store); EMBED_ARGS are embed-corpus options for a store built on the way.
+EMBED_ARGS ?=
+store: install
+	$(call embed,$(EMBED_ARGS))
 
 info: install
 	$(BIN)/embcache info $(STORE)
 
-train: embed-corpus
+train: store
 	$(BIN)/embcache train --store $(STORE) --model $(MODEL) --out $(RUNS)/$(MODEL) $(ARGS)
 
 # make score: the held-out test split of $(STORE), scored by every model in MODELS (trained first
@@ -61,7 +73,7 @@ MODELS ?= cnn,fasttext
 OUT    ?= predictions.csv
 RUN_DIRS := $(addprefix $(RUNS)/,$(subst $(comma),$(space),$(MODELS)))
 
-$(RUNS)/%/model.json: | embed-corpus
+$(RUNS)/%/model.json: | store
 	$(BIN)/embcache train --store $(STORE) --model $* --out $(RUNS)/$*
 
 score: install $(addsuffix /model.json,$(RUN_DIRS))
@@ -91,13 +103,13 @@ bench-embed: install
 clean:
 	rm -rf $(STORE) $(RUNS) bench-out .pytest_cache
 
-bench-train: embed-corpus
+bench-train: store
 	$(BIN)/python -m embcache.jobs.bench.train --store $(STORE) --vectors $(VECTORS) $(ARGS)
 
-bench-quality: embed-corpus
+bench-quality: store
 	$(BIN)/python -m embcache.jobs.bench.train --store $(STORE) --vectors $(VECTORS) --quality $(ARGS)
 
-bench-score: embed-corpus
+bench-score: store
 	$(BIN)/python -m embcache.jobs.bench.score --store $(STORE) --vectors $(VECTORS) $(ARGS)
 
 bench-scale: install

@@ -86,7 +86,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily (
     from embcache.jobs.train import TrainConfig, train
 
 
+_SUBPACKAGES = ("cache", "jobs", "models")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:  # `import embcache` then `embcache.models.inputs(...)`
+        return importlib.import_module(f"embcache.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'embcache' has no attribute {name!r}")
@@ -96,4 +101,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBPACKAGES))

@@ -1,0 +1,256 @@
+"""The Python API and models from outside embcache: the README's examples run as written (paths
+swapped for tiny data), import-string models train and score through the CLI, plugins and
+``register`` resolve, and a Scorer loads its models once and agrees with ``score``."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import embcache
+from embcache import models
+from embcache.jobs.cli import main
+from tests.conftest import small_store
+
+ROOT = Path(__file__).resolve().parents[1]
+EMBCACHE = str(Path(sys.executable).with_name("embcache"))
+
+
+def readme_example(name: str) -> str:
+    """The fenced code block after ``<!-- example: NAME -->`` in README.md."""
+    text = (ROOT / "README.md").read_text()
+    m = re.search(rf"<!-- example: {name} -->\n```\w*\n(.*?)```", text, re.S)
+    assert m, f"README has no example {name!r}"
+    return m.group(1)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, vectors_file):
+    root = tmp_path_factory.mktemp("api")
+    return small_store(root, vectors_file[0], docs_per_label=20, val_frac=0.25, test_frac=0.25)
+
+
+def split_size(store) -> int:
+    return embcache.open_store(str(store)).meta.totals.split_counts["test"]
+
+
+def one_error_line(output: str) -> str:
+    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), output
+    assert "Traceback" not in output
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_readme_custom_model_trains_and_scores_by_import_string(tmp_path, store):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "my_models.py").write_text(readme_example("my_models"))
+    (proj / "models").mkdir()  # the user's own models/ package must not get in the way
+    (proj / "models" / "__init__.py").write_text("raise ImportError('user models package')\n")
+    r = subprocess.run([EMBCACHE, "train", "--store", str(store), "--model", "my_models:build_net",
+                        "--param", "hidden=16", "--epochs", "2", "-q", "--out", "runs/my_net"],
+                       cwd=proj, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.startswith("Trained my_models:build_net for 2 epochs")
+    import json
+
+    card = json.loads((proj / "runs/my_net/model.json").read_text())
+    assert card["model"] == "my_models:build_net"
+    assert card["hyperparameters"] == {"hidden": 16, "dropout": 0.2}
+    assert card["model_source"] == {"kind": "import", "ref": "my_models:build_net",
+                                    "module": "my_models", "distribution": None, "version": None}
+    out = proj / "p.csv"
+    r = subprocess.run([EMBCACHE, "score", "-q", "--models", "runs/my_net", "--input", str(store),
+                        "--split", "test", "--out", str(out)], cwd=proj, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert rows and set(rows[0]) == {"doc_id", "my_net_label", "my_net_prob"}
+    assert {row["my_net_label"] for row in rows} <= {"a", "b", "c"}
+    # Scored from a folder where the module is not importable: one line naming the module.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = subprocess.run([EMBCACHE, "score", "-q", "--models", str(proj / "runs/my_net"), "--input",
+                        str(store), "--out", str(elsewhere / "p.csv")], cwd=elsewhere,
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    line = one_error_line(r.stdout + r.stderr)
+    assert "Cannot import module 'my_models'" in line and "PYTHONPATH" in line
+    assert not (elsewhere / "p.csv").exists()
+
+
+def test_bad_model_specs_are_one_line(tmp_path, store):
+    cases = [
+        ("no_such_module:build", "Error: Cannot import module 'no_such_module' for model "
+                                 "'no_such_module:build': No module named 'no_such_module'"),
+        ("json:no_such_fn", "Error: Module 'json' has no attribute 'no_such_fn'"),
+        ("json:__doc__", "Error: json:__doc__ is not a function (a model builder)"),
+        ("nope", "Error: Unknown model 'nope'. Known models: bilstm, cnn, fasttext"),
+    ]
+    for spec, message in cases:
+        r = CliRunner().invoke(main, ["train", "--store", str(store), "--model", spec, "-q",
+                                      "--out", str(tmp_path / "r")])
+        assert r.exit_code == 1, r.output
+        assert one_error_line(r.output).startswith(message), r.output
+    assert not (tmp_path / "r").exists()
+
+
+def build_tiny(*, dim, num_classes, padding="pre", hidden=8):
+    import keras
+
+    ins = models.inputs(dim)
+    mask = models.LengthMask(padding)(ins["lengths"], ins["embedded"])
+    x = keras.layers.Dense(hidden, activation="relu")(models.MaskedMean()(ins["embedded"], mask))
+    return keras.Model(ins, keras.layers.Dense(num_classes, activation="softmax")(x))
+
+
+def test_plugins_register_and_functions_resolve(tmp_path, monkeypatch, store):
+    # An installed distribution declaring an entry point (a dist-info folder on the path).
+    site = tmp_path / "site"
+    (site / "tiny_plugin-1.2.3.dist-info").mkdir(parents=True)
+    (site / "tiny_plugin-1.2.3.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: tiny-plugin\nVersion: 1.2.3\n")
+    (site / "tiny_plugin-1.2.3.dist-info" / "entry_points.txt").write_text(
+        "[embcache.models]\ntiny = tiny_plugin.nets:build\n")
+    (site / "tiny_plugin-1.2.3.dist-info" / "top_level.txt").write_text("tiny_plugin\n")
+    (site / "tiny_plugin").mkdir()
+    (site / "tiny_plugin" / "__init__.py").write_text("")
+    (site / "tiny_plugin" / "nets.py").write_text(
+        "import keras\n\nimport embcache.models as m\n\n\n"
+        "def build(*, dim, num_classes, width=4):\n"
+        "    ins = m.inputs(dim)\n"
+        "    x = m.MaskedMean()(ins['embedded'], m.LengthMask()(ins['lengths'], ins['embedded']))\n"
+        "    x = keras.layers.Dense(width)(x)\n"
+        "    return keras.Model(ins, keras.layers.Dense(num_classes, activation='softmax')(x))\n")
+    monkeypatch.syspath_prepend(str(site))
+    assert "tiny" in models.names()
+    source = models.resolve("tiny")
+    assert source.kind == "entry_point" and source.hyperparameters() == {"width": 4}
+    assert source.record() == {"kind": "entry_point", "ref": "tiny", "module": "tiny_plugin.nets",
+                               "distribution": "tiny-plugin", "version": "1.2.3"}
+    model = source.make(max_len=160, dim=8, num_classes=3, width=5)
+    assert model.output_shape == (None, 3)
+    with pytest.raises(embcache.ModelError, match="Model 'tiny' has no hyperparameter 'hidden'; "
+                                                  "it takes: width=4"):
+        source.make(max_len=160, dim=8, num_classes=3, hidden=5)
+    # register(): a name known in this process; a function given directly: its import string.
+    models.register("tiny_registered")(build_tiny)
+    assert models.resolve("tiny_registered").record()["kind"] == "registered"
+    direct = models.resolve(build_tiny)
+    assert (direct.ref, direct.kind) == (f"{build_tiny.__module__}:build_tiny", "import")
+    summary = embcache.train(str(store), build_tiny, str(tmp_path / "runs" / "direct"),
+                             config=embcache.TrainConfig(epochs=1), progress=False)
+    assert summary.model == direct.ref
+    scorer = embcache.Scorer([tmp_path / "runs" / "direct"])
+    assert len(scorer.classify(str(store), split="test")) == split_size(store)
+
+
+def test_model_that_is_not_embedding_free_is_refused(store, tmp_path):
+    def wrong(*, dim, num_classes):
+        import keras
+
+        x = keras.Input((None,), name="ids")
+        return keras.Model(x, keras.layers.Dense(num_classes)(keras.layers.Embedding(10, dim)(x)))
+
+    with pytest.raises(embcache.ModelError, match="has no input named 'embedded'"):
+        embcache.train(str(store), wrong, str(tmp_path / "r"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = embcache.TrainConfig(epochs=1)
+    for name in ("fasttext", "kim_cnn"):
+        embcache.train(str(store), name, str(runs / name), config=cfg, progress=False)
+    return runs
+
+
+def test_scorer_loads_once_and_agrees_with_score(trained, store, vectors_file, tmp_path,
+                                                 monkeypatch):
+    import embcache.jobs.score as score_mod
+
+    loads = []
+    real_load = score_mod.load_run
+    monkeypatch.setattr(score_mod, "load_run", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    scorer = embcache.Scorer([trained / "fasttext", trained / "kim_cnn"],
+                             vectors=str(vectors_file[0]))
+    texts = ["the cat sat on the mat", "Dog ran far away home.", "zzz", "zzz qqq sky star " * 40]
+    first = scorer.classify(texts)
+    second = scorer.classify(texts, top_k=2)
+    assert len(loads) == 2  # one load per model, for both calls
+    assert list(first.columns) == ["doc_id", "fasttext_label", "fasttext_prob", "kim_cnn_label",
+                                   "kim_cnn_prob", "ensemble_label", "ensemble_prob"]
+    assert first["doc_id"].tolist() == [0, 1, 2, 3]
+    assert second["fasttext_label"].tolist() == first["fasttext_label"].tolist()
+    # The same texts through `embcache score` on a raw file (a store embedded on disk).
+    lines = tmp_path / "texts.txt"
+    lines.write_text("\n".join(texts) + "\n")
+    out = tmp_path / "p.csv"
+    embcache.score([str(trained / "fasttext"), str(trained / "kim_cnn")], str(lines), str(out),
+                   vectors_path=str(vectors_file[0]), progress=False)
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    for col in ("fasttext", "kim_cnn", "ensemble"):
+        assert [r[f"{col}_label"] for r in rows] == first[f"{col}_label"].tolist()
+        np.testing.assert_allclose([float(r[f"{col}_prob"]) for r in rows],
+                                   first[f"{col}_prob"], atol=2e-6)
+    assert len(loads) == 4  # score() loaded its own two
+    # A store: the same rows as scoring it into a file.
+    from_store = scorer.classify(str(store), split="test")
+    out2 = tmp_path / "s.csv"
+    scorer.write(embcache.open_store(str(store)), out2, split="test")
+    with open(out2) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["doc_id"] for r in rows] == from_store["doc_id"].tolist()
+    assert [r["kim_cnn_label"] for r in rows] == from_store["kim_cnn_label"].tolist()
+    assert len(loads) == 4
+    empty = scorer.classify([""])  # no tokens: still a row (the models see zeros)
+    assert len(empty) == 1 and empty["fasttext_label"][0] in ("a", "b", "c")
+    with pytest.raises(embcache.EmbcacheError, match="the list holds a int"):
+        scorer.classify(["fine", 3])
+
+
+def test_scorer_needs_vectors_for_text(trained):
+    scorer = embcache.Scorer([trained / "fasttext"], load=False)
+    with pytest.raises(embcache.EmbcacheError, match="Scoring text needs --vectors"):
+        scorer.classify(["a text"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fit", "scorer"])
+def test_readme_python_examples_run(name, store, vectors_file, tmp_path):
+    code = readme_example(name)
+    code = code.replace('"news20.zarr"', repr(str(store)))
+    code = code.replace('"../shared/data/glove.6B.50d.txt.gz"', repr(str(vectors_file[0])))
+    (tmp_path / "example.py").write_text(code)
+    r = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    if name == "fit":
+        assert r.stdout.startswith("60 160 8 ['a', 'b']")
+        assert "val_accuracy" in r.stderr + r.stdout
+    else:
+        assert "Trained fasttext for 2 epochs" in r.stdout
+        assert "fasttext-py_label" in r.stdout and "fasttext-py_prob_2" in r.stdout
+        assert f"{split_size(store)} ['doc_id', 'fasttext-py_label', 'fasttext-py_prob']" in r.stdout
+
+
+def test_public_surface_is_small_and_lazy():
+    r = subprocess.run([sys.executable, "-c", "import sys, embcache; "
+                        "print(sorted(m for m in ('tensorflow', 'keras', 'zarr') if m in sys.modules))"],
+                       capture_output=True, text=True)
+    assert r.stdout.strip() == "[]"  # importing embcache loads nothing heavy
+    assert set(embcache.__all__) == {"__version__", *embcache._EXPORTS}
+    for name in embcache.__all__:
+        assert getattr(embcache, name) is not None
+        if name != "__version__":
+            assert getattr(embcache, name).__doc__, name

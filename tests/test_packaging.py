@@ -1,0 +1,81 @@
+"""One import name: the wheel installs only ``embcache``, jobs run beside a user's own ``models/``
+(and ``cache/``, ``jobs/``) packages, and a job needing a missing extra says which to install."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from embcache.jobs.cli import main
+from tests.conftest import small_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_installs_one_top_level_name(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
+                        "--no-build-isolation", "-q", "-w", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (wheel,) = tmp_path.glob("embcache-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    dist_info = next(t for t in tops if t.endswith(".dist-info"))
+    assert tops == {"embcache", dist_info}
+    top_level = zipfile.ZipFile(wheel).read(f"{dist_info}/top_level.txt").decode().split()
+    assert top_level == ["embcache"]
+    for module in ("embcache/__init__.py", "embcache/cache/store.py", "embcache/models/cnn.py",
+                   "embcache/models/registry.py", "embcache/jobs/cli.py",
+                   "embcache/jobs/bench/train.py"):
+        assert module in names
+    assert not any(n.startswith("embcache/jobs/api/") for n in names)  # the root, not twice
+    entry_points = zipfile.ZipFile(wheel).read(f"{dist_info}/entry_points.txt").decode()
+    assert "embcache = embcache.jobs.cli:main" in entry_points
+
+
+def _shadowing_project(root: Path) -> Path:
+    """A user's project holding packages named as embcache's folders are, each failing loudly."""
+    for name in ("models", "cache", "jobs"):
+        (root / name).mkdir(parents=True)
+        (root / name / "__init__.py").write_text(f"raise ImportError('the user\\'s own {name}')\n")
+    return root
+
+
+def test_jobs_run_beside_a_users_own_models_package(tmp_path, vectors_file):
+    store = small_store(tmp_path, vectors_file[0], docs_per_label=6, val_frac=0.3, test_frac=0.2)
+    proj = _shadowing_project(tmp_path / "proj")
+    # `python -m` puts the current folder first on sys.path: the user's packages come first.
+    r = subprocess.run([sys.executable, "-m", "embcache.jobs.cli", "info", str(store)], cwd=proj,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "18 of up to 160 tokens" in r.stdout
+    r = subprocess.run([sys.executable, "-c", "import embcache.models as m; print(m.names())"],
+                       cwd=proj, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "'cnn'" in r.stdout
+
+
+def test_missing_extras_are_one_line(tmp_path, monkeypatch, folder_corpus, vectors_file):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "s3fs" else real(name, *a))
+    r = CliRunner().invoke(main, ["info", "s3://bucket/news20.zarr"])
+    assert r.exit_code == 1
+    assert r.output.strip() == ("Error: Store s3://bucket/news20.zarr needs the 's3' extra (s3fs "
+                                "is not installed): pip install 'embcache[s3]'")
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    r = CliRunner().invoke(main, ["embed-corpus", "--corpus", str(folder_corpus), "--vectors",
+                                  str(vectors_file[0]), "--out", str(tmp_path / "o.zarr"), "-q",
+                                  "--scheduler", "local:1"])
+    assert r.exit_code == 1
+    assert r.output.strip() == ("Error: --scheduler needs the 'dask' extra (dask.distributed is "
+                                "not installed): pip install 'embcache[dask]'")
+    assert not (tmp_path / "o.zarr").exists()

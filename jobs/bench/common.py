@@ -8,15 +8,18 @@ import sys
 import time
 
 
-def run_measured(argv: list[str], env: dict | None = None) -> tuple[float, float, str]:
+def run_measured(argv: list[str], env: dict | None = None,
+                 echo_stderr: bool = False) -> tuple[float, float, str]:
     """Run ``argv``; return (wall seconds, peak RSS of the whole process tree in MB, stdout).
 
     RSS is sampled every 20 ms over the child and all its descendants (worker processes too).
+    ``echo_stderr``: the child's stderr goes straight to ours (its progress lines).
     """
     import psutil
 
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
+                            stderr=None if echo_stderr else subprocess.PIPE, text=True, env=env)
     ps = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
@@ -29,7 +32,7 @@ def run_measured(argv: list[str], env: dict | None = None) -> tuple[float, float
     wall = time.perf_counter() - t0
     out, err = proc.communicate()
     if proc.returncode != 0:
-        sys.exit(f"benchmark step failed: {' '.join(argv)}\n{err[-2000:]}")
+        sys.exit(f"benchmark step failed: {' '.join(argv)}\n{(err or '')[-2000:]}")
     return wall, peak / 1e6, out
 
 

@@ -8,6 +8,11 @@
 Both run end to end (loading models included) in a child process each, so peak RSS is their own.
 Untrained weights: throughput and file sizes do not depend on them. Disk is reported for both,
 with embedded vectors at the corpus vocabulary and at the full vectors vocabulary.
+
+Warm (one child process, models loaded once, one untimed call each first, then ``--rounds``
+rounds with the ways interleaved): an ``embcache.Scorer`` classifying the test texts and the
+store's test split, against the Keras way's four models predicting from the same texts
+(tokenized and padded to ``max_len`` each call) and from token ids prepared once.
 """
 
 from __future__ import annotations
@@ -50,6 +55,51 @@ def _keras_child(work: Path, store_url: str) -> dict:
             model.predict_on_batch({"ids": ids[start:start + 64],
                                     "lengths": lengths[start:start + 64]})
     return {"docs": len(docs), "seconds": time.perf_counter() - t0}
+
+
+def _warm_child(work: Path, store_url: str, vectors: str, rounds: int) -> dict:
+    """Warm, in one process: each way's models loaded once, then timed calls, interleaved."""
+    from embcache.jobs.train import quiet_tensorflow
+
+    quiet_tensorflow()
+    import keras
+
+    import embcache
+    from embcache.cache.store import open_store
+    from embcache.cache.vectors import open_cached_table
+    from embcache.jobs.bench.keras_way import id_sequences, token_rows
+
+    store = open_store(store_url)
+    texts = [json.loads(line)["text"] for line in (work / "test.jsonl").read_text().splitlines()]
+    index = {int(k): v for k, v in json.loads((work / "word_index.json").read_text()).items()}
+    table = open_cached_table(os.environ["EMBCACHE_BENCH_TABLE"])
+    scorer = embcache.Scorer([work / "runs" / m for m in MODELS], vectors=vectors,
+                             ensemble="mean")
+    loaded = [keras.saving.load_model(work / "keras" / f"{m}.keras", compile=False) for m in MODELS]
+
+    def keras_ids(ids):
+        lengths = np.count_nonzero(ids, axis=1).astype(np.int32)
+        for model in loaded:
+            model.predict({"ids": ids, "lengths": lengths}, batch_size=64, verbose=0)
+
+    def keras_texts():
+        keras_ids(id_sequences(store, token_rows(store, table, texts), index))
+
+    ids = id_sequences(store, token_rows(store, table, texts), index)
+    ways = {"embcache_texts": lambda: scorer.classify(texts),
+            "embcache_store": lambda: scorer.classify(store_url, split="test"),
+            "keras_texts": keras_texts,
+            "keras_ids": lambda: keras_ids(ids)}
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    for r in range(rounds + 1):  # round 0 warms up (traces, caches) and is not counted
+        for name, fn in ways.items():
+            t0 = time.perf_counter()
+            fn()
+            if r:
+                times[name].append(time.perf_counter() - t0)
+        print(f"warm round {r}/{rounds} done" + (" (warm-up)" if not r else ""), file=sys.stderr,
+              flush=True)
+    return {"docs": len(texts), "times": times}
 
 
 def _prepare(work: Path, store_url: str, vectors: str) -> dict:
@@ -109,12 +159,17 @@ def _prepare(work: Path, store_url: str, vectors: str) -> dict:
 @click.command()
 @click.option("--store", "store_url", required=True, help="The 20 Newsgroups store.")
 @click.option("--vectors", required=True)
-@click.option("--repeats", default=3, show_default=True)
+@click.option("--repeats", default=3, show_default=True, help="End-to-end runs of each way.")
+@click.option("--rounds", default=5, show_default=True, help="Warm rounds (after one warm-up).")
 @click.option("--child", "child_dir", default=None, hidden=True)
-def main(store_url, vectors, repeats, child_dir):
+@click.option("--warm-child", "warm_dir", default=None, hidden=True)
+def main(store_url, vectors, repeats, rounds, child_dir, warm_dir):
     """Benchmark scoring four models: one shared embedding pass vs four embedded-vector models."""
     if child_dir:
         click.echo(json.dumps(_keras_child(Path(child_dir), store_url)))
+        return
+    if warm_dir:
+        click.echo(json.dumps(_warm_child(Path(warm_dir), store_url, vectors, rounds)))
         return
     from embcache.jobs.bench.common import median, run_measured, table
 
@@ -123,7 +178,14 @@ def main(store_url, vectors, repeats, child_dir):
         sizes = _prepare(work, store_url, vectors)
         runs = ",".join(str(work / "runs" / m) for m in MODELS)
         emb, ker = [], []
-        for _ in range(repeats):
+        click.echo(f"warm: {rounds} rounds in one process ...", err=True)
+        _wall, warm_rss, out = run_measured([sys.executable, "-m", "embcache.jobs.bench.score",
+                                             "--store", store_url, "--vectors", vectors,
+                                             "--rounds", str(rounds), "--warm-child", str(work)],
+                                            env=dict(os.environ), echo_stderr=True)
+        warm = json.loads(out.strip().splitlines()[-1])
+        for i in range(repeats):
+            click.echo(f"end to end: round {i + 1}/{repeats} ...", err=True)
             wall, rss, _out = run_measured([
                 sys.executable, "-m", "embcache.jobs.cli", "score", "-q", "--models", runs, "--input",
                 # No --label-column: predictions only, no metrics report or plots, as the Keras
@@ -165,6 +227,21 @@ def main(store_url, vectors, repeats, child_dir):
         [f"Keras way: 4 models, full vocabulary ({sizes['full_vocab']:,} words)",
          f"{sizes['keras_full_vocab'] / mb:.1f}",
          f"{sizes['keras_full_vocab'] / sizes['embcache_models']:.1f}x"]]))
+    t = warm["times"]
+    med = {k: median(v) for k, v in t.items()}
+    click.echo("")
+    click.echo(f"warm: {warm['docs']:,} test documents, 4 models loaded once per process, median "
+               f"of {rounds} interleaved rounds after one warm-up (one process: peak RSS "
+               f"{warm_rss:,.0f} MB for both ways' models)")
+    labels = {"embcache_texts": "embcache Scorer, texts (tokenize, look up, 4 models)",
+              "embcache_store": "embcache Scorer, the store's test split (already embedded)",
+              "keras_texts": "Keras way, texts (tokenize, ids padded to max_len, 4 models)",
+              "keras_ids": "Keras way, token ids prepared once (4 models)"}
+    click.echo(table(["way", "s per call", "range s", "docs/s", "vs Keras way (texts)",
+                      "vs Keras way (ids)"],
+                     [[labels[k], f"{med[k]:.2f}", f"{min(t[k]):.2f}-{max(t[k]):.2f}",
+                       f"{warm['docs'] / med[k]:,.0f}", f"{med['keras_texts'] / med[k]:.2f}x",
+                       f"{med['keras_ids'] / med[k]:.2f}x"] for k in labels]))
 
 
 if __name__ == "__main__":

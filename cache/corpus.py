@@ -290,7 +290,9 @@ def _open_lines(path: Path) -> Iterator[str]:
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            for raw in f:
+            for n, raw in enumerate(f):
+                if n == 0 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM (Excel, Windows)
+                    raw = raw[3:]
                 yield decode_text(raw)
     except (OSError, EOFError, zlib.error) as e:
         raise CorpusError(f"Cannot read {path}: {e}") from None
@@ -352,10 +354,30 @@ def _iter_jsonl(spec: CorpusSpec) -> Iterator[Document]:
         for f in (*fields, spec.label_column, spec.id_column):
             if f is not None and f not in obj:
                 raise CorpusError(f"{spec.path}, line {line_no}: field {f!r} is missing")
-        text = " ".join(str(obj[f]) for f in fields)
-        label = str(obj[spec.label_column]) if spec.label_column is not None else None
-        doc_id = str(obj[spec.id_column]) if spec.id_column is not None else str(line_no)
+        where = f"{spec.path}, line {line_no}"
+        text = " ".join(_json_value(obj, f, where, (str,), "text") for f in fields)
+        label = (_json_value(obj, spec.label_column, where, (str, int), "label")
+                 if spec.label_column is not None else None)
+        doc_id = (_json_value(obj, spec.id_column, where, (str, int), "id")
+                  if spec.id_column is not None else str(line_no))
         yield Document(doc_id, text, label)
+
+
+_JSON_TYPES = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+               list: "a list", dict: "an object", str: "a string"}
+
+
+def _json_value(obj: dict, field: str, where: str, kinds: tuple[type, ...], what: str) -> str:
+    """A JSON field as text; a value of another kind (``null``, a list ...) is an error naming
+    the line and field, never the text of Python's ``str()`` of it."""
+    value = obj[field]
+    if isinstance(value, kinds) and not isinstance(value, bool):
+        return str(value)
+    allowed = " or ".join(_JSON_TYPES[k] for k in kinds)
+    got = _JSON_TYPES.get(type(value), "a value")
+    if value is not None:
+        got += f" ({json.dumps(value)[:40]})"
+    raise CorpusError(f"{where}: field {field!r} ({what}) is {got}; expected {allowed}")
 
 
 def _iter_lines(spec: CorpusSpec) -> Iterator[Document]:

@@ -18,6 +18,7 @@ producer's pipeline (see :mod:`embcache.cache.stream`) plus ``queue_batches`` sl
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import weakref
 
@@ -28,6 +29,17 @@ from embcache.cache.store import open_store
 from embcache.cache.stream import StreamPlan, iter_batches
 
 _END, _ERROR = "end", "error"
+
+
+def _quiet_resource_tracker() -> None:
+    """Python's resource tracker unlinks the slots if this process is killed (``kill -9``), and
+    then warns "leaked shared_memory objects" to the terminal: the cleanup is what we want, the
+    warning is noise. The tracker starts on the first shared-memory block and inherits the
+    environment: filter its warning there."""
+    rule = "ignore::UserWarning:multiprocessing.resource_tracker"
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if rule not in current:
+        os.environ["PYTHONWARNINGS"] = f"{current},{rule}" if current else rule
 
 
 class Slots:
@@ -41,6 +53,7 @@ class Slots:
         self.count, self.x_bytes, self.rows = count, x_bytes, rows
         self.slot_bytes = x_bytes + rows * (4 + 4 + 8)
         if name is None:
+            _quiet_resource_tracker()
             self.shm = shared_memory.SharedMemory(create=True, size=count * self.slot_bytes)
         else:  # the creating process owns it and unlinks it
             self.shm = shared_memory.SharedMemory(name=name)

@@ -343,6 +343,12 @@ def _parse_text(stream: BinaryIO, name: str, fmt: str) -> Iterator[tuple[list[st
             if dim < 1:
                 raise VectorsError(f"{name}, line {line_no + 1}: no vector values found")
         words, vectors = _parse_block(block, dim, name, line_no)
+        bad = _first_nonfinite(vectors)
+        if bad is not None:
+            lines = [i for i, ln in enumerate(block.split(b"\n")[:-1]) if ln.strip()]
+            raise VectorsError(f"{name}, line {line_no + lines[bad] + 1}: the vector of "
+                               f"{words[bad]!r} holds nan or inf (or a value beyond float32); "
+                               "every value must be a finite number")
         seen += len(words)
         line_no += block.count(b"\n")
         yield words, vectors
@@ -394,6 +400,12 @@ def _parse_block_exact(block: bytes, dim: int, name: str, line_no: int):
     return words, np.asarray(rows, dtype=np.float32).reshape(len(rows), dim)
 
 
+def _first_nonfinite(vectors: np.ndarray) -> int | None:
+    """The first row holding nan or inf (a value beyond float32 parses as inf), or ``None``."""
+    finite = np.isfinite(vectors).all(axis=1)
+    return None if finite.all() else int(np.argmin(finite))
+
+
 def _is_float(x: bytes) -> bool:
     try:
         float(x)
@@ -429,6 +441,9 @@ def _parse_binary(stream: BinaryIO, name: str) -> Iterator[tuple[list[str], np.n
             if len(raw) != nbytes:
                 raise VectorsError(f"{name}: file ends inside vector {start + i + 1} of {count}")
             vectors[i] = np.frombuffer(raw, dtype="<f4")
+            if not np.isfinite(vectors[i]).all():
+                raise VectorsError(f"{name}: vector {start + i + 1} of {count} holds nan or inf; "
+                                   "every value must be a finite number")
             word = b"".join(chars)
             try:
                 words.append(word.decode("utf-8"))

@@ -21,21 +21,62 @@ from embcache.jobs.train import TrainConfig
 _EMBED, _SPLIT, _TRAIN, _SCORE = EmbedSettings(), SplitSettings(), TrainConfig(), ScoreConfig()
 
 
-def _friendly(fn):
-    """Turn library errors into one ``Error: ...`` line and exit code 1 (never a traceback)."""
+_REMOTE_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "gcsfs", "adlfs")
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except EmbcacheError as e:
-            raise click.ClickException(str(e)) from None
-        except KeyboardInterrupt:
-            click.echo("Interrupted: the output is incomplete; rerun the command to resume.",
-                       err=True)
-            sys.exit(130)
 
-    return wrapper
+def _quiet_shutdown() -> None:
+    """After the one ``Error:`` line, nothing more: async resources that zarr/fsspec/aiobotocore
+    abandoned mid-request ("Exception ignored in: <coroutine ...>", "Task was destroyed but it
+    is pending") would otherwise print pages at interpreter shutdown."""
+    import logging
+
+    sys.unraisablehook = lambda _unraisable: None
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
+def _os_error_line(e: OSError) -> str:
+    """``[Errno 27] File too large: 'x'`` -> one line naming the path and what to do."""
+    import errno
+
+    path = e.filename if e.filename is not None else ""
+    what = e.strerror or type(e).__name__
+    hint = {errno.ENOSPC: "free some space", errno.EFBIG: "free space or raise the file-size limit",
+            errno.EDQUOT: "free space within your quota", errno.EROFS: "write somewhere writable",
+            errno.EACCES: "check its permissions", errno.EPERM: "check its permissions"}
+    fix = hint.get(e.errno, "fix it")
+    return f"{what}{f': {path}' if path else ''} ({fix} and rerun the command)"
+
+
+def _friendly(interrupted: str):
+    """Decorator: library errors, OS errors (disk full, permissions, read-only file systems),
+    object-storage failures and Ctrl-C become one ``Error: ...`` line and a non-zero exit
+    (1; 130 for an interrupt), never a traceback. ``interrupted`` says what an interrupt left."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except EmbcacheError as e:
+                _quiet_shutdown()
+                raise click.ClickException(str(e)) from None
+            except OSError as e:
+                _quiet_shutdown()
+                raise click.ClickException(_os_error_line(e)) from None
+            except KeyboardInterrupt:
+                _quiet_shutdown()
+                click.echo(f"Error: Interrupted: {interrupted}", err=True)
+                sys.exit(130)
+            except Exception as e:  # noqa: BLE001 - object-storage clients' own exceptions
+                if not type(e).__module__.startswith(_REMOTE_MODULES):
+                    raise  # a bug: keep its traceback
+                _quiet_shutdown()
+                raise click.ClickException(f"Object storage failed: {type(e).__name__}: "
+                                           f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+        return wrapper
+
+    return deco
 
 
 def _importable_cwd() -> None:
@@ -117,7 +158,8 @@ def main() -> None:
               type=click.Path(file_okay=False),
               help="Where parsed vectors are cached [default: ~/.cache/embcache].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@_friendly
+@_friendly("the store is incomplete (marked so); rerun the same command to resume it from "
+           "its last completed block")
 def embed_corpus_cmd(corpus_path, vectors_path, out, corpus_format, text_columns, label_column,
                      id_column, header, label_names_file, strip_headers, vectors_member,
                      vectors_format, max_len, padding, truncating, oov, dtype, val_frac, test_frac,
@@ -150,7 +192,7 @@ def embed_corpus_cmd(corpus_path, vectors_path, out, corpus_format, text_columns
 @main.command("info")
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the attributes as JSON.")
-@_friendly
+@_friendly("nothing was changed")
 def info_cmd(store, as_json):
     """Describe a store: its shape, vectors, tokenizer, labels and state.
 
@@ -201,7 +243,8 @@ def info_cmd(store, as_json):
 @click.option("--overwrite", is_flag=True, help="Replace a run folder that holds a trained model.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own logs.")
-@_friendly
+@_friendly("training stopped and the run folder is as it was before; training does not "
+           "resume: rerun the command to train again from the start")
 def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patience, seed,
               shuffle_docs, steps_per_execution, length_buckets, strategy, params, overwrite,
               quiet, verbose):
@@ -254,7 +297,8 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
               help="Where parsed vectors are cached [default: ~/.cache/embcache].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own logs.")
-@_friendly
+@_friendly("no predictions were written (an earlier predictions file is unchanged); rerun "
+           "the command to score again")
 def score_cmd(model_dirs, input_path, out, vectors_path, split, top_k, batch_size, ensemble,
               keep_store, metrics_dir, corpus_format, text_columns, label_column, id_column, header,
               label_names_file, cache_dir, quiet, verbose):

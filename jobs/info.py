@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from embcache.cache.store import bytes_on_disk, open_store, read_chunk_stats
+from embcache.jobs.locks import reading
 
 
 def describe_store(url: str) -> dict[str, Any]:
     """All attributes of a store (complete or not) plus its size on disk and chunk progress."""
-    store = open_store(url, require_complete=False)
-    info = store.meta.to_attrs()
+    with reading(url, while_written=True):
+        store = open_store(url, require_complete=False)
+        info = store.meta.to_attrs()
+        stats = read_chunk_stats(store.group)
     info["num_chunks"] = store.meta.num_chunks
-    stats = read_chunk_stats(store.group)
     info["chunks_written"] = int((stats[:, 0] >= 0).sum())
     info["bytes_on_disk"] = bytes_on_disk(url)
     info["store"] = str(url)

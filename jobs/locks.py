@@ -1,21 +1,29 @@
-"""One writer at a time: an exclusive advisory lock (``flock``) beside what a job writes.
+"""Writers and readers of a store or run folder coordinate through an advisory lock (``flock``)
+on ``.<name>.lock`` beside it.
 
-A second ``embed-corpus`` into the same store, or a second ``train`` into the same run folder,
-fails at once with one line instead of interleaving its writes with the first one's. The lock
-file stays (empty files named ``.<name>.lock``); the lock itself goes with the process that held
-it, so a killed job never leaves a stale lock. Object-storage stores are not locked (no shared
-file system to lock on).
+- A writer (``embed-corpus``, ``train`` into its run folder) holds it exclusively: a second
+  writer, or a writer while a job is reading the store, fails at once with one line, instead of
+  interleaving writes or replacing a store under a reader.
+- A reader (``train`` and ``score`` streaming a store, ``info``) holds it shared for as long as
+  it reads, and leaves a record ``.<name>.lock.reader-<pid>`` (its command) beside it so a
+  refused writer can say who is reading; a reader that finds a writer at work is refused too.
+
+The lock file stays; the lock itself goes with the process that held it, so a killed job never
+leaves a stale lock (a killed reader's record is ignored once its process is gone). Object-storage
+stores are not locked: there is no shared file system to lock on (see the README).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from embcache.cache.errors import EmbcacheError
+from embcache.cache.errors import EmbcacheError, StoreError
 
 
 def lock_path(target: str | os.PathLike) -> Path:
@@ -42,8 +50,93 @@ def exclusive(target: str | os.PathLike, what: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            readers = _live_readers(path)
+            if readers:
+                pid, command = readers[0]
+                more = f" and {len(readers) - 1} more" if len(readers) > 1 else ""
+                raise EmbcacheError(f"{what} is being read by another process right now (pid "
+                                    f"{pid}: {command}{more}); wait for it to finish, or write "
+                                    "elsewhere") from None
             raise EmbcacheError(f"{what} is being written by another process right now (it holds "
                                 f"{path}); wait for it to finish, or write elsewhere") from None
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _record(path: Path, pid: int) -> Path:
+    return path.with_name(f"{path.name}.reader-{pid}")
+
+
+def _live_readers(path: Path) -> list[tuple[int, str]]:
+    """(pid, command) of the processes whose reader records are beside ``path`` and still run."""
+    out = []
+    for rec in sorted(path.parent.glob(f"{path.name}.reader-*")):
+        pid = rec.name.rpartition("-")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            pass
+        try:
+            command = json.loads(rec.read_text()).get("command", "?")
+        except (OSError, ValueError):
+            command = "?"
+        out.append((int(pid), command))
+    return out
+
+
+@contextlib.contextmanager
+def reading(store_url: str, *, while_written: bool = False) -> Iterator[None]:
+    """Hold a store's lock shared while a job reads it (object storage: no lock).
+
+    ``while_written``: a writer at work is no error, the caller reads without the lock (``info``
+    shows an embed-corpus run's progress this way).
+
+    A store in a folder this process cannot write to (a read-only share) is read without the
+    lock: nobody can replace it from here either.
+
+    Raises:
+        StoreError: a writer holds the lock (the store is being written or replaced).
+    """
+    url = str(store_url)
+    if "://" in url and not url.startswith("file://"):
+        yield
+        return
+    target = Path(url.removeprefix("file://"))
+    path = lock_path(target)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    record = _record(path, os.getpid())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not while_written:
+                raise StoreError(f"Store {url} is being written by another process right now; "
+                                 "wait for it to finish") from None
+            record = None
+            yield
+            return
+        try:
+            record.write_text(json.dumps({"pid": os.getpid(),
+                                          "command": " ".join(_command())}))
+        except OSError:
+            record = None
+        yield
+    finally:
+        if record is not None:
+            with contextlib.suppress(OSError):
+                record.unlink()
+        os.close(fd)
+
+
+def _command() -> list[str]:
+    args = [os.path.basename(sys.argv[0])] + sys.argv[1:] if sys.argv and sys.argv[0] else ["python"]
+    return [a if len(a) < 80 else a[:77] + "..." for a in args][:12]

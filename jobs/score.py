@@ -26,6 +26,7 @@ from embcache.cache.corpus import CorpusSpec
 from embcache.cache.errors import EmbcacheError, ModelError, StoreError
 from embcache.cache.meta import StoreMeta
 from embcache.cache.store import Store, open_store, store_state
+from embcache.jobs.locks import reading
 from embcache.jobs.metrics import Confusion, write_metrics
 from embcache.jobs.outputs import open_writer, output_format
 from embcache.jobs.runs import Run, load_run, read_card
@@ -361,7 +362,8 @@ class Scorer:
         rows = InputOrder(self.columns(top_k)[1:])
         bar = tqdm(total=plan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
                    desc="score", dynamic_ncols=True)
-        try:
+        # The store is not replaced while it is streamed (see jobs.locks).
+        with reading(str(store.url)), contextlib.closing(bar):
             for batch in ds:
                 features, labels = batch if labelled else (batch, None)
                 seq = features.pop("seq").numpy()
@@ -375,8 +377,6 @@ class Scorer:
                 if n:
                     yield [next(ids_iter) for _ in range(n)], ready
                 bar.update(len(seq))
-        finally:
-            bar.close()
         if rows.waiting:
             raise StoreError(f"Store {store.url}: {rows.waiting} documents were not scored")
 

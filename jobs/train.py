@@ -23,7 +23,7 @@ from embcache.cache.dataset import make_dataset
 from embcache.cache.errors import EmbcacheError, StoreError
 from embcache.cache.store import open_store
 from embcache.cache.stream import SHUFFLE_DOCS, plan_split
-from embcache.jobs.locks import exclusive
+from embcache.jobs.locks import exclusive, reading
 from embcache.jobs.multiworker import STRATEGIES, MultiWorker
 from embcache.jobs.runs import CARD_FILE, MODEL_FILE, store_card_fields, write_card
 
@@ -129,8 +129,15 @@ def train(store_url: str, model: str | Callable, out_dir: str | None = None, *,
     if not overwrite and ((final / CARD_FILE).exists() or (final / MODEL_FILE).exists()):
         raise EmbcacheError(f"Run folder {final} already holds a trained model; pass --overwrite "
                             "to replace it, or choose another --out")
-    if config.strategy != "default":  # every worker runs this; worker 0 writes the folder
-        return _train(store_url, source, final, config, hparams, progress)
+    # The store is read for the whole run: an embed-corpus --overwrite of it is refused meanwhile.
+    with reading(store_url):
+        if config.strategy != "default":  # every worker runs this; worker 0 writes the folder
+            return _train(store_url, source, final, config, hparams, progress)
+        return _train_and_publish(store_url, source, final, config, hparams, progress)
+
+
+def _train_and_publish(store_url: str, source, final: Path, config: TrainConfig,
+                       hparams: dict | None, progress: bool) -> TrainSummary:
     with exclusive(final, f"Run folder {final}"):
         stage = final.parent / f".{final.name}.partial"
         shutil.rmtree(stage, ignore_errors=True)  # left by a killed run
@@ -160,6 +167,9 @@ def _train(store_url: str, source, out: Path, config: TrainConfig, hparams: dict
     # A multi-worker strategy must exist before any other TensorFlow op (it reads TF_CONFIG).
     cluster = MultiWorker.start() if config.strategy == "multi-worker" else None
     store = open_store(store_url, require_complete=True, require_labels=True)
+    if len(store.label_names) < 2:
+        raise StoreError(f"Store {store_url} has a single class ({store.label_names[0]!r}): a "
+                         "classifier needs at least two; embed a corpus with two or more labels")
     hp = {**source.hyperparameters(), **(hparams or {})}
     plans = {s: plan_split(store, s) for s in ("train", "val", "test")}
     for s in ("train", "val"):

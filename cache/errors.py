@@ -23,3 +23,33 @@ class StoreError(EmbcacheError):
 
 class ModelError(EmbcacheError):
     """A model name, run folder or model card is wrong."""
+
+
+def os_error_line(e: OSError, where: str | None = None) -> str:
+    """``[Errno 27] File too large`` -> one line naming the file (or ``where``: what was being
+    written when the error has no file name) and what to do."""
+    import errno
+
+    path = e.filename if e.filename is not None else where
+    what = e.strerror or str(e) or type(e).__name__
+    hint = {errno.ENOSPC: "free some space", errno.EFBIG: "free space or raise the file-size limit",
+            errno.EDQUOT: "free space within your quota", errno.EROFS: "write somewhere writable",
+            errno.EACCES: "check its permissions", errno.EPERM: "check its permissions"}
+    fix = hint.get(e.errno, "fix it")
+    return f"{what}{f': {path}' if path else ''} ({fix} and rerun the command)"
+
+
+class writing:  # noqa: N801 - used as a context manager, like contextlib's
+    """``with writing("store news20.zarr"):`` turns an ``OSError`` (disk full, read-only file
+    system, permissions) into an :class:`EmbcacheError` naming what was being written."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if isinstance(value, OSError) and not isinstance(value, EmbcacheError):
+            raise EmbcacheError(os_error_line(value, self.where)) from None
+        return False

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from embcache.cache.errors import EmbcacheError
+from embcache.cache.errors import EmbcacheError, os_error_line
 from embcache.cache.meta import SplitSettings
 from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
 from embcache.jobs.multiworker import STRATEGIES
@@ -34,19 +34,6 @@ def _quiet_shutdown() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
-def _os_error_line(e: OSError) -> str:
-    """``[Errno 27] File too large: 'x'`` -> one line naming the path and what to do."""
-    import errno
-
-    path = e.filename if e.filename is not None else ""
-    what = e.strerror or type(e).__name__
-    hint = {errno.ENOSPC: "free some space", errno.EFBIG: "free space or raise the file-size limit",
-            errno.EDQUOT: "free space within your quota", errno.EROFS: "write somewhere writable",
-            errno.EACCES: "check its permissions", errno.EPERM: "check its permissions"}
-    fix = hint.get(e.errno, "fix it")
-    return f"{what}{f': {path}' if path else ''} ({fix} and rerun the command)"
-
-
 def _friendly(interrupted: str):
     """Decorator: library errors, OS errors (disk full, permissions, read-only file systems),
     object-storage failures and Ctrl-C become one ``Error: ...`` line and a non-zero exit
@@ -62,7 +49,7 @@ def _friendly(interrupted: str):
                 raise click.ClickException(str(e)) from None
             except OSError as e:
                 _quiet_shutdown()
-                raise click.ClickException(_os_error_line(e)) from None
+                raise click.ClickException(os_error_line(e)) from None
             except KeyboardInterrupt:
                 _quiet_shutdown()
                 click.echo(f"Error: Interrupted: {interrupted}", err=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from embcache.cache.corpus import CorpusSpec, Document, iter_documents, label_mapper, scan_corpus
 from embcache.cache.embed import BlockWriter, oov_vector
-from embcache.cache.errors import CorpusError, EmbcacheError, StoreError
+from embcache.cache.errors import CorpusError, EmbcacheError, StoreError, writing
 from embcache.cache.meta import SplitSettings, VectorsInfo
 from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
 from embcache.cache.store import (
@@ -164,9 +164,10 @@ def embed_corpus(
         meta = new_meta(settings=settings, vectors=VectorsInfo(**table.describe()), split=split,
                         corpus=_corpus_identity(corpus), label_names=scan.label_names,
                         num_docs=scan.num_docs, chunk_docs=chunk_docs)
-        store = StoreWriter.open(out, meta, overwrite=overwrite)
-        _write_blocks(corpus, store, scan, table, oov, pool, progress)
-        final = store.finish(time.perf_counter() - t0)
+        with writing(f"store {out}"):  # disk full, read-only: one line; the rerun resumes
+            store = StoreWriter.open(out, meta, overwrite=overwrite)
+            _write_blocks(corpus, store, scan, table, oov, pool, progress)
+            final = store.finish(time.perf_counter() - t0)
         totals = final.totals
         return EmbedSummary(store=out, docs=final.num_docs, tokens=totals.num_tokens,
                             oov_tokens=totals.oov_tokens, bytes_on_disk=bytes_on_disk(out),

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from embcache.cache.corpus import CorpusSpec
-from embcache.cache.errors import EmbcacheError, ModelError, StoreError
+from embcache.cache.errors import EmbcacheError, ModelError, StoreError, writing
 from embcache.cache.meta import StoreMeta
 from embcache.cache.store import Store, open_store, store_state
 from embcache.jobs.locks import reading
@@ -394,7 +394,8 @@ class Scorer:
         tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
         docs = 0
         try:
-            with open_writer(tmp, fmt, self.columns(top_k)) as writer, \
+            with writing(f"predictions {out_path}"), \
+                    open_writer(tmp, fmt, self.columns(top_k)) as writer, \
                     contextlib.redirect_stdout(sys.stderr):
                 for ids, cols in self._rows(store, split, top_k, confusions=confusions,
                                             progress=progress):

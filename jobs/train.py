@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from embcache.cache.dataset import make_dataset
-from embcache.cache.errors import EmbcacheError, StoreError
+from embcache.cache.errors import EmbcacheError, StoreError, writing
 from embcache.cache.store import open_store
 from embcache.cache.stream import SHUFFLE_DOCS, plan_split
 from embcache.jobs.locks import exclusive, reading
@@ -138,7 +138,7 @@ def train(store_url: str, model: str | Callable, out_dir: str | None = None, *,
 
 def _train_and_publish(store_url: str, source, final: Path, config: TrainConfig,
                        hparams: dict | None, progress: bool) -> TrainSummary:
-    with exclusive(final, f"Run folder {final}"):
+    with exclusive(final, f"Run folder {final}"), writing(f"run folder {final}"):
         stage = final.parent / f".{final.name}.partial"
         shutil.rmtree(stage, ignore_errors=True)  # left by a killed run
         summary = _train(store_url, source, stage, config, hparams, progress)

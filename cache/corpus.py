@@ -253,8 +253,12 @@ def _iter_tar(spec: CorpusSpec, with_text: bool) -> Iterator[Document]:
     parents: set[str] = set()
     seen: list[tuple[str, str | None]] = []
     try:
-        # Streaming mode ("r|*"): members are read in archive order and never all held at once.
-        with tarfile.open(path, mode="r|*") as tf:
+        # Streaming mode: members are read in archive order and never all held at once. A .gz is
+        # decompressed by the gzip module, which raises on a truncated stream; tarfile's own
+        # stream reader can take a cut at a member boundary for the end of the archive.
+        gz = path.name.endswith((".gz", ".tgz"))
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as raw, \
+                tarfile.open(fileobj=raw, mode="r|" if gz else "r|*") as tf:
             for member in tf:
                 name = member.name.lstrip("./")
                 if member.isdir():
@@ -272,6 +276,8 @@ def _iter_tar(spec: CorpusSpec, with_text: bool) -> Iterator[Document]:
                 f = tf.extractfile(member)
                 data = f.read() if f is not None else b""
                 yield Document(name, decode_text(data), label)
+            while raw.read(1 << 20):  # to the end of the stream: a truncated .gz raises here
+                pass
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
         raise CorpusError(f"Cannot read archive {spec.path}: {e or type(e).__name__}") from None
     if not with_text:

@@ -104,3 +104,25 @@ def test_spec_round_trips_through_its_dict(tmp_path):
                       header=False, strip_headers=True)
     back = CorpusSpec.from_dict({**spec.to_dict(), "size": 123})  # extra store keys are ignored
     assert back == CorpusSpec(**{**spec.__dict__, "format": "csv"})
+
+
+def test_a_tar_gz_cut_anywhere_is_an_error(tmp_path):
+    """tarfile's stream reader takes a cut at a member boundary for the end of the archive: the
+    gzip stream is read to its end, so no cut passes for a smaller corpus."""
+    import tarfile
+
+    from embcache.cache.corpus import CorpusSpec, iter_documents
+    from embcache.cache.errors import CorpusError
+    from tests.conftest import make_folder_corpus
+
+    make_folder_corpus(tmp_path / "corpus", docs_per_label=12)
+    with tarfile.open(tmp_path / "c.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "corpus", arcname="corpus")
+    data = (tmp_path / "c.tar.gz").read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    for n in range(20, len(data), 5):
+        cut.write_bytes(data[:n])
+        with pytest.raises(CorpusError, match="Cannot read archive"):
+            sum(1 for _ in iter_documents(CorpusSpec(str(cut))))
+    cut.write_bytes(data)
+    assert sum(1 for _ in iter_documents(CorpusSpec(str(cut)))) == 24

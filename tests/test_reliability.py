@@ -148,7 +148,9 @@ def test_interrupted_train_says_it_does_not_resume(tmp_path, store):
     proc = subprocess.Popen([*CLI, "train", "--store", str(store), "--model", "fasttext", "--out",
                              str(out), "-q", "--epochs", "200", "--patience", "200"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert wait_for(lambda: (tmp_path / ".run.partial" / "history.csv").exists(), proc)
+    history = tmp_path / ".run.partial" / "history.csv"
+    # Interrupted mid-training, after its first epoch: CSVLogger creates the file at the start.
+    assert wait_for(lambda: history.exists() and len(history.read_text().splitlines()) >= 3, proc)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130

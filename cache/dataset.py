@@ -40,7 +40,7 @@ def make_dataset(
 ):
     """A ``tf.data.Dataset`` of ``({"embedded": (b, T, dim) float32, "lengths": (b,)}, labels)``.
 
-    ``T`` is the batch's length bucket (see the module docstring; ``buckets=False``: ``max_len``
+    ``T`` is the batch's length bucket (see :mod:`embcache.cache.stream`; ``buckets=False``: ``max_len``
     for every batch, for comparison). Shuffling is two-level and
     seeded: chunk order is reshuffled every epoch, then documents mix in a buffer of
     ``shuffle_docs`` (``ShuffleBuffer``). Without ``shuffle`` documents enter in store order;

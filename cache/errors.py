@@ -4,6 +4,11 @@ The CLI prints any :class:`EmbcacheError` as a single ``Error: ...`` line with e
 else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
 
 class EmbcacheError(Exception):
     """Base class: a problem with the user's input, files or settings."""
@@ -39,17 +44,11 @@ def os_error_line(e: OSError, where: str | None = None) -> str:
     return f"{what}{f': {path}' if path else ''} ({fix} and rerun the command)"
 
 
-class writing:  # noqa: N801 - used as a context manager, like contextlib's
+@contextlib.contextmanager
+def writing(where: str) -> Iterator[None]:
     """``with writing("store news20.zarr"):`` turns an ``OSError`` (disk full, read-only file
     system, permissions) into an :class:`EmbcacheError` naming what was being written."""
-
-    def __init__(self, where: str):
-        self.where = where
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, value, tb):
-        if isinstance(value, OSError) and not isinstance(value, EmbcacheError):
-            raise EmbcacheError(os_error_line(value, self.where)) from None
-        return False
+    try:
+        yield
+    except OSError as e:
+        raise EmbcacheError(os_error_line(e, where)) from None

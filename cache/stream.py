@@ -1,4 +1,5 @@
-"""Stream a ragged store into ``tf.data``: chunk-aligned reads, seeded shuffling, length buckets.
+"""Stream a ragged store as padded NumPy batches: chunk-aligned reads, seeded shuffling, length
+buckets (:mod:`embcache.cache.dataset` turns them into ``tf.data``; this module needs no TensorFlow).
 
 A batch is padded to its length bucket (:func:`bucket_lengths`: a fixed grid of lengths, a
 quarter octave apart, capped at the store's ``max_len``), not to ``max_len``: every document

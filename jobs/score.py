@@ -202,7 +202,7 @@ class Scorer:
         import pandas as pd
 
         _check_top_k(top_k)
-        if isinstance(data, str) or isinstance(data, Path) or isinstance(data, Store):
+        if isinstance(data, (str, os.PathLike, Store)):
             rows = []
             with self._as_store(data, split) as store:
                 for ids, cols in self._rows(store, split, top_k, progress=progress):
@@ -220,9 +220,11 @@ class Scorer:
 
     # -- inputs ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _as_store(self, data, split: str | None):
-        """A complete, compatible store for ``data``: itself, or raw input embedded into a
-        temporary store (removed afterwards)."""
+    def _as_store(self, data, split: str | None, *, corpus: CorpusSpec | None = None,
+                  keep_store: str | None = None, progress: bool = False):
+        """A complete, compatible store for ``data``: itself, or raw input (read as ``corpus``
+        says) embedded into ``keep_store`` or a temporary store, removed afterwards. The one
+        embedding pass overlaps with loading the models."""
         if isinstance(data, Store):
             self._check_store(data)
             yield data
@@ -236,11 +238,21 @@ class Scorer:
         if split is not None:
             raise EmbcacheError(f"--split {split} applies to a store; {path} is raw input, "
                                 "which has no splits")
-        tmp_dir = tempfile.mkdtemp(prefix="embcache-score-")
+        self._require_vectors(f"raw documents ({path})")
+        tmp_dir = None
+        if keep_store is None:
+            tmp_dir = tempfile.mkdtemp(prefix="embcache-score-")
+            keep_store = os.path.join(tmp_dir, "score.zarr")
         try:
-            yield self.embed_input(CorpusSpec(path), os.path.join(tmp_dir, "score.zarr"))
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                embedding = pool.submit(self.embed_input, corpus or CorpusSpec(path), keep_store,
+                                        progress)
+                self.load()  # on failure, the pool waits for the embedding
+                store = embedding.result()
+            yield store
         finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+            if tmp_dir:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
 
     def _check_store(self, store) -> None:
         diff = self.meta.contract_differences(store.meta)
@@ -294,7 +306,7 @@ class Scorer:
             self._embedder = BlockEmbedder(table, self.meta.settings,
                                            oov_vector(table, self.meta.settings))
         meta = self.meta
-        out: dict[str, list] = {c: [None] * len(texts) for c in self.columns(top_k)[1:]}
+        out = {c: np.empty(len(texts), dtype=object) for c in self.columns(top_k)[1:]}
         for start in range(0, len(texts), _TEXT_PIECE):
             piece = texts[start:start + _TEXT_PIECE]
             if meta.strip_headers:  # as the corpus readers do for the training corpus
@@ -312,10 +324,8 @@ class Scorer:
             for x, lengths, _labels, seq in batches:
                 cols, _probs = self._predict_batch({"embedded": x, "lengths": lengths}, top_k)
                 for c, values in cols.items():
-                    column = out[c]
-                    for j, s in enumerate(seq.tolist()):
-                        column[start + s] = values[j]
-        return out
+                    out[c][start + seq] = values
+        return {c: v.tolist() for c, v in out.items()}
 
     def _predict_batch(self, features, top_k: int) -> tuple[dict[str, list], dict[str, np.ndarray]]:
         cols: dict[str, list] = {}
@@ -456,8 +466,6 @@ def score(
         EmbcacheError: bad output path or options.
     """
     t0 = time.perf_counter()
-    if not model_dirs:
-        raise EmbcacheError("Invalid value for `--models`. Expected one or more run folders.")
     out_path = Path(out)
     output_format(out_path)
     if not out_path.parent.is_dir():
@@ -470,37 +478,10 @@ def score(
     _check_top_k(top_k)
     scorer = Scorer(model_dirs, vectors=vectors_path, cache_dir=cache_dir, batch_size=batch_size,
                     ensemble=ensemble, load=False)
-    tmp_dir = None
-    if store_state(input_path) in ("complete", "incomplete"):
-        store = open_store(input_path, require_complete=True)
-        scorer._check_store(store)
-        scorer.load()
-    else:
-        if split is not None:
-            raise EmbcacheError(f"--split {split} applies to a store; {input_path} is raw input, "
-                                "which has no splits")
-        scorer._require_vectors(f"raw documents ({input_path})")
-        target = keep_store
-        if target is None:
-            tmp_dir = tempfile.mkdtemp(prefix="embcache-score-")
-            target = os.path.join(tmp_dir, "score.zarr")
-        # The one embedding pass overlaps with importing Keras and loading the models.
-        try:
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                embedding = pool.submit(scorer.embed_input, corpus or CorpusSpec(input_path),
-                                        target, progress)
-                scorer.load()  # on failure, the pool waits for the embedding
-                store = embedding.result()
-        except BaseException:
-            if tmp_dir:
-                shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise
-    try:
+    with scorer._as_store(input_path, split, corpus=corpus, keep_store=keep_store,
+                          progress=progress) as store:
         summary = scorer.write(store, out_path, split=split, top_k=top_k,
                                metrics_dir=metrics_dir, progress=progress)
-    finally:
-        if tmp_dir:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0
     summary.kept_store = keep_store
     return summary

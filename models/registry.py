@@ -38,16 +38,15 @@ def register(name: str | Callable | None = None):
     or an import string reaches other processes).
     """
 
+    if callable(name):  # bare @register
+        return register()(name)
+
     def deco(fn: Callable) -> Callable:
         if not callable(fn):
             raise ModelError(f"register() takes a model builder function. Received: {fn!r}")
-        _REGISTRY[key or fn.__name__] = fn
+        _REGISTRY[name or fn.__name__] = fn
         return fn
 
-    if callable(name):  # bare @register
-        key = None
-        return deco(name)
-    key = name
     return deco
 
 
@@ -121,11 +120,11 @@ def _check_inputs(model, ref: str, dim: int) -> None:
     if not isinstance(model, keras.Model):
         raise ModelError(f"Model {ref!r}: its builder returned {type(model).__name__}, not a "
                          "keras.Model")
-    names = {getattr(i, "name", "").split(":")[0] for i in model.inputs}
-    if "embedded" not in names:
+    embedded = next((i for i in model.inputs if i.name == "embedded"), None)
+    if embedded is None:
         raise ModelError(f"Model {ref!r} has no input named 'embedded'; build its inputs with "
                          "embcache.models.inputs(dim)")
-    shape = next(tuple(i.shape[1:]) for i in model.inputs if i.name.startswith("embedded"))
+    shape = tuple(embedded.shape[1:])
     if len(shape) != 2 or shape[-1] != dim:
         raise ModelError(f"Model {ref!r}: input 'embedded' has shape {shape}; it must take "
                          f"(any length, dim={dim}) vectors")

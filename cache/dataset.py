@@ -14,7 +14,14 @@ import numpy as np
 from embcache.cache.errors import StoreError
 from embcache.cache.producer import Producer
 from embcache.cache.store import Store, open_store
-from embcache.cache.stream import SHUFFLE_DOCS, StreamPlan, iter_batches, plan_split
+from embcache.cache.stream import (
+    SHUFFLE_DOCS,
+    SplitCache,
+    StreamPlan,
+    bucket_lengths,
+    iter_batches,
+    plan_split,
+)
 
 _PROCESS_MIN_DOCS = 2048
 
@@ -37,6 +44,7 @@ def make_dataset(
     read_log: set | None = None,
     in_process: bool | None = None,
     buckets: bool = True,
+    cache: SplitCache | None = None,
 ):
     """A ``tf.data.Dataset`` of ``({"embedded": (b, T, dim) float32, "lengths": (b,)}, labels)``.
 
@@ -58,10 +66,21 @@ def make_dataset(
     any spawned worker, a script that iterates the dataset needs the ``if __name__ ==
     "__main__":`` guard (the ``embcache`` command has it).
 
+    ``cache``: the split already decoded into memory (:class:`embcache.cache.stream.SplitCache`,
+    built from the same ``plan``): batches are then planned in this process (ids only, the same
+    batches as the streamed pass with the same seed) and gathered from memory by ``tf.data``'s
+    own threads; no producer process, no reads.
+
     Raises:
         StoreError: labels requested from an unlabelled store.
     """
     import tensorflow as tf
+
+    if cache is not None:
+        return _cached_dataset(store, cache, plan, split=split, batch_size=batch_size,
+                               shuffle=shuffle, seed=seed, shuffle_docs=shuffle_docs,
+                               with_labels=with_labels, with_seq=with_seq, buckets=buckets,
+                               repeat=repeat)
 
     if not isinstance(store, Store):
         store = open_store(str(store), require_complete=True)
@@ -96,19 +115,65 @@ def make_dataset(
     elif max_wait is None:
         # The count is known from the plan: tell tf.data, so Keras shows a full progress bar
         # from the first epoch and never warns that the input "ran out of data".
-        ds = ds.apply(tf.data.experimental.assert_cardinality(plan.num_batches(batch_size,
-                                                                               buckets)))
+        ds = ds.apply(tf.data.experimental.assert_cardinality(
+            plan.num_batches(batch_size, buckets, merge_tail=shuffle)))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     ds = ds.with_options(options)
 
+    return _finish(ds, lambda x, lengths: x, with_labels, with_seq)
+
+
+def _finish(ds, make_x, with_labels: bool, with_seq: bool):
+    """Batches ``(x, lengths, labels, seq)`` -> the models' ``(features, labels)``; ``make_x``
+    turns the first element into the embedded batch."""
+    import tensorflow as tf
+
     def _to_model(x, lengths, labels, seq):
-        features = {"embedded": tf.cast(x, tf.float32), "lengths": lengths}
+        features = {"embedded": tf.cast(make_x(x, lengths), tf.float32), "lengths": lengths}
         if with_seq:
             features["seq"] = seq
         return (features, labels) if with_labels else features
 
     return ds.map(_to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _cached_dataset(store: Store, cache: SplitCache, plan: StreamPlan | None, *, split, batch_size,
+                    shuffle, seed, shuffle_docs, with_labels, with_seq, buckets, repeat):
+    """Batches gathered from a :class:`SplitCache`: Python plans each pass (document ids per
+    batch, a few microseconds per document); ``tf.gather`` in ``tf.data``'s parallel map builds
+    the padded batch from the rows in memory, without the GIL."""
+    import tensorflow as tf
+
+    plan = plan or plan_split(store, split)
+    epochs = itertools.count()
+    rows = tf.constant(cache.rows)  # one copy, held by the dataset for its lifetime
+    offsets = tf.constant(cache.offsets)
+    grid = tf.constant(bucket_lengths(store.max_len) if buckets else [store.max_len], tf.int32)
+    pre = store.padding == "pre"
+
+    def _plan():
+        rng = np.random.default_rng([seed, next(epochs)]) if shuffle else None
+        yield from iter_batches(store, plan, split=split, rng=rng, batch_size=batch_size,
+                                shuffle_docs=shuffle_docs, buckets=buckets, cache=cache)
+
+    def gather(ids, lengths):
+        # T: the grid length of the batch's longest document (its bucket).
+        steps = tf.gather(grid, tf.searchsorted(grid, tf.reduce_max(lengths)[None],
+                                                side="left"))[0]
+        t = tf.range(steps)[None, :]
+        n = lengths[:, None]
+        first = steps - n if pre else tf.zeros_like(n)
+        index = tf.gather(offsets, ids)[:, None] + tf.cast(t - first, tf.int64)
+        real = (t >= first) & (t < first + n)
+        return tf.gather(rows, tf.where(real, index, cache.pad_row))
+
+    spec = (tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64))
+    ds = tf.data.Dataset.from_generator(_plan, output_signature=spec)
+    ds = ds.repeat() if repeat else ds.apply(tf.data.experimental.assert_cardinality(
+        plan.num_batches(batch_size, buckets, merge_tail=shuffle)))
+    return _finish(ds, gather, with_labels, with_seq)
 
 
 def dataset(store: Store | str, split: str | None = "train", *, batch_size: int = 32,

@@ -203,8 +203,11 @@ def info_cmd(store, as_json):
 @click.option("--model", "model_name", default="cnn", show_default=True,
               help="A built-in model (bilstm, cnn, fasttext, gru, kim_cnn, transformer), an "
                    "installed plugin (entry-point group embcache.models), or your own builder as "
-                   "an import string package.module:function.")
-@click.option("--out", default=None, help="Run folder [default: runs/MODEL's name].")
+                   "an import string package.module:function. Several, comma-separated "
+                   "(cnn,kim_cnn,fasttext), train as a group from one stream of the store.")
+@click.option("--out", default=None,
+              help="Run folder of a lone model [default: runs/MODEL's name]; for a group (several "
+                   "models, or a --grid) the parent folder of its runs [default: runs].")
 @click.option("--epochs", default=_TRAIN.epochs, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=_TRAIN.batch_size, show_default=True, type=click.IntRange(min=1))
 @click.option("--learning-rate", default=_TRAIN.learning_rate, show_default=True,
@@ -213,8 +216,11 @@ def info_cmd(store, as_json):
               help="Epochs without a better validation accuracy before stopping.")
 @click.option("--seed", default=_TRAIN.seed, show_default=True, type=click.IntRange(min=0))
 @click.option("--shuffle-docs", default=_TRAIN.shuffle_docs, show_default=True, type=click.IntRange(min=1),
-              help="In-memory shuffle buffer (documents; about 190 MB at 20 Newsgroups' mean "
-                   "length), on top of per-epoch block shuffling.")
+              help="Shuffle buffer (documents; about 190 MB at 20 Newsgroups' mean length when "
+                   "streaming), on top of per-epoch block shuffling.")
+@click.option("--memory-mb", default=_TRAIN.memory_mb, show_default=True, type=click.IntRange(min=0),
+              help="Memory for the train and val splits decoded once and served from RAM in every "
+                   "epoch; a split that does not fit streams from the store (0: always stream).")
 @click.option("--steps-per-execution", default=_TRAIN.steps_per_execution, show_default=True,
               type=click.IntRange(min=1),
               help="Training steps per compiled call (fewer Python round trips).")
@@ -224,36 +230,87 @@ def info_cmd(store, as_json):
 @click.option("--strategy", default=_TRAIN.strategy, show_default=True,
               type=click.Choice(STRATEGIES),
               help="multi-worker: tf.distribute.MultiWorkerMirroredStrategy over the workers in "
-                   "TF_CONFIG, each reading its own chunks of the store.")
+                   "TF_CONFIG, each reading its own chunks of the store (one model at a time).")
 @click.option("--param", "params", multiple=True,
               help="Model hyperparameter as key=value (JSON value), e.g. --param filters=64.")
-@click.option("--overwrite", is_flag=True, help="Replace a run folder that holds a trained model.")
+@click.option("--grid", "grid", multiple=True,
+              help="Values to try as key=[v1,v2,...] (a JSON list), e.g. --grid 'dropout=[0.2,0.5]' "
+                   "--grid 'widths=[[3,4],[3,4,5]]' or --grid 'learning_rate=[0.001,0.003]': every "
+                   "combination, for every model, trains in one group.")
+@click.option("--overwrite", is_flag=True, help="Replace run folders that hold a trained model.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own logs.")
-@_friendly("training stopped and the run folder is as it was before; training does not "
+@_friendly("training stopped and the run folders are as they were before; training does not "
            "resume: rerun the command to train again from the start")
 def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patience, seed,
-              shuffle_docs, steps_per_execution, length_buckets, strategy, params, overwrite,
-              quiet, verbose):
-    """Train an embedding-free Keras model by streaming a store.
+              shuffle_docs, memory_mb, steps_per_execution, length_buckets, strategy, params, grid,
+              overwrite, quiet, verbose):
+    """Train embedding-free Keras models by streaming a store: one, or a group from one stream.
 
     \b
-    Example:
+    Examples:
       embcache train --store news20.zarr --model cnn --out runs/cnn
+      embcache train --store news20.zarr --model cnn,kim_cnn,fasttext --out runs
+      embcache train --store news20.zarr --model fasttext --grid 'hidden=[0,64,256]' \\
+          --grid 'learning_rate=[0.001,0.01]' --out runs/sweep
     """
-    from embcache.jobs.train import parse_hparams, quiet_tensorflow
+    from embcache.jobs.train import parse_grid, parse_hparams, quiet_tensorflow
 
+    models = [m.strip() for m in model_name.split(",") if m.strip()]
+    if not models:
+        raise click.BadParameter("name at least one model", param_hint="'--model'")
+    hparams, grid_values = parse_hparams(params), parse_grid(grid)
     quiet_tensorflow(verbose)
     _importable_cwd()
-    from embcache.jobs.train import train
+    from embcache.jobs.train import train_group
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          patience=patience, seed=seed, shuffle_docs=shuffle_docs,
-                         steps_per_execution=steps_per_execution, length_buckets=length_buckets,
-                         strategy=strategy)
-    summary = train(store, model_name, out, config=config,
-                    hparams=parse_hparams(params), progress=not quiet, overwrite=overwrite)
-    click.echo(summary.line())
+                         memory_mb=memory_mb, steps_per_execution=steps_per_execution,
+                         length_buckets=length_buckets, strategy=strategy)
+    result = train_group(store, models, out, grid=grid_values, config=config, hparams=hparams,
+                         progress=not quiet, overwrite=overwrite)
+    for line in result.lines():
+        click.echo(line)
+    if result.failed:
+        for name, reason in result.failed.items():
+            click.echo(f"Error: {name} failed: {reason}; its run folder was not written", err=True)
+        sys.exit(1)
+
+
+@main.command("runs")
+@click.argument("folder", default="runs", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON (for programs).")
+@click.option("--plot", "plot_path", default=None,
+              help="Where the picture goes (accuracy against training time, one point per run) "
+                   "[default: FOLDER/runs.png; 'none' for no picture].")
+@_friendly("nothing was changed")
+def runs_cmd(folder, as_json, plot_path):
+    """Compare every trained run under FOLDER [default: runs], best validation accuracy first.
+
+    \b
+    Example:
+      embcache runs runs
+      tensorboard --logdir runs      # every run's curves side by side
+    """
+    from embcache.jobs.compare import list_runs, plot, table
+
+    listing = list_runs(folder)
+    if as_json:
+        click.echo(json.dumps({"runs": listing.runs, "invalid": listing.invalid}, indent=2))
+    elif listing.runs:
+        click.echo(table(listing.runs))
+    else:
+        click.echo(f"No trained runs under {folder}", err=True)
+    for path, why in listing.invalid.items():
+        click.echo(f"Skipped {path}: {why}", err=True)
+    if listing.runs and (plot_path or "").lower() != "none":
+        from pathlib import Path
+
+        target = Path(plot_path) if plot_path else Path(folder) / "runs.png"
+        plot(listing.runs, target, title=f"{len(listing.runs)} runs in {folder}")
+        if not as_json:
+            click.echo(f"Picture: {target}", err=True)
 
 
 @main.command("score")

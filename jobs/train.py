@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -18,11 +19,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from embcache.cache.dataset import make_dataset
-from embcache.cache.errors import EmbcacheError, StoreError, writing
+from embcache.cache.errors import EmbcacheError, ModelError, StoreError, writing
 from embcache.cache.store import open_store
 from embcache.cache.stream import SHUFFLE_DOCS, plan_split
+from embcache.jobs.group import GroupTrainer, Member
 from embcache.jobs.locks import exclusive, reading
 from embcache.jobs.multiworker import STRATEGIES, MultiWorker
 from embcache.jobs.runs import CARD_FILE, MODEL_FILE, store_card_fields, write_card
@@ -40,6 +43,9 @@ class TrainConfig:
     # light models (measured: fasttext 8-12k samples/s at 1, 15-20k at 16; BENCHMARKS.md).
     steps_per_execution: int = 16
     length_buckets: bool = True  # False: every batch padded to max_len (for comparison)
+    # Memory for the train and val splits decoded once and served from RAM in every epoch
+    # (SplitCache); a split that does not fit streams from the store instead. 0: always stream.
+    memory_mb: int = 1024
     strategy: str = "default"  # or "multi-worker": tf.distribute.MultiWorkerMirroredStrategy
 
 
@@ -102,6 +108,91 @@ class EpochTimer:
         return Timer()
 
 
+def parse_grid(pairs: tuple[str, ...] | list[str]) -> dict[str, list]:
+    """``["dropout=[0.2,0.5]", "widths=[[3,4],[3,4,5]]"]`` -> ``{"dropout": [0.2, 0.5], ...}``.
+
+    Each value is a JSON list of the values to try, so a grid stays unambiguous next to
+    hyperparameters whose own values are lists (``widths=[[3,4],[3,4,5]]`` tries two widths
+    lists). ``learning_rate`` may be a grid key too (each run gets its own optimizer).
+    """
+    out: dict[str, list] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            values = json.loads(value) if sep and key else None
+        except json.JSONDecodeError:
+            values = None
+        if not isinstance(values, list) or not values:
+            raise EmbcacheError(f"Invalid value for `--grid`. Expected key=[value,value,...] (a "
+                                f"JSON list of the values to try). Received: {pair!r}")
+        if key in out:
+            raise EmbcacheError(f"Invalid value for `--grid`: {key!r} is given twice")
+        out[key] = values
+    return out
+
+
+def _name_part(value) -> str:
+    """A grid value as a folder-name part: no commas (``make score MODELS`` and ``score --models``
+    split on them), no slashes."""
+    text = json.dumps(value, separators=("_", "=")) if isinstance(value, (list, dict)) else (
+        str(value) if not isinstance(value, str) else value)
+    text = text.replace("[", "").replace("]", "").replace("{", "").replace("}", "").replace('"', "")
+    return "".join(c if c.isalnum() or c in "._=-+" else "_" for c in text)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run of a group: its folder name, model, the hyperparameters given and learning rate."""
+
+    name: str
+    source: Any
+    hparams: dict
+    learning_rate: float
+
+
+def expand_runs(models: list, *, grid: dict | None = None, hparams: dict | None = None,
+                learning_rate: float = TrainConfig.learning_rate) -> list[RunPlan]:
+    """Every model x every point of ``grid`` (in the order given), named ``model`` or
+    ``model-key=value-...``; ``hparams`` apply to every run.
+
+    Raises:
+        ModelError: an unknown model, or a hyperparameter (given or in the grid) that a model
+            does not take.
+        EmbcacheError: two runs with the same name.
+    """
+    from embcache import models as registry
+
+    sources = [m if isinstance(m, registry.ModelSource) else registry.resolve(m) for m in models]
+    grid = dict(grid or {})
+    keys = list(grid)
+    points = [dict(zip(keys, combo)) for combo in itertools.product(*grid.values())] or [{}]
+    runs = []
+    for source in sources:
+        for point in points:
+            given = {**(hparams or {}), **{k: v for k, v in point.items() if k != "learning_rate"}}
+            source.check_hparams(given)
+            suffix = "".join(f"-{k}={_name_part(v)}" for k, v in point.items())
+            runs.append(RunPlan(f"{source.name}{suffix}", source, given,
+                                float(point.get("learning_rate", learning_rate))))
+    names = [r.name for r in runs]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise EmbcacheError(f"Two runs of the group would both be named {dup!r}; name each model "
+                            "once")
+    return runs
+
+
+@dataclass
+class GroupResult:
+    """What ``train_group`` did: a summary per finished run, and each failed run's reason."""
+
+    runs: list[TrainSummary]
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        return [r.line() for r in self.runs]
+
+
 def train(store_url: str, model: str | Callable, out_dir: str | None = None, *,
           config: TrainConfig = TrainConfig(), hparams: dict | None = None, progress: bool = True,
           overwrite: bool = False) -> TrainSummary:
@@ -117,34 +208,216 @@ def train(store_url: str, model: str | Callable, out_dir: str | None = None, *,
     refuses a second ``train`` into the same folder meanwhile.
 
     Raises:
-        EmbcacheError: ``out_dir`` holds a trained model and ``overwrite`` is false, or another
-            process is writing it.
+        EmbcacheError: ``out_dir`` holds a trained model and ``overwrite`` is false, another
+            process is writing it, or training failed (e.g. the loss became NaN).
         StoreError: incomplete, unlabelled or unknown-layout store, or an empty split.
         ModelError: unknown model or hyperparameter.
     """
-    from embcache import models
+    return train_group(store_url, [model], out_dir, config=config, hparams=hparams,
+                       progress=progress, overwrite=overwrite).runs[0]
 
-    source = model if isinstance(model, models.ModelSource) else models.resolve(model)
-    final = Path(out_dir if out_dir is not None else f"runs/{source.name}")
-    if not overwrite and ((final / CARD_FILE).exists() or (final / MODEL_FILE).exists()):
-        raise EmbcacheError(f"Run folder {final} already holds a trained model; pass --overwrite "
-                            "to replace it, or choose another --out")
+
+def train_group(store_url: str, models: list, out: str | None = None, *,
+                grid: dict | None = None, config: TrainConfig = TrainConfig(),
+                hparams: dict | None = None, progress: bool = True,
+                overwrite: bool = False) -> GroupResult:
+    """Train every model in ``models`` x every point of ``grid`` from one stream of the store.
+
+    Each batch is read, decoded, shuffled and bucketed once and given to every model still
+    training (:mod:`embcache.jobs.group`); each keeps its own optimizer, early stopping, best
+    weights and run folder. A lone model (one model, no grid) is trained by the same code, so a
+    model trained in a group equals it trained alone with the same seed.
+
+    ``out``: for a lone model its run folder (default ``runs/<name>``); for a group the parent
+    folder of the runs (default ``runs``), each named ``model`` or ``model-key=value-...``.
+
+    A model that fails (its loss turns NaN or infinite, or it cannot run on the store's batches)
+    is stopped alone: it is listed in ``failed`` and its run folder is left as it was; the others'
+    runs are published whole. A lone model's failure raises instead.
+
+    Raises:
+        EmbcacheError: a run folder holds a trained model and ``overwrite`` is false, or another
+            process is writing it; a lone model failed; a multi-worker strategy for a group.
+        StoreError: incomplete, unlabelled or unknown-layout store, or an empty split.
+        ModelError: unknown model or hyperparameter.
+    """
+    if config.strategy not in STRATEGIES:
+        raise EmbcacheError(f"Invalid value for `strategy`. Expected one of {STRATEGIES}. "
+                            f"Received: strategy={config.strategy!r}")
+    plans = expand_runs(list(models), grid=grid, hparams=hparams,
+                        learning_rate=config.learning_rate)
+    lone = len(plans) == 1 and not grid
+    if lone:
+        finals = [Path(out if out is not None else f"runs/{plans[0].name}")]
+    else:
+        finals = [Path(out if out is not None else "runs") / p.name for p in plans]
+    if not overwrite:
+        taken = [f for f in finals if (f / CARD_FILE).exists() or (f / MODEL_FILE).exists()]
+        if taken:
+            raise EmbcacheError(f"Run folder {taken[0]} already holds a trained model; pass "
+                                "--overwrite to replace it, or choose another --out")
+    if config.strategy != "default" and not lone:
+        raise EmbcacheError("Invalid value for `strategy`: multi-worker trains one model at a "
+                            "time; train the models of a group one by one")
     # The store is read for the whole run: an embed-corpus --overwrite of it is refused meanwhile.
     with reading(store_url):
         if config.strategy != "default":  # every worker runs this; worker 0 writes the folder
-            return _train(store_url, source, final, config, hparams, progress)
-        return _train_and_publish(store_url, source, final, config, hparams, progress)
+            p = plans[0]
+            return GroupResult([_train(store_url, p.source, finals[0], config, p.hparams,
+                                       progress)])
+        members = [Member(name=p.name, source=p.source,
+                          hparams={**p.source.hyperparameters(), **p.hparams}, given=p.hparams,
+                          learning_rate=p.learning_rate, final=f,
+                          stage=f.parent / f".{f.name}.partial") for p, f in zip(plans, finals)]
+        where = f"run folder {finals[0]}" if lone else f"run folders in {finals[0].parent}"
+        with contextlib.ExitStack() as stack:
+            for f in finals:
+                stack.enter_context(exclusive(f, f"Run folder {f}"))
+            stack.enter_context(writing(where))
+            return _train_members(store_url, members, config, progress, lone)
 
 
-def _train_and_publish(store_url: str, source, final: Path, config: TrainConfig,
-                       hparams: dict | None, progress: bool) -> TrainSummary:
-    with exclusive(final, f"Run folder {final}"), writing(f"run folder {final}"):
-        stage = final.parent / f".{final.name}.partial"
-        shutil.rmtree(stage, ignore_errors=True)  # left by a killed run
-        summary = _train(store_url, source, stage, config, hparams, progress)
-        _publish(stage, final)
-    summary.out = str(final)
-    return summary
+def _train_members(store_url: str, members: list[Member], config: TrainConfig, progress: bool,
+                   lone: bool) -> GroupResult:
+    t0 = time.perf_counter()
+    store = open_store(store_url, require_complete=True, require_labels=True)
+    if len(store.label_names) < 2:
+        raise StoreError(f"Store {store_url} has a single class ({store.label_names[0]!r}): a "
+                         "classifier needs at least two; embed a corpus with two or more labels")
+    plans = {s: plan_split(store, s) for s in ("train", "val", "test")}
+    for s in ("train", "val"):
+        if plans[s].num_docs == 0:
+            raise StoreError(f"Store {store_url} has no {s} documents; rebuild it with "
+                             "--val-frac/--test-frac above 0")
+    for m in members:
+        shutil.rmtree(m.stage, ignore_errors=True)  # left by a killed run
+        try:
+            m.stage.mkdir(parents=True)
+        except OSError as e:
+            raise EmbcacheError(f"Cannot create run folder {m.stage}: {e.strerror}") from None
+    try:
+        result = _fit_members(store_url, store, plans, members, config, progress, lone, t0)
+    except BaseException:
+        for m in members:
+            shutil.rmtree(m.stage, ignore_errors=True)
+        raise
+    return result
+
+
+def _caches(store, plans: dict, config: TrainConfig, progress: bool) -> dict:
+    """The train and val splits decoded into memory while they fit ``config.memory_mb``
+    (train first: it is read every epoch); the rest streams from the store."""
+    from embcache.cache.stream import SplitCache, cache_fits
+
+    left, out = config.memory_mb << 20, {}
+    for split in ("train", "val"):
+        if cache_fits(store, plans[split], split, left):
+            t = time.perf_counter()
+            out[split] = SplitCache(store, plans[split], split)
+            left -= out[split].nbytes
+            if progress:
+                print(f"{split} split decoded into memory: {out[split].nbytes / 1e6:,.0f} MB in "
+                      f"{time.perf_counter() - t:.1f} s (--memory-mb {config.memory_mb})",
+                      file=sys.stderr)
+    return out
+
+
+def _fit_members(store_url, store, plans, members: list[Member], config: TrainConfig,
+                 progress: bool, lone: bool, t0: float) -> GroupResult:
+    import keras
+
+    trainer = GroupTrainer(members, steps_per_execution=config.steps_per_execution,
+                           progress=progress)
+    num_classes = len(store.label_names)
+    for m in members:
+        keras.utils.set_random_seed(config.seed)  # each model starts as it would alone
+        try:
+            m.model = m.source.make(max_len=store.max_len, dim=store.dim, num_classes=num_classes,
+                                    padding=store.padding, **m.hparams)
+        except ModelError as e:
+            if lone:
+                raise
+            trainer.fail(m, str(e))
+            continue
+        m.model.compile(optimizer=keras.optimizers.Adam(m.learning_rate),
+                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        m.timer, m.history = [], keras.callbacks.History()  # timer: the shared epochs' seconds
+        m.callbacks = [
+            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                          patience=config.patience, restore_best_weights=True),
+            keras.callbacks.CSVLogger(m.stage / "history.csv"),
+            keras.callbacks.TensorBoard(m.stage / "logs", write_graph=False, profile_batch=0),
+            m.history,
+        ]
+    caches = _caches(store, plans, config, progress)
+    bucketing = dict(batch_size=config.batch_size, buckets=config.length_buckets)
+    train_ds = make_dataset(store, split="train", shuffle=True, seed=config.seed,
+                            shuffle_docs=config.shuffle_docs, plan=plans["train"],
+                            cache=caches.get("train"), **bucketing)
+    val_ds = make_dataset(store, split="val", plan=plans["val"], cache=caches.get("val"),
+                          **bucketing)
+    steps = {s: plans[s].num_batches(config.batch_size, config.length_buckets,
+                                     merge_tail=s == "train") for s in plans}
+    if progress and not lone:
+        print(f"Training {len(members)} models from one stream of {store_url}: "
+              f"{', '.join(m.name for m in members)}", file=sys.stderr)
+    # Keras writes its progress bar to stdout; stdout is for results, so send it to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.prepare(next(iter(val_ds)))  # a val batch: the train stream's epochs stay as they are
+        trainer.fit(train_ds, val_ds, epochs=config.epochs, train_steps=steps["train"],
+                    val_steps=steps["val"])
+        for split in ("val", "test"):
+            ds = val_ds if split == "val" else make_dataset(store, split="test", plan=plans["test"],
+                                                             **bucketing)
+            trainer.evaluate(ds, steps[split], split, num_classes)
+    if lone and members[0].error:
+        raise EmbcacheError(f"Training {members[0].name} failed: {members[0].error}; the run "
+                            f"folder {members[0].final} is as it was before")
+    group = ({"runs": [m.name for m in members], "shared_stream": True} if len(members) > 1
+             else None)
+    result = GroupResult([])
+    for m in members:
+        if m.error:
+            shutil.rmtree(m.stage, ignore_errors=True)
+            result.failed[m.name] = m.error
+            continue
+        result.runs.append(_save_member(store_url, store, plans, m, config, group, t0))
+    return result
+
+
+def _save_member(store_url, store, plans, m: Member, config: TrainConfig, group: dict | None,
+                 t0: float) -> TrainSummary:
+    """Save a finished member's best model, card and curves, and publish its run folder."""
+    model_path = m.stage / MODEL_FILE
+    m.model.save(model_path)
+    val_acc = m.history.history["val_accuracy"]
+    best_epoch = int(max(range(len(val_acc)), key=val_acc.__getitem__)) + 1
+    samples_per_s = sorted(plans["train"].num_docs / s for s in m.timer)[len(m.timer) // 2]
+    seconds = time.perf_counter() - t0
+    card = {
+        **store_card_fields(store),
+        "model": m.source.ref,
+        "model_source": m.source.record(),
+        "hyperparameters": m.hparams,
+        "hyperparameters_given": m.given,
+        "training": {**asdict(config), "learning_rate": m.learning_rate,
+                     "epochs_run": len(val_acc), "best_epoch": best_epoch,
+                     "seconds": round(seconds, 2), "samples_per_s": round(samples_per_s, 1),
+                     "train_docs": plans["train"].num_docs, "val_docs": plans["val"].num_docs},
+        "metrics": m.metrics,
+        "model_bytes": model_path.stat().st_size,
+        "parameter_count": int(m.model.count_params()),
+    }
+    if group:
+        card["group"] = group
+    write_card(m.stage, card)
+    plot_curves(m.history.history, m.stage / "curves.png",
+                title=f"{m.name} on {Path(str(store_url)).name}")
+    _publish(m.stage, m.final)
+    shown = m.source.ref if m.name == m.source.name else m.name  # grid runs: by their point
+    return TrainSummary(out=str(m.final), model=shown, epochs=len(val_acc),
+                        best_epoch=best_epoch, metrics=m.metrics, samples_per_s=samples_per_s,
+                        model_bytes=card["model_bytes"], seconds=seconds)
 
 
 def _publish(stage: Path, final: Path) -> None:
@@ -157,21 +430,19 @@ def _publish(stage: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _train(store_url: str, source, out: Path, config: TrainConfig, hparams: dict | None,
+def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: dict | None,
            progress: bool) -> TrainSummary:
-    model_name = source.ref
-    t0 = time.perf_counter()
-    if config.strategy not in STRATEGIES:
-        raise EmbcacheError(f"Invalid value for `strategy`. Expected one of {STRATEGIES}. "
-                            f"Received: strategy={config.strategy!r}")
+    """Multi-worker training (``tf.distribute``): one model through ``model.fit``; every worker
+    runs this and worker 0 writes the run folder (``final``, built in place)."""
+    out, model_name, t0 = final, source.ref, time.perf_counter()
     # A multi-worker strategy must exist before any other TensorFlow op (it reads TF_CONFIG).
-    cluster = MultiWorker.start() if config.strategy == "multi-worker" else None
+    cluster = MultiWorker.start()
     store = open_store(store_url, require_complete=True, require_labels=True)
     if len(store.label_names) < 2:
         raise StoreError(f"Store {store_url} has a single class ({store.label_names[0]!r}): a "
                          "classifier needs at least two; embed a corpus with two or more labels")
     hp = {**source.hyperparameters(), **(hparams or {})}
-    plans = {s: plan_split(store, s) for s in ("train", "val", "test")}
+    plans = {s: plan_split(store, s) for s in ("train", "val")}
     for s in ("train", "val"):
         if plans[s].num_docs == 0:
             raise StoreError(f"Store {store_url} has no {s} documents; rebuild it with "
@@ -184,67 +455,45 @@ def _train(store_url: str, source, out: Path, config: TrainConfig, hparams: dict
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    scope = cluster.strategy.scope() if cluster else contextlib.nullcontext()
-    with scope:
+    with cluster.strategy.scope():
         model = source.make(max_len=store.max_len, dim=store.dim,
                             num_classes=len(store.label_names), padding=store.padding, **hp)
+        # One step per call: the multi-worker workarounds (jobs.multiworker) assume it.
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                      # Multi-worker keeps one step per call: its workarounds (below) assume it.
-                      steps_per_execution=1 if cluster else config.steps_per_execution)
-    fit_steps: dict = {}
+                      steps_per_execution=1)
     read_log: set[int] = set()
-    if cluster is None:
-        train_ds = make_dataset(store, split="train", batch_size=config.batch_size, shuffle=True,
-                                seed=config.seed, shuffle_docs=config.shuffle_docs,
-                                plan=plans["train"], buckets=config.length_buckets)
-        val_ds = make_dataset(store, split="val", batch_size=config.batch_size, plan=plans["val"],
-                              buckets=config.length_buckets)
-    else:
-        train_ds, val_ds, fit_steps, plans["train"] = cluster.datasets(store, config, read_log)
-        cluster.build(model, train_ds)
+    train_ds, val_ds, fit_steps, plans["train"] = cluster.datasets(store, config, read_log)
+    cluster.build(model, train_ds)
     timer = EpochTimer.make()
     # Every worker saves (saving may need collective ops); only the chief saves into the run folder.
-    work_dir = out if cluster is None or cluster.is_chief else out / f".worker-{cluster.index}"
+    work_dir = out if cluster.is_chief else out / f".worker-{cluster.index}"
     work_dir.mkdir(parents=True, exist_ok=True)
     model_path = work_dir / MODEL_FILE
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
                                       restore_best_weights=True),
-        keras.callbacks.ModelCheckpoint(model_path, monitor="val_accuracy", mode="max",
-                                        save_best_only=True),
         keras.callbacks.CSVLogger(work_dir / "history.csv"),
         timer,
     ]
-    # Keras writes its progress bar to stdout; stdout is for results, so send it to stderr.
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr):  # Keras's progress bar: stdout is for results
         history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                             callbacks=callbacks, verbose=1 if progress else 0,
                             shuffle=False, **fit_steps)  # the dataset shuffles itself
-        metrics = {}
-        for split in ("val", "test") if cluster is None else ():
-            if plans[split].num_docs:
-                ds = make_dataset(store, split=split, batch_size=config.batch_size,
-                                  plan=plans[split], buckets=config.length_buckets)
-                loss, acc = model.evaluate(ds, verbose=0)
-                metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = float(loss), float(acc)
     val_acc = history.history["val_accuracy"]
     best_epoch = int(max(range(len(val_acc)), key=val_acc.__getitem__)) + 1
-    # The checkpoint holds the best epoch's weights; EarlyStopping restored the same in memory.
-    model.save(model_path)
-    if cluster is not None:
-        cluster.record(out, read_log)
-        if not cluster.is_chief:
-            shutil.rmtree(work_dir, ignore_errors=True)
-            return TrainSummary(
-                out=str(out), model=model_name, epochs=len(val_acc), best_epoch=best_epoch,
-                metrics={"val_accuracy": max(val_acc)},
-                worker_note=f"Worker {cluster.index} of {cluster.count} trained {model_name} on its "
-                            f"{len(cluster.shard_chunks)} train chunks for {len(val_acc)} epochs; "
-                            f"worker 0 wrote the run folder {out}")
-        metrics = {"val_accuracy": max(history.history["val_accuracy"])}
-    per_epoch = (fit_steps["steps_per_epoch"] * config.batch_size * cluster.count if cluster
-                 else plans["train"].num_docs)
+    model.save(model_path)  # EarlyStopping restored the best epoch's weights
+    cluster.record(out, read_log)
+    if not cluster.is_chief:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        return TrainSummary(
+            out=str(out), model=model_name, epochs=len(val_acc), best_epoch=best_epoch,
+            metrics={"val_accuracy": max(val_acc)},
+            worker_note=f"Worker {cluster.index} of {cluster.count} trained {model_name} on its "
+                        f"{len(cluster.shard_chunks)} train chunks for {len(val_acc)} epochs; "
+                        f"worker 0 wrote the run folder {out}")
+    metrics = {"val_accuracy": max(val_acc)}
+    per_epoch = fit_steps["steps_per_epoch"] * config.batch_size * cluster.count
     samples_per_s = sorted(per_epoch / s for s in timer.seconds)[len(timer.seconds) // 2]
     seconds = time.perf_counter() - t0
     card = {
@@ -257,6 +506,7 @@ def _train(store_url: str, source, out: Path, config: TrainConfig, hparams: dict
                      "train_docs": plans["train"].num_docs, "val_docs": plans["val"].num_docs},
         "metrics": metrics,
         "model_bytes": model_path.stat().st_size,
+        "parameter_count": int(model.count_params()),
     }
     write_card(out, card)
     plot_curves(history.history, out / "curves.png",

@@ -22,12 +22,14 @@ def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", fil
     pooling (MaxPooling1D(35) over the 35 steps left of 1000) is global, except that the global
     pooling skips the steps that see only padding (:class:`WindowMaxPool`): they appear only in
     batches padded far enough, so a document's features jumped with its batch's length. The
-    pooling grids still shift with the batch length, so the features are close, not equal,
-    across lengths (kim_cnn's are equal).
+    batch is padded so that its length minus the receptive field is a multiple of the poolings'
+    stride (``MinLength(align=...)``): the grid then ends on the last token, whatever the
+    batch's length, so no final tokens are dropped and the features do not depend on it.
     """
     ins = inputs(dim)
     field = receptive_field(kernel_size, pool_size)
-    x = padded = MinLength(field, padding)(ins["embedded"])
+    # Aligned to the poolings' stride (pool_size ** 2): every token reaches the global pooling.
+    x = padded = MinLength(field, padding, align=pool_size * pool_size)(ins["embedded"])
     x = keras.layers.Conv1D(filters, kernel_size, activation="relu")(x)
     x = keras.layers.MaxPooling1D(pool_size)(x)
     x = keras.layers.Conv1D(filters, kernel_size, activation="relu")(x)

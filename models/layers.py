@@ -44,25 +44,38 @@ class LengthMask(keras.layers.Layer):
 class MinLength(keras.layers.Layer):
     """Pads a batch with zero steps, on the padding side, up to ``min_len`` (a network's receptive
     field), and by at least ``extra`` steps (so every document has that much padding beside it,
-    whatever its batch's length). The padding is what a longer batch would hold there."""
+    whatever its batch's length). The padding is what a longer batch would hold there.
 
-    def __init__(self, min_len: int, padding: str = "pre", extra: int = 0, **kwargs):
+    ``align``: pad further so that ``length - min_len`` is a multiple of ``align`` (a stack of
+    poolings' total stride). Valid poolings drop the remainder steps at the end of the grid;
+    with ``pre`` padding those are the document's last tokens, and how many depends on the
+    batch's length. Aligned, the grid ends on the last step, so every token is read and a
+    document's features do not depend on its batch's length.
+    """
+
+    def __init__(self, min_len: int, padding: str = "pre", extra: int = 0, align: int = 1,
+                 **kwargs):
         super().__init__(**kwargs)
         self.min_len, self.padding, self.extra = int(min_len), padding, int(extra)
+        self.align = max(1, int(align))
+
+    def _target(self, steps):
+        grown = ops.maximum(steps + self.extra, self.min_len)
+        return self.min_len + (grown - self.min_len + self.align - 1) // self.align * self.align
 
     def call(self, x):
-        missing = ops.maximum(self.min_len - ops.shape(x)[1], self.extra)
+        missing = self._target(ops.shape(x)[1]) - ops.shape(x)[1]
         side = [missing, 0] if self.padding == "pre" else [0, missing]
         return ops.pad(x, [[0, 0], side, [0, 0]])
 
     def compute_output_shape(self, input_shape):
         steps = input_shape[1]
-        return (input_shape[0], None if steps is None else max(steps + self.extra, self.min_len),
+        return (input_shape[0], None if steps is None else int(self._target(steps)),
                 input_shape[2])
 
     def get_config(self):
         return {**super().get_config(), "min_len": self.min_len, "padding": self.padding,
-                "extra": self.extra}
+                "extra": self.extra, "align": self.align}
 
 
 @keras.saving.register_keras_serializable(package="embcache")

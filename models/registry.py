@@ -91,14 +91,18 @@ class ModelSource:
         return {k: p.default for k, p in sig.parameters.items()
                 if p.default is not inspect.Parameter.empty and k not in STORE_ARGS}
 
-    def make(self, *, max_len: int, dim: int, num_classes: int, padding: str = "pre",
-             **hparams):
-        """Build the model, rejecting unknown hyperparameters by name and checking its inputs."""
+    def check_hparams(self, hparams: dict[str, Any]) -> None:
+        """Refuse hyperparameters the builder does not take, by name."""
         known = self.hyperparameters()
         unknown = sorted(set(hparams) - set(known))
         if unknown:
             raise ModelError(f"Model {self.ref!r} has no hyperparameter {unknown[0]!r}; it takes: "
                              f"{', '.join(f'{k}={v}' for k, v in known.items()) or 'none'}")
+
+    def make(self, *, max_len: int, dim: int, num_classes: int, padding: str = "pre",
+             **hparams):
+        """Build the model, rejecting unknown hyperparameters by name and checking its inputs."""
+        self.check_hparams(hparams)
         params = inspect.signature(self.build).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         given = {"max_len": max_len, "dim": dim, "num_classes": num_classes, "padding": padding}

@@ -1,0 +1,244 @@
+"""Training several models from one stream: each batch is read, decoded, shuffled and bucketed
+once and given to every model of the group still training.
+
+One compiled function runs ``steps_per_execution`` batches, each through every active model's
+own ``train_step`` (its own optimizer, loss and metrics), so the models share the input pipeline
+and Python's per-step overhead but nothing else. A model trained alone is a group of one through
+the same code: with the same seed it gets the same batches in the same order, whatever else
+trains beside it. Each model keeps its own callbacks (early stopping with the best weights
+restored, CSV history, TensorBoard, timing); a model whose loss turns NaN or infinite, or that
+fails to run on the first batch, is stopped alone and reported, the others go on.
+
+Validation runs once per epoch over the shared validation batches, every active model's
+``test_step`` per batch; the final val/test figures (accuracy, loss, macro-F1) come from one
+prediction pass per split for all models.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embcache.jobs.metrics import Confusion
+
+
+@dataclass
+class Member:
+    """One model of a group: what to build, where its run goes, and how its training went."""
+
+    name: str  # run folder name
+    source: Any  # embcache.models.ModelSource
+    hparams: dict  # full: the builder's defaults updated with the given values
+    learning_rate: float
+    final: Path  # the run folder once published
+    stage: Path  # where it is built
+    given: dict = field(default_factory=dict)  # the hyperparameters set by the user
+    model: Any = None
+    callbacks: Any = None
+    timer: Any = None
+    history: Any = None
+    error: str = ""
+    done: bool = False
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return not self.error and not self.done
+
+
+def _first(values: dict, key: str) -> float:
+    v = values.get(key)
+    return float(v) if v is not None else float("nan")
+
+
+class GroupTrainer:
+    """Drives the members' Keras models through shared epochs (see the module docstring)."""
+
+    def __init__(self, members: list[Member], *, steps_per_execution: int, progress: bool):
+        self.members = members
+        self.spe = max(1, int(steps_per_execution))
+        self.progress = progress
+        self._train_fns: dict[tuple, Any] = {}
+        self._test_fns: dict[tuple, Any] = {}
+
+    # -- set-up --------------------------------------------------------------------------------
+    def prepare(self, sample_batch) -> None:
+        """Build each model's optimizer and metric state by running it once, without training, on
+        the first batch: a model that cannot run fails here, alone, before any training."""
+        import keras
+
+        for m in self.members:
+            if m.error:
+                continue
+            try:
+                m.model.test_step(sample_batch)
+                m.model.reset_metrics()
+                m.model.optimizer.build(m.model.trainable_variables)
+            except Exception as e:  # noqa: BLE001 - one model's failure is that model's alone
+                self.fail(m, f"cannot run on a batch of the store: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}")
+                continue
+            m.model.stop_training = False
+            m.callbacks = keras.callbacks.CallbackList(m.callbacks, model=m.model)
+            m.callbacks.on_train_begin()
+
+    def fail(self, m: Member, reason: str) -> None:
+        m.error = reason
+        if m.callbacks is not None and not isinstance(m.callbacks, list):
+            try:
+                m.callbacks.on_train_end()  # closes the CSV and TensorBoard files
+            except Exception:  # noqa: BLE001, S110 - its run is discarded anyway
+                pass
+        if self.progress:
+            print(f"{m.name}: {reason}; stopped this model, the others go on", file=sys.stderr)
+
+    # -- compiled steps ------------------------------------------------------------------------
+    def _train_fn(self, active: list[Member]):
+        key = tuple(id(m) for m in active)
+        if key not in self._train_fns:
+            import tensorflow as tf
+
+            models = [m.model for m in active]
+
+            @tf.function(reduce_retracing=True)
+            def run(iterator, steps):
+                def body(i):
+                    batch = iterator.get_next()
+                    for model in models:
+                        model.train_step(batch)
+                    return (i + 1,)
+
+                tf.while_loop(lambda i: i < steps, body, (tf.constant(0),))
+
+            self._train_fns = {key: run}  # the previous active set is not needed again
+        return self._train_fns[key]
+
+    def _test_fn(self, active: list[Member]):
+        key = tuple(id(m) for m in active)
+        if key not in self._test_fns:
+            import tensorflow as tf
+
+            models = [m.model for m in active]
+
+            @tf.function(reduce_retracing=True)
+            def run(iterator, steps):
+                def body(i):
+                    batch = iterator.get_next()
+                    for model in models:
+                        model.test_step(batch)
+                    return (i + 1,)
+
+                tf.while_loop(lambda i: i < steps, body, (tf.constant(0),))
+
+            self._test_fns = {key: run}
+        return self._test_fns[key]
+
+    # -- the epochs ----------------------------------------------------------------------------
+    def fit(self, train_ds, val_ds, *, epochs: int, train_steps: int, val_steps: int) -> None:
+        import keras
+        import tensorflow as tf
+
+        for epoch in range(epochs):
+            active = [m for m in self.members if m.active]
+            if not active:
+                return
+            for m in active:
+                m.model.reset_metrics()
+                m.callbacks.on_epoch_begin(epoch)
+            stateful = {"loss", "accuracy", *(f"{m.name} acc" for m in active)}
+            bar = (keras.utils.Progbar(train_steps, stateful_metrics=stateful, unit_name="step")
+                   if self.progress else None)
+            if bar is not None:
+                names = ", ".join(m.name for m in active)
+                print(f"Epoch {epoch + 1}/{epochs}" + (f" ({names})" if len(self.members) > 1
+                                                       else ""), file=sys.stderr)
+            t0 = time.perf_counter()
+            iterator, done = iter(train_ds), 0
+            while done < train_steps and active:
+                k = min(self.spe, train_steps - done)
+                self._train_fn(active)(iterator, tf.constant(k))
+                done += k
+                for m in active:
+                    loss = _first(m.model.get_metrics_result(), "loss")
+                    if not math.isfinite(loss):
+                        self.fail(m, f"loss became {loss} in epoch {epoch + 1} (by step {done})")
+                active = [m for m in active if m.active]
+                if bar is not None:
+                    bar.update(done, values=self._bar_values(active), finalize=done >= train_steps)
+            del iterator
+            seconds = time.perf_counter() - t0
+            train_logs = {id(m): {k: float(v) for k, v in m.model.get_metrics_result().items()}
+                          for m in active}
+            for m in active:
+                m.model.reset_metrics()
+            if active and val_steps:
+                self._test_fn(active)(iter(val_ds), tf.constant(val_steps))
+            for m in active:
+                val = {f"val_{k}": float(v) for k, v in m.model.get_metrics_result().items()}
+                logs = {**train_logs[id(m)], **val}
+                m.timer.append(seconds)
+                m.callbacks.on_epoch_end(epoch, logs)
+                if self.progress and len(self.members) > 1:
+                    print(f"  {m.name}: loss {logs.get('loss', float('nan')):.4f} accuracy "
+                          f"{logs.get('accuracy', float('nan')):.4f} val_loss "
+                          f"{logs.get('val_loss', float('nan')):.4f} val_accuracy "
+                          f"{logs.get('val_accuracy', float('nan')):.4f}", file=sys.stderr)
+                elif self.progress:
+                    print(f"  val_loss {logs.get('val_loss', float('nan')):.4f} val_accuracy "
+                          f"{logs.get('val_accuracy', float('nan')):.4f}", file=sys.stderr)
+                if m.model.stop_training:
+                    self.finish(m, f"stopped early after epoch {epoch + 1}")
+        for m in self.members:
+            if m.active:
+                self.finish(m, "")
+
+    def _bar_values(self, active: list[Member]) -> list:
+        if len(self.members) == 1 and active:
+            r = active[0].model.get_metrics_result()
+            return [(k, float(v)) for k, v in r.items()]
+        return [(f"{m.name} acc", float(m.model.get_metrics_result().get("accuracy", 0.0)))
+                for m in active]
+
+    def finish(self, m: Member, note: str) -> None:
+        """End a member's training: its callbacks restore the best epoch's weights."""
+        m.done = True
+        m.callbacks.on_train_end()
+        if note and self.progress and len(self.members) > 1:
+            print(f"  {m.name}: {note}", file=sys.stderr)
+
+    # -- final figures -------------------------------------------------------------------------
+    def evaluate(self, ds, steps: int, split: str, num_classes: int) -> None:
+        """Accuracy, loss and macro-F1 of every finished member on one pass over ``ds``."""
+        import tensorflow as tf
+
+        done = [m for m in self.members if m.done and not m.error]
+        if not done or not steps:
+            return
+        models = [m.model for m in done]
+
+        @tf.function(reduce_retracing=True)
+        def predict(features):
+            return [model(features, training=False) for model in models]
+
+        confusions = [Confusion([str(i) for i in range(num_classes)]) for _ in done]
+        losses = [0.0 for _ in done]
+        n = 0
+        for features, labels in ds.take(steps):
+            y = labels.numpy()
+            n += len(y)
+            for i, p in enumerate(predict(features)):
+                p = p.numpy()
+                confusions[i].add(y, p.argmax(axis=1))
+                picked = np.clip(p[np.arange(len(y)), y], 1e-7, 1.0)
+                losses[i] += float(-np.log(picked).sum())
+        for m, conf, loss in zip(done, confusions, losses):
+            report = conf.report()
+            m.metrics[f"{split}_loss"] = loss / max(n, 1)
+            m.metrics[f"{split}_accuracy"] = report["accuracy"]
+            m.metrics[f"{split}_macro_f1"] = report["macro_f1"]

@@ -371,7 +371,7 @@ def _fit_members(store_url, store, plans, members: list[Member], config: TrainCo
                                                              **bucketing)
             trainer.evaluate(ds, steps[split], split, num_classes)
     if lone and members[0].error:
-        raise EmbcacheError(f"Training {members[0].name} failed: {members[0].error}; the run "
+        raise EmbcacheError(f"Training {members[0].source.ref} failed: {members[0].error}; the run "
                             f"folder {members[0].final} is as it was before")
     group = ({"runs": [m.name for m in members], "shared_stream": True} if len(members) > 1
              else None)

@@ -14,7 +14,7 @@ VECTORS  ?= $(DATA_DIR)/glove.6B.50d.txt.gz
 GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
 NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
 
-.PHONY: install store embed-corpus info train score test check bench bench-embed bench-train bench-quality bench-score bench-scale data clean
+.PHONY: install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-score bench-scale data clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,24 +61,36 @@ store: install
 info: install
 	$(BIN)/embcache info $(STORE)
 
-train: store
-	$(BIN)/embcache train --store $(STORE) --model $(MODEL) --out $(RUNS)/$(MODEL) $(ARGS)
-
-# make score: the held-out test split of $(STORE), scored by every model in MODELS (trained first
-# when its run folder has no card yet).
 comma := ,
 empty :=
 space := $(empty) $(empty)
+# $(call run_out,NAMES): --out for `embcache train`: a lone model's run folder, or for a group
+# (several models) the parent folder of their runs; either way each lands in $(RUNS)/<name>.
+run_out = $(if $(word 2,$(1)),$(RUNS),$(RUNS)/$(strip $(1)))
+
+# make train MODEL=cnn -> $(RUNS)/cnn; MODEL=cnn,kim_cnn,fasttext trains the three as one group
+# from one stream of the store -> $(RUNS)/cnn, $(RUNS)/kim_cnn, $(RUNS)/fasttext.
+train: store
+	$(BIN)/embcache train --store $(STORE) --model $(MODEL) \
+	  --out $(call run_out,$(subst $(comma),$(space),$(MODEL))) $(ARGS)
+
+# make score: the held-out test split of $(STORE), scored by every model in MODELS; those whose
+# run folder has no card yet are trained first, together as one group.
 MODELS ?= cnn,fasttext
 OUT    ?= predictions.csv
-RUN_DIRS := $(addprefix $(RUNS)/,$(subst $(comma),$(space),$(MODELS)))
+MODEL_NAMES = $(subst $(comma),$(space),$(MODELS))
+RUN_DIRS = $(addprefix $(RUNS)/,$(MODEL_NAMES))
+UNTRAINED = $(strip $(foreach m,$(MODEL_NAMES),$(if $(wildcard $(RUNS)/$(m)/model.json),,$(m))))
 
-$(RUNS)/%/model.json: | store
-	$(BIN)/embcache train --store $(STORE) --model $* --out $(RUNS)/$*
-
-score: install $(addsuffix /model.json,$(RUN_DIRS))
+score: store
+	$(if $(UNTRAINED),$(BIN)/embcache train --store $(STORE) \
+	  --model $(subst $(space),$(comma),$(UNTRAINED)) --out $(call run_out,$(UNTRAINED)))
 	$(BIN)/embcache score --models $(subst $(space),$(comma),$(RUN_DIRS)) --input $(STORE) \
 	  --split test --out $(OUT) $(ARGS)
+
+# make runs: every trained run under $(RUNS), best validation accuracy first, and runs.png.
+runs: install
+	$(BIN)/embcache runs $(RUNS) $(ARGS)
 
 data:
 	mkdir -p $(DATA_DIR)

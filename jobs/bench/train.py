@@ -54,6 +54,10 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
           batch_size: int) -> dict:
     import time
 
+    from embcache.jobs.train import quiet_tensorflow
+
+    quiet_tensorflow()
+
     import keras
     import tensorflow as tf
 
@@ -63,8 +67,12 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
     from embcache.cache.stream import plan_split, read_padded
 
     store = open_store(store_url, require_labels=True)
-    plan = plan_split(store, None).head(-(-docs // store.chunk_docs))  # whole blocks
-    rows = np.arange(plan.num_docs)
+    if docs:
+        plan = plan_split(store, None).head(-(-docs // store.chunk_docs))  # whole blocks
+        rows = np.arange(plan.num_docs)
+    else:  # the whole training split (the Keras way only)
+        plan = plan_split(store, "train")
+        rows = np.flatnonzero(store.array("split")[:] == 0)
     spe = TrainConfig().steps_per_execution
     if variant == "stream":
         data = make_dataset(store, split=None, batch_size=batch_size, shuffle=True, plan=plan)
@@ -77,8 +85,8 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
     keras.utils.set_random_seed(0)
     body = models.build(model_name, max_len=store.max_len, dim=store.dim,
                         num_classes=len(store.label_names), padding=store.padding)
-    labels = store.array("labels")[: len(rows)].astype(np.int32)
-    lengths = store.array("lengths")[: len(rows)].astype(np.int32)
+    labels = store.array("labels")[:][rows].astype(np.int32)
+    lengths = store.array("lengths")[:][rows].astype(np.int32)
     if variant == "embcache":
         data = make_dataset(store, split=None, batch_size=batch_size, shuffle=True, plan=plan)
         model, fit_args = body, {"x": data}
@@ -103,29 +111,172 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
     return {"samples_per_s": len(rows) / per_epoch[len(per_epoch) // 2]}
 
 
-def _quality(store_url: str, model_names: list[str], epochs: int) -> None:
-    """Train each model twice as ``embcache train`` does, with and without length buckets (same
-    seed, split, epochs and early stopping), and print their accuracies."""
+def _vals(runs) -> str:
+    return ", ".join(f"{r.metrics['val_accuracy']:.3f}" for r in runs)
+
+
+def _quality(store_url: str, model_names: list[str], epochs: int, seeds: list[int]) -> None:
+    """Train the models as ``embcache train`` does, with length buckets and padded to
+    ``max_len``, for every seed (each model set in one group per seed and way: a model trained
+    in a group is the model trained alone), and compare mean validation accuracies."""
+    import statistics
     import tempfile
 
     from embcache.jobs.bench.common import table
-    from embcache.jobs.train import train
+    from embcache.jobs.train import quiet_tensorflow, train_group
+
+    quiet_tensorflow()
+    got: dict[tuple, list] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            for buckets in (True, False):
+                way = "length buckets" if buckets else "padded to max_len"
+                say(f"quality: {', '.join(model_names)} with {way}, seed {seed} ...")
+                result = train_group(store_url, model_names, os.path.join(tmp, f"{seed}-{buckets}"),
+                                     config=TrainConfig(epochs=epochs, length_buckets=buckets,
+                                                        seed=seed), progress=False)
+                for name, why in result.failed.items():
+                    say(f"  {name} failed: {why}")
+                for run in result.runs:
+                    got.setdefault((run.model, buckets), []).append(run)
+                    say(f"  {run.model}: val {run.metrics['val_accuracy']:.4f} test "
+                        f"{run.metrics['test_accuracy']:.4f} (best epoch {run.best_epoch}, "
+                        f"{run.seconds:.0f} s)")
+    rows = []
+    for name in model_names:
+        b, p = got.get((name, True), []), got.get((name, False), [])
+        if not b or not p:
+            continue
+        vb = statistics.mean(r.metrics["val_accuracy"] for r in b)
+        vp = statistics.mean(r.metrics["val_accuracy"] for r in p)
+        tb = statistics.mean(r.metrics["test_accuracy"] for r in b)
+        tp = statistics.mean(r.metrics["test_accuracy"] for r in p)
+        rows.append([name, f"{vb:.4f} ({_vals(b)})", f"{vp:.4f} ({_vals(p)})",
+                     f"{vb - vp:+.4f} ({'within' if abs(vb - vp) <= 0.01 else 'outside'} 0.01)",
+                     f"{tb:.4f} / {tp:.4f}",
+                     f"{statistics.median(r.samples_per_s for r in b):,.0f} / "
+                     f"{statistics.median(r.samples_per_s for r in p):,.0f}"])
+    click.echo(f"quality: embcache train, up to {epochs} epochs, early stopping patience "
+               f"{TrainConfig().patience}, seeds {', '.join(map(str, seeds))}; validation accuracy "
+               "of the best epoch, mean (each seed); each way's models trained in one group")
+    click.echo(table(["model", "val, length buckets", "val, padded to max_len",
+                      "buckets - padded", "test, buckets / padded",
+                      "group samples/s, buckets / padded"], rows))
+
+
+PARTS = ("throughput", "group", "sweep", "fasttext-full")
+SWEEP = ("hidden=[0,64]", "dropout=[0.0,0.3]", "learning_rate=[0.001,0.003]")  # 8 settings
+
+
+def say(message: str) -> None:
+    """A progress line on stderr (the tables go to stdout)."""
+    import time
+
+    click.echo(f"[bench-train {time.strftime('%H:%M:%S')}] {message}", err=True)
+
+
+def _train_argv(store_url: str, model: str, out: str, epochs: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "embcache.jobs.cli", "train", "--store", store_url, "--model",
+            model, "--epochs", str(epochs), "--out", out, "-q", "--overwrite", *extra]
+
+
+def _groups(store_url: str, vectors: str, parts: set, epochs: int, full_epochs: int,
+            rounds: int, batch_size: int) -> None:
+    """Group training against separate ``embcache train`` processes (wall time, peak RSS), and
+    fasttext on the whole training split against the Keras way; rounds interleave the variants."""
+    import tempfile
+
+    from embcache import models
+    from embcache.jobs.bench.common import median, run_measured, table
+    from embcache.jobs.train import expand_runs, parse_grid
+
+    six = models.names()
+    sweep = expand_runs(["fasttext"], grid=parse_grid(list(SWEEP)))
+    res: dict[str, list] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-group-") as tmp:
+        def measure(key: str, label: str, argv: list[str]):
+            say(f"{label} ...")
+            wall, rss, out = run_measured(argv, env=dict(os.environ))
+            say(f"  {label}: {wall:,.1f} s, peak RSS {rss:,.0f} MB")
+            res.setdefault(key, []).append((wall, rss))
+            return out
+
+        def separately(key: str, label: str, runs: list[tuple[str, list[str]]]):
+            walls, peak = 0.0, 0.0
+            for name, argv in runs:
+                say(f"{label}: {name} ...")
+                wall, rss, _ = run_measured(argv, env=dict(os.environ))
+                walls, peak = walls + wall, max(peak, rss)
+            say(f"  {label}: {walls:,.1f} s in all, peak RSS {peak:,.0f} MB")
+            res.setdefault(key, []).append((walls, peak))
+
+        for r in range(rounds):
+            say(f"round {r + 1} of {rounds}")
+            if "group" in parts:
+                measure("group6", f"six models in one group, {epochs} epochs",
+                        _train_argv(store_url, ",".join(six), f"{tmp}/group", epochs))
+                separately("alone6", "six separate processes",
+                           [(m, _train_argv(store_url, m, f"{tmp}/alone/{m}", epochs))
+                            for m in six])
+            if "sweep" in parts:
+                grid = [a for g in SWEEP for a in ("--grid", g)]
+                measure("sweep8", f"8 fasttext settings in one group, {epochs} epochs",
+                        _train_argv(store_url, "fasttext", f"{tmp}/sweep", epochs, *grid))
+                separately("sweep_alone", "8 separate fasttext processes", [
+                    (p.name, _train_argv(store_url, "fasttext", f"{tmp}/one/{p.name}", epochs,
+                                         "--learning-rate", str(p.learning_rate),
+                                         *[a for k, v in p.hparams.items()
+                                           for a in ("--param", f"{k}={json.dumps(v)}")]))
+                    for p in sweep])
+            if "fasttext-full" in parts:
+                measure("ft_embcache", f"fasttext, whole training split, embcache train, "
+                        f"{full_epochs} epochs",
+                        _train_argv(store_url, "fasttext", f"{tmp}/ft", full_epochs))
+                card = json.loads(open(f"{tmp}/ft/model.json").read())
+                res.setdefault("ft_embcache_sps", []).append(card["training"]["samples_per_s"])
+                out = measure("ft_keras", f"fasttext, whole training split, Keras way, "
+                              f"{full_epochs} epochs",
+                              [sys.executable, "-m", "embcache.jobs.bench.train", "--store",
+                               store_url, "--vectors", vectors, "--docs", "0", "--epochs",
+                               str(full_epochs), "--batch-size", str(batch_size),
+                               "--child-variant", "keras:fasttext"])
+                res.setdefault("ft_keras_sps", []).append(
+                    json.loads(out.strip().splitlines()[-1])["samples_per_s"])
+
+    def cell(key, i=0, fmt="{:,.1f}"):
+        xs = [x[i] if isinstance(x, tuple) else x for x in res[key]]
+        return f"{fmt.format(median(xs))} ({fmt.format(min(xs))}-{fmt.format(max(xs))})"
+
+    def ratio(a, b, i=0):
+        def med(k):
+            return median([x[i] if isinstance(x, tuple) else x for x in res[k]])
+        return med(a) / med(b)
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in model_names:
-            for buckets in (True, False):
-                config = TrainConfig(epochs=epochs, length_buckets=buckets)
-                s = train(store_url, name, os.path.join(tmp, f"{name}-{buckets}"), config=config,
-                          progress=False)
-                rows.append([name, "length buckets" if buckets else "padded to max_len",
-                             f"{s.metrics['val_accuracy']:.4f}", f"{s.metrics['test_accuracy']:.4f}",
-                             f"{s.best_epoch} of {s.epochs}", f"{s.samples_per_s:,.0f}",
-                             f"{s.seconds:.0f}"])
-    click.echo(f"quality: embcache train, up to {epochs} epochs, seed 0, early stopping patience "
-               f"{TrainConfig().patience}; val accuracy of the best epoch, test accuracy of it")
-    click.echo(table(["model", "batches", "val accuracy", "test accuracy", "best epoch",
-                      "train samples/s", "wall s"], rows))
+    if "group" in parts:
+        rows.append([f"six built-in models, {epochs} epochs", cell("group6"), cell("alone6"),
+                     f"{ratio('alone6', 'group6'):.2f}x (goal 1.3x)",
+                     f"{cell('group6', 1, '{:,.0f}')} / {cell('alone6', 1, '{:,.0f}')}"])
+    if "sweep" in parts:
+        rows.append([f"8 fasttext settings, {epochs} epochs", cell("sweep8"), cell("sweep_alone"),
+                     f"{ratio('sweep_alone', 'sweep8'):.2f}x (goal 3x)",
+                     f"{cell('sweep8', 1, '{:,.0f}')} / {cell('sweep_alone', 1, '{:,.0f}')}"])
+    if rows:
+        click.echo(f"\ngroup training: wall seconds, median (range) over {rounds} round(s); "
+                   f"separate = the sum of one `embcache train` process per run; peak RSS is the "
+                   f"group's / the largest separate process's; {os.cpu_count()} cores")
+        click.echo(table(["runs", "one group, s", "separate processes, s", "separate / group",
+                          "peak RSS MB group / separate"], rows))
+    if "fasttext-full" in parts:
+        click.echo(f"\nfasttext on the whole training split ({full_epochs} epochs): samples/s "
+                   f"of the median epoch, median (range) over {rounds} round(s)")
+        click.echo(table(["way", "samples/s", "wall s", "peak RSS MB", "vs Keras way"], [
+            ["embcache train (split in memory)", cell("ft_embcache_sps", 0, "{:,.0f}"),
+             cell("ft_embcache"), cell("ft_embcache", 1, "{:,.0f}"),
+             f"{ratio('ft_embcache_sps', 'ft_keras_sps'):.2f}x (goal 2x)"],
+            ["Keras way (frozen Embedding, ids padded to max_len)",
+             cell("ft_keras_sps", 0, "{:,.0f}"), cell("ft_keras"), cell("ft_keras", 1, "{:,.0f}"),
+             "1.00x"]]))
 
 
 @click.command()
@@ -146,17 +297,38 @@ def _quality(store_url: str, model_names: list[str], epochs: int) -> None:
 @click.option("--quality", is_flag=True,
               help="Instead of throughput: train each model with and without length buckets "
                    "and compare accuracies.")
+@click.option("--only", default=",".join(PARTS), show_default=True,
+              help="Which parts to run: throughput (every model on the sample against the Keras "
+                   "way and the ceiling), group (six models in one group against six processes), "
+                   "sweep (8 fasttext settings in one group against 8 processes), fasttext-full "
+                   "(the whole training split against the Keras way).")
+@click.option("--group-epochs", default=3, show_default=True,
+              help="Epochs of every run in the group and sweep parts.")
+@click.option("--full-epochs", default=5, show_default=True,
+              help="Epochs in the fasttext-full part (the median epoch is compared).")
+@click.option("--seeds", default="0,1,2", show_default=True, help="With --quality: the seeds.")
 @click.option("--child-variant", default=None, hidden=True)
 def main(store_url, vectors, model_names, docs, epochs, batch_size, rounds, spe_baseline, quality,
-         child_variant):
-    """Benchmark training throughput: the store (length buckets) vs the Keras way and the ceiling."""
+         only, group_epochs, full_epochs, seeds, child_variant):
+    """Benchmark training: throughput against the Keras way and the ceiling, group training
+    against separate processes, fasttext on the whole split (see --only)."""
     if quality:
-        _quality(store_url, (model_names or "cnn,kim_cnn").split(","), epochs or 10)
+        _quality(store_url, (model_names or "cnn,kim_cnn,fasttext").split(","), epochs or 10,
+                 [int(x) for x in seeds.split(",")])
         return
     epochs = epochs or 3
     if child_variant:
         variant, model_name = child_variant.split(":")
         click.echo(json.dumps(child(variant, model_name, store_url, docs, epochs, batch_size)))
+        return
+    parts = {p.strip() for p in only.split(",") if p.strip()}
+    unknown = parts - set(PARTS)
+    if unknown:
+        raise click.BadParameter(f"unknown part {sorted(unknown)[0]!r}; choose from "
+                                 f"{', '.join(PARTS)}", param_hint="'--only'")
+    if parts - {"throughput"}:
+        _groups(store_url, vectors, parts, group_epochs, full_epochs, rounds, batch_size)
+    if "throughput" not in parts:
         return
     from embcache import models
     from embcache.cache.vectors import load_vectors
@@ -169,8 +341,9 @@ def main(store_url, vectors, model_names, docs, epochs, batch_size, rounds, spe_
                                 + (("keras-spe",) if m in spe_baseline.split(",") else ())]
     results: dict[tuple, list] = {key: [] for key in plan}
     # Rounds interleave every variant of every model, so a slow spell of the machine hits all.
-    for _ in range(rounds):
-        for variant, model_name in plan:
+    for r in range(rounds):
+        for i, (variant, model_name) in enumerate(plan):
+            say(f"throughput round {r + 1}/{rounds}, {i + 1}/{len(plan)}: {variant} {model_name}")
             _wall, rss, out = run_measured([sys.executable, "-m", "embcache.jobs.bench.train", "--store",
                                             store_url, "--vectors", vectors, "--docs", str(docs),
                                             "--epochs", str(epochs), "--batch-size",

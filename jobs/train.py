@@ -316,7 +316,7 @@ def _caches(store, plans: dict, config: TrainConfig, progress: bool) -> dict:
             out[split] = SplitCache(store, plans[split], split)
             left -= out[split].nbytes
             if progress:
-                print(f"{split} split decoded into memory: {out[split].nbytes / 1e6:,.0f} MB in "
+                print(f"{split} split decoded into memory: {out[split].nbytes / 1e6:,.1f} MB in "
                       f"{time.perf_counter() - t:.1f} s (--memory-mb {config.memory_mb})",
                       file=sys.stderr)
     return out

@@ -14,7 +14,8 @@ def receptive_field(kernel_size: int, pool_size: int) -> int:
 
 @register("cnn")
 def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", filters: int = 128,
-          kernel_size: int = 5, pool_size: int = 5, dense: int = 128, dropout: float = 0.0):
+          kernel_size: int = 5, pool_size: int = 5, dense: int = 128, dropout: float = 0.0,
+          edge: int = 0):
     """Three Conv1D(filters, kernel_size) with max pooling, global max pooling, Dense(dense).
 
     Input ``(T, dim)`` for any ``T``: a batch shorter than the receptive field (149 steps for
@@ -24,12 +25,17 @@ def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", fil
     batches padded far enough, so a document's features jumped with its batch's length. The
     batch is padded so that its length minus the receptive field is a multiple of the poolings'
     stride (``MinLength(align=...)``): the grid then ends on the last token, whatever the
-    batch's length, so no final tokens are dropped and the features do not depend on it.
+    batch's length, so no final tokens are dropped and the windows over a document are the
+    same in every batch; only windows reaching further into the padding before it appear in
+    longer batches. ``edge`` zero steps are kept before every document (on the padding side):
+    at ``receptive_field - 1`` (148) no window can reach further, so a document's features do
+    not depend on its batch's length at all, at the cost of computing over those steps.
     """
     ins = inputs(dim)
     field = receptive_field(kernel_size, pool_size)
     # Aligned to the poolings' stride (pool_size ** 2): every token reaches the global pooling.
-    x = padded = MinLength(field, padding, align=pool_size * pool_size)(ins["embedded"])
+    x = padded = MinLength(field, padding, extra=edge,
+                           align=pool_size * pool_size)(ins["embedded"])
     x = keras.layers.Conv1D(filters, kernel_size, activation="relu")(x)
     x = keras.layers.MaxPooling1D(pool_size)(x)
     x = keras.layers.Conv1D(filters, kernel_size, activation="relu")(x)

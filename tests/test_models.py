@@ -103,3 +103,32 @@ def test_masked_models_ignore_the_batch_length(name, padding):
     for length in (int(x["lengths"].max()), 400):
         np.testing.assert_allclose(model.predict_on_batch(pad_to(x, length, padding)), want,
                                    rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["pre", "post"])
+def test_cnn_with_an_edge_ignores_the_batch_length(padding):
+    """With ``edge`` = receptive field - 1 zero steps before every document, no pooling window can
+    reach further into the padding: cnn's output does not depend on the batch's length."""
+    keras.utils.set_random_seed(0)
+    model = models.build("cnn", max_len=MAX_LEN, dim=DIM, num_classes=CLASSES, padding=padding,
+                         edge=148)
+    x, _ = batch()
+    want = model.predict_on_batch(pad_to(x, MAX_LEN, padding))
+    for length in (int(x["lengths"].max()), 173, 400):
+        np.testing.assert_allclose(model.predict_on_batch(pad_to(x, length, padding)), want,
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_cnn_reads_the_last_token_at_every_batch_length():
+    """cnn's pooling grid ends on the last step at any batch length (the batch is padded to the
+    poolings' stride), so a document's final token always reaches its output."""
+    keras.utils.set_random_seed(0)
+    model = models.build("cnn", max_len=MAX_LEN, dim=DIM, num_classes=CLASSES)
+    x, _ = batch()
+    rows = x["lengths"] > 0
+    for length in range(int(x["lengths"].max()), int(x["lengths"].max()) + 25, 4):
+        a = pad_to(x, length)
+        b = {"embedded": a["embedded"].copy(), "lengths": a["lengths"]}
+        b["embedded"][:, -1] += 3.0  # pre padding: the last step is each document's last token
+        pa, pb = model.predict_on_batch(a), model.predict_on_batch(b)
+        assert (np.abs(pa - pb).max(axis=1)[rows] > 1e-6).all(), length

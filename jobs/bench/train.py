@@ -29,7 +29,7 @@ import numpy as np
 from embcache.jobs.bench.keras_way import with_frozen_embedding
 from embcache.jobs.train import EpochTimer, TrainConfig
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _token_ids(store, rows: np.ndarray, table):

@@ -147,7 +147,9 @@ def _cached_dataset(store: Store, cache: SplitCache, plan: StreamPlan | None, *,
 
     plan = plan or plan_split(store, split)
     epochs = itertools.count()
-    rows = tf.constant(cache.rows)  # one copy, held by the dataset for its lifetime
+    if cache.device_rows is None:  # made once per cache; the NumPy rows are released after
+        cache.device_rows = tf.constant(cache.take_rows())
+    rows = cache.device_rows
     offsets = tf.constant(cache.offsets)
     grid = tf.constant(bucket_lengths(store.max_len) if buckets else [store.max_len], tf.int32)
     pre = store.padding == "pre"

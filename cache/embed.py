@@ -91,11 +91,48 @@ class BlockEmbedder:
         return BlockResult(out, lengths, tokens, oov)
 
 
+class EncoderEmbedder:
+    """A block of texts through a frozen transformer encoder: each document's token vectors
+    (its tokenizer's tokens, start and end tokens kept, truncated to ``max_len``)."""
+
+    def __init__(self, encoder, settings: EmbedSettings):
+        self.encoder, self.dtype = encoder, np.dtype(settings.dtype)
+
+    def embed(self, texts: list[str]) -> BlockResult:
+        ids, total, unknown = self.encoder.token_ids(texts)
+        vectors = self.encoder.encode(ids)
+        lengths = np.fromiter((len(v) for v in vectors), dtype=np.int32, count=len(vectors))
+        out = (np.concatenate(vectors).astype(self.dtype) if vectors
+               else np.zeros((0, self.encoder.dim), self.dtype))
+        return BlockResult(out, lengths, total, unknown)
+
+
+# Encoders loaded in this process, by reference: loading one takes seconds and its weights
+# hold memory, so each worker process loads each encoder once.
+_ENCODERS: dict = {}
+
+
+def get_encoder(ref):
+    from embcache.cache.encoder import Encoder
+
+    if ref not in _ENCODERS:
+        _ENCODERS[ref] = Encoder(ref)
+    return _ENCODERS[ref]
+
+
+def make_embedder(source, settings: EmbedSettings, oov: np.ndarray | None):
+    """``source``: a parsed vectors table's cache path, or an encoder
+    (:class:`embcache.cache.encoder.EncoderRef`)."""
+    if isinstance(source, str):
+        return BlockEmbedder(open_cached_table(source), settings, oov)
+    return EncoderEmbedder(get_encoder(source), settings)
+
+
 class BlockWriter:
     """Embeds blocks and writes them into an existing store (one per process)."""
 
-    def __init__(self, table_path: str, settings: EmbedSettings, oov: np.ndarray | None):
-        self.embedder = BlockEmbedder(open_cached_table(table_path), settings, oov)
+    def __init__(self, source, settings: EmbedSettings, oov: np.ndarray | None):
+        self.embedder = make_embedder(source, settings, oov)
         self._stores: dict[str, tuple[dict, int]] = {}
 
     def _open(self, store_url: str) -> tuple[dict, int]:
@@ -143,17 +180,18 @@ _WRITER: BlockWriter | None = None
 _WRITER_KEY: tuple | None = None
 
 
-def init_worker(table_path: str, settings: EmbedSettings, oov: np.ndarray | None) -> None:
-    """Load the vectors and tokenizer once per worker process."""
+def init_worker(source, settings: EmbedSettings, oov: np.ndarray | None) -> None:
+    """Load the vectors and tokenizer (or the encoder) once per worker process."""
     global _WRITER, _WRITER_KEY
-    _WRITER, _WRITER_KEY = BlockWriter(table_path, settings, oov), (table_path, settings)
+    _WRITER, _WRITER_KEY = BlockWriter(source, settings, oov), (source, settings)
 
 
-def write_block(table_path: str, settings: EmbedSettings, oov: np.ndarray | None, store_url: str,
+def write_block(source, settings: EmbedSettings, oov: np.ndarray | None, store_url: str,
                 chunk: int, texts: list[str], doc_ids: list[str], labels: list[int] | None,
                 split: np.ndarray) -> np.ndarray:
     """The task every executor runs: embed and write one chunk. The worker's writer (vectors
-    memory-mapped from the cache) is built on first use and reused by later tasks."""
-    if _WRITER is None or _WRITER_KEY != (table_path, settings):
-        init_worker(table_path, settings, oov)
+    memory-mapped from the cache, or the encoder) is built on first use and reused by later
+    tasks. ``source``: a vectors table's cache path or an encoder reference."""
+    if _WRITER is None or _WRITER_KEY != (source, settings):
+        init_worker(source, settings, oov)
     return _WRITER.write(store_url, chunk, texts, doc_ids, labels, split)

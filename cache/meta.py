@@ -81,6 +81,9 @@ class StoreMeta:
     complete: bool = False
     totals: StoreTotals | None = None
     layout: int = LAYOUT_VERSION
+    # A frozen transformer encoder's identity (embcache.cache.encoder.Encoder.identity) when the
+    # vectors are its token vectors; ``vectors.fingerprint`` is then the encoder's fingerprint.
+    encoder: dict[str, Any] | None = None
 
     # -- derived facts -------------------------------------------------------------------------
     @property
@@ -171,6 +174,8 @@ class StoreMeta:
             "corpus": dict(self.corpus),
             "embcache_version": self.embcache_version,
         }
+        if self.encoder is not None:
+            attrs["encoder"] = dict(self.encoder)
         if self.totals is not None:
             t = self.totals
             attrs.update({**asdict(t), "oov_rate": t.oov_rate})
@@ -217,6 +222,12 @@ class StoreMeta:
                                        and all(isinstance(x, str) for x in labels)):
             raise error(f"{where}: label_names must be a non-empty list of strings or null")
         corpus = r.get("corpus", dict)
+        encoder = attrs.get("encoder")
+        if encoder is not None and not (isinstance(encoder, dict)
+                                        and encoder.get("fingerprint") == vectors.fingerprint):
+            raise error(f"{where} has a malformed attribute `encoder` (not an object whose "
+                        "fingerprint is vectors.fingerprint); it was not written by this "
+                        "embcache or has been edited")
         totals = None
         complete = bool(attrs.get("complete", False))
         if complete:
@@ -231,7 +242,7 @@ class StoreMeta:
                    token_chunk=r.get("token_chunk", int, positive=True),
                    block_rows=r.get("block_rows", int, positive=True),
                    embcache_version=str(attrs.get("embcache_version", "")),
-                   complete=complete, totals=totals, layout=layout)
+                   complete=complete, totals=totals, layout=layout, encoder=encoder)
 
 
 @dataclass

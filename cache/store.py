@@ -90,8 +90,8 @@ def block_rows(chunk_docs: int, max_len: int, token_chunk: int) -> int:
 
 
 def new_meta(*, settings, vectors: VectorsInfo, split: SplitSettings, corpus: dict[str, Any],
-             label_names: list[str] | None, num_docs: int, chunk_docs: int | None = None
-             ) -> StoreMeta:
+             label_names: list[str] | None, num_docs: int, chunk_docs: int | None = None,
+             encoder: dict[str, Any] | None = None) -> StoreMeta:
     """The metadata of a store about to be written, its physical layout decided here:
     ``chunk_docs`` (default :func:`auto_chunk_docs`), ``token_chunk`` and ``block_rows``."""
     from embcache.cache import __version__
@@ -103,7 +103,7 @@ def new_meta(*, settings, vectors: VectorsInfo, split: SplitSettings, corpus: di
                      label_names=tuple(label_names) if label_names is not None else None,
                      num_docs=num_docs, chunk_docs=chunk, token_chunk=token_chunk,
                      block_rows=block_rows(chunk, settings.max_len, token_chunk),
-                     embcache_version=__version__)
+                     embcache_version=__version__, encoder=encoder)
 
 
 def assign_split(doc_ids: list[str], val_frac: float, test_frac: float, seed: int = 0) -> np.ndarray:

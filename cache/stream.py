@@ -289,10 +289,14 @@ class SplitCache:
                     self.offsets[doc] = row
                     doc, row = doc + 1, row + m
         self.pad_row = total
+        self.nbytes = self.rows.nbytes
+        self.device_rows = None  # the rows as a TensorFlow tensor, once a dataset made them one
 
-    @property
-    def nbytes(self) -> int:
-        return self.rows.nbytes
+    def take_rows(self) -> np.ndarray:
+        """Hand the rows over (to :mod:`embcache.cache.dataset`, which makes them one tensor):
+        the cache then no longer holds them, so the split is in memory once, not twice."""
+        rows, self.rows = self.rows, None
+        return rows
 
     def block(self, chunk: int):
         """A chunk's documents as ids, with their lengths and labels (what a block read gives)."""

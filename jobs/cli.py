@@ -105,8 +105,15 @@ def main() -> None:
 @main.command("embed-corpus")
 @click.option("--corpus", "corpus_path", required=True,
               help="Folder per label, .tar.gz, .csv/.tsv, .jsonl or .txt (one document per line).")
-@click.option("--vectors", "vectors_path", required=True,
+@click.option("--vectors", "vectors_path", default=None,
               help="GloVe .txt/.txt.gz/.zip, word2vec .txt/.bin or fastText .vec file.")
+@click.option("--encoder", default=None,
+              help="Instead of --vectors: a frozen transformer encoder (keras-hub text backbone) "
+                   "whose last-layer token vectors are stored: a keras-hub preset folder, a "
+                   "Hugging Face folder (config.json + model.safetensors + tokenizer), a .zip of "
+                   "one, or a keras-hub preset name. Needs the encoders extra.")
+@click.option("--encoder-batch", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Documents per encoder forward pass (documents of similar length together).")
 @click.option("--out", required=True, help="The store to write (a folder, e.g. news20.zarr).")
 @corpus_options
 @click.option("--strip-headers", is_flag=True,
@@ -115,11 +122,14 @@ def main() -> None:
 @click.option("--vectors-member", default=None, help="The vectors file inside a .zip.")
 @click.option("--vectors-format", default="auto", show_default=True,
               type=click.Choice(["auto", "glove", "word2vec", "word2vec-bin", "fasttext"]))
-@click.option("--max-len", default=_EMBED.max_len, show_default=True, type=click.IntRange(min=1),
-              help="Tokens per sequence; longer documents are truncated.")
+@click.option("--max-len", default=None, type=click.IntRange(min=1),
+              help=f"Tokens per sequence; longer documents are truncated [default: "
+                   f"{_EMBED.max_len}; with --encoder 256 of its own tokens, at most its position "
+                   "limit].")
 @click.option("--padding", default=_EMBED.padding, show_default=True, type=click.Choice(PADDINGS))
-@click.option("--truncating", default=_EMBED.truncating, show_default=True,
-              type=click.Choice(PADDINGS))
+@click.option("--truncating", default=None, type=click.Choice(PADDINGS),
+              help=f"Where long documents lose tokens [default: {_EMBED.truncating}; with "
+                   "--encoder post: the start is kept].")
 @click.option("--oov", default=_EMBED.oov, show_default=True, type=click.Choice(OOV_POLICIES),
               help="Vector for out-of-vocabulary tokens: zeros, one seeded random vector, or the "
                    "mean vector.")
@@ -147,7 +157,8 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_friendly("the store is incomplete (marked so); rerun the same command to resume it from "
            "its last completed block")
-def embed_corpus_cmd(corpus_path, vectors_path, out, corpus_format, text_columns, label_column,
+def embed_corpus_cmd(corpus_path, vectors_path, encoder, encoder_batch, out, corpus_format,
+                     text_columns, label_column,
                      id_column, header, label_names_file, strip_headers, vectors_member,
                      vectors_format, max_len, padding, truncating, oov, dtype, val_frac, test_frac,
                      seed, chunk_docs, workers, scheduler, overwrite, cache_dir, quiet):
@@ -158,6 +169,11 @@ def embed_corpus_cmd(corpus_path, vectors_path, out, corpus_format, text_columns
       embcache embed-corpus --corpus data/news20.tar.gz \\
           --vectors data/glove.6B.50d.txt.gz --strip-headers --out news20.zarr
 
+    \b
+    Example (the same with a frozen MiniLM encoder's token vectors):
+      embcache embed-corpus --corpus data/news20.tar.gz \\
+          --encoder data/all-MiniLM-L6-v2.zip --strip-headers --out news20-minilm.zarr
+
     Rerunning an interrupted command resumes it from its last completed chunk.
     """
     from embcache.cache.corpus import CorpusSpec
@@ -166,9 +182,21 @@ def embed_corpus_cmd(corpus_path, vectors_path, out, corpus_format, text_columns
     spec = CorpusSpec(path=corpus_path, format=corpus_format, text_columns=tuple(text_columns),
                       label_column=label_column, id_column=id_column, header=header,
                       strip_headers=strip_headers, label_names_file=label_names_file)
-    settings = EmbedSettings(max_len=max_len, padding=padding, truncating=truncating, oov=oov,
-                             dtype=dtype, seed=seed)
-    summary = embed_corpus(spec, vectors_path, out, settings=settings,
+    if (vectors_path is None) == (encoder is None):
+        raise click.UsageError("Give either --vectors (word vectors) or --encoder (a transformer "
+                               "encoder)")
+    if encoder is not None:
+        from embcache.cache.encoder import DEFAULT_MAX_LEN
+        from embcache.jobs.train import quiet_tensorflow
+
+        quiet_tensorflow()
+
+        max_len, truncating = max_len or DEFAULT_MAX_LEN, truncating or "post"
+    settings = EmbedSettings(max_len=max_len or _EMBED.max_len, padding=padding,
+                             truncating=truncating or _EMBED.truncating, oov=oov, dtype=dtype,
+                             seed=seed)
+    summary = embed_corpus(spec, vectors_path, out, settings=settings, encoder=encoder,
+                           encoder_batch=encoder_batch,
                            split=SplitSettings(val_frac=val_frac, test_frac=test_frac, seed=seed),
                            vectors_member=vectors_member, vectors_format=vectors_format,
                            chunk_docs=chunk_docs, workers=workers, overwrite=overwrite,
@@ -322,6 +350,9 @@ def runs_cmd(folder, as_json, plot_path):
               help="Predictions file: .csv, .jsonl or .parquet.")
 @click.option("--vectors", "vectors_path", default=None,
               help="The vectors file the models were trained with (raw input only).")
+@click.option("--encoder", default=None,
+              help="The transformer encoder the models were trained on, for models trained on an "
+                   "encoder's store (raw input only; checked against their cards).")
 @click.option("--split", default=None, type=click.Choice(["train", "val", "test"]),
               help="Score only this split of a store [default: every document].")
 @click.option("--top-k", default=_SCORE.top_k, show_default=True, type=click.IntRange(min=1),
@@ -343,7 +374,7 @@ def runs_cmd(folder, as_json, plot_path):
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own logs.")
 @_friendly("no predictions were written (an earlier predictions file is unchanged); rerun "
            "the command to score again")
-def score_cmd(model_dirs, input_path, out, vectors_path, split, top_k, batch_size, ensemble,
+def score_cmd(model_dirs, input_path, out, vectors_path, encoder, split, top_k, batch_size, ensemble,
               keep_store, metrics_dir, corpus_format, text_columns, label_column, id_column, header,
               label_names_file, cache_dir, quiet, verbose):
     """Batch-classify documents with many models sharing one embedding pass.
@@ -364,7 +395,8 @@ def score_cmd(model_dirs, input_path, out, vectors_path, split, top_k, batch_siz
                       label_column=label_column, id_column=id_column, header=header,
                       label_names_file=label_names_file)
     summary = score([d for d in model_dirs.split(",") if d], input_path, out, corpus=spec,
-                    vectors_path=vectors_path, split=split, top_k=top_k, batch_size=batch_size,
+                    vectors_path=vectors_path, encoder=encoder, split=split, top_k=top_k,
+                    batch_size=batch_size,
                     keep_store=keep_store, metrics_dir=metrics_dir, progress=not quiet,
                     cache_dir=cache_dir, ensemble=ensemble)
     if summary.metrics:

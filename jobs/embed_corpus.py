@@ -13,11 +13,12 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from embcache.cache.corpus import CorpusSpec, Document, iter_documents, label_mapper, scan_corpus
 from embcache.cache.embed import BlockWriter, oov_vector
+from embcache.cache.encoder import DEFAULT_MAX_LEN as DEFAULT_ENCODER_MAX_LEN
 from embcache.cache.errors import CorpusError, EmbcacheError, StoreError, writing
 from embcache.cache.meta import SplitSettings, VectorsInfo
 from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
@@ -105,10 +106,12 @@ def _blocks(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
 
 def embed_corpus(
     corpus: CorpusSpec | str,
-    vectors_path: str,
+    vectors_path: str | None,
     out: str,
     *,
-    settings: EmbedSettings = EmbedSettings(),
+    settings: EmbedSettings | None = None,
+    encoder: str | None = None,
+    encoder_batch: int = 16,
     split: SplitSettings = SplitSettings(),
     vectors_member: str | None = None,
     vectors_format: str = "auto",
@@ -119,7 +122,13 @@ def embed_corpus(
     cache_dir: str | None = None,
     scheduler: str | None = None,
 ) -> EmbedSummary:
-    """Embed ``corpus`` with the vectors at ``vectors_path`` into the store ``out``.
+    """Embed ``corpus`` with the vectors at ``vectors_path`` (or, with ``encoder`` and
+    ``vectors_path=None``, a frozen transformer encoder's token vectors: see
+    :mod:`embcache.cache.encoder`) into the store ``out``.
+
+    ``settings`` defaults to :class:`EmbedSettings` (for an encoder: ``max_len`` 256 of its own
+    tokens, truncated at the end; its tokenizer replaces the word tokenizer). ``encoder_batch``:
+    documents per forward pass.
 
     ``out`` is a path or a URL (``memory://``, ``s3://``, ``gs://``: zarr's fsspec support, with
     credentials from the usual environment). ``scheduler`` runs the blocks as Dask tasks
@@ -136,7 +145,14 @@ def embed_corpus(
     t0 = time.perf_counter()
     if not isinstance(corpus, CorpusSpec):
         corpus = CorpusSpec(str(corpus))
-    workers = workers or os.cpu_count() or 1
+    if (vectors_path is None) == (encoder is None):
+        raise EmbcacheError("Give either --vectors (word vectors) or --encoder (a transformer "
+                            "encoder), not both and not neither")
+    if settings is None:
+        settings = (EmbedSettings(max_len=DEFAULT_ENCODER_MAX_LEN, truncating="post") if encoder
+                    else EmbedSettings())
+    # An encoder runs on all cores of one process: more processes would only compete for them.
+    workers = workers or (1 if encoder else os.cpu_count() or 1)
     validate_settings(settings, split, chunk_docs, workers)
     out = str(out)
     parse_scheduler(scheduler)
@@ -149,24 +165,30 @@ def embed_corpus(
         if is_local(out):  # one writer per store: a second embed-corpus fails here, at once
             held.enter_context(exclusive(out.removeprefix("file://"), f"Store {out}"))
         check_target(out, overwrite)  # before the vectors load: a refusal costs nothing
-        table = load_vectors(vectors_path, member=vectors_member, fmt=vectors_format,
-                             cache_dir=cache_dir)
-        oov = oov_vector(table, settings)
+        if encoder is not None:
+            source, vectors_info, oov, identity = _load_encoder(encoder, settings, encoder_batch,
+                                                                cache_dir)
+            settings = replace(settings, max_len=identity["max_len"])
+        else:
+            table = load_vectors(vectors_path, member=vectors_member, fmt=vectors_format,
+                                 cache_dir=cache_dir)
+            source, vectors_info = table.cache_path, VectorsInfo(**table.describe())
+            oov, identity = oov_vector(table, settings), None
         # Workers start (imports, vocabulary) while this process scans the corpus.
         # Small corpora run in this process: spawning workers costs about a second.
         use_pool = workers > 1 and (Path(corpus.path).is_dir()
                                     or Path(corpus.path).stat().st_size > _POOL_MIN_BYTES)
         # A memory:// store lives in this process only: other processes cannot write into it.
         use_pool = use_pool and not out.startswith("memory://")
-        pool = held.enter_context(block_executor(scheduler, workers, use_pool, table.cache_path,
+        pool = held.enter_context(block_executor(scheduler, workers, use_pool, source,
                                                  settings, oov))
         scan = scan_corpus(corpus)
-        meta = new_meta(settings=settings, vectors=VectorsInfo(**table.describe()), split=split,
+        meta = new_meta(settings=settings, vectors=vectors_info, split=split,
                         corpus=_corpus_identity(corpus), label_names=scan.label_names,
-                        num_docs=scan.num_docs, chunk_docs=chunk_docs)
+                        num_docs=scan.num_docs, chunk_docs=chunk_docs, encoder=identity)
         with writing(f"store {out}"):  # disk full, read-only: one line; the rerun resumes
             store = StoreWriter.open(out, meta, overwrite=overwrite)
-            _write_blocks(corpus, store, scan, table, oov, pool, progress)
+            _write_blocks(corpus, store, scan, source, oov, pool, progress)
             final = store.finish(time.perf_counter() - t0)
         totals = final.totals
         return EmbedSummary(store=out, docs=final.num_docs, tokens=totals.num_tokens,
@@ -175,7 +197,23 @@ def embed_corpus(
                             num_chunks=final.num_chunks)
 
 
-def _write_blocks(corpus: CorpusSpec, store: StoreWriter, scan, table, oov, pool: Executor | None,
+def _load_encoder(spec: str, settings: EmbedSettings, batch: int, cache_dir: str | None):
+    """The encoder's reference, its :class:`VectorsInfo`, no OOV vector, and its identity
+    (loaded here once: the identity needs the weights, and in-process writing reuses it)."""
+    from embcache.cache.embed import get_encoder
+    from embcache.cache.encoder import require_keras_hub, resolve
+
+    require_keras_hub()
+    ref = resolve(spec, max_len=settings.max_len, batch_size=batch, cache_dir=cache_dir)
+    enc = get_encoder(ref)
+    identity = enc.identity()
+    name = Path(spec).name or spec
+    info = VectorsInfo(fingerprint=identity["fingerprint"], dim=enc.dim,
+                       vocab_size=len(enc.tokenizer.get_vocabulary()), source=name)
+    return ref, info, None, identity
+
+
+def _write_blocks(corpus: CorpusSpec, store: StoreWriter, scan, source, oov, pool: Executor | None,
                   progress: bool) -> None:
     """Embed and write every block not yet committed, in this process or on ``pool``.
 
@@ -186,9 +224,18 @@ def _write_blocks(corpus: CorpusSpec, store: StoreWriter, scan, table, oov, pool
     to_label = label_mapper(corpus, scan.label_names) if scan.label_names else None
     bar = tqdm(total=scan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
                desc="embed-corpus", dynamic_ncols=True)
-    writer = BlockWriter(table.cache_path, store.meta.settings, oov) if pool is None else None
+    writer = BlockWriter(source, store.meta.settings, oov) if pool is None else None
     pending: dict[Future, int] = {}
     seen = 0
+    t0, kept = time.perf_counter(), 0
+
+    def done_block(stats, n: int) -> None:  # progress: documents/s (the bar) and tokens/s
+        nonlocal kept
+        kept += int(stats[3])
+        bar.update(n)
+        bar.set_postfix_str(f"{kept / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s",
+                            refresh=False)
+
     try:
         for index, block in enumerate(_blocks(iter_documents(corpus), chunk)):
             seen += len(block)
@@ -202,18 +249,15 @@ def _write_blocks(corpus: CorpusSpec, store: StoreWriter, scan, table, oov, pool
             args = (out, index, [d.text for d in block], ids, labels,
                     assign_split(ids, split.val_frac, split.test_frac, split.seed))
             if pool is None:
-                writer.write(*args)
-                bar.update(len(block))
+                done_block(writer.write(*args), len(block))
                 continue
             pending[pool.submit(*args)] = len(block)
             if len(pending) >= 2 * pool.parallel:  # bounded: at most 2 blocks queued per worker
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
-                    f.result()
-                    bar.update(pending.pop(f))
+                    done_block(f.result(), pending.pop(f))
         for f in list(pending):
-            f.result()
-            bar.update(pending.pop(f))
+            done_block(f.result(), pending.pop(f))
     finally:
         bar.close()
     if seen != scan.num_docs:

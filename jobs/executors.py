@@ -42,29 +42,29 @@ def parse_scheduler(value: str | None) -> tuple[str, int | str] | None:
 
 
 @contextlib.contextmanager
-def block_executor(scheduler: str | None, workers: int, use_pool: bool, table_path: str,
+def block_executor(scheduler: str | None, workers: int, use_pool: bool, source,
                    settings: EmbedSettings, oov) -> Iterator[Executor | None]:
     """``None`` means: run blocks in this process."""
     from embcache.cache.embed import init_worker, write_block
 
     parsed = parse_scheduler(scheduler)
     if parsed is not None:
-        yield from _dask(parsed, table_path, settings, oov)
+        yield from _dask(parsed, source, settings, oov)
         return
     if not use_pool:
         yield None
         return
     # Spawned, never forked: zarr-python 3 can deadlock in a forked child.
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=init_worker, initargs=(table_path, settings, oov))
+                               initializer=init_worker, initargs=(source, settings, oov))
     try:
-        yield Executor(submit=lambda *a: pool.submit(write_block, table_path, settings, oov, *a),
+        yield Executor(submit=lambda *a: pool.submit(write_block, source, settings, oov, *a),
                        parallel=workers, describe=f"{workers} processes")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _dask(parsed, table_path: str, settings: EmbedSettings, oov):
+def _dask(parsed, source, settings: EmbedSettings, oov):
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -87,7 +87,7 @@ def _dask(parsed, table_path: str, settings: EmbedSettings, oov):
         # Each task owns one whole chunk and writes its own region; a failed task is retried.
         executor = client.get_executor(retries=2, pure=False)
         parallel = max(1, sum(client.nthreads().values()))
-        yield Executor(submit=lambda *a: executor.submit(write_block, table_path, settings, oov, *a),
+        yield Executor(submit=lambda *a: executor.submit(write_block, source, settings, oov, *a),
                        parallel=parallel, describe=f"Dask, {parallel} worker threads")
     finally:
         client.close()

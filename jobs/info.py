@@ -35,15 +35,31 @@ def format_info(info: dict[str, Any]) -> str:
         f"{info['dtype']} (ragged: kept tokens only), {info['chunk_docs']} docs per chunk, "
         f"{info['num_chunks']} chunks",
         f"on disk      {size / 1e6:,.1f} MB" if size is not None else "on disk      (remote)",
-        f"vectors      {vec.get('source')} dim={vec.get('dim')} vocab={vec.get('vocab_size', 0):,} "
-        f"fingerprint={str(vec.get('fingerprint'))[:16]}",
-        f"tokenizer    {tok.get('name')} lower={tok.get('lower')} split={tok.get('split')!r}",
-        f"sequences    padding={info.get('padding')} truncating={info.get('truncating')} "
-        f"oov={info.get('oov', {}).get('policy')}",
     ]
+    enc = info.get("encoder")
+    if enc:
+        t, sp = enc.get("tokenizer", {}), enc.get("special_tokens", {})
+        lines += [
+            f"encoder      {enc.get('source')} ({enc.get('architecture')}, "
+            f"{enc.get('config', {}).get('num_layers', '?')} layers, hidden {vec.get('dim')}) "
+            f"fingerprint={str(vec.get('fingerprint'))[:16]} weights sha256="
+            f"{str(enc.get('weights_sha256'))[:12]}",
+            f"tokenizer    {t.get('class')} lowercase={t.get('lowercase')} vocab="
+            f"{vec.get('vocab_size', 0):,} ({sp.get('start')} and {sp.get('end')} kept)",
+            f"sequences    padding={info.get('padding')} truncating={info.get('truncating')}",
+        ]
+    else:
+        lines += [
+            f"vectors      {vec.get('source')} dim={vec.get('dim')} vocab="
+            f"{vec.get('vocab_size', 0):,} fingerprint={str(vec.get('fingerprint'))[:16]}",
+            f"tokenizer    {tok.get('name')} lower={tok.get('lower')} split={tok.get('split')!r}",
+            f"sequences    padding={info.get('padding')} truncating={info.get('truncating')} "
+            f"oov={info.get('oov', {}).get('policy')}",
+        ]
     if "num_tokens" in info:
         mean = info["kept_tokens"] / max(info["num_docs"], 1)
-        lines.append(f"tokens       {info['num_tokens']:,} (OOV rate {info['oov_rate']:.2%}), "
+        unknown = "unknown-token rate" if enc else "OOV rate"
+        lines.append(f"tokens       {info['num_tokens']:,} ({unknown} {info['oov_rate']:.2%}), "
                      f"{info['kept_tokens']:,} kept after truncation ({mean:,.0f} per document, "
                      f"{mean / info['max_len']:.0%} of max_len)")
     if labels:

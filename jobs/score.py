@@ -132,6 +132,8 @@ class Scorer:
         runs: run folders from ``embcache train``; their models must have been trained on
             identically embedded data.
         vectors: the vectors file the models were trained with (checked by fingerprint).
+        encoder: for models trained on a transformer encoder's store: that encoder (a folder,
+            .zip or preset name; checked by fingerprint, its weights and vocabulary included).
         ensemble: ``"weighted"`` (by each card's validation accuracy) or ``"mean"``; models sharing
             the first model's labels are averaged into an ``ensemble`` column.
 
@@ -141,7 +143,8 @@ class Scorer:
     """
 
     def __init__(self, runs: Sequence[str | Path], *, vectors: str | None = None,
-                 cache_dir: str | None = None, batch_size: int = ScoreConfig.batch_size,
+                 encoder: str | None = None, cache_dir: str | None = None,
+                 batch_size: int = ScoreConfig.batch_size,
                  ensemble: str = ScoreConfig.ensemble, load: bool = True):
         if isinstance(runs, (str, Path)):
             runs = [runs]
@@ -159,7 +162,7 @@ class Scorer:
         self.group = _ensemble_group(self.runs)
         self.weights = ensemble_weights(self.group, ensemble) if self.group else None
         self.ensemble, self.batch_size = ensemble, batch_size
-        self.vectors_path, self.cache_dir = vectors, cache_dir
+        self.vectors_path, self.encoder_spec, self.cache_dir = vectors, encoder, cache_dir
         self._predict = None
         self._embedder = None
         if load:
@@ -261,10 +264,31 @@ class Scorer:
                              f"expect ({'; '.join(diff)})")
 
     def _require_vectors(self, what: str) -> str:
+        if self.meta.encoder is not None:
+            if self.encoder_spec is None:
+                raise EmbcacheError(f"Scoring {what} needs --encoder: the encoder the models were "
+                                    f"trained on ({self.meta.encoder.get('source')})")
+            return self.encoder_spec
         if self.vectors_path is None:
             raise EmbcacheError(f"Scoring {what} needs --vectors: the file the models were "
                                 f"trained with ({self.meta.vectors.source})")
         return self.vectors_path
+
+    def _encoder(self):
+        """The models' encoder, loaded once and checked against their cards by fingerprint."""
+        from embcache.cache.embed import get_encoder
+        from embcache.cache.encoder import require_keras_hub, resolve
+
+        spec = self._require_vectors("text")
+        require_keras_hub()
+        ref = resolve(spec, max_len=self.meta.max_len, cache_dir=self.cache_dir)
+        enc = get_encoder(ref)
+        got, want = enc.identity()["fingerprint"], self.meta.vectors.fingerprint
+        if got != want:
+            raise ModelError(f"Encoder {spec} (fingerprint {got[:12]}) is not the one the models "
+                             f"were trained on ({self.meta.encoder.get('source')}, fingerprint "
+                             f"{want[:12]})")
+        return ref, enc
 
     def embed_input(self, corpus: CorpusSpec, target: str, progress: bool = False):
         """Embed raw documents with exactly the models' settings into the store ``target``."""
@@ -273,17 +297,26 @@ class Scorer:
         from embcache.cache.meta import SplitSettings
         from embcache.jobs.embed_corpus import embed_corpus
 
-        vectors = self._require_vectors(f"raw documents ({corpus.path})")
-        self._vectors_table()  # checks the fingerprint before anything is written
+        source = self._require_vectors(f"raw documents ({corpus.path})")
         corpus = replace(corpus, strip_headers=self.meta.strip_headers)
-        embed_corpus(corpus, vectors, target, settings=self.meta.settings,
-                     split=SplitSettings(val_frac=0.0, test_frac=0.0), overwrite=True,
-                     progress=progress, cache_dir=self.cache_dir)
+        common = dict(settings=self.meta.settings, split=SplitSettings(val_frac=0.0, test_frac=0.0),
+                      overwrite=True, progress=progress, cache_dir=self.cache_dir)
+        if self.meta.encoder is not None:
+            ref, _enc = self._encoder()  # checks the fingerprint before anything is written
+            embed_corpus(corpus, None, target, encoder=source, encoder_batch=ref.batch_size,
+                         **common)
+        else:
+            self._vectors_table()  # checks the fingerprint before anything is written
+            embed_corpus(corpus, source, target, **common)
         return open_store(target)
 
     def _vectors_table(self):
         from embcache.cache.vectors import load_vectors
 
+        if self.meta.encoder is not None:
+            raise EmbcacheError(f"The models were trained on a transformer encoder's store "
+                                f"({self.meta.encoder.get('source')}): pass --encoder, not "
+                                "--vectors")
         vectors = self._require_vectors("text")
         table = load_vectors(vectors, cache_dir=self.cache_dir)
         if table.fingerprint != self.meta.vectors.fingerprint:
@@ -297,11 +330,13 @@ class Scorer:
         """Embed in memory (no store), ``_TEXT_PIECE`` texts at a time, bucket by length and
         predict; memory is one piece's vectors plus the results."""
         from embcache.cache.corpus import strip_usenet_header
-        from embcache.cache.embed import BlockEmbedder, oov_vector
+        from embcache.cache.embed import BlockEmbedder, EncoderEmbedder, oov_vector
         from embcache.cache.stream import Bucketer, bucket_lengths
 
         self.load()
-        if self._embedder is None:
+        if self._embedder is None and self.meta.encoder is not None:
+            self._embedder = EncoderEmbedder(self._encoder()[1], self.meta.settings)
+        elif self._embedder is None:
             table = self._vectors_table()
             self._embedder = BlockEmbedder(table, self.meta.settings,
                                            oov_vector(table, self.meta.settings))
@@ -447,6 +482,7 @@ def score(
     *,
     corpus: CorpusSpec | None = None,
     vectors_path: str | None = None,
+    encoder: str | None = None,
     split: str | None = None,
     top_k: int = ScoreConfig.top_k,
     batch_size: int = ScoreConfig.batch_size,
@@ -476,8 +512,8 @@ def score(
         except OSError as e:
             raise EmbcacheError(f"Cannot use --metrics-dir {metrics_dir}: {e.strerror}") from None
     _check_top_k(top_k)
-    scorer = Scorer(model_dirs, vectors=vectors_path, cache_dir=cache_dir, batch_size=batch_size,
-                    ensemble=ensemble, load=False)
+    scorer = Scorer(model_dirs, vectors=vectors_path, encoder=encoder, cache_dir=cache_dir,
+                    batch_size=batch_size, ensemble=ensemble, load=False)
     with scorer._as_store(input_path, split, corpus=corpus, keep_store=keep_store,
                           progress=progress) as store:
         summary = scorer.write(store, out_path, split=split, top_k=top_k,

@@ -1,0 +1,202 @@
+"""Frozen transformer encoders (keras-hub) as a store's vectors, with a tiny random backbone
+saved as a preset (no download); the real MiniLM check is in test_realdata.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embcache.cache.corpus import CorpusSpec
+from embcache.cache.errors import ModelError
+from embcache.cache.store import open_store, store_state
+from embcache.jobs.embed_corpus import embed_corpus
+from tests.conftest import WORDS, make_folder_corpus
+from tests.test_embed_corpus import assert_same_store
+
+EMBCACHE = str(Path(sys.executable).with_name("embcache"))
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "caf", "##e", "##s", "super",
+         "##cal", "##i", "hello", "world", ",", "!", "."]
+
+
+def save_tiny_encoder(folder: Path, seed: int) -> Path:
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=len(VOCAB), num_layers=1, num_heads=2,
+                                             hidden_dim=8, intermediate_dim=16,
+                                             max_sequence_length=64)
+    backbone.save_to_preset(str(folder))
+    keras_hub.models.BertTokenizer(vocabulary=VOCAB, lowercase=True).save_to_preset(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("enc")
+    return save_tiny_encoder(root / "tiny", 0), save_tiny_encoder(root / "other", 1)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("enccorpus") / "corpus"
+    make_folder_corpus(root, docs_per_label=30, labels=("a", "b"))
+    return root
+
+
+TEXTS = ["Héllo wörld, café!", "", "supercalifragilistic " * 40, "The cat sat on the mat.",
+         "ÀÉÎ õü çñ", "dog"]
+
+
+def test_token_ids_equal_keras_hubs_own_tokenizer(encoders):
+    import keras_hub
+
+    from embcache.cache.encoder import Encoder, resolve
+
+    enc = Encoder(resolve(str(encoders[0]), max_len=32))
+    own = keras_hub.models.Tokenizer.from_preset(str(encoders[0]))
+    ids, total, unknown = enc.token_ids(TEXTS)
+    for text, got in zip(TEXTS, ids):
+        want = [own.cls_token_id, *np.asarray(own(text)).tolist(), own.sep_token_id]
+        if len(want) > 32:  # truncated at the end, the start and end tokens kept
+            want = want[:31] + [own.sep_token_id]
+        assert got.tolist() == want, text
+    assert ids[1].tolist() == [own.cls_token_id, own.sep_token_id]  # empty text
+    assert total == sum(len(np.asarray(own(t))) + 2 for t in TEXTS)
+    assert unknown == sum(int((np.asarray(own(t)) == own.token_to_id("[UNK]")).sum())
+                          for t in TEXTS) > 0
+
+
+def test_vectors_equal_the_backbone_alone_whatever_the_batch(encoders, corpus, tmp_path):
+    import keras_hub
+
+    out = tmp_path / "e.zarr"
+    embed_corpus(CorpusSpec(str(corpus)), None, str(out), encoder=str(encoders[0]),
+                 encoder_batch=5, progress=False, chunk_docs=16)
+    store = open_store(str(out))
+    assert store.dim == 8 and store.meta.encoder["architecture"] == "BertBackbone"
+    assert store.meta.vectors.fingerprint == store.meta.encoder["fingerprint"]
+    for key in ("weights_sha256", "vocab_sha256", "config", "tokenizer", "max_len",
+                "special_tokens"):
+        assert store.meta.encoder[key]
+    backbone = keras_hub.models.Backbone.from_preset(str(encoders[0]))
+    tokenizer = keras_hub.models.Tokenizer.from_preset(str(encoders[0]))
+    texts = {d.doc_id: d.text for d in
+             __import__("embcache.cache.corpus", fromlist=["x"]).iter_documents(CorpusSpec(str(corpus)))}
+    doc_ids = [str(x) for x in store.array("doc_ids")[:]]
+    offsets, lengths = store.array("offsets")[:], store.array("lengths")[:]
+    tokens = store.array("tokens")
+    for i in range(0, len(doc_ids), 7):
+        ids = [tokenizer.cls_token_id, *np.asarray(tokenizer(texts[doc_ids[i]])).tolist(),
+               tokenizer.sep_token_id][:256]
+        alone = backbone({"token_ids": np.array([ids]), "segment_ids": np.zeros((1, len(ids)), int),
+                          "padding_mask": np.ones((1, len(ids)), int)})["sequence_output"]
+        got = tokens[int(offsets[i]):int(offsets[i]) + int(lengths[i])]
+        assert got.shape == (len(ids), 8)
+        np.testing.assert_allclose(got.astype(np.float32), np.asarray(alone)[0], rtol=2e-3,
+                                   atol=2e-3)
+
+
+def test_embed_train_score_round_trip_and_another_encoder_is_refused(encoders, corpus, tmp_path):
+    store = tmp_path / "e.zarr"
+    r = subprocess.run([EMBCACHE, "embed-corpus", "--corpus", str(corpus), "--encoder",
+                        str(encoders[0]), "--out", str(store), "--max-len", "40", "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr == ""  # no TensorFlow start-up lines
+    info = subprocess.run([EMBCACHE, "info", str(store)], capture_output=True, text=True).stdout
+    assert "encoder      " in info and "BertBackbone" in info and "[CLS] and [SEP] kept" in info
+    r = subprocess.run([EMBCACHE, "train", "--store", str(store), "--model", "fasttext,kim_cnn",
+                        "--epochs", "2", "--batch-size", "8", "-q", "--out", str(tmp_path / "runs")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    raw = tmp_path / "new.txt"
+    raw.write_text("the cat sat on the mat\nthe dog ran far away home\n")
+    runs = f"{tmp_path / 'runs' / 'fasttext'},{tmp_path / 'runs' / 'kim_cnn'}"
+    r = subprocess.run([EMBCACHE, "score", "--models", runs, "--input", str(raw), "--encoder",
+                        str(encoders[0]), "--out", str(tmp_path / "p.csv"), "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import pandas as pd
+
+    pred = pd.read_csv(tmp_path / "p.csv")
+    assert len(pred) == 2 and set(pred["fasttext_label"]) <= {"a", "b"}
+    # The same through the Python API, texts embedded in memory: the same labels.
+    import embcache
+
+    scorer = embcache.Scorer(runs.split(","), encoder=str(encoders[0]))
+    again = scorer.classify(["the cat sat on the mat", "the dog ran far away home"])
+    assert again["fasttext_label"].tolist() == pred["fasttext_label"].tolist()
+    np.testing.assert_allclose(again["fasttext_prob"], pred["fasttext_prob"], rtol=1e-4)
+    # Another encoder (same architecture and vocabulary, other weights) is refused by name.
+    r = subprocess.run([EMBCACHE, "score", "--models", runs, "--input", str(raw), "--encoder",
+                        str(encoders[1]), "--out", str(tmp_path / "q.csv"), "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith(f"Error: Encoder {encoders[1]} (fingerprint ")
+    assert "is not the one the models were trained on" in r.stderr
+    assert not (tmp_path / "q.csv").exists()
+    with pytest.raises(ModelError, match="is not the one the models were trained on"):
+        embcache.Scorer(runs.split(","), encoder=str(encoders[1])).classify(["the cat"])
+    r = subprocess.run([EMBCACHE, "score", "--models", runs, "--input", str(raw), "--out",
+                        str(tmp_path / "q.csv"), "-q"], capture_output=True, text=True)
+    assert r.returncode == 1 and "needs --encoder" in r.stderr
+
+
+def test_kill_and_resume_gives_the_uninterrupted_store(encoders, tmp_path):
+    corpus = tmp_path / "corpus"
+    make_folder_corpus(corpus, docs_per_label=200, labels=("a", "b"))
+    cmd = [EMBCACHE, "embed-corpus", "--corpus", str(corpus), "--encoder", str(encoders[0]),
+           "--chunk-docs", "4", "--max-len", "32", "-q"]
+    reference = tmp_path / "ref.zarr"
+    subprocess.run(cmd + ["--out", str(reference)], check=True, capture_output=True)
+    out = tmp_path / "killed.zarr"
+    proc = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    stats_dir = out / "chunk_stats" / "c"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if stats_dir.exists() and len(list(stats_dir.iterdir())) >= 10:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert store_state(str(out)) == "incomplete"
+    done = subprocess.run(cmd + ["--out", str(out)], check=True, capture_output=True, text=True)
+    assert "resumed" in done.stdout
+    assert_same_store(reference, out)
+
+
+def test_missing_extra_is_one_error_line(tmp_path, corpus):
+    fake = tmp_path / "fake"
+    (fake / "keras_hub").mkdir(parents=True)
+    (fake / "keras_hub" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'keras_hub'\", name='keras_hub')\n")
+    env = {**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = subprocess.run([EMBCACHE, "embed-corpus", "--corpus", str(corpus), "--encoder",
+                        str(tmp_path), "--out", str(tmp_path / "x.zarr"), "-q"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "Error: --encoder needs keras-hub and safetensors (keras_hub is not installed): pip "
+        "install 'embcache[encoders]' (from a checkout: pip install '.[encoders]')"]
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_bad_encoder_paths_are_one_line(tmp_path, corpus):
+    (tmp_path / "empty").mkdir()
+    for spec, message in [(str(tmp_path / "nope" / "x"), "Encoder not found"),
+                          (str(tmp_path / "empty"), "is neither a keras-hub preset folder")]:
+        r = subprocess.run([EMBCACHE, "embed-corpus", "--corpus", str(corpus), "--encoder", spec,
+                            "--out", str(tmp_path / "x.zarr"), "-q"], capture_output=True,
+                           text=True)
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert message in r.stderr

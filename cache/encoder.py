@@ -227,7 +227,9 @@ class Encoder:
         ident = {
             "source": self.ref.source,
             "architecture": type(self.backbone).__name__,
-            "config": _jsonable(self.backbone.get_config()),
+            # Keras names a second instance "bert_backbone_1": the name is not the encoder.
+            "config": _jsonable({k: v for k, v in self.backbone.get_config().items()
+                                 if k not in ("name", "trainable")}),
             "weights_sha256": weights.hexdigest(),
             "vocab_sha256": vocab,
             "tokenizer": {"class": type(self.tokenizer).__name__, **_jsonable(tok_config)},

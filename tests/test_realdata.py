@@ -64,3 +64,41 @@ def test_ag_news_csv_store(data, glove, tmp_path):
     assert store.num_docs == 7600
     assert store.label_names == ["World", "Sports", "Business", "Sci/Tech"]
     assert np.bincount(store.array("labels")[:]).tolist() == [1900] * 4
+
+
+def test_minilm_sentence_transformers_folder_as_distributed(data, tmp_path):
+    """all-MiniLM-L6-v2 as distributed (tokenizer.json, no vocab.txt): embcache derives what
+    keras-hub needs without writing into the folder; ids are BERT uncased's; the vectors of a
+    short corpus are the backbone's own."""
+    import zipfile
+
+    from embcache.cache.encoder import Encoder, resolve
+
+    folder = tmp_path / "minilm"
+    with zipfile.ZipFile(data / "all-MiniLM-L6-v2.zip") as z:
+        z.extractall(folder)
+    before = sorted(p.name for p in folder.iterdir())
+    assert "vocab.txt" not in before
+    enc = Encoder(resolve(str(folder), cache_dir=str(tmp_path / "cache")))
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written there
+    assert (enc.dim, enc.max_len, len(enc.tokenizer.get_vocabulary())) == (384, 256, 30522)
+    ids, _, _ = enc.token_ids(["Hello world", ""])
+    assert ids[0].tolist() == [101, 7592, 2088, 102] and ids[1].tolist() == [101, 102]
+    # The zip itself works too, and names the same encoder.
+    zipped = Encoder(resolve(str(data / "all-MiniLM-L6-v2.zip"), cache_dir=str(tmp_path / "cache")))
+    assert zipped.identity()["fingerprint"] == enc.identity()["fingerprint"]
+    corpus = tmp_path / "c"
+    for label, text in (("a", "The engine needs new spark plugs."), ("b", "Our goalie made 40 saves.")):
+        (corpus / label).mkdir(parents=True)
+        (corpus / label / "1").write_text(text)
+    out = tmp_path / "m.zarr"
+    embed_corpus(CorpusSpec(str(corpus)), None, str(out), encoder=str(folder),
+                 cache_dir=str(tmp_path / "cache"), progress=False)
+    store = open_store(str(out))
+    assert store.dim == 384 and store.meta.encoder["architecture"] == "BertBackbone"
+    ids, _, _ = enc.token_ids(["Our goalie made 40 saves."])
+    alone = enc.encode(ids)[0]
+    row = [str(x) for x in store.array("doc_ids")[:]].index("b/1")
+    o, n = int(store.array("offsets")[row]), int(store.array("lengths")[row])
+    np.testing.assert_allclose(store.array("tokens")[o:o + n].astype(np.float32), alone,
+                               rtol=1e-2, atol=1e-2)

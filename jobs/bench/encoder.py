@@ -1,0 +1,187 @@
+"""``make bench-encoder``: a frozen transformer encoder paid once into the store, against the
+frozen encoder inside every model, on a sample of 20 Newsgroups.
+
+- (a) embcache: ``embed-corpus --encoder`` once (every document through the encoder once), then
+  ``train`` of the heads as one group for ``--epochs`` epochs from the store (validation every
+  epoch included);
+- (b) the Keras way: each head with the frozen backbone inside the model (``training=False``),
+  fed token ids padded to ``max_len`` with the attention mask, ``fit`` for the same epochs with
+  the same validation split: every document goes through the encoder once per head and epoch.
+
+Each side runs in its own child processes (peak RSS is its own); the table reports wall times,
+the encoder's documents/s and tokens/s, the store's MB per 1,000 documents, and how the ratio
+grows with heads x epochs (projected from the measured per-document costs of both sides).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def say(message: str) -> None:
+    click.echo(f"[bench-encoder {time.strftime('%H:%M:%S')}] {message}", err=True)
+
+
+def write_sample(corpus: str, folder: Path, docs: int) -> int:
+    """Every k-th document of the corpus (all groups represented) as a folder corpus, headers
+    stripped as embed-corpus --strip-headers does."""
+    from embcache.cache.corpus import CorpusSpec, iter_documents, scan_corpus
+
+    spec = CorpusSpec(corpus, strip_headers=True)
+    step = max(1, scan_corpus(spec).num_docs // docs)
+    n = 0
+    for i, d in enumerate(iter_documents(spec)):
+        if i % step or n >= docs:
+            continue
+        target = folder / str(d.label) / f"{i:06d}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(d.text, encoding="utf-8")
+        n += 1
+    return n
+
+
+def keras_way_child(store_url: str, encoder: str, heads: list[str], epochs: int,
+                    batch_size: int) -> dict:
+    """(b): the heads with the frozen backbone inside, on token ids of the same documents and
+    split as the store (read back from the store's corpus and doc ids)."""
+    from embcache.jobs.train import quiet_tensorflow
+
+    quiet_tensorflow()
+    import keras
+    import numpy as np
+
+    from embcache import models
+    from embcache.cache.corpus import CorpusSpec, iter_documents
+    from embcache.cache.embed import get_encoder
+    from embcache.cache.encoder import resolve
+    from embcache.cache.store import open_store
+
+    store = open_store(store_url, require_labels=True)
+    enc = get_encoder(resolve(encoder, max_len=store.max_len))
+    texts = {d.doc_id: d.text for d in iter_documents(CorpusSpec.from_dict(store.meta.corpus))}
+    doc_ids = [str(x) for x in store.array("doc_ids")[:]]
+    split, labels = store.array("split")[:], store.array("labels")[:].astype("int32")
+    ids, _total, _unk = enc.token_ids([texts[d] for d in doc_ids])
+    L = store.max_len
+    tokens = np.zeros((len(ids), L), "int32")
+    mask = np.zeros((len(ids), L), "int32")
+    for i, row in enumerate(ids):
+        tokens[i, :len(row)], mask[i, :len(row)] = row, 1
+    data = {s: ({"token_ids": tokens[split == c], "padding_mask": mask[split == c]},
+                labels[split == c]) for c, s in enumerate(("train", "val"))}
+    enc.backbone.trainable = False
+    seconds = {}
+    for name in heads:
+        keras.utils.set_random_seed(0)
+        head = models.build(name, max_len=L, dim=enc.dim, num_classes=len(store.label_names),
+                            padding="post")
+        t_in = keras.Input((L,), dtype="int32", name="token_ids")
+        m_in = keras.Input((L,), dtype="int32", name="padding_mask")
+        feed = {"token_ids": t_in, "padding_mask": m_in}
+        if "segment_ids" in {i.name for i in enc.backbone.inputs}:
+            feed["segment_ids"] = keras.ops.zeros_like(t_in)
+        seq = enc.backbone(feed, training=False)
+        seq = seq["sequence_output"] if isinstance(seq, dict) else seq
+        lengths = keras.ops.sum(m_in, axis=1)
+        model = keras.Model({"token_ids": t_in, "padding_mask": m_in},
+                            head({"embedded": seq, "lengths": lengths}))
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        t0 = time.perf_counter()
+        model.fit(*data["train"], validation_data=data["val"], epochs=epochs,
+                  batch_size=batch_size, verbose=0)
+        seconds[name] = time.perf_counter() - t0
+    return {"seconds": seconds, "train_docs": int((split == 0).sum()),
+            "val_docs": int((split == 1).sum())}
+
+
+@click.command()
+@click.option("--corpus", required=True, help="20 Newsgroups news20.tar.gz.")
+@click.option("--encoder", required=True, help="The encoder (e.g. all-MiniLM-L6-v2.zip).")
+@click.option("--docs", default=800, show_default=True, help="Documents in the sample.")
+@click.option("--max-len", default=128, show_default=True, help="Encoder tokens per document.")
+@click.option("--heads", default="fasttext,kim_cnn,bilstm", show_default=True)
+@click.option("--epochs", default=5, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--child", default=None, hidden=True)
+def main(corpus, encoder, docs, max_len, heads, epochs, batch_size, child):
+    """Benchmark: encoder once into the store + heads from it, against the encoder in every head."""
+    head_names = heads.split(",")
+    if child:
+        click.echo(json.dumps(keras_way_child(child, encoder, head_names, epochs, batch_size)))
+        return
+    from embcache.jobs.bench.common import run_measured, table
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-encoder-"))
+    try:
+        n = write_sample(corpus, tmp / "corpus", docs)
+        say(f"sample: {n} documents of {corpus}; heads {heads}; {epochs} epochs; max_len {max_len}")
+        store = str(tmp / "sample.zarr")
+        cli = [sys.executable, "-m", "embcache.jobs.cli"]
+        say("(a) embed-corpus --encoder ...")
+        w_embed, rss_embed, _ = run_measured(cli + [
+            "embed-corpus", "--corpus", str(tmp / "corpus"), "--encoder", encoder, "--out", store,
+            "--max-len", str(max_len), "-q"], env=dict(os.environ))
+        info = json.loads(run_measured(cli + ["info", store, "--json"])[2])
+        say(f"  {w_embed:.1f} s")
+        say(f"(a) train {heads} as one group from the store ...")
+        w_train, rss_train, _ = run_measured(cli + [
+            "train", "--store", store, "--model", heads, "--epochs", str(epochs), "--patience",
+            str(epochs), "--batch-size", str(batch_size), "--out", str(tmp / "runs"), "-q"],
+            env=dict(os.environ))
+        say(f"  {w_train:.1f} s")
+        say("(b) the Keras way: the frozen encoder inside each head ...")
+        w_keras, rss_keras, out = run_measured([
+            sys.executable, "-m", "embcache.jobs.bench.encoder", "--corpus", corpus, "--encoder",
+            encoder, "--heads", heads, "--epochs", str(epochs), "--batch-size", str(batch_size),
+            "--child", store], env=dict(os.environ))
+        child_out = json.loads(out.strip().splitlines()[-1])
+        say(f"  {w_keras:.1f} s")
+        size = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    encode_s = info["seconds"]
+    docs_s, tokens_s = info["num_docs"] / encode_s, info["kept_tokens"] / encode_s
+    a = w_embed + w_train
+    click.echo(f"encoder benchmark: {info['num_docs']} 20 Newsgroups documents (headers stripped), "
+               f"{encoder}, max_len {max_len} tokens, heads {heads}, {epochs} epochs each, batch "
+               f"{batch_size}, {os.cpu_count()} cores; wall seconds of fresh processes")
+    click.echo(table(["way", "wall s", "peak RSS MB", "vs (b)"], [
+        ["(a) embcache: encode once into the store", f"{w_embed:,.1f}", f"{rss_embed:,.0f}", ""],
+        ["(a) embcache: train the heads as one group from the store", f"{w_train:,.1f}",
+         f"{rss_train:,.0f}", ""],
+        ["(a) total", f"{a:,.1f}", f"{max(rss_embed, rss_train):,.0f}",
+         f"{w_keras / a:.2f}x faster (goal 10x)"],
+        ["(b) Keras way: frozen encoder inside each head, token ids", f"{w_keras:,.1f}",
+         f"{rss_keras:,.0f}", "1.00x"]]))
+    click.echo(f"\nencoder: {docs_s:,.1f} documents/s, {tokens_s:,.0f} tokens/s "
+               f"({info['kept_tokens'] / info['num_docs']:,.0f} tokens per document kept); store "
+               f"{size / 1e6:,.1f} MB on disk = {size / 1e6 / info['num_docs'] * 1000:,.1f} MB per "
+               "1,000 documents")
+    # Per-unit costs: (b) pays the encoder per head and epoch; (a) pays it once.
+    fit = child_out["seconds"]
+    per_head_epoch_b = sum(fit.values()) / len(fit) / epochs
+    per_head_epoch_a = max(w_train - 10.0, 1e-3) / len(head_names) / epochs  # minus ~10 s start-up
+    rows = []
+    for h, e in ((1, 1), (3, 5), (6, 10), (20, 10)):
+        proj_a = w_embed + 10.0 + h * e * per_head_epoch_a
+        proj_b = 10.0 + h * e * per_head_epoch_b
+        rows.append([f"{h} x {e}", f"{proj_a:,.0f}", f"{proj_b:,.0f}", f"{proj_b / proj_a:.1f}x"])
+    click.echo(f"\nhow the ratio grows (projected from this run: (b) {per_head_epoch_b:,.1f} s per "
+               f"head-epoch, (a) {per_head_epoch_a:,.2f} s per head-epoch plus the one encoding, "
+               "~10 s process start-up each)")
+    click.echo(table(["heads x epochs", "(a) s", "(b) s", "(b) / (a)"], rows))
+
+
+if __name__ == "__main__":
+    main()

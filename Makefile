@@ -10,11 +10,12 @@ RUNS     ?= runs
 ARGS     ?=
 CORPUS   ?= $(DATA_DIR)/news20.tar.gz
 VECTORS  ?= $(DATA_DIR)/glove.6B.50d.txt.gz
+ENCODER  ?= $(DATA_DIR)/all-MiniLM-L6-v2.zip
 
 GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
 NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
 
-.PHONY: install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-score bench-scale data clean
+.PHONY: install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-score bench-scale bench-encoder data clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -106,7 +107,7 @@ test: install
 
 check: test
 
-bench: bench-embed bench-train bench-score bench-scale
+bench: bench-embed bench-train bench-score bench-scale bench-encoder
 
 bench-embed: install
 	$(call need_data,$(CORPUS) $(VECTORS))
@@ -123,6 +124,10 @@ bench-quality: store
 
 bench-score: store
 	$(BIN)/python -m embcache.jobs.bench.score --store $(STORE) --vectors $(VECTORS) $(ARGS)
+
+bench-encoder: install
+	$(call need_data,$(CORPUS) $(ENCODER))
+	$(BIN)/python -m embcache.jobs.bench.encoder --corpus $(CORPUS) --encoder $(ENCODER) $(ARGS)
 
 bench-scale: install
 	$(call need_data,$(CORPUS) $(VECTORS))

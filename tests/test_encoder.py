@@ -200,3 +200,12 @@ def test_bad_encoder_paths_are_one_line(tmp_path, corpus):
                            text=True)
         assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert message in r.stderr
+
+
+def test_dask_workers_write_the_single_process_store(encoders, corpus, tmp_path):
+    pytest.importorskip("dask.distributed")  # the dask extra (installed by the Makefile)
+    single, dask = tmp_path / "single.zarr", tmp_path / "dask.zarr"
+    common = dict(encoder=str(encoders[0]), chunk_docs=16, progress=False)
+    embed_corpus(CorpusSpec(str(corpus)), None, str(single), **common)
+    embed_corpus(CorpusSpec(str(corpus)), None, str(dask), scheduler="local:2", **common)
+    assert_same_store(single, dask)

@@ -155,8 +155,9 @@ def test_interrupted_train_says_it_does_not_resume(tmp_path, store):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130
     line = one_error_line(stdout + stderr)
-    assert line == ("Error: Interrupted: training stopped and the run folder is as it was before; "
-                    "training does not resume: rerun the command to train again from the start")
+    assert line == ("Error: Interrupted: training stopped and the run folders are as they were "
+                    "before; training does not resume: rerun the command to train again from the "
+                    "start")
     assert not out.exists()
 
 

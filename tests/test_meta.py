@@ -122,8 +122,13 @@ def test_option_defaults_come_from_the_typed_settings():
 
     embed, train, score = defaults("embed-corpus"), defaults("train"), defaults("score")
     e, s = EmbedSettings(), SplitSettings()
-    assert (embed["max_len"], embed["padding"], embed["truncating"], embed["oov"],
-            embed["dtype"]) == (e.max_len, e.padding, e.truncating, e.oov, e.dtype)
+    assert (embed["padding"], embed["oov"], embed["dtype"]) == (e.padding, e.oov, e.dtype)
+    # max_len and truncating default by the kind of vectors (word vectors: EmbedSettings; an
+    # encoder: 256 tokens, truncated at the end); the help names both.
+    assert embed["max_len"] is None and embed["truncating"] is None
+    helps = {p.name: p.help for p in main.commands["embed-corpus"].params}
+    assert f"[default: {e.max_len}; with --encoder 256" in helps["max_len"]
+    assert f"[default: {e.truncating}; with --encoder post" in helps["truncating"]
     assert (embed["val_frac"], embed["test_frac"], embed["seed"]) == (s.val_frac, s.test_frac, s.seed)
     t = TrainConfig()
     for name in ("epochs", "batch_size", "learning_rate", "patience", "seed", "shuffle_docs",

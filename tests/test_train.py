@@ -54,11 +54,12 @@ def test_shuffle_keeps_vectors_lengths_and_labels_together(store):
     and every epoch sees a new order."""
     s = open_store(str(store))
 
-    def rows(ds):
+    def rows(ds):  # each document's own rows (a shuffled pass may pad it further: merged tails)
         out = []
         for f, y in ds:
-            x = f["embedded"].numpy().reshape(len(y), -1)
-            out += [(x[i].tobytes(), int(f["lengths"][i]), int(y[i])) for i in range(len(y))]
+            x, n = f["embedded"].numpy(), f["lengths"].numpy()
+            out += [(x[i, x.shape[1] - n[i]:].tobytes(), int(n[i]), int(y[i]))
+                    for i in range(len(y))]
         return out
 
     truth = rows(make_dataset(s, split="train", batch_size=5))

@@ -321,6 +321,9 @@ def main(store_url, vectors, model_names, docs, epochs, batch_size, rounds, spe_
         variant, model_name = child_variant.split(":")
         click.echo(json.dumps(child(variant, model_name, store_url, docs, epochs, batch_size)))
         return
+    from embcache.jobs.train import quiet_tensorflow
+
+    quiet_tensorflow()  # this process lists the models (imports Keras): no start-up lines
     parts = {p.strip() for p in only.split(",") if p.strip()}
     unknown = parts - set(PARTS)
     if unknown:

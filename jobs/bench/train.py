@@ -329,6 +329,10 @@ def main(store_url, vectors, model_names, docs, epochs, batch_size, rounds, spe_
     if unknown:
         raise click.BadParameter(f"unknown part {sorted(unknown)[0]!r}; choose from "
                                  f"{', '.join(PARTS)}", param_hint="'--only'")
+    from embcache.cache.vectors import load_vectors
+
+    # The Keras way's children read the vectors from the parse cache.
+    os.environ["EMBCACHE_BENCH_TABLE"] = load_vectors(vectors).cache_path
     if parts - {"throughput"}:
         _groups(store_url, vectors, parts, group_epochs, full_epochs, rounds, batch_size)
     if "throughput" not in parts:

@@ -94,7 +94,7 @@ def table(rows: list[dict]) -> str:
              "samples/s", "train s", "params", "MB"]
     body = [[r["run"], r["model"], r["parameters"] or "-", _cell(r["val_accuracy"]),
              _cell(r["test_accuracy"]), _cell(r["val_macro_f1"]), _cell(r["test_macro_f1"]),
-             f"{_cell(r['best_epoch'])}/{_cell(r['epochs'])}", _cell(r["samples_per_s"]),
+             f"{_cell(r['best_epoch'])}/{_cell(r['epochs'])}", _cell(r["samples_per_s"], 0),
              _cell(r["train_seconds"], 1), _cell(r["parameter_count"]), _cell(r["model_mb"], 2)]
             for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(heads, *body)]

@@ -430,6 +430,12 @@ def _resume(url: str, meta: StoreMeta):
     if changed:
         raise StoreError(f"Store {url} is an incomplete run with different settings "
                          f"({', '.join(changed)} differ); pass --overwrite to start again")
+    if is_local(url):
+        # zarr's local store writes each chunk to `<chunk>.<uuid>.partial` and renames it: a kill
+        # mid-write leaves that temporary file behind. The block is rewritten on resume, so the
+        # leftover is garbage that would stay in the store for good.
+        for stale in Path(url.removeprefix("file://")).rglob("*.partial"):
+            stale.unlink(missing_ok=True)
     return group
 
 

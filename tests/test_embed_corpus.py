@@ -149,6 +149,21 @@ def test_worker_count_does_not_change_the_store(tmp_path, big_corpus, vectors_fi
     assert_same_store(*stores)
 
 
+def kill_after_chunks(cmd: list[str], out, chunks: int, timeout: float) -> None:
+    """Run ``cmd`` (an embed-corpus into ``out``) and ``kill -9`` it once ``chunks`` blocks are
+    committed; fails if it finished first."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stats_dir = out / "chunk_stats" / "c"
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if stats_dir.exists() and len(list(stats_dir.iterdir())) >= chunks:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_kill_and_resume_gives_the_uninterrupted_store(tmp_path, big_corpus, vectors_file):
     reference = tmp_path / "ref.zarr"
     cmd = [sys.executable, "-m", "embcache.jobs.cli", "embed-corpus", "--corpus", str(big_corpus),
@@ -156,17 +171,7 @@ def test_kill_and_resume_gives_the_uninterrupted_store(tmp_path, big_corpus, vec
            "--workers", "1", "-q", "--oov", "unk"]
     subprocess.run(cmd + ["--out", str(reference)], check=True, capture_output=True)
     out = tmp_path / "killed.zarr"
-    proc = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    stats_dir = out / "chunk_stats" / "c"
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if stats_dir.exists() and len(list(stats_dir.iterdir())) >= 20:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_chunks(cmd + ["--out", str(out)], out, chunks=20, timeout=60)
     assert store_state(str(out)) == "incomplete"
     with pytest.raises(StoreError, match="is incomplete .* Rerun the same command to resume it"):
         open_store(str(out))
@@ -201,3 +206,23 @@ def test_a_second_writer_is_refused_and_the_first_loses_nothing(tmp_path, folder
     for k, v in after.items():
         np.testing.assert_array_equal(v, before[k], err_msg=k)
     assert CliRunner().invoke(main, args + ["--overwrite"]).exit_code == 0  # released
+
+
+def test_resume_removes_temporary_chunk_files_of_a_killed_write(tmp_path, folder_corpus,
+                                                                 vectors_file):
+    """A kill in the middle of a chunk write leaves zarr's `<chunk>.<uuid>.partial`; resuming
+    removes it (the block is written again), so the store ends as an uninterrupted one."""
+    import zarr
+
+    args = dict(chunk_docs=4, progress=False, settings=EmbedSettings(max_len=20), workers=1)
+    reference, out = tmp_path / "ref.zarr", tmp_path / "s.zarr"
+    embed_corpus(CorpusSpec(str(folder_corpus)), str(vectors_file[0]), str(reference), **args)
+    embed_corpus(CorpusSpec(str(folder_corpus)), str(vectors_file[0]), str(out), **args)
+    group = zarr.open_group(str(out), mode="r+")
+    group.attrs["complete"] = False
+    group["chunk_stats"][2] = -1  # block 2 not committed: it is written again
+    stale = out / "tokens" / "c" / "0" / "0.0123456789abcdef.partial"
+    stale.write_bytes(b"half a chunk")
+    embed_corpus(CorpusSpec(str(folder_corpus)), str(vectors_file[0]), str(out), **args)
+    assert not stale.exists()
+    assert_same_store(reference, out)

@@ -4,10 +4,8 @@ saved as a preset (no download); the real MiniLM check is in test_realdata.py.""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from embcache.cache.errors import ModelError
 from embcache.cache.store import open_store, store_state
 from embcache.jobs.embed_corpus import embed_corpus
 from tests.conftest import WORDS, make_folder_corpus
-from tests.test_embed_corpus import assert_same_store
+from tests.test_embed_corpus import assert_same_store, kill_after_chunks
 
 EMBCACHE = str(Path(sys.executable).with_name("embcache"))
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "caf", "##e", "##s", "super",
@@ -158,17 +156,7 @@ def test_kill_and_resume_gives_the_uninterrupted_store(encoders, tmp_path):
     reference = tmp_path / "ref.zarr"
     subprocess.run(cmd + ["--out", str(reference)], check=True, capture_output=True)
     out = tmp_path / "killed.zarr"
-    proc = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    stats_dir = out / "chunk_stats" / "c"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if stats_dir.exists() and len(list(stats_dir.iterdir())) >= 10:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_chunks(cmd + ["--out", str(out)], out, chunks=10, timeout=120)
     assert store_state(str(out)) == "incomplete"
     done = subprocess.run(cmd + ["--out", str(out)], check=True, capture_output=True, text=True)
     assert "resumed" in done.stdout

@@ -64,8 +64,7 @@ class GroupTrainer:
         self.members = members
         self.spe = max(1, int(steps_per_execution))
         self.progress = progress
-        self._train_fns: dict[tuple, Any] = {}
-        self._test_fns: dict[tuple, Any] = {}
+        self._fns: dict[tuple, Any] = {}
 
     # -- set-up --------------------------------------------------------------------------------
     def prepare(self, sample_batch) -> None:
@@ -99,45 +98,30 @@ class GroupTrainer:
             print(f"{m.name}: {reason}; stopped this model, the others go on", file=sys.stderr)
 
     # -- compiled steps ------------------------------------------------------------------------
-    def _train_fn(self, active: list[Member]):
-        key = tuple(id(m) for m in active)
-        if key not in self._train_fns:
+    def _loop_fn(self, active: list[Member], step: str):
+        """One compiled function: ``steps`` batches from an iterator, each through every active
+        model's ``step`` (``"train_step"`` or ``"test_step"``). Made once per active set (a
+        model that stops changes the set; its step is not traced again)."""
+        key = (step, tuple(id(m) for m in active))
+        if key not in self._fns:
             import tensorflow as tf
 
-            models = [m.model for m in active]
+            steps_of = [getattr(m.model, step) for m in active]
 
             @tf.function(reduce_retracing=True)
             def run(iterator, steps):
                 def body(i):
                     batch = iterator.get_next()
-                    for model in models:
-                        model.train_step(batch)
+                    for one_step in steps_of:
+                        one_step(batch)
                     return (i + 1,)
 
                 tf.while_loop(lambda i: i < steps, body, (tf.constant(0),))
 
-            self._train_fns = {key: run}  # the previous active set is not needed again
-        return self._train_fns[key]
-
-    def _test_fn(self, active: list[Member]):
-        key = tuple(id(m) for m in active)
-        if key not in self._test_fns:
-            import tensorflow as tf
-
-            models = [m.model for m in active]
-
-            @tf.function(reduce_retracing=True)
-            def run(iterator, steps):
-                def body(i):
-                    batch = iterator.get_next()
-                    for model in models:
-                        model.test_step(batch)
-                    return (i + 1,)
-
-                tf.while_loop(lambda i: i < steps, body, (tf.constant(0),))
-
-            self._test_fns = {key: run}
-        return self._test_fns[key]
+            # The previous active set's function is not needed again.
+            self._fns = {k: f for k, f in self._fns.items() if k[0] != step}
+            self._fns[key] = run
+        return self._fns[key]
 
     # -- the epochs ----------------------------------------------------------------------------
     def fit(self, train_ds, val_ds, *, epochs: int, train_steps: int, val_steps: int) -> None:
@@ -162,7 +146,7 @@ class GroupTrainer:
             iterator, done = iter(train_ds), 0
             while done < train_steps and active:
                 k = min(self.spe, train_steps - done)
-                self._train_fn(active)(iterator, tf.constant(k))
+                self._loop_fn(active, "train_step")(iterator, tf.constant(k))
                 done += k
                 for m in active:
                     loss = _first(m.model.get_metrics_result(), "loss")
@@ -178,7 +162,7 @@ class GroupTrainer:
             for m in active:
                 m.model.reset_metrics()
             if active and val_steps:
-                self._test_fn(active)(iter(val_ds), tf.constant(val_steps))
+                self._loop_fn(active, "test_step")(iter(val_ds), tf.constant(val_steps))
             for m in active:
                 val = {f"val_{k}": float(v) for k, v in m.model.get_metrics_result().items()}
                 logs = {**train_logs[id(m)], **val}

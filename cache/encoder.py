@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from embcache.cache.errors import VectorsError
+from embcache.cache.vectors import content_key
 
 DEFAULT_MAX_LEN = 256
 INSTALL = "pip install 'embcache[encoders]'"
@@ -66,14 +67,6 @@ class EncoderRef:
     batch_size: int = 16
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def default_cache_dir() -> Path:
     from embcache.cache.vectors import default_cache_dir as vectors_cache
 
@@ -98,7 +91,8 @@ def _shadow(folder: Path, root: Path) -> Path:
             raise VectorsError(f"Encoder {folder}: {tok_path.name}'s vocabulary ids are not "
                                f"0..{len(words) - 1} without gaps or repeats")
         words[index] = word
-    key = hashlib.sha256(f"{folder.resolve()}\n{_sha256_file(tok_path)}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{folder.resolve()}\n{content_key(tok_path, None, root)}".encode()
+                         ).hexdigest()[:16]
     target = root / f"shadow-{key}"
     if (target / "vocab.txt").is_file():
         return target
@@ -116,8 +110,9 @@ def _shadow(folder: Path, root: Path) -> Path:
 
 
 def _unzip(path: Path, root: Path) -> Path:
-    """A zipped encoder folder, extracted once into ``root`` (keyed by the zip's sha256)."""
-    target = root / f"zip-{_sha256_file(path)[:16]}"
+    """A zipped encoder folder, extracted once into ``root``, keyed by the zip's sha256 (memoised
+    by path, size and mtime, as for vectors files: a later run does not hash the zip again)."""
+    target = root / f"zip-{content_key(path, None, root)[:16]}"
     if not (target / ".complete").is_file():
         tmp = root / f".{target.name}.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -200,6 +195,7 @@ class Encoder:
         oov = getattr(self.tokenizer, "oov_token", None)
         self.unk = self.tokenizer.token_to_id(oov) if oov else None
         self.dim = int(self.backbone.hidden_dim)
+        self._identity_cache: dict[str, Any] | None = None
         names = {i.name for i in self.backbone.inputs}
         backbone = self.backbone
 
@@ -215,6 +211,12 @@ class Encoder:
 
     # -- identity --------------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
+        """Memoised :meth:`_identity` (it hashes every weight: scoring asks for it twice)."""
+        if self._identity_cache is None:
+            self._identity_cache = self._identity()
+        return self._identity_cache
+
+    def _identity(self) -> dict[str, Any]:
         """What the store records: architecture and config, sha256 of the weights (their values,
         in order, whatever file they came from) and of the vocabulary, the tokenizer, max_len
         and the special tokens kept."""

@@ -260,14 +260,15 @@ class SplitCache:
     seed gives the same batches, in the same order, as the streamed pass with that seed.
 
     Memory: ``nbytes`` (the split's kept tokens x dim x itemsize, e.g. 367 MB for the 20
-    Newsgroups train split at 50d float16), built only when :func:`cache_fits` says it fits the
+    Newsgroups train split at 50d float16: :func:`cache_bytes`), built only when that fits the
     caller's budget. Loading reads ``parallel_reads`` blocks at a time, each copied in and freed.
     """
 
     def __init__(self, store: Store, plan: StreamPlan, split: str | None, with_labels: bool = True,
-                 parallel_reads: int = 4, read_log: set | None = None):
+                 parallel_reads: int = 4, read_log: set | None = None, tokens: int | None = None):
+        """``tokens``: the split's kept tokens, when the caller has counted them already."""
         self.split, self.padding, self.max_len = split, store.padding, store.max_len
-        total = split_tokens(store, plan, split)
+        total = split_tokens(store, plan, split) if tokens is None else tokens
         self.rows = np.zeros((total + 1, store.dim), dtype=np.dtype(store.dtype))
         n = plan.num_docs
         self.offsets = np.zeros(n, np.int64)
@@ -321,10 +322,9 @@ def split_tokens(store: Store, plan: StreamPlan, split: str | None) -> int:
     return total
 
 
-def cache_fits(store: Store, plan: StreamPlan, split: str | None, budget_bytes: int) -> bool:
-    """Whether ``split`` decoded (:class:`SplitCache`) fits ``budget_bytes``."""
-    item = store.dim * np.dtype(store.dtype).itemsize
-    return budget_bytes > 0 and (split_tokens(store, plan, split) + 1) * item <= budget_bytes
+def cache_bytes(store: Store, tokens: int) -> int:
+    """Bytes a :class:`SplitCache` of ``tokens`` kept tokens holds (plus its padding row)."""
+    return (tokens + 1) * store.dim * np.dtype(store.dtype).itemsize
 
 
 class ShuffleBuffer:

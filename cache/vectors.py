@@ -122,7 +122,7 @@ def load_vectors(
     if not path.is_file():
         raise VectorsError(f"Vectors file not found: {path}")
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = _content_key(path, member, cache_root)
+    key = content_key(path, member, cache_root)
     entry = cache_root / "vectors" / key
     if not (entry / "meta.json").is_file():
         _build_cache_entry(path, member, fmt, entry)
@@ -146,7 +146,7 @@ def open_cached_table(entry: str | os.PathLike) -> VectorTable:
 # cache keys
 
 
-def _content_key(path: Path, member: str | None, cache_root: Path) -> str:
+def content_key(path: Path, member: str | None, cache_root: Path) -> str:
     """sha256 of the file (plus zip member), memoised by (path, size, mtime) to skip re-hashing."""
     st = path.stat()
     stat_id = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{member or ''}"

@@ -307,13 +307,14 @@ def _train_members(store_url: str, members: list[Member], config: TrainConfig, p
 def _caches(store, plans: dict, config: TrainConfig, progress: bool) -> dict:
     """The train and val splits decoded into memory while they fit ``config.memory_mb``
     (train first: it is read every epoch); the rest streams from the store."""
-    from embcache.cache.stream import SplitCache, cache_fits
+    from embcache.cache.stream import SplitCache, cache_bytes, split_tokens
 
     left, out = config.memory_mb << 20, {}
     for split in ("train", "val"):
-        if cache_fits(store, plans[split], split, left):
+        tokens = split_tokens(store, plans[split], split)  # counted once, used twice
+        if 0 < cache_bytes(store, tokens) <= left:
             t = time.perf_counter()
-            out[split] = SplitCache(store, plans[split], split)
+            out[split] = SplitCache(store, plans[split], split, tokens=tokens)
             left -= out[split].nbytes
             if progress:
                 print(f"{split} split decoded into memory: {out[split].nbytes / 1e6:,.1f} MB in "

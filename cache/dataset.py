@@ -87,8 +87,7 @@ def make_dataset(
     if with_labels and not store.labelled:
         raise StoreError(f"Store {store.url} has no labels")
     plan = plan or plan_split(store, split, shard)
-    dim = store.dim
-    dtype = tf.as_dtype(store.dtype)
+    width, dtype = store.row_width, tf.as_dtype(store.row_dtype)
     epochs = itertools.count()
     pipeline = dict(batch_size=batch_size, shuffle_docs=shuffle_docs,
                     with_labels=with_labels, parallel_reads=parallel_reads, max_wait=max_wait,
@@ -106,7 +105,7 @@ def make_dataset(
         rng = np.random.default_rng([seed, epoch]) if shuffle else None
         yield from iter_batches(store, plan, split=split, rng=rng, read_log=read_log, **pipeline)
 
-    spec = (tf.TensorSpec([None, None, dim], dtype), tf.TensorSpec([None], tf.int32),
+    spec = (tf.TensorSpec([None, None, width], dtype), tf.TensorSpec([None], tf.int32),
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64))
     # One element per padded batch: Python runs per block and per batch, never per document.
     ds = tf.data.Dataset.from_generator(_batches, output_signature=spec)
@@ -121,16 +120,29 @@ def make_dataset(
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     ds = ds.with_options(options)
 
-    return _finish(ds, lambda x, lengths: x, with_labels, with_seq)
+    return _finish(ds, lambda x, lengths: x, store, with_labels, with_seq)
 
 
-def _finish(ds, make_x, with_labels: bool, with_seq: bool):
+def to_float(x, store: Store):
+    """Packed rows ``(..., row_width)`` -> float32 vectors ``(..., dim)``, in the graph: a cast,
+    or for int8 ``float32(q) * float32(scale)`` with the scale's two bytes bitcast back to
+    float16 (the same arithmetic as :func:`embcache.cache.rows.decode_rows`)."""
+    import tensorflow as tf
+
+    if store.dtype != "int8":
+        return tf.cast(x, tf.float32)
+    dim = store.dim
+    scale = tf.bitcast(x[..., dim:], tf.float16)  # (..., 2) int8 -> (...) float16
+    return tf.cast(x[..., :dim], tf.float32) * tf.cast(scale, tf.float32)[..., None]
+
+
+def _finish(ds, make_x, store: Store, with_labels: bool, with_seq: bool):
     """Batches ``(x, lengths, labels, seq)`` -> the models' ``(features, labels)``; ``make_x``
-    turns the first element into the embedded batch."""
+    turns the first element into the batch's packed rows, dequantised here."""
     import tensorflow as tf
 
     def _to_model(x, lengths, labels, seq):
-        features = {"embedded": tf.cast(make_x(x, lengths), tf.float32), "lengths": lengths}
+        features = {"embedded": to_float(make_x(x, lengths), store), "lengths": lengths}
         if with_seq:
             features["seq"] = seq
         return (features, labels) if with_labels else features
@@ -175,7 +187,7 @@ def _cached_dataset(store: Store, cache: SplitCache, plan: StreamPlan | None, *,
     ds = tf.data.Dataset.from_generator(_plan, output_signature=spec)
     ds = ds.repeat() if repeat else ds.apply(tf.data.experimental.assert_cardinality(
         plan.num_batches(batch_size, buckets, merge_tail=shuffle)))
-    return _finish(ds, gather, with_labels, with_seq)
+    return _finish(ds, gather, store, with_labels, with_seq)
 
 
 def dataset(store: Store | str, split: str | None = "train", *, batch_size: int = 32,

@@ -12,11 +12,12 @@ from itertools import repeat
 
 import numpy as np
 
+from embcache.cache.rows import encode_rows, split_rows
 from embcache.cache.settings import EmbedSettings
 from embcache.cache.tokenize import make_tokenizer
 from embcache.cache.vectors import VectorTable, open_cached_table
 
-_PAD, _OOV = -1, -2
+_OOV = -2  # the row id of an out-of-vocabulary token
 
 
 def oov_vector(table: VectorTable, settings: EmbedSettings) -> np.ndarray | None:
@@ -44,9 +45,18 @@ def _column_stats(vectors: np.ndarray, rows: int = 65536) -> tuple[np.ndarray, n
     return mean, np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
 
 
+def truncate(row: np.ndarray, max_len: int, truncating: str) -> np.ndarray:
+    """At most ``max_len`` ids; as Keras ``pad_sequences``, ``pre`` drops from the start."""
+    if len(row) <= max_len:
+        return row
+    return row[-max_len:] if truncating == "pre" else row[:max_len]
+
+
 @dataclass
 class BlockResult:
-    tokens: np.ndarray  # (kept tokens, dim): every document's kept tokens, in order, no padding
+    # (kept tokens, row_width): every document's kept tokens, in order, no padding, as packed
+    # rows of the store's dtype (embcache.cache.rows)
+    tokens: np.ndarray
     lengths: np.ndarray  # (n,) int32
     num_tokens: int
     oov_tokens: int
@@ -71,24 +81,41 @@ class BlockEmbedder:
 
     def embed(self, texts: list[str]) -> BlockResult:
         s = self.settings
-        max_len = s.max_len
         kept = []
         tokens = oov = 0
         for text in texts:
             row = self.token_ids(text)
             tokens += len(row)
             oov += int(np.count_nonzero(row == _OOV))
-            if len(row) > max_len:  # Keras pad_sequences: "pre" drops from the start
-                row = row[-max_len:] if s.truncating == "pre" else row[:max_len]
-            kept.append(row)
+            kept.append(truncate(row, s.max_len, s.truncating))
         lengths = np.fromiter(map(len, kept), dtype=np.int32, count=len(kept))
         ids = np.concatenate(kept) if kept else np.zeros(0, np.int64)
-        out = np.zeros((len(ids), self.vectors.shape[1]), dtype=self.dtype)
+        out = np.zeros((len(ids), self.vectors.shape[1]),
+                       dtype=np.float32 if self.settings.dtype == "int8" else self.dtype)
         known = ids >= 0
         out[known] = self.vectors[ids[known]]  # one gather per block, cast on assignment
         if self.oov is not None:
             out[ids == _OOV] = self.oov
-        return BlockResult(out, lengths, tokens, oov)
+        return BlockResult(encode_rows(out, self.settings.dtype), lengths, tokens, oov)
+
+
+class SubwordEmbedder:
+    """A block of texts through a static subword table (:mod:`embcache.cache.subword`): one
+    batched tokenizer call, then one gather of the kept tokens' rows from the table already
+    encoded in the store's dtype (each row is one token's vector, so encoding the table once
+    equals encoding every gathered row; memory: the table once more, ``vocab x row_width``)."""
+
+    def __init__(self, table, settings: EmbedSettings):
+        self.table, self.settings = table, settings
+        self.rows = encode_rows(table.vectors, settings.dtype)
+
+    def embed(self, texts: list[str]) -> BlockResult:
+        s = self.settings
+        rows, total, unknown = self.table.token_ids(texts)
+        kept = [truncate(r, s.max_len, s.truncating) for r in rows]
+        lengths = np.fromiter(map(len, kept), dtype=np.int32, count=len(kept))
+        ids = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+        return BlockResult(self.rows[ids], lengths, total, unknown)
 
 
 class EncoderEmbedder:
@@ -96,15 +123,14 @@ class EncoderEmbedder:
     (its tokenizer's tokens, start and end tokens kept, truncated to ``max_len``)."""
 
     def __init__(self, encoder, settings: EmbedSettings):
-        self.encoder, self.dtype = encoder, np.dtype(settings.dtype)
+        self.encoder, self.dtype = encoder, settings.dtype
 
     def embed(self, texts: list[str]) -> BlockResult:
         ids, total, unknown = self.encoder.token_ids(texts)
         vectors = self.encoder.encode(ids)
         lengths = np.fromiter((len(v) for v in vectors), dtype=np.int32, count=len(vectors))
-        out = (np.concatenate(vectors).astype(self.dtype) if vectors
-               else np.zeros((0, self.encoder.dim), self.dtype))
-        return BlockResult(out, lengths, total, unknown)
+        out = np.concatenate(vectors) if vectors else np.zeros((0, self.encoder.dim), np.float32)
+        return BlockResult(encode_rows(out, self.dtype), lengths, total, unknown)
 
 
 # Encoders loaded in this process, by reference: loading one takes seconds and its weights
@@ -121,10 +147,15 @@ def get_encoder(ref):
 
 
 def make_embedder(source, settings: EmbedSettings, oov: np.ndarray | None):
-    """``source``: a parsed vectors table's cache path, or an encoder
+    """``source``: a parsed vectors table's cache path, a static subword table
+    (:class:`embcache.cache.subword.SubwordRef`) or an encoder
     (:class:`embcache.cache.encoder.EncoderRef`)."""
+    from embcache.cache.subword import SubwordRef, SubwordTable
+
     if isinstance(source, str):
         return BlockEmbedder(open_cached_table(source), settings, oov)
+    if isinstance(source, SubwordRef):
+        return SubwordEmbedder(SubwordTable(source.entry), settings)
     return EncoderEmbedder(get_encoder(source), settings)
 
 
@@ -133,6 +164,7 @@ class BlockWriter:
 
     def __init__(self, source, settings: EmbedSettings, oov: np.ndarray | None):
         self.embedder = make_embedder(source, settings, oov)
+        self.dtype = settings.dtype
         self._stores: dict[str, tuple[dict, int]] = {}
 
     def _open(self, store_url: str) -> tuple[dict, int]:
@@ -145,6 +177,7 @@ class BlockWriter:
             # Open each array once: looking one up re-reads its metadata document.
             arrays = {name: group[name] for name in group.array_keys()}
             meta = StoreMeta.from_attrs(dict(group.attrs), f"Store {store_url}")
+            self.dim = meta.dim
             self._stores[store_url] = arrays, (meta.chunk_docs, meta.block_rows)
         return self._stores[store_url]
 
@@ -162,7 +195,8 @@ class BlockWriter:
         starts = np.zeros(len(texts), dtype=np.int64)
         np.cumsum(result.lengths[:-1], out=starts[1:])
         if len(result.tokens):
-            arrays["tokens"][first:first + len(result.tokens)] = result.tokens
+            for name, part in split_rows(result.tokens, self.dim, self.dtype).items():
+                arrays[name][first:first + len(part)] = part
         arrays["offsets"][region] = first + starts
         arrays["lengths"][region] = result.lengths
         arrays["doc_ids"][region] = np.asarray(doc_ids, dtype=object)

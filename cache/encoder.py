@@ -65,6 +65,8 @@ class EncoderRef:
     source: str
     max_len: int = DEFAULT_MAX_LEN
     batch_size: int = 16
+    truncating: str = "post"  # "pre": a long document keeps its end (start/end tokens stay)
+    jit_compile: bool = True  # XLA on the forward pass (the benchmark compares both)
 
 
 def default_cache_dir() -> Path:
@@ -134,7 +136,8 @@ def _unzip(path: Path, root: Path) -> Path:
 
 
 def resolve(spec: str, *, max_len: int | None = None, batch_size: int = 16,
-            cache_dir: str | os.PathLike | None = None) -> EncoderRef:
+            cache_dir: str | os.PathLike | None = None, truncating: str = "post",
+            jit_compile: bool = True) -> EncoderRef:
     """Turn ``--encoder`` into what keras-hub loads (see the module docstring); checks nothing
     that needs the weights."""
     root = Path(cache_dir) / "encoders" if cache_dir is not None else default_cache_dir()
@@ -164,7 +167,7 @@ def resolve(spec: str, *, max_len: int | None = None, batch_size: int = 16,
         raise VectorsError(f"Invalid value for `max_len`. Expected at least 3 for an encoder (its "
                            f"start and end tokens and one more). Received: max_len={max_len}")
     return EncoderRef(preset=where, source=spec, max_len=max_len or DEFAULT_MAX_LEN,
-                      batch_size=batch_size)
+                      batch_size=batch_size, truncating=truncating, jit_compile=jit_compile)
 
 
 class Encoder:
@@ -195,6 +198,17 @@ class Encoder:
         oov = getattr(self.tokenizer, "oov_token", None)
         self.unk = self.tokenizer.token_to_id(oov) if oov else None
         self.dim = int(self.backbone.hidden_dim)
+        # The model's own Hugging Face tokenizer where the folder has one: keras-hub's WordPiece
+        # tokenizer lower-cases but keeps accents (`café` -> [UNK]); the tokenizer the model was
+        # trained with strips them (`cafe`). Batched in Rust, ids equal to the model's own.
+        self.hf = self._hf_tokenizer()
+        self.vocab_size = (self.hf.get_vocab_size(with_added_tokens=True) if self.hf is not None
+                           else len(self.tokenizer.get_vocabulary()))
+        table = getattr(self.backbone, "vocabulary_size", None)
+        if table is not None and self.vocab_size > int(table):
+            raise VectorsError(f"Encoder {ref.source}: its tokenizer has {self.vocab_size:,} "
+                               f"tokens but its weights' embedding table has {int(table):,} rows: "
+                               "the tokenizer belongs to another model")
         self._identity_cache: dict[str, Any] | None = None
         names = {i.name for i in self.backbone.inputs}
         backbone = self.backbone
@@ -207,7 +221,18 @@ class Encoder:
             return out["sequence_output"] if isinstance(out, dict) else out
 
         spec = tf.TensorSpec([None, None], tf.int32)
-        self._forward = tf.function(forward, input_signature=(spec, spec))
+        # XLA compiles one program per (batch, length) shape: batches are padded to
+        # `batch_size` rows and a length bucket, so a corpus needs at most ~24 compilations.
+        self._forward = tf.function(forward, input_signature=(spec, spec),
+                                    jit_compile=ref.jit_compile)
+
+    def _hf_tokenizer(self):
+        path = Path(self.ref.preset) / "tokenizer.json"
+        if not path.is_file():
+            return None
+        from embcache.cache.subword import load_tokenizer
+
+        return load_tokenizer(path, f"Encoder {self.ref.source}")
 
     # -- identity --------------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
@@ -224,8 +249,14 @@ class Encoder:
         for w in self.backbone.weights:
             weights.update(np.ascontiguousarray(np.asarray(w.numpy())).tobytes())
         vocab = hashlib.sha256("\n".join(self.tokenizer.get_vocabulary()).encode()).hexdigest()
-        tok_config = {k: v for k, v in self.tokenizer.get_config().items()
-                      if k not in ("name", "trainable", "dtype", "vocabulary", "proto")}
+        if self.hf is not None:  # the tokenizer.json decides the ids: its whole pipeline
+            tok_config = {"file": "tokenizer.json", "sha256": hashlib.sha256(
+                self.hf.to_str().encode()).hexdigest()}
+            tok_class = "tokenizers.Tokenizer"
+        else:
+            tok_config = {k: v for k, v in self.tokenizer.get_config().items()
+                          if k not in ("name", "trainable", "dtype", "vocabulary", "proto")}
+            tok_class = type(self.tokenizer).__name__
         ident = {
             "source": self.ref.source,
             "architecture": type(self.backbone).__name__,
@@ -234,8 +265,9 @@ class Encoder:
                                  if k not in ("name", "trainable")}),
             "weights_sha256": weights.hexdigest(),
             "vocab_sha256": vocab,
-            "tokenizer": {"class": type(self.tokenizer).__name__, **_jsonable(tok_config)},
+            "tokenizer": {"class": tok_class, **_jsonable(tok_config)},
             "max_len": self.max_len,
+            "truncating": self.ref.truncating,
             "special_tokens": {"start": self._name(self.start), "end": self._name(self.end),
                                "kept": True},
             "dim": self.dim,
@@ -251,24 +283,33 @@ class Encoder:
         """Each text's token ids with the start/end tokens, truncated to ``max_len`` (the start
         and end tokens kept); also the token count before truncation (start and end included)
         and the unknown tokens."""
-        import tensorflow as tf
-
         if not texts:
             return [], 0, 0
-        ragged = self.tokenizer(tf.constant(list(texts)))
-        rows = [np.asarray(r, dtype=np.int32).reshape(-1)
-                for r in (ragged.to_list() if hasattr(ragged, "to_list") else ragged)]
+        rows = self._raw_ids(list(texts))
         room = self.max_len - (self.start is not None) - (self.end is not None)
         out, total, unknown = [], 0, 0
         specials = (self.start is not None) + (self.end is not None)
+        head = [np.array([self.start], np.int32)] if self.start is not None else []
+        tail = [np.array([self.end], np.int32)] if self.end is not None else []
         for r in rows:
             total += len(r) + specials
             if self.unk is not None:
                 unknown += int(np.count_nonzero(r == self.unk))
-            parts = ([np.array([self.start], np.int32)] if self.start is not None else []) + \
-                [r[:room]] + ([np.array([self.end], np.int32)] if self.end is not None else [])
-            out.append(np.concatenate(parts))
+            if len(r) > room:
+                r = r[-room:] if self.ref.truncating == "pre" else r[:room]
+            out.append(np.concatenate(head + [r] + tail))
         return out, total, unknown
+
+    def _raw_ids(self, texts: list[str]) -> list[np.ndarray]:
+        """Each text's token ids, no special tokens, not truncated."""
+        if self.hf is not None:
+            return [np.asarray(e.ids, dtype=np.int32)
+                    for e in self.hf.encode_batch_fast(texts, add_special_tokens=False)]
+        import tensorflow as tf
+
+        ragged = self.tokenizer(tf.constant(texts))
+        return [np.asarray(r, dtype=np.int32).reshape(-1)
+                for r in (ragged.to_list() if hasattr(ragged, "to_list") else ragged)]
 
     def encode(self, ids: list[np.ndarray]) -> list[np.ndarray]:
         """Each document's ``(tokens, dim)`` float32 vectors. Documents are sorted by length
@@ -284,8 +325,10 @@ class Encoder:
             part = order[s:s + self.ref.batch_size]
             longest = max(len(ids[i]) for i in part)
             steps = int(grid[np.searchsorted(grid, longest)])
-            tokens = np.full((len(part), steps), self.pad, dtype=np.int32)
-            mask = np.zeros((len(part), steps), dtype=np.int32)
+            # Always batch_size rows (the extra ones all padding): one shape per length bucket.
+            rows = self.ref.batch_size if self.ref.jit_compile else len(part)
+            tokens = np.full((rows, steps), self.pad, dtype=np.int32)
+            mask = np.zeros((rows, steps), dtype=np.int32)
             for row, i in enumerate(part):
                 tokens[row, :len(ids[i])] = ids[i]
                 mask[row, :len(ids[i])] = 1

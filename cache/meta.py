@@ -84,6 +84,9 @@ class StoreMeta:
     # A frozen transformer encoder's identity (embcache.cache.encoder.Encoder.identity) when the
     # vectors are its token vectors; ``vectors.fingerprint`` is then the encoder's fingerprint.
     encoder: dict[str, Any] | None = None
+    # A static subword table's identity (embcache.cache.subword.SubwordTable.identity): its
+    # layout, tokenizer file's sha256 and fingerprint (= ``vectors.fingerprint``).
+    subword: dict[str, Any] | None = None
 
     # -- derived facts -------------------------------------------------------------------------
     @property
@@ -103,12 +106,25 @@ class StoreMeta:
         return self.settings.padding
 
     @property
+    def row_width(self) -> int:
+        """Columns of a packed row (:mod:`embcache.cache.rows`): ``dim``, plus 2 for int8."""
+        from embcache.cache.rows import row_width
+
+        return row_width(self.dim, self.dtype)
+
+    @property
     def num_chunks(self) -> int:
         return -(-self.num_docs // self.chunk_docs)
 
     @property
     def labelled(self) -> bool:
         return self.label_names is not None
+
+    @property
+    def source_kind(self) -> str:
+        """``words`` (a word-vectors file), ``subword`` (a static subword table) or ``encoder``."""
+        return "encoder" if self.encoder is not None else (
+            "subword" if self.subword is not None else "words")
 
     @property
     def strip_headers(self) -> bool:
@@ -176,6 +192,8 @@ class StoreMeta:
         }
         if self.encoder is not None:
             attrs["encoder"] = dict(self.encoder)
+        if self.subword is not None:
+            attrs["subword"] = dict(self.subword)
         if self.totals is not None:
             t = self.totals
             attrs.update({**asdict(t), "oov_rate": t.oov_rate})
@@ -222,12 +240,13 @@ class StoreMeta:
                                        and all(isinstance(x, str) for x in labels)):
             raise error(f"{where}: label_names must be a non-empty list of strings or null")
         corpus = r.get("corpus", dict)
-        encoder = attrs.get("encoder")
-        if encoder is not None and not (isinstance(encoder, dict)
-                                        and encoder.get("fingerprint") == vectors.fingerprint):
-            raise error(f"{where} has a malformed attribute `encoder` (not an object whose "
-                        "fingerprint is vectors.fingerprint); it was not written by this "
-                        "embcache or has been edited")
+        encoder, subword = attrs.get("encoder"), attrs.get("subword")
+        for name, value in (("encoder", encoder), ("subword", subword)):
+            if value is not None and not (isinstance(value, dict)
+                                          and value.get("fingerprint") == vectors.fingerprint):
+                raise error(f"{where} has a malformed attribute `{name}` (not an object whose "
+                            "fingerprint is vectors.fingerprint); it was not written by this "
+                            "embcache or has been edited")
         totals = None
         complete = bool(attrs.get("complete", False))
         if complete:
@@ -242,7 +261,8 @@ class StoreMeta:
                    token_chunk=r.get("token_chunk", int, positive=True),
                    block_rows=r.get("block_rows", int, positive=True),
                    embcache_version=str(attrs.get("embcache_version", "")),
-                   complete=complete, totals=totals, layout=layout, encoder=encoder)
+                   complete=complete, totals=totals, layout=layout, encoder=encoder,
+                   subword=subword)
 
 
 @dataclass

@@ -121,7 +121,7 @@ class Producer:
                      {**options, "seed": seed if shuffle else None})
         self.read_ahead = shuffle
         rows = options["batch_size"]
-        x_bytes = rows * store.max_len * store.dim * np.dtype(store.dtype).itemsize
+        x_bytes = rows * store.max_len * store.row_width * store.row_dtype.itemsize
         # At least 2 slots (one written while one is read), at most 256 MB of them.
         count = max(2, min(queue_batches, (256 << 20) // x_bytes))
         self.slots = Slots(count, x_bytes, rows)

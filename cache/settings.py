@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from embcache.cache.rows import DTYPES
 from embcache.cache.tokenize import TokenizerSettings
 
 PADDINGS = ("pre", "post")
 OOV_POLICIES = ("zero", "unk", "mean")
-DTYPES = ("float16", "float32")
+__all__ = ["DTYPES", "OOV_POLICIES", "PADDINGS", "EmbedSettings"]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,10 @@
 """The store layout (version 2, ragged): one Zarr v3 group, its arrays and its attributes (the
 single source of truth).
 
-    tokens       (chunks * block_rows, dim)  float16|float32  the kept tokens' vectors, flat; zstd
+    tokens       (chunks * block_rows, dim)  float16|float32|int8  the kept tokens' vectors, flat;
+                                                     zstd
+    scales       (chunks * block_rows,)      float16 int8 stores only: each token vector's scale
+                                                     (see :mod:`embcache.cache.rows`)
     offsets      (docs,)                     int64   first row of each document in ``tokens``
     lengths      (docs,)                     int32   tokens kept per document (after truncation)
     labels       (docs,)                     int32   label index (labelled corpora only)
@@ -91,7 +94,8 @@ def block_rows(chunk_docs: int, max_len: int, token_chunk: int) -> int:
 
 def new_meta(*, settings, vectors: VectorsInfo, split: SplitSettings, corpus: dict[str, Any],
              label_names: list[str] | None, num_docs: int, chunk_docs: int | None = None,
-             encoder: dict[str, Any] | None = None) -> StoreMeta:
+             encoder: dict[str, Any] | None = None,
+             subword: dict[str, Any] | None = None) -> StoreMeta:
     """The metadata of a store about to be written, its physical layout decided here:
     ``chunk_docs`` (default :func:`auto_chunk_docs`), ``token_chunk`` and ``block_rows``."""
     from embcache.cache import __version__
@@ -103,7 +107,7 @@ def new_meta(*, settings, vectors: VectorsInfo, split: SplitSettings, corpus: di
                      label_names=tuple(label_names) if label_names is not None else None,
                      num_docs=num_docs, chunk_docs=chunk, token_chunk=token_chunk,
                      block_rows=block_rows(chunk, settings.max_len, token_chunk),
-                     embcache_version=__version__, encoder=encoder)
+                     embcache_version=__version__, encoder=encoder, subword=subword)
 
 
 def assign_split(doc_ids: list[str], val_frac: float, test_frac: float, seed: int = 0) -> np.ndarray:
@@ -199,6 +203,11 @@ def create_store(url: str, meta: StoreMeta):
                        # Skip zarr's all-zero scan of every chunk written (measured: half the
                        # write time of layout 1); unwritten chunks are still never stored.
                        config={"write_empty_chunks": True})
+    if meta.dtype == "int8":  # one scale per token vector, chunked as `tokens`' rows
+        group.create_array("scales", shape=(meta.num_chunks * meta.block_rows,),
+                           chunks=(meta.token_chunk,), dtype="float16",
+                           compressors=default_compressor(), fill_value=0,
+                           config={"write_empty_chunks": True})
     group.create_array("offsets", shape=(n,), chunks=(chunk,), dtype="int64", fill_value=0)
     group.create_array("lengths", shape=(n,), chunks=(chunk,), dtype="int32", fill_value=0)
     if meta.labelled:
@@ -254,6 +263,18 @@ class Store:
     @property
     def chunk_docs(self) -> int:
         return self.meta.chunk_docs
+
+    @property
+    def row_width(self) -> int:
+        """Columns of the packed rows batches carry (``dim``; ``dim + 2`` for int8)."""
+        return self.meta.row_width
+
+    @property
+    def row_dtype(self) -> np.dtype:
+        """NumPy dtype of the packed rows (the store's dtype; int8 carries its scales inside)."""
+        from embcache.cache.rows import row_dtype
+
+        return row_dtype(self.meta.dtype)
 
     @property
     def padding(self) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embcache.cache.errors import StoreError
+from embcache.cache.rows import decode_rows, join_rows
 from embcache.cache.store import SPLIT_NAMES, Store
 
 # Documents in the in-memory shuffle buffer when training (about 190 MB at 20 Newsgroups' mean
@@ -112,7 +113,7 @@ def bucket_lengths(max_len: int, granule: int = 8, per_octave: int = 4) -> np.nd
 class Block:
     """One chunk's documents of the requested split, as stored (ragged)."""
 
-    tokens: np.ndarray  # (rows, dim): the documents' kept tokens back to back
+    tokens: np.ndarray  # (rows, row_width): the documents' kept tokens back to back, packed
     starts: np.ndarray  # (n,) first row of each document in ``tokens``
     lengths: np.ndarray  # (n,) int32
     labels: np.ndarray  # (n,) int32 (zeros for an unlabelled store)
@@ -128,10 +129,11 @@ class Block:
 
 class BlockReader:
     """Reads whole blocks: the per-document arrays of one chunk and its ``tokens`` rows in one
-    contiguous read (only the chunks the block wrote)."""
+    contiguous read (only the chunks the block wrote), packed with their scales for int8."""
 
     def __init__(self, store: Store, with_labels: bool):
         names = ["tokens", "offsets", "lengths", "split"] + (["labels"] if with_labels else [])
+        names += ["scales"] if store.dtype == "int8" else []
         # Open the arrays once: looking one up re-reads its metadata document.
         self.arrays = {k: store.array(k) for k in names}
         self.chunk_docs, self.num_docs = store.chunk_docs, store.num_docs
@@ -149,8 +151,15 @@ class BlockReader:
         if split is not None:
             keep = a["split"][region] == SPLIT_NAMES.index(split)
             starts, lengths, labels = starts[keep], lengths[keep], labels[keep]
-        tokens = a["tokens"][first:end] if end > first else a["tokens"][0:0]
-        return Block(tokens, starts, lengths, labels)
+        return Block(read_rows(a, first, end), starts, lengths, labels)
+
+
+def read_rows(arrays: dict, first: int, end: int) -> np.ndarray:
+    """Rows ``first:end`` of ``tokens`` as packed rows (joined with ``scales`` when present)."""
+    tokens = arrays["tokens"][first:end] if end > first else arrays["tokens"][0:0]
+    if "scales" not in arrays:
+        return tokens
+    return join_rows(tokens, arrays["scales"][first:end] if end > first else arrays["scales"][0:0])
 
 
 def pad_batch(docs, length: int, padding: str, dim: int, dtype) -> np.ndarray:
@@ -167,19 +176,21 @@ def pad_batch(docs, length: int, padding: str, dim: int, dtype) -> np.ndarray:
 
 
 def read_padded(store: Store, start: int, stop: int, length: int | None = None) -> np.ndarray:
-    """Documents ``start:stop`` padded to ``length`` (default ``max_len``), as layout 1 held them.
-    For tests and benchmarks: memory is ``(stop - start) x length x dim``."""
+    """Documents ``start:stop`` padded to ``length`` (default ``max_len``), as layout 1 held them,
+    as float32 vectors (int8 dequantised). For tests and benchmarks: memory is
+    ``(stop - start) x length x dim``."""
     offsets = store.array("offsets")[start:stop].tolist()
     lengths = store.array("lengths")[start:stop].tolist()
-    tokens, c = store.array("tokens"), store.chunk_docs
+    arrays = {k: store.array(k) for k in ("tokens", "scales") if k in store.group}
+    c = store.chunk_docs
     docs = []
     for block in range(start - start % c, stop, c):  # a block's rows are contiguous: one read
         lo, hi = max(block, start) - start, min(block + c, stop) - start
         first = offsets[lo]
-        rows = tokens[first:offsets[hi - 1] + lengths[hi - 1]]
+        rows = decode_rows(read_rows(arrays, first, offsets[hi - 1] + lengths[hi - 1]),
+                           store.dim, store.dtype)
         docs += [rows[o - first:o - first + n] for o, n in zip(offsets[lo:hi], lengths[lo:hi])]
-    return pad_batch(docs, length or store.max_len, store.padding, store.dim,
-                     np.dtype(store.dtype))
+    return pad_batch(docs, length or store.max_len, store.padding, store.dim, np.float32)
 
 
 class Bucketer:
@@ -269,7 +280,7 @@ class SplitCache:
         """``tokens``: the split's kept tokens, when the caller has counted them already."""
         self.split, self.padding, self.max_len = split, store.padding, store.max_len
         total = split_tokens(store, plan, split) if tokens is None else tokens
-        self.rows = np.zeros((total + 1, store.dim), dtype=np.dtype(store.dtype))
+        self.rows = np.zeros((total + 1, store.row_width), dtype=store.row_dtype)
         n = plan.num_docs
         self.offsets = np.zeros(n, np.int64)
         self.lengths = np.zeros(n, np.int32)
@@ -324,7 +335,7 @@ def split_tokens(store: Store, plan: StreamPlan, split: str | None) -> int:
 
 def cache_bytes(store: Store, tokens: int) -> int:
     """Bytes a :class:`SplitCache` of ``tokens`` kept tokens holds (plus its padding row)."""
-    return (tokens + 1) * store.dim * np.dtype(store.dtype).itemsize
+    return (tokens + 1) * store.row_width * store.row_dtype.itemsize
 
 
 class ShuffleBuffer:
@@ -410,8 +421,8 @@ def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_siz
 
         def make(ids, length):
             return np.asarray(ids, np.int64)
-    bucketer = Bucketer(lengths, batch_size, store.padding, store.dim,
-                        np.dtype(store.dtype), max_wait=max_wait, make=make)
+    bucketer = Bucketer(lengths, batch_size, store.padding, store.row_width,
+                        store.row_dtype, max_wait=max_wait, make=make)
     shuffle = rng is not None
     chunks = rng.permutation(plan.chunks) if shuffle else plan.chunks
     buffer = ShuffleBuffer(min(shuffle_docs, plan.num_docs), rng) if shuffle else None

@@ -106,7 +106,11 @@ def main() -> None:
 @click.option("--corpus", "corpus_path", required=True,
               help="Folder per label, .tar.gz, .csv/.tsv, .jsonl or .txt (one document per line).")
 @click.option("--vectors", "vectors_path", default=None,
-              help="GloVe .txt/.txt.gz/.zip, word2vec .txt/.bin or fastText .vec file.")
+              help="Word vectors (GloVe .txt/.txt.gz/.zip, word2vec .txt/.bin, fastText .vec) or "
+                   "a static subword table: a model2vec or sentence-transformers StaticEmbedding "
+                   "folder, or a .safetensors table with --tokenizer (WordLlama).")
+@click.option("--tokenizer", default=None,
+              help="The Hugging Face tokenizer.json of a --vectors table file.")
 @click.option("--encoder", default=None,
               help="Instead of --vectors: a frozen transformer encoder (keras-hub text backbone) "
                    "whose last-layer token vectors are stored: a keras-hub preset folder, a "
@@ -131,10 +135,12 @@ def main() -> None:
               help=f"Where long documents lose tokens [default: {_EMBED.truncating}; with "
                    "--encoder post: the start is kept].")
 @click.option("--oov", default=_EMBED.oov, show_default=True, type=click.Choice(OOV_POLICIES),
-              help="Vector for out-of-vocabulary tokens: zeros, one seeded random vector, or the "
-                   "mean vector.")
+              help="Vector for out-of-vocabulary words: zeros, one seeded random vector, or the "
+                   "mean vector (word vectors only).")
 @click.option("--dtype", default=_EMBED.dtype, show_default=True,
-              type=click.Choice(DTYPES))
+              type=click.Choice(DTYPES),
+              help="How token vectors are stored: int8 keeps one scale per token vector (about "
+                   "half of float16's bytes), dequantised where batches are made.")
 @click.option("--val-frac", default=_SPLIT.val_frac, show_default=True,
               type=click.FloatRange(0, 1, max_open=True),
               help="Fraction of documents in the validation split (by hash of the doc id).")
@@ -157,7 +163,8 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_friendly("the store is incomplete (marked so); rerun the same command to resume it from "
            "its last completed block")
-def embed_corpus_cmd(corpus_path, vectors_path, encoder, encoder_batch, out, corpus_format,
+def embed_corpus_cmd(corpus_path, vectors_path, tokenizer, encoder, encoder_batch, out,
+                     corpus_format,
                      text_columns, label_column,
                      id_column, header, label_names_file, strip_headers, vectors_member,
                      vectors_format, max_len, padding, truncating, oov, dtype, val_frac, test_frac,
@@ -168,6 +175,13 @@ def embed_corpus_cmd(corpus_path, vectors_path, encoder, encoder_batch, out, cor
     Example (20 Newsgroups with GloVe):
       embcache embed-corpus --corpus data/news20.tar.gz \\
           --vectors data/glove.6B.50d.txt.gz --strip-headers --out news20.zarr
+
+    \b
+    Example (the same with WordLlama's static subword table):
+      embcache embed-corpus --corpus data/news20.tar.gz \\
+          --vectors data/wordllama-l2-supercat-256/l2_supercat_256.safetensors \\
+          --tokenizer data/wordllama-l2-supercat-256/l2_supercat_tokenizer_config.json \\
+          --strip-headers --out news20-wordllama.zarr
 
     \b
     Example (the same with a frozen MiniLM encoder's token vectors):
@@ -183,8 +197,8 @@ def embed_corpus_cmd(corpus_path, vectors_path, encoder, encoder_batch, out, cor
                       label_column=label_column, id_column=id_column, header=header,
                       strip_headers=strip_headers, label_names_file=label_names_file)
     if (vectors_path is None) == (encoder is None):
-        raise click.UsageError("Give either --vectors (word vectors) or --encoder (a transformer "
-                               "encoder)")
+        raise click.UsageError("Give either --vectors (word vectors or a static subword table) "
+                               "or --encoder (a transformer encoder)")
     if encoder is not None:
         from embcache.cache.encoder import DEFAULT_MAX_LEN
         from embcache.jobs.train import quiet_tensorflow
@@ -196,7 +210,7 @@ def embed_corpus_cmd(corpus_path, vectors_path, encoder, encoder_batch, out, cor
                              truncating=truncating or _EMBED.truncating, oov=oov, dtype=dtype,
                              seed=seed)
     summary = embed_corpus(spec, vectors_path, out, settings=settings, encoder=encoder,
-                           encoder_batch=encoder_batch,
+                           encoder_batch=encoder_batch, tokenizer=tokenizer,
                            split=SplitSettings(val_frac=val_frac, test_frac=test_frac, seed=seed),
                            vectors_member=vectors_member, vectors_format=vectors_format,
                            chunk_docs=chunk_docs, workers=workers, overwrite=overwrite,
@@ -349,7 +363,10 @@ def runs_cmd(folder, as_json, plot_path):
 @click.option("--out", default="predictions.csv", show_default=True,
               help="Predictions file: .csv, .jsonl or .parquet.")
 @click.option("--vectors", "vectors_path", default=None,
-              help="The vectors file the models were trained with (raw input only).")
+              help="The vectors file or static subword table the models were trained with (raw "
+                   "input only).")
+@click.option("--tokenizer", default=None,
+              help="With a subword table file: its tokenizer.json (raw input only).")
 @click.option("--encoder", default=None,
               help="The transformer encoder the models were trained on, for models trained on an "
                    "encoder's store (raw input only; checked against their cards).")
@@ -374,7 +391,7 @@ def runs_cmd(folder, as_json, plot_path):
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own logs.")
 @_friendly("no predictions were written (an earlier predictions file is unchanged); rerun "
            "the command to score again")
-def score_cmd(model_dirs, input_path, out, vectors_path, encoder, split, top_k, batch_size, ensemble,
+def score_cmd(model_dirs, input_path, out, vectors_path, tokenizer, encoder, split, top_k, batch_size, ensemble,
               keep_store, metrics_dir, corpus_format, text_columns, label_column, id_column, header,
               label_names_file, cache_dir, quiet, verbose):
     """Batch-classify documents with many models sharing one embedding pass.
@@ -395,7 +412,8 @@ def score_cmd(model_dirs, input_path, out, vectors_path, encoder, split, top_k, 
                       label_column=label_column, id_column=id_column, header=header,
                       label_names_file=label_names_file)
     summary = score([d for d in model_dirs.split(",") if d], input_path, out, corpus=spec,
-                    vectors_path=vectors_path, encoder=encoder, split=split, top_k=top_k,
+                    vectors_path=vectors_path, encoder=encoder, tokenizer=tokenizer, split=split,
+                    top_k=top_k,
                     batch_size=batch_size,
                     keep_store=keep_store, metrics_dir=metrics_dir, progress=not quiet,
                     cache_dir=cache_dir, ensemble=ensemble)

@@ -16,12 +16,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from embcache.cache.corpus import CorpusSpec, Document, iter_documents, label_mapper, scan_corpus
 from embcache.cache.embed import BlockWriter, oov_vector
 from embcache.cache.encoder import DEFAULT_MAX_LEN as DEFAULT_ENCODER_MAX_LEN
-from embcache.cache.errors import CorpusError, EmbcacheError, StoreError, writing
+from embcache.cache.errors import CorpusError, EmbcacheError, StoreError, VectorsError, writing
 from embcache.cache.meta import SplitSettings, VectorsInfo
 from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
+from embcache.cache.tokenize import TokenizerSettings
 from embcache.cache.store import (
     StoreWriter,
     assign_split,
@@ -112,6 +115,7 @@ def embed_corpus(
     settings: EmbedSettings | None = None,
     encoder: str | None = None,
     encoder_batch: int = 16,
+    tokenizer: str | None = None,
     split: SplitSettings = SplitSettings(),
     vectors_member: str | None = None,
     vectors_format: str = "auto",
@@ -125,6 +129,11 @@ def embed_corpus(
     """Embed ``corpus`` with the vectors at ``vectors_path`` (or, with ``encoder`` and
     ``vectors_path=None``, a frozen transformer encoder's token vectors: see
     :mod:`embcache.cache.encoder`) into the store ``out``.
+
+    ``vectors_path`` is a word-vectors file (GloVe, word2vec, fastText) or a static subword
+    table (:mod:`embcache.cache.subword`): a model2vec or sentence-transformers
+    ``StaticEmbedding`` folder, or a ``.safetensors`` table with its ``tokenizer`` (a Hugging
+    Face ``tokenizer.json``, as WordLlama ships them).
 
     ``settings`` defaults to :class:`EmbedSettings` (for an encoder: ``max_len`` 256 of its own
     tokens, truncated at the end; its tokenizer replaces the word tokenizer). ``encoder_batch``:
@@ -146,8 +155,8 @@ def embed_corpus(
     if not isinstance(corpus, CorpusSpec):
         corpus = CorpusSpec(str(corpus))
     if (vectors_path is None) == (encoder is None):
-        raise EmbcacheError("Give either --vectors (word vectors) or --encoder (a transformer "
-                            "encoder), not both and not neither")
+        raise EmbcacheError("Give either --vectors (word vectors or a static subword table) or "
+                            "--encoder (a transformer encoder), not both and not neither")
     if settings is None:
         settings = (EmbedSettings(max_len=DEFAULT_ENCODER_MAX_LEN, truncating="post") if encoder
                     else EmbedSettings())
@@ -165,15 +174,10 @@ def embed_corpus(
         if is_local(out):  # one writer per store: a second embed-corpus fails here, at once
             held.enter_context(exclusive(out.removeprefix("file://"), f"Store {out}"))
         check_target(out, overwrite)  # before the vectors load: a refusal costs nothing
-        if encoder is not None:
-            source, vectors_info, oov, identity = _load_encoder(encoder, settings, encoder_batch,
-                                                                cache_dir)
-            settings = replace(settings, max_len=identity["max_len"])
-        else:
-            table = load_vectors(vectors_path, member=vectors_member, fmt=vectors_format,
-                                 cache_dir=cache_dir)
-            source, vectors_info = table.cache_path, VectorsInfo(**table.describe())
-            oov, identity = oov_vector(table, settings), None
+        src = load_source(vectors_path, encoder=encoder, tokenizer=tokenizer, settings=settings,
+                          encoder_batch=encoder_batch, vectors_member=vectors_member,
+                          vectors_format=vectors_format, cache_dir=cache_dir)
+        source, vectors_info, oov, settings = src.source, src.info, src.oov, src.settings
         # Workers start (imports, vocabulary) while this process scans the corpus.
         # Small corpora run in this process: spawning workers costs about a second.
         use_pool = workers > 1 and (Path(corpus.path).is_dir()
@@ -185,7 +189,8 @@ def embed_corpus(
         scan = scan_corpus(corpus)
         meta = new_meta(settings=settings, vectors=vectors_info, split=split,
                         corpus=_corpus_identity(corpus), label_names=scan.label_names,
-                        num_docs=scan.num_docs, chunk_docs=chunk_docs, encoder=identity)
+                        num_docs=scan.num_docs, chunk_docs=chunk_docs, encoder=src.encoder,
+                        subword=src.subword)
         with writing(f"store {out}"):  # disk full, read-only: one line; the rerun resumes
             store = StoreWriter.open(out, meta, overwrite=overwrite)
             _write_blocks(corpus, store, scan, source, oov, pool, progress)
@@ -197,20 +202,80 @@ def embed_corpus(
                             num_chunks=final.num_chunks)
 
 
-def _load_encoder(spec: str, settings: EmbedSettings, batch: int, cache_dir: str | None):
+@dataclass
+class Source:
+    """What embeds a store's tokens, loaded once: ``source`` is what workers get (a word table's
+    cache path, a :class:`SubwordRef` or an :class:`EncoderRef`); ``settings`` as they apply to
+    it; ``encoder``/``subword``: the identity the store records."""
+
+    source: object
+    info: VectorsInfo
+    oov: np.ndarray | None
+    settings: EmbedSettings
+    encoder: dict | None = None
+    subword: dict | None = None
+
+
+def load_source(vectors_path: str | None, *, encoder: str | None, tokenizer: str | None,
+                settings: EmbedSettings, encoder_batch: int = 16, vectors_member: str | None = None,
+                vectors_format: str = "auto", cache_dir: str | None = None) -> Source:
+    """Load word vectors, a static subword table (a folder, or a table file with ``tokenizer``)
+    or an encoder, and check that ``settings`` mean something for it.
+
+    Raises:
+        VectorsError: see :func:`load_vectors`, :func:`load_subword`, the encoder's loader;
+            ``--oov`` other than ``zero`` for an encoder or subword table (neither has
+            out-of-vocabulary words to fill), word-file options for another source.
+    """
+    from embcache.cache.subword import TOKENIZER_NAME, is_subword, load_subword
+
+    if (vectors_path is None) == (encoder is None):
+        raise EmbcacheError("Give either --vectors (word vectors or a static subword table) or "
+                            "--encoder (a transformer encoder), not both and not neither")
+    kind = "encoder" if encoder else ("subword" if is_subword(vectors_path, tokenizer) else "words")
+    if kind != "words":
+        what = ("a transformer encoder" if kind == "encoder"
+                else f"a static subword table ({vectors_path})")
+        if settings.oov != "zero":
+            raise VectorsError(f"--oov {settings.oov} applies to word vectors; {what} has no "
+                               "out-of-vocabulary words to fill (its tokenizer splits every word "
+                               "into known pieces or an unknown token): leave --oov out")
+        if vectors_member is not None or vectors_format != "auto":
+            raise VectorsError(f"--vectors-member and --vectors-format apply to word-vectors "
+                               f"files, not to {what}")
+    if kind == "encoder" and tokenizer is not None:
+        raise VectorsError("--tokenizer is for a static subword table file; an encoder uses "
+                           "its own tokenizer")
+    if kind == "encoder":
+        return _load_encoder(encoder, settings, encoder_batch, cache_dir)
+    if kind == "subword":
+        table = load_subword(vectors_path, tokenizer, cache_dir=cache_dir)
+        settings = replace(settings, tokenizer=TokenizerSettings(filters="", lower=False,
+                                                                 split="", name=TOKENIZER_NAME))
+        return Source(table.ref, VectorsInfo(**table.describe()), None, settings,
+                      subword=table.identity())
+    table = load_vectors(vectors_path, member=vectors_member, fmt=vectors_format,
+                         cache_dir=cache_dir)
+    return Source(table.cache_path, VectorsInfo(**table.describe()), oov_vector(table, settings),
+                  settings)
+
+
+def _load_encoder(spec: str, settings: EmbedSettings, batch: int, cache_dir: str | None) -> Source:
     """The encoder's reference, its :class:`VectorsInfo`, no OOV vector, and its identity
     (loaded here once: the identity needs the weights, and in-process writing reuses it)."""
     from embcache.cache.embed import get_encoder
     from embcache.cache.encoder import require_keras_hub, resolve
 
     require_keras_hub()
-    ref = resolve(spec, max_len=settings.max_len, batch_size=batch, cache_dir=cache_dir)
+    ref = resolve(spec, max_len=settings.max_len, batch_size=batch, cache_dir=cache_dir,
+                  truncating=settings.truncating)
     enc = get_encoder(ref)
     identity = enc.identity()
     name = Path(spec).name or spec
     info = VectorsInfo(fingerprint=identity["fingerprint"], dim=enc.dim,
-                       vocab_size=len(enc.tokenizer.get_vocabulary()), source=name)
-    return ref, info, None, identity
+                       vocab_size=enc.vocab_size, source=name)
+    return Source(ref, info, None, replace(settings, max_len=identity["max_len"]),
+                  encoder=identity)
 
 
 def _write_blocks(corpus: CorpusSpec, store: StoreWriter, scan, source, oov, pool: Executor | None,

@@ -131,7 +131,9 @@ class Scorer:
     Args:
         runs: run folders from ``embcache train``; their models must have been trained on
             identically embedded data.
-        vectors: the vectors file the models were trained with (checked by fingerprint).
+        vectors: the vectors file, or static subword table (a model2vec or StaticEmbedding
+            folder, or a table file), the models were trained with (checked by fingerprint).
+        tokenizer: with a subword table file: its tokenizer.json (checked by sha256).
         encoder: for models trained on a transformer encoder's store: that encoder (a folder,
             .zip or preset name; checked by fingerprint, its weights and vocabulary included).
         ensemble: ``"weighted"`` (by each card's validation accuracy) or ``"mean"``; models sharing
@@ -143,7 +145,8 @@ class Scorer:
     """
 
     def __init__(self, runs: Sequence[str | Path], *, vectors: str | None = None,
-                 encoder: str | None = None, cache_dir: str | None = None,
+                 encoder: str | None = None, tokenizer: str | None = None,
+                 cache_dir: str | None = None,
                  batch_size: int = ScoreConfig.batch_size,
                  ensemble: str = ScoreConfig.ensemble, load: bool = True):
         if isinstance(runs, (str, Path)):
@@ -163,6 +166,7 @@ class Scorer:
         self.weights = ensemble_weights(self.group, ensemble) if self.group else None
         self.ensemble, self.batch_size = ensemble, batch_size
         self.vectors_path, self.encoder_spec, self.cache_dir = vectors, encoder, cache_dir
+        self.tokenizer_path = tokenizer
         self._predict = None
         self._embedder = None
         if load:
@@ -281,7 +285,8 @@ class Scorer:
 
         spec = self._require_vectors("text")
         require_keras_hub()
-        ref = resolve(spec, max_len=self.meta.max_len, cache_dir=self.cache_dir)
+        ref = resolve(spec, max_len=self.meta.max_len, cache_dir=self.cache_dir,
+                      truncating=self.meta.settings.truncating)
         enc = get_encoder(ref)
         got, want = enc.identity()["fingerprint"], self.meta.vectors.fingerprint
         if got != want:
@@ -307,10 +312,12 @@ class Scorer:
                          **common)
         else:
             self._vectors_table()  # checks the fingerprint before anything is written
-            embed_corpus(corpus, source, target, **common)
+            embed_corpus(corpus, source, target, tokenizer=self.tokenizer_path, **common)
         return open_store(target)
 
     def _vectors_table(self):
+        """The models' word vectors or subword table, checked against their cards."""
+        from embcache.cache.subword import load_subword
         from embcache.cache.vectors import load_vectors
 
         if self.meta.encoder is not None:
@@ -318,7 +325,14 @@ class Scorer:
                                 f"({self.meta.encoder.get('source')}): pass --encoder, not "
                                 "--vectors")
         vectors = self._require_vectors("text")
-        table = load_vectors(vectors, cache_dir=self.cache_dir)
+        if self.meta.subword is not None:
+            table = load_subword(vectors, self.tokenizer_path, cache_dir=self.cache_dir)
+        else:
+            if self.tokenizer_path is not None:
+                raise EmbcacheError("--tokenizer is for models trained on a static subword "
+                                    f"table; these were trained on word vectors "
+                                    f"({self.meta.vectors.source})")
+            table = load_vectors(vectors, cache_dir=self.cache_dir)
         if table.fingerprint != self.meta.vectors.fingerprint:
             raise ModelError(f"Vectors {vectors} (fingerprint {table.fingerprint[:12]}) are not "
                              f"the ones the models were trained with ({self.meta.vectors.source}, "
@@ -330,12 +344,15 @@ class Scorer:
         """Embed in memory (no store), ``_TEXT_PIECE`` texts at a time, bucket by length and
         predict; memory is one piece's vectors plus the results."""
         from embcache.cache.corpus import strip_usenet_header
-        from embcache.cache.embed import BlockEmbedder, EncoderEmbedder, oov_vector
+        from embcache.cache.embed import BlockEmbedder, EncoderEmbedder, SubwordEmbedder, oov_vector
+        from embcache.cache.rows import decode_rows
         from embcache.cache.stream import Bucketer, bucket_lengths
 
         self.load()
         if self._embedder is None and self.meta.encoder is not None:
             self._embedder = EncoderEmbedder(self._encoder()[1], self.meta.settings)
+        elif self._embedder is None and self.meta.subword is not None:
+            self._embedder = SubwordEmbedder(self._vectors_table(), self.meta.settings)
         elif self._embedder is None:
             table = self._vectors_table()
             self._embedder = BlockEmbedder(table, self.meta.settings,
@@ -347,10 +364,11 @@ class Scorer:
             if meta.strip_headers:  # as the corpus readers do for the training corpus
                 piece = [strip_usenet_header(t) for t in piece]
             result = self._embedder.embed(piece)
+            vectors = decode_rows(result.tokens, meta.dim, meta.dtype)  # as the dataset does
             ends = np.cumsum(result.lengths)
             docs = np.empty(len(piece), dtype=object)
             for i, (e, n) in enumerate(zip(ends.tolist(), result.lengths.tolist())):
-                docs[i] = result.tokens[e - n:e]
+                docs[i] = vectors[e - n:e]
             bucketer = Bucketer(bucket_lengths(meta.max_len), self.batch_size, meta.padding,
                                 meta.dim, np.float32)
             batches = itertools.chain(
@@ -483,6 +501,7 @@ def score(
     corpus: CorpusSpec | None = None,
     vectors_path: str | None = None,
     encoder: str | None = None,
+    tokenizer: str | None = None,
     split: str | None = None,
     top_k: int = ScoreConfig.top_k,
     batch_size: int = ScoreConfig.batch_size,
@@ -512,7 +531,8 @@ def score(
         except OSError as e:
             raise EmbcacheError(f"Cannot use --metrics-dir {metrics_dir}: {e.strerror}") from None
     _check_top_k(top_k)
-    scorer = Scorer(model_dirs, vectors=vectors_path, encoder=encoder, cache_dir=cache_dir,
+    scorer = Scorer(model_dirs, vectors=vectors_path, encoder=encoder, tokenizer=tokenizer,
+                    cache_dir=cache_dir,
                     batch_size=batch_size, ensemble=ensemble, load=False)
     with scorer._as_store(input_path, split, corpus=corpus, keep_store=keep_store,
                           progress=progress) as store:

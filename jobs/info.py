@@ -36,8 +36,18 @@ def format_info(info: dict[str, Any]) -> str:
         f"{info['num_chunks']} chunks",
         f"on disk      {size / 1e6:,.1f} MB" if size is not None else "on disk      (remote)",
     ]
-    enc = info.get("encoder")
-    if enc:
+    enc, sub = info.get("encoder"), info.get("subword")
+    if sub:
+        lines += [
+            f"vectors      {vec.get('source')}: static subword table ({sub.get('layout')}) dim="
+            f"{vec.get('dim')} vocab={vec.get('vocab_size', 0):,} "
+            f"fingerprint={str(vec.get('fingerprint'))[:16]}",
+            f"tokenizer    {sub.get('tokenizer')} (Hugging Face tokenizers) tokenizer.json "
+            f"sha256={str(sub.get('tokenizer_sha256'))[:12]}, no special tokens added"
+            + (", unknown token dropped" if sub.get("dropped_id") is not None else ""),
+            f"sequences    padding={info.get('padding')} truncating={info.get('truncating')}",
+        ]
+    elif enc:
         t, sp = enc.get("tokenizer", {}), enc.get("special_tokens", {})
         lines += [
             f"encoder      {enc.get('source')} ({enc.get('architecture')}, "
@@ -58,7 +68,7 @@ def format_info(info: dict[str, Any]) -> str:
         ]
     if "num_tokens" in info:
         mean = info["kept_tokens"] / max(info["num_docs"], 1)
-        unknown = "unknown-token rate" if enc else "OOV rate"
+        unknown = "unknown-token rate" if enc or sub else "OOV rate"
         lines.append(f"tokens       {info['num_tokens']:,} ({unknown} {info['oov_rate']:.2%}), "
                      f"{info['kept_tokens']:,} kept after truncation ({mean:,.0f} per document, "
                      f"{mean / info['max_len']:.0%} of max_len)")

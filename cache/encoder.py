@@ -227,8 +227,10 @@ class Encoder:
                                     jit_compile=ref.jit_compile)
 
     def _hf_tokenizer(self):
-        path = Path(self.ref.preset) / "tokenizer.json"
-        if not path.is_file():
+        folder = Path(self.ref.preset)
+        path = folder / "tokenizer.json"
+        # A keras-hub preset (metadata.json) has a tokenizer.json of its own: keras-hub's config.
+        if not path.is_file() or (folder / "metadata.json").is_file():
             return None
         from embcache.cache.subword import load_tokenizer
 

@@ -3,6 +3,7 @@ saved as a preset (no download); the real MiniLM check is in test_realdata.py.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -197,3 +198,108 @@ def test_dask_workers_write_the_single_process_store(encoders, corpus, tmp_path)
     embed_corpus(CorpusSpec(str(corpus)), None, str(single), **common)
     embed_corpus(CorpusSpec(str(corpus)), None, str(dask), scheduler="local:2", **common)
     assert_same_store(single, dask)
+
+
+def save_tiny_hf_bert(folder: Path, vocab=VOCAB, table_rows: int | None = None, seed=0) -> Path:
+    """A Hugging Face format BERT folder as sentence-transformers ships them (config.json,
+    model.safetensors without a `bert.` prefix, tokenizer.json, no vocab.txt), random weights;
+    its tokenizer.json lower-cases and strips accents as BERT's own does."""
+    from safetensors.numpy import save_file
+
+    from tests.test_subword import wordpiece
+
+    rng = np.random.default_rng(seed)
+    h, inter, rows = 8, 16, table_rows or len(vocab)
+    t = {"embeddings.word_embeddings.weight": (rows, h), "embeddings.position_embeddings.weight":
+         (64, h), "embeddings.token_type_embeddings.weight": (2, h),
+         "embeddings.LayerNorm.weight": (h,), "embeddings.LayerNorm.bias": (h,),
+         "pooler.dense.weight": (h, h), "pooler.dense.bias": (h,)}
+    p = "encoder.layer.0."
+    for name in ("attention.self.query", "attention.self.key", "attention.self.value",
+                 "attention.output.dense"):
+        t[p + name + ".weight"], t[p + name + ".bias"] = (h, h), (h,)
+    t.update({p + "attention.output.LayerNorm.weight": (h,), p + "attention.output.LayerNorm.bias":
+              (h,), p + "intermediate.dense.weight": (inter, h), p + "intermediate.dense.bias":
+              (inter,), p + "output.dense.weight": (h, inter), p + "output.dense.bias": (h,),
+              p + "output.LayerNorm.weight": (h,), p + "output.LayerNorm.bias": (h,)})
+    folder.mkdir(parents=True)
+    save_file({k: (rng.normal(size=s) * 0.2).astype(np.float32) for k, s in t.items()},
+              str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["BertModel"], "model_type": "bert", "vocab_size": rows, "hidden_size": h,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": inter,
+        "max_position_embeddings": 64, "type_vocab_size": 2, "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12, "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
+    tok = wordpiece(vocab)
+    from tokenizers import processors
+
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab.index("[CLS]")),
+                                                 ("[SEP]", vocab.index("[SEP]"))])
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def test_the_folders_own_tokenizer_json_decides_the_ids(encoders, tmp_path):
+    from embcache.cache.encoder import Encoder, resolve
+    from tests.test_subword import wordpiece
+
+    folder = save_tiny_hf_bert(tmp_path / "hf")
+    enc = Encoder(resolve(str(folder), max_len=32, cache_dir=tmp_path / "cache"))
+    hf = wordpiece(VOCAB)
+    ids, total, unknown = enc.token_ids(TEXTS)
+    cls, sep = VOCAB.index("[CLS]"), VOCAB.index("[SEP]")
+    for text, got in zip(TEXTS, ids):
+        want = [cls, *hf.encode(text, add_special_tokens=False).ids, sep]
+        if len(want) > 32:
+            want = want[:31] + [sep]
+        assert got.tolist() == want, text
+    # `café` keeps its accent in keras-hub's tokenizer ([UNK]); the model's own strips it.
+    assert VOCAB.index("caf") in ids[0].tolist() and VOCAB.index("[UNK]") not in ids[0].tolist()
+    assert enc.identity()["tokenizer"]["class"] == "tokenizers.Tokenizer"
+    # truncating "pre" keeps the end of a long document (start and end tokens stay).
+    pre = Encoder(resolve(str(folder), max_len=32, truncating="pre", cache_dir=tmp_path / "cache"))
+    long_ids = pre.token_ids([TEXTS[2]])[0][0].tolist()
+    body = hf.encode(TEXTS[2], add_special_tokens=False).ids
+    assert long_ids == [cls, *body[-30:], sep]
+    assert pre.identity()["fingerprint"] != enc.identity()["fingerprint"]
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tmp_path, corpus):
+    folder = save_tiny_hf_bert(tmp_path / "big", [*VOCAB, *(f"w{i}" for i in range(9))],
+                               table_rows=len(VOCAB))
+    r = subprocess.run([EMBCACHE, "embed-corpus", "--corpus", str(corpus), "--encoder", str(folder),
+                        "--out", str(tmp_path / "x.zarr"), "-q"], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"Error: Encoder {folder}: its tokenizer has {len(VOCAB) + 9} tokens but its weights' "
+        f"embedding table has {len(VOCAB)} rows: the tokenizer belongs to another model"]
+
+
+def test_oov_is_refused_and_truncating_recorded_truthfully(encoders, corpus, tmp_path):
+    r = subprocess.run([EMBCACHE, "embed-corpus", "--corpus", str(corpus), "--encoder",
+                        str(encoders[0]), "--oov", "mean", "--out", str(tmp_path / "x.zarr"), "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "--oov mean applies to word vectors" in r.stderr
+    out = tmp_path / "pre.zarr"
+    embed_corpus(CorpusSpec(str(corpus)), None, str(out), encoder=str(encoders[0]),
+                 progress=False, settings=__import__("embcache.cache.settings", fromlist=["x"])
+                 .EmbedSettings(max_len=8, truncating="pre"))
+    meta = open_store(str(out)).meta
+    assert meta.settings.truncating == "pre" and meta.encoder["truncating"] == "pre"
+
+
+def test_compiled_forward_pass_equals_the_plain_one(encoders):
+    from embcache.cache.encoder import Encoder, resolve
+
+    texts = [" ".join(WORDS[: 3 + 2 * i]) for i in range(7)]
+    xla = Encoder(resolve(str(encoders[0]), max_len=32, batch_size=4))
+    plain = Encoder(resolve(str(encoders[0]), max_len=32, batch_size=4, jit_compile=False))
+    ids = xla.token_ids(texts)[0]
+    for a, b in zip(xla.encode(ids), plain.encode(ids)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert xla.identity() == plain.identity()  # compiling is not part of the encoder's identity

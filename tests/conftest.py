@@ -79,7 +79,9 @@ def folder_corpus(tmp_path):
 def real_data_dir() -> Path:
     """DATA_DIR holding the real files; skips outside CI when absent, fails in CI."""
     d = Path(os.environ.get("DATA_DIR", "data"))
-    needed = ["glove.6B.50d.txt.gz", "news20.tar.gz", "ag_news_csv/test.csv", "all-MiniLM-L6-v2.zip"]
+    needed = ["glove.6B.50d.txt.gz", "news20.tar.gz", "ag_news_csv/test.csv", "all-MiniLM-L6-v2.zip",
+              "wordllama-l2-supercat-256/l2_supercat_256.safetensors",
+              "wordllama-l2-supercat-256/l2_supercat_tokenizer_config.json"]
     missing = [n for n in needed if not (d / n).exists()]
     if missing:
         msg = f"real data missing under DATA_DIR={d}: {', '.join(missing)}"

@@ -102,3 +102,65 @@ def test_minilm_sentence_transformers_folder_as_distributed(data, tmp_path):
     o, n = int(store.array("offsets")[row]), int(store.array("lengths")[row])
     np.testing.assert_allclose(store.array("tokens")[o:o + n].astype(np.float32), alone,
                                rtol=1e-2, atol=1e-2)
+
+
+TRICKY = ["Café naïve résumé, Ångström and Øresund", "CamelCase WORDS and lower words", "",
+          "an over-long text " * 400, "emoji 🙂 and CJK 漢字 and tabs\tand\nnewlines"]
+
+
+def test_minilm_ids_are_the_models_own_tokenizer_json(data, tmp_path):
+    """The encoder tokenizes with the folder's own tokenizer.json (accents stripped: `café` is
+    `cafe`, not [UNK] as keras-hub's WordPiece tokenizer makes it)."""
+    from tokenizers import Tokenizer
+
+    from embcache.cache.encoder import Encoder, resolve
+
+    enc = Encoder(resolve(str(data / "all-MiniLM-L6-v2.zip"), cache_dir=str(tmp_path / "cache"),
+                          max_len=256))
+    own = Tokenizer.from_file(str(next((tmp_path / "cache").rglob("tokenizer.json"))))
+    own.no_truncation()
+    own.no_padding()
+    ids, _, unknown = enc.token_ids(TRICKY)
+    for text, got in zip(TRICKY, ids):
+        want = own.encode(text).ids  # [CLS] ... [SEP] by its own post-processor
+        if len(want) > 256:
+            want = want[:255] + [102]
+        assert got.tolist() == want, text
+    assert own.token_to_id("cafe") in ids[0].tolist() and 100 not in ids[0].tolist()
+
+
+def test_wordllama_table_ids_and_vectors(data, tmp_path):
+    """WordLlama as shipped (a table file and its tokenizer.json): ids equal `tokenizers`' own
+    (no special tokens added), each token's vector is its table row."""
+    from safetensors.numpy import load_file
+    from tokenizers import Tokenizer
+
+    from embcache.cache.subword import load_subword
+
+    folder = data / "wordllama-l2-supercat-256"
+    table_file = folder / "l2_supercat_256.safetensors"
+    tok_file = folder / "l2_supercat_tokenizer_config.json"
+    table = load_subword(table_file, str(tok_file), cache_dir=tmp_path / "cache")
+    own = Tokenizer.from_file(str(tok_file))
+    own.no_truncation()
+    ids, total, unknown = table.token_ids(TRICKY)
+    for text, got in zip(TRICKY, ids):
+        assert got.tolist() == own.encode(text, add_special_tokens=False).ids, text[:40]
+    assert ids[2].tolist() == [] and len(ids[3]) > 1000 and unknown == 0
+    assert ids[0].tolist() != own.encode(TRICKY[0].lower(), add_special_tokens=False).ids  # cased
+    weights = load_file(str(table_file))["embedding.weight"]
+    assert (table.dim, table.meta["rows"]) == (256, 32000)
+    out = tmp_path / "ag.zarr"
+    spec = CorpusSpec(str(data / "ag_news_csv" / "test.csv"), text_columns=("1", "2"),
+                      label_column="0", header=False)
+    embed_corpus(spec, str(table_file), str(out), tokenizer=str(tok_file), progress=False,
+                 cache_dir=str(tmp_path / "cache"), settings=EmbedSettings(max_len=64))
+    store = open_store(str(out))
+    assert store.num_docs == 7600 and store.dim == 256 and store.meta.subword["layout"] == "table"
+    import csv
+
+    with open(data / "ag_news_csv" / "test.csv", encoding="utf-8") as f:
+        first = next(csv.reader(f))
+    want = own.encode(f"{first[1]} {first[2]}", add_special_tokens=False).ids[-64:]
+    n = int(store.array("lengths")[0])
+    np.testing.assert_array_equal(store.array("tokens")[0:n], weights[want])

@@ -11,11 +11,12 @@ ARGS     ?=
 CORPUS   ?= $(DATA_DIR)/news20.tar.gz
 VECTORS  ?= $(DATA_DIR)/glove.6B.50d.txt.gz
 ENCODER  ?= $(DATA_DIR)/all-MiniLM-L6-v2.zip
+WORDLLAMA = $(DATA_DIR)/wordllama-l2-supercat-256/l2_supercat_256.safetensors
 
 GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
 NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
 
-.PHONY: install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-score bench-scale bench-encoder data clean
+.PHONY: install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-score bench-scale bench-encoder bench-vectors data clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -107,7 +108,7 @@ test: install
 
 check: test
 
-bench: bench-embed bench-train bench-score bench-scale bench-encoder
+bench: bench-embed bench-train bench-score bench-scale bench-encoder bench-vectors
 
 bench-embed: install
 	$(call need_data,$(CORPUS) $(VECTORS))
@@ -128,6 +129,12 @@ bench-score: store
 bench-encoder: install
 	$(call need_data,$(CORPUS) $(ENCODER))
 	$(BIN)/python -m embcache.jobs.bench.encoder --corpus $(CORPUS) --encoder $(ENCODER) $(ARGS)
+
+# The quality/cost table: GloVe, WordLlama and MiniLM stores, float16 and int8, their heads'
+# accuracy. Stores and runs stay in bench-out/vectors (ARGS=--reuse keeps complete ones).
+bench-vectors: install
+	$(call need_data,$(CORPUS) $(VECTORS) $(ENCODER) $(WORDLLAMA))
+	$(BIN)/python -m embcache.jobs.bench.vectors --data $(DATA_DIR) $(ARGS)
 
 bench-scale: install
 	$(call need_data,$(CORPUS) $(VECTORS))

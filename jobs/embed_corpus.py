@@ -24,7 +24,6 @@ from embcache.cache.encoder import DEFAULT_MAX_LEN as DEFAULT_ENCODER_MAX_LEN
 from embcache.cache.errors import CorpusError, EmbcacheError, StoreError, VectorsError, writing
 from embcache.cache.meta import SplitSettings, VectorsInfo
 from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
-from embcache.cache.tokenize import TokenizerSettings
 from embcache.cache.store import (
     StoreWriter,
     assign_split,
@@ -33,6 +32,7 @@ from embcache.cache.store import (
     is_local,
     new_meta,
 )
+from embcache.cache.tokenize import TokenizerSettings
 from embcache.cache.vectors import load_vectors
 from embcache.jobs.executors import Executor, block_executor, parse_scheduler
 from embcache.jobs.locks import exclusive

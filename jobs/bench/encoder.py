@@ -105,6 +105,48 @@ def keras_way_child(store_url: str, encoder: str, heads: list[str], epochs: int,
             "val_docs": int((split == 1).sum())}
 
 
+def encoder_speed(corpus: str, encoder: str, docs: int, rounds: int, lengths: list[int]) -> None:
+    """The encoder's forward pass compiled with XLA (``jit_compile``, what embed-corpus uses)
+    against the plain ``tf.function``, on the same token ids, rounds interleaved; documents/s
+    of ``Encoder.encode`` (tokenizing excluded) and the largest difference between outputs."""
+    import numpy as np
+
+    from embcache.cache.corpus import CorpusSpec, iter_documents
+    from embcache.cache.encoder import Encoder, resolve
+    from embcache.jobs.bench.common import table
+    from embcache.jobs.train import quiet_tensorflow
+
+    quiet_tensorflow()
+    texts = []
+    for d in iter_documents(CorpusSpec(corpus, strip_headers=True)):
+        texts.append(d.text)
+        if len(texts) >= docs:
+            break
+    rows = []
+    for max_len in lengths:
+        encs = {jit: Encoder(resolve(encoder, max_len=max_len, jit_compile=jit))
+                for jit in (False, True)}
+        ids = encs[True].token_ids(texts)[0]
+        outs = {jit: e.encode(ids) for jit, e in encs.items()}  # warm-up: traces and compiles
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(outs[True], outs[False]))
+        got: dict[bool, list[float]] = {False: [], True: []}
+        for r in range(rounds):
+            for jit in ((False, True) if r % 2 == 0 else (True, False)):
+                t0 = time.perf_counter()
+                encs[jit].encode(ids)
+                got[jit].append(len(ids) / (time.perf_counter() - t0))
+                say(f"speed max_len {max_len} round {r + 1}/{rounds} "
+                    f"{'xla' if jit else 'plain'}: {got[jit][-1]:,.1f} docs/s")
+        med = {j: sorted(v)[len(v) // 2] for j, v in got.items()}
+        rows.append([str(max_len), *(f"{med[j]:,.1f} ({min(got[j]):,.1f}-{max(got[j]):,.1f})"
+                                     for j in (False, True)),
+                     f"{med[True] / med[False]:.2f}x", f"{diff:.1e}"])
+    click.echo(f"encoder forward pass: {len(texts)} documents of {corpus}, {encoder}, batch 16, "
+               f"{rounds} interleaved rounds, {os.cpu_count()} cores; documents/s median (range)")
+    click.echo(table(["max_len", "plain tf.function", "XLA (jit_compile)", "XLA / plain",
+                      "max |difference|"], rows))
+
+
 @click.command()
 @click.option("--corpus", required=True, help="20 Newsgroups news20.tar.gz.")
 @click.option("--encoder", required=True, help="The encoder (e.g. all-MiniLM-L6-v2.zip).")
@@ -113,12 +155,22 @@ def keras_way_child(store_url: str, encoder: str, heads: list[str], epochs: int,
 @click.option("--heads", default="fasttext,kim_cnn,bilstm", show_default=True)
 @click.option("--epochs", default=5, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
+@click.option("--speed-docs", default=256, show_default=True,
+              help="Documents for the XLA against plain forward-pass part (0: skip it).")
+@click.option("--speed-rounds", default=3, show_default=True)
+@click.option("--speed-only", is_flag=True, help="Only the XLA against plain part.")
 @click.option("--child", default=None, hidden=True)
-def main(corpus, encoder, docs, max_len, heads, epochs, batch_size, child):
+def main(corpus, encoder, docs, max_len, heads, epochs, batch_size, speed_docs, speed_rounds,
+         speed_only, child):
     """Benchmark: encoder once into the store + heads from it, against the encoder in every head."""
     head_names = heads.split(",")
     if child:
         click.echo(json.dumps(keras_way_child(child, encoder, head_names, epochs, batch_size)))
+        return
+    if speed_docs:
+        encoder_speed(corpus, encoder, speed_docs, speed_rounds, [128, 256])
+        click.echo("")
+    if speed_only:
         return
     from embcache.jobs.bench.common import run_measured, table
 

@@ -206,3 +206,34 @@ def test_table_with_tokenizer_round_trip_cli_and_scorer(tmp_path):
         embcache.Scorer(runs, vectors=str(table), tokenizer=str(tok2)).classify(["the cat"])
     r = run("score", "--models", ",".join(runs), "--input", raw, "--out", tmp_path / "q.csv", "-q")
     assert r.returncode == 1 and "needs --vectors" in r.stderr
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_workers_dask_and_a_killed_run_resumed_write_the_single_process_store(tmp_path, dtype):
+    from tests.conftest import make_folder_corpus
+    from tests.test_embed_corpus import assert_same_store, kill_after_chunks
+
+    corpus = tmp_path / "corpus"
+    make_folder_corpus(corpus, docs_per_label=150, labels=("a", "b"))
+    table, tok = save_table(tmp_path, len(PIECES))
+    common = dict(tokenizer=str(tok), chunk_docs=10, progress=False,
+                  settings=EmbedSettings(max_len=24, dtype=dtype))
+    single = tmp_path / "single.zarr"
+    embed_corpus(CorpusSpec(str(corpus)), str(table), str(single), workers=1, **common)
+    pool = tmp_path / "pool.zarr"
+    embed_corpus(CorpusSpec(str(corpus)), str(table), str(pool), workers=2, **common)
+    assert_same_store(single, pool)
+    if dtype == "float16":  # a killed run, resumed
+        killed = tmp_path / "killed.zarr"
+        cmd = [EMBCACHE, "embed-corpus", "--corpus", str(corpus), "--vectors", str(table),
+               "--tokenizer", str(tok), "--chunk-docs", "10", "--max-len", "24", "--workers", "1",
+               "--out", str(killed), "-q"]
+        kill_after_chunks(cmd, killed, chunks=5, timeout=120)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0 and "resumed" in done.stdout, done.stderr
+        assert_same_store(single, killed)
+    else:
+        pytest.importorskip("dask.distributed")  # the dask extra (installed by the Makefile)
+        dask = tmp_path / "dask.zarr"
+        embed_corpus(CorpusSpec(str(corpus)), str(table), str(dask), scheduler="local:2", **common)
+        assert_same_store(single, dask)

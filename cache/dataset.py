@@ -131,9 +131,11 @@ def to_float(x, store: Store):
 
     if store.dtype != "int8":
         return tf.cast(x, tf.float32)
-    dim = store.dim
-    scale = tf.bitcast(x[..., dim:], tf.float16)  # (..., 2) int8 -> (...) float16
-    return tf.cast(x[..., :dim], tf.float32) * tf.cast(scale, tf.float32)[..., None]
+    # tf.split, not two strided slices: measured 14.5 against 21.5 ms for a (32, 1000, 258)
+    # batch (a float16 batch's cast: 7.3 ms).
+    q, packed_scale = tf.split(x, [store.dim, 2], axis=-1)
+    scale = tf.bitcast(packed_scale, tf.float16)  # (..., 2) int8 -> (...) float16
+    return tf.cast(q, tf.float32) * tf.cast(scale, tf.float32)[..., None]
 
 
 def _finish(ds, make_x, store: Store, with_labels: bool, with_seq: bool):

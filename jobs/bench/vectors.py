@@ -13,7 +13,7 @@ encoder), each as float16 and as int8. Columns:
   split was served from memory (``--memory-mb`` default) or streamed, and each head's test
   accuracy.
 
-``--reuse`` keeps complete stores found in ``--out`` (the MiniLM encode takes half an hour on 2
+``--reuse`` keeps complete stores and trained runs found in ``--out`` (the MiniLM encode takes half an hour on 2
 cores: pay it once). ``--minilm-int8 requantize`` writes the MiniLM int8 store from the float16
 store's vectors instead of encoding again (the encode is the whole cost either way; the table
 says which was done). A picture (test accuracy against embed time, log scale) goes to
@@ -130,20 +130,32 @@ def _pipeline_pass(store: str) -> float:
     return plan.num_docs / (time.perf_counter() - t0)
 
 
-def _train(store: Path, runs: Path) -> dict:
+def _train(store: Path, runs: Path, reuse: bool) -> dict:
+    """Train the heads as one group (or, with ``reuse``, read the cards of an earlier run)."""
     import subprocess
 
-    argv = [sys.executable, "-m", "embcache.jobs.cli", "train", "--store", str(store), "--model",
-            ",".join(HEADS), "--out", str(runs), "--overwrite"]
-    r = subprocess.run(argv, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"train failed on {store}:\n{r.stderr[-2000:]}")
+    if not (reuse and all((runs / h / "model.json").is_file() for h in HEADS)):
+        argv = [sys.executable, "-m", "embcache.jobs.cli", "train", "--store", str(store),
+                "--model", ",".join(HEADS), "--out", str(runs), "--overwrite", "-q"]
+        r = subprocess.run(argv, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"train failed on {store}:\n{r.stderr[-2000:]}")
     cards = {h: json.loads((runs / h / "model.json").read_text()) for h in HEADS}
     t = cards[HEADS[0]]["training"]
-    return {"samples_per_s": t["samples_per_s"], "in_memory": "train split decoded into memory"
-            in r.stderr, "epochs": {h: cards[h]["training"]["epochs_run"] for h in HEADS},
+    return {"samples_per_s": t["samples_per_s"], "in_memory": _fits(store, t["memory_mb"]),
+            "epochs": {h: cards[h]["training"]["epochs_run"] for h in HEADS},
             "test": {h: cards[h]["metrics"]["test_accuracy"] for h in HEADS},
             "val": {h: cards[h]["metrics"]["val_accuracy"] for h in HEADS}}
+
+
+def _fits(store: Path, memory_mb: int) -> bool:
+    """Whether ``train`` served the train split from memory (it fits ``--memory-mb``)."""
+    from embcache.cache.store import open_store
+    from embcache.cache.stream import cache_bytes, plan_split, split_tokens
+
+    s = open_store(str(store))
+    plan = plan_split(s, "train")
+    return 0 < cache_bytes(s, split_tokens(s, plan, "train")) <= memory_mb << 20
 
 
 @click.command()
@@ -160,10 +172,12 @@ def _train(store: Path, runs: Path) -> dict:
 @click.option("--rounds", default=3, show_default=True, type=int,
               help="Input-pipeline rounds (float16 and int8 alternate in each).")
 @click.option("--no-train", is_flag=True, help="Stores and the input pipeline only.")
+@click.option("--train", "train_keys", default=None,
+              help="Rows to train, e.g. glove-float16,wordllama-float16 [default: every row].")
 @click.option("--plot", "plot_path", default="bench-out/vectors/vectors.png", show_default=True)
 @click.option("--json-out", default="bench-out/vectors/results.json", show_default=True)
-def main(data_dir, out_dir, reps, reuse, minilm_int8, workers, rounds, no_train, plot_path,
-         json_out):
+def main(data_dir, out_dir, reps, reuse, minilm_int8, workers, rounds, no_train, train_keys,
+         plot_path, json_out):
     """The quality/cost table of GloVe, WordLlama and MiniLM, float16 and int8."""
     from embcache.cache.store import bytes_on_disk, open_store
 
@@ -202,9 +216,11 @@ def main(data_dir, out_dir, reps, reuse, minilm_int8, workers, rounds, no_train,
         for rep in chosen:
             for dtype in DTYPES:
                 key = f"{rep}-{dtype}"
+                if train_keys and key not in train_keys.split(","):
+                    continue
                 say(f"{key}: training {' + '.join(HEADS)} as one group (default training) ...")
                 t0 = time.perf_counter()
-                res[key]["train"] = _train(Path(res[key]["store"]), out / f"runs-{key}")
+                res[key]["train"] = _train(Path(res[key]["store"]), out / f"runs-{key}", reuse)
                 tr = res[key]["train"]
                 say(f"  {key}: {tr['samples_per_s']:,.0f} samples/s "
                     f"({'in memory' if tr['in_memory'] else 'streamed'}), test "

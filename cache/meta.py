@@ -121,12 +121,6 @@ class StoreMeta:
         return self.label_names is not None
 
     @property
-    def source_kind(self) -> str:
-        """``words`` (a word-vectors file), ``subword`` (a static subword table) or ``encoder``."""
-        return "encoder" if self.encoder is not None else (
-            "subword" if self.subword is not None else "words")
-
-    @property
     def strip_headers(self) -> bool:
         return bool(self.corpus.get("strip_headers", False))
 

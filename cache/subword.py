@@ -42,18 +42,7 @@ import numpy as np
 from embcache.cache.errors import VectorsError
 from embcache.cache.vectors import content_key, default_cache_dir
 
-LAYOUTS = ("model2vec", "static-embedding", "table")
 TOKENIZER_NAME = "huggingface-tokenizers"  # TokenizerSettings.name of a subword store
-
-
-def require_tokenizers():
-    try:
-        import safetensors  # noqa: F401
-        import tokenizers  # noqa: F401
-    except ImportError as e:
-        raise VectorsError(f"Static subword tables need the tokenizers and safetensors packages "
-                           f"({e.name} is not installed): pip install tokenizers safetensors"
-                           ) from None
 
 
 @dataclass(frozen=True)
@@ -154,7 +143,6 @@ def load_subword(path: str | os.PathLike, tokenizer: str | None = None, *,
     Raises:
         VectorsError: missing or malformed files, a tokenizer whose ids do not fit the table.
     """
-    require_tokenizers()
     path = Path(path)
     layout, table_file, tok_file, tensor = _find_layout(path, tokenizer)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()

@@ -251,8 +251,9 @@ def render(res: dict, chosen: list[str]) -> str:
             if dtype == "int8" and pipe and f16.get("pipeline"):
                 ratio = f" ({statistics.median(pipe) / statistics.median(f16['pipeline']):.2f}x)"
             rows.append([
-                f"{rep} {dtype}", f"{r['embed_docs_s']:,.0f}" + ("" if r["how"] != "requantized "
-                                                               "from float16" else " (encode)"),
+                f"{rep} {dtype}",
+                f"{r['embed_docs_s']:,.0f}" + (" (encode)" if r["how"].startswith("requantized")
+                                                else ""),
                 f"{r['mb']:,.0f}" + (f" ({r['mb'] / f16['mb']:.0%})" if dtype == "int8" else ""),
                 med(pipe) + ratio,
                 (f"{tr['samples_per_s']:,.0f} ({'memory' if tr['in_memory'] else 'streamed'})"

@@ -7,11 +7,14 @@ producer runs the stream, and only this module imports TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 
-from embcache.cache.errors import StoreError
+from embcache.cache.errors import EmbcacheError, StoreError
 from embcache.cache.producer import Producer
 from embcache.cache.store import Store, open_store
 from embcache.cache.stream import (
@@ -24,6 +27,30 @@ from embcache.cache.stream import (
 )
 
 _PROCESS_MIN_DOCS = 2048
+
+# The last EmbcacheError a dataset's generator raised (a damaged chunk): TensorFlow wraps it in
+# an op error, which :func:`pipeline_errors` unwraps back into it.
+_RAISED: dict[str, EmbcacheError] = {}
+_RAISED_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def pipeline_errors() -> Iterator[None]:
+    """``with pipeline_errors(): model.fit(ds, ...)``: an :class:`EmbcacheError` that a store's
+    batches raised inside TensorFlow (for example a damaged chunk, met mid-epoch) comes out as
+    itself, one line, instead of TensorFlow's ``PyFunc``/``IteratorGetNext`` traceback."""
+    with _RAISED_LOCK:
+        _RAISED.clear()
+    try:
+        yield
+    except Exception as e:
+        import tensorflow as tf
+
+        with _RAISED_LOCK:
+            raised = _RAISED.pop("last", None)
+        if raised is not None and isinstance(e, tf.errors.OpError):
+            raise raised from None
+        raise
 
 
 def make_dataset(
@@ -99,11 +126,17 @@ def make_dataset(
 
     def _batches():
         epoch = next(epochs)
-        if not in_process:
-            yield from producer.batches(epoch, read_log)
-            return
-        rng = np.random.default_rng([seed, epoch]) if shuffle else None
-        yield from iter_batches(store, plan, split=split, rng=rng, read_log=read_log, **pipeline)
+        try:
+            if not in_process:
+                yield from producer.batches(epoch, read_log)
+                return
+            rng = np.random.default_rng([seed, epoch]) if shuffle else None
+            yield from iter_batches(store, plan, split=split, rng=rng, read_log=read_log,
+                                    **pipeline)
+        except EmbcacheError as e:  # seen again by pipeline_errors(), outside TensorFlow
+            with _RAISED_LOCK:
+                _RAISED["last"] = e
+            raise
 
     spec = (tf.TensorSpec([None, None, width], dtype), tf.TensorSpec([None], tf.int32),
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64))

@@ -53,6 +53,9 @@ class StoreTotals:
     split_counts: dict[str, int]
     created: str
     seconds: float
+    # The manifest: chunks stored per array (embcache.cache.integrity); None for stores written
+    # before it existed.
+    chunks: dict[str, int] | None = None
 
     @property
     def oov_rate(self) -> float:
@@ -247,7 +250,8 @@ class StoreMeta:
             totals = StoreTotals(
                 num_tokens=r.get("num_tokens", int), oov_tokens=r.get("oov_tokens", int),
                 kept_tokens=r.get("kept_tokens", int), split_counts=r.get("split_counts", dict),
-                created=str(attrs.get("created", "")), seconds=float(attrs.get("seconds", 0.0)))
+                created=str(attrs.get("created", "")), seconds=float(attrs.get("seconds", 0.0)),
+                chunks=_chunk_counts(attrs.get("chunks"), where, error))
         return cls(settings=settings, vectors=vectors, split=split, corpus=corpus,
                    label_names=tuple(labels) if labels is not None else None,
                    num_docs=r.get("num_docs", int, positive=True),
@@ -257,6 +261,17 @@ class StoreMeta:
                    embcache_version=str(attrs.get("embcache_version", "")),
                    complete=complete, totals=totals, layout=layout, encoder=encoder,
                    subword=subword)
+
+
+def _chunk_counts(value: Any, where: str, error: type[Exception]) -> dict[str, int] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, int)
+                                            and not isinstance(v, bool) and v >= 0
+                                            for k, v in value.items())):
+        raise error(f"{where} has a malformed attribute `chunks` (not an object of chunk counts); "
+                    "it was not written by this embcache or has been edited")
+    return dict(value)
 
 
 @dataclass

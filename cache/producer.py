@@ -24,7 +24,7 @@ import weakref
 
 import numpy as np
 
-from embcache.cache.errors import StoreError
+from embcache.cache.errors import EmbcacheError, StoreError
 from embcache.cache.store import open_store
 from embcache.cache.stream import StreamPlan, iter_batches
 
@@ -84,7 +84,7 @@ class Slots:
 def _serve(url: str, split, chunks, counts, options: dict, slots_spec, requests, out, free,
            cancel) -> None:
     """The producer's loop: one pass of :func:`embcache.cache.stream.iter_batches` per request."""
-    store = open_store(url)
+    store = open_store(url, check_chunks=False)  # the opening process listed its chunks already
     plan = StreamPlan(chunks, counts)
     slots = Slots(*slots_spec)
     seed = options.pop("seed")  # None: unshuffled passes
@@ -100,8 +100,10 @@ def _serve(url: str, split, chunks, counts, options: dict, slots_spec, requests,
                     break
                 out.send(slots.write(free.recv(), batch))
             out.send((_END, sorted(log)))
+        except EmbcacheError as e:  # a damaged chunk: its one line goes through as it is
+            out.send((_ERROR, str(e), True))
         except Exception as e:  # noqa: BLE001 - reported to the training process, which raises
-            out.send((_ERROR, f"{type(e).__name__}: {e}"))
+            out.send((_ERROR, f"{type(e).__name__}: {e}", False))
 
 
 class Producer:
@@ -183,7 +185,8 @@ class Producer:
                         done = True
                         self.inflight = None
                         if item[0] == _ERROR:
-                            raise StoreError(f"Reading {self.args[0]} failed: {item[1]}")
+                            raise StoreError(item[1] if item[2] else
+                                             f"Reading {self.args[0]} failed: {item[1]}")
                         if self.read_ahead:
                             self._request(epoch + 1)
                         if read_log is not None:

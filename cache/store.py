@@ -56,6 +56,21 @@ STATS_COLUMNS = ("docs", "tokens", "oov_tokens", "kept_tokens")
 DOC_ARRAYS = ("offsets", "lengths", "labels", "doc_ids", "split")
 
 
+# New stores end every array's codecs with crc32c (embcache.cache.integrity). False only to
+# measure what the checksums cost (make bench-integrity).
+CHECKSUM_CHUNKS = True
+
+
+def _codecs(compressor) -> dict[str, Any]:
+    """``create_array`` keywords: the compressor, then the checksum of the compressed bytes, and
+    every chunk stored even when it holds only the fill value, so that a complete store's chunks
+    are exactly what its layout says (a missing one is damage, never "all fill")."""
+    from embcache.cache.integrity import checksum_codec
+
+    chain = [compressor] + ([checksum_codec()] if CHECKSUM_CHUNKS else [])
+    return {"compressors": chain, "config": {"write_empty_chunks": True}}
+
+
 def default_compressor():
     """Zstandard level 1. Measured on 20 Newsgroups (float16, 41-doc chunks; BENCHMARKS.md) it
     writes faster, reads faster and is 2.4x smaller than Blosc-zstd with bit-shuffle: padding
@@ -197,25 +212,26 @@ def create_store(url: str, meta: StoreMeta):
 
     group = zarr.open_group(store=url, mode="w")
     n, chunk, dim = meta.num_docs, meta.chunk_docs, meta.dim
+    # write_empty_chunks also skips zarr's all-zero scan of every chunk written (measured: half
+    # the write time of layout 1); rows a block does not fill are still never written.
+    token = _codecs(default_compressor())
+    small = _codecs(zarr.codecs.ZstdCodec(level=0))  # zarr's own default for these arrays
     group.create_array("tokens", shape=(meta.num_chunks * meta.block_rows, dim),
-                       chunks=(meta.token_chunk, dim), dtype=meta.dtype,
-                       compressors=default_compressor(), fill_value=0,
-                       # Skip zarr's all-zero scan of every chunk written (measured: half the
-                       # write time of layout 1); unwritten chunks are still never stored.
-                       config={"write_empty_chunks": True})
+                       chunks=(meta.token_chunk, dim), dtype=meta.dtype, fill_value=0, **token)
     if meta.dtype == "int8":  # one scale per token vector, chunked as `tokens`' rows
         group.create_array("scales", shape=(meta.num_chunks * meta.block_rows,),
-                           chunks=(meta.token_chunk,), dtype="float16",
-                           compressors=default_compressor(), fill_value=0,
-                           config={"write_empty_chunks": True})
-    group.create_array("offsets", shape=(n,), chunks=(chunk,), dtype="int64", fill_value=0)
-    group.create_array("lengths", shape=(n,), chunks=(chunk,), dtype="int32", fill_value=0)
+                           chunks=(meta.token_chunk,), dtype="float16", fill_value=0, **token)
+    group.create_array("offsets", shape=(n,), chunks=(chunk,), dtype="int64", fill_value=0,
+                       **small)
+    group.create_array("lengths", shape=(n,), chunks=(chunk,), dtype="int32", fill_value=0,
+                       **small)
     if meta.labelled:
-        group.create_array("labels", shape=(n,), chunks=(chunk,), dtype="int32", fill_value=-1)
-    group.create_array("doc_ids", shape=(n,), chunks=(chunk,), dtype=str)
-    group.create_array("split", shape=(n,), chunks=(chunk,), dtype="int8", fill_value=0)
+        group.create_array("labels", shape=(n,), chunks=(chunk,), dtype="int32", fill_value=-1,
+                           **small)
+    group.create_array("doc_ids", shape=(n,), chunks=(chunk,), dtype=str, **small)
+    group.create_array("split", shape=(n,), chunks=(chunk,), dtype="int8", fill_value=0, **small)
     group.create_array("chunk_stats", shape=(meta.num_chunks, len(STATS_COLUMNS)),
-                       chunks=(1, len(STATS_COLUMNS)), dtype="int64", fill_value=-1)
+                       chunks=(1, len(STATS_COLUMNS)), dtype="int64", fill_value=-1, **small)
     # Attributes last: a store killed before this line has no layout tag and reads as incomplete.
     group.attrs.update(meta.to_attrs())
     return group
@@ -294,7 +310,20 @@ class Store:
         return self.meta.labelled
 
     def array(self, name: str):
-        return self.group[name]
+        """The array ``name``, opened once (looking one up re-reads its metadata document)."""
+        arrays = self.__dict__.setdefault("_arrays", {})
+        if name not in arrays:
+            arrays[name] = self.group[name]
+        return arrays[name]
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """``array(name)[start:stop]`` (first axis); a chunk that fails to decode (damaged, cut,
+        a checksum mismatch) raises one :class:`~embcache.cache.integrity.ChunkError` line."""
+        from embcache.cache.integrity import read
+
+        array = self.array(name)
+        stop = array.shape[0] if stop is None else stop
+        return read(self.url, self.meta, name, array, start, stop)
 
 
 def _layout_error(url: str, layout) -> StoreError:
@@ -304,13 +333,18 @@ def _layout_error(url: str, layout) -> StoreError:
                       "its embed-corpus command with --overwrite")
 
 
-def open_store(url: str, *, require_complete: bool = True, require_labels: bool = False) -> Store:
+def open_store(url: str, *, require_complete: bool = True, require_labels: bool = False,
+               check_chunks: bool = True) -> Store:
     """Open a store for reading, refusing what later jobs cannot use.
+
+    A complete store's chunks are counted against its manifest (``check_chunks``: a listing, no
+    reads; :func:`embcache.cache.integrity.check_manifest`).
 
     Raises:
         StoreError: the store is missing, not an embcache store, of another layout version,
             incomplete (when ``require_complete``), unlabelled (when ``require_labels``) or has
-            malformed attributes.
+            malformed attributes; :class:`~embcache.cache.integrity.ChunkError`: a chunk is
+            missing.
     """
     import zarr
 
@@ -341,22 +375,27 @@ def open_store(url: str, *, require_complete: bool = True, require_labels: bool 
     meta = StoreMeta.from_attrs(attrs, f"Store {url}")
     if require_labels and not meta.labelled:
         raise StoreError(f"Store {url} has no labels; training needs a labelled corpus")
-    return Store(url=str(url), group=group, meta=meta)
+    store = Store(url=str(url), group=group, meta=meta)
+    if require_complete and check_chunks:
+        from embcache.cache.integrity import check_manifest
+
+        check_manifest(store)
+    return store
 
 
-def check_target(url: str, overwrite: bool) -> str:
+def check_target(url: str, overwrite: bool, *, complete_ok: bool = False) -> str:
     """Refuse an output a new store may not be written to; returns its state.
 
     Raises:
         StoreError: a file or a foreign folder is in the way, or a complete store without
-            ``overwrite``.
+            ``overwrite`` (unless ``complete_ok``: the caller checks it for repair).
     """
     state = store_state(url)
     if state == "file":
         raise StoreError(f"Output {url} is a file, not a store folder")
     if state == "foreign":
         raise StoreError(f"Output {url} exists and is not an embcache store; choose another path")
-    if state == "complete" and not overwrite:
+    if state == "complete" and not overwrite and not complete_ok:
         raise StoreError(f"Store {url} already exists and is complete; pass --overwrite to "
                          "rebuild it")
     return state
@@ -371,21 +410,35 @@ class StoreWriter:
     committed, adds the totals and only then sets ``complete``.
     """
 
-    def __init__(self, url: str, group, meta: StoreMeta):
+    def __init__(self, url: str, group, meta: StoreMeta, repaired: int = 0):
         self.url, self.group, self.meta = url, group, meta
         self.done = read_chunk_stats(group)[:, 0] >= 0
         self.resumed = int(self.done.sum())
+        self.repaired = repaired
 
     @classmethod
-    def open(cls, url: str, meta: StoreMeta, *, overwrite: bool = False) -> StoreWriter:
+    def open(cls, url: str, meta: StoreMeta, *, overwrite: bool = False,
+             repair: list[int] | None = None) -> StoreWriter:
         """Resume the incomplete store at ``url`` if it was started with the same job
         (:meth:`StoreMeta.job`), else create it (replacing a complete one only on ``overwrite``).
 
+        ``repair``: the damaged blocks of the complete store at ``url`` (found by
+        :func:`embcache.cache.integrity.verify_store`); they are marked not done and the store is
+        resumed, so that only they are rewritten.
+
         Raises:
-            StoreError: see :func:`check_target`; an incomplete store started with other
-                settings; a remote store that cannot be opened (it is never deleted for that).
+            StoreError: see :func:`check_target`; an incomplete (or, to repair, a complete) store
+                written with other settings; a remote store that cannot be opened (it is never
+                deleted for that).
         """
-        state = check_target(url, overwrite)
+        state = check_target(url, overwrite, complete_ok=bool(repair))
+        if state == "complete" and repair and not overwrite:
+            group = _resume(url, meta, what="a complete store with damaged blocks")
+            from embcache.cache.integrity import mark_for_rewrite
+
+            previous = StoreMeta.from_attrs(dict(group.attrs), f"Store {url}")
+            mark_for_rewrite(Store(url, group, previous), repair)
+            return cls(url, group, meta, repaired=len(repair))
         group = None
         if state == "incomplete" and not overwrite:
             group = _resume(url, meta)
@@ -411,14 +464,17 @@ class StoreWriter:
         if missing:
             raise StoreError(f"Store {self.url}: {missing} chunks were not written")
         totals = stats.sum(axis=0)
-        counts = np.bincount(self.group["split"][:], minlength=len(SPLIT_NAMES))  # 1 B per doc
+        split = Store(self.url, self.group, self.meta).read("split")  # 1 B per document
+        counts = np.bincount(split, minlength=len(SPLIT_NAMES))
         from datetime import datetime, timezone
+
+        from embcache.cache.integrity import chunk_counts
 
         self.meta = self.meta.finished(StoreTotals(
             num_tokens=int(totals[1]), oov_tokens=int(totals[2]), kept_tokens=int(totals[3]),
             split_counts={n: int(c) for n, c in zip(SPLIT_NAMES, counts)},
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            seconds=round(seconds, 3)))
+            seconds=round(seconds, 3), chunks=chunk_counts(self.group)))
         self.group.attrs.update(self.meta.to_attrs())  # `complete` turns true here, last
         return self.meta
 
@@ -426,7 +482,7 @@ class StoreWriter:
         return read_chunk_stats(self.group)
 
 
-def _resume(url: str, meta: StoreMeta):
+def _resume(url: str, meta: StoreMeta, what: str = "an incomplete run"):
     """The incomplete store's group if it can be resumed with ``meta``; ``None`` when it holds
     nothing worth keeping (killed while being created) and was removed."""
     import zarr
@@ -449,8 +505,9 @@ def _resume(url: str, meta: StoreMeta):
         raise StoreError(f"{e}; pass --overwrite to start again") from None
     changed = previous.job_differences(meta)
     if changed:
-        raise StoreError(f"Store {url} is an incomplete run with different settings "
-                         f"({', '.join(changed)} differ); pass --overwrite to start again")
+        raise StoreError(f"Store {url} is {what} with different settings "
+                         f"({', '.join(changed)} differ); rerun the command that wrote it, or "
+                         "pass --overwrite to start again")
     if is_local(url):
         # zarr's local store writes each chunk to `<chunk>.<uuid>.partial` and renames it: a kill
         # mid-write leaves that temporary file behind. The block is rewritten on resume, so the

@@ -76,10 +76,10 @@ def plan_split(store: Store, split: str | None, shard: tuple[int, int] | None = 
     slab = max(1, (1 << 20) // c) * c
     for start in range(0, store.num_docs, slab):
         stop = min(start + slab, store.num_docs)
-        lengths = store.array("lengths")[start:stop]
+        lengths = store.read("lengths", start, stop)
         chunk = np.arange(start, stop) // c
         if split is not None:
-            keep = store.array("split")[start:stop] == SPLIT_NAMES.index(split)
+            keep = store.read("split", start, stop) == SPLIT_NAMES.index(split)
             lengths, chunk = lengths[keep], chunk[keep]
         index = chunk * len(buckets) + np.searchsorted(buckets, lengths)
         counts += np.bincount(index, minlength=len(counts))
@@ -134,32 +134,37 @@ class BlockReader:
     def __init__(self, store: Store, with_labels: bool):
         names = ["tokens", "offsets", "lengths", "split"] + (["labels"] if with_labels else [])
         names += ["scales"] if store.dtype == "int8" else []
-        # Open the arrays once: looking one up re-reads its metadata document.
-        self.arrays = {k: store.array(k) for k in names}
+        self.names = set(names)
+        self.store = store
         self.chunk_docs, self.num_docs = store.chunk_docs, store.num_docs
 
     def read(self, chunk: int, split: str | None) -> Block:
+        """Block ``chunk``; a chunk that fails to decode raises one
+        :class:`~embcache.cache.integrity.ChunkError` line naming it."""
         c = self.chunk_docs
-        region = slice(chunk * c, min((chunk + 1) * c, self.num_docs))
-        a = self.arrays
-        offsets = a["offsets"][region]
-        lengths = a["lengths"][region].astype(np.int32)
-        labels = (a["labels"][region].astype(np.int32) if "labels" in a
+        lo, hi = chunk * c, min((chunk + 1) * c, self.num_docs)
+
+        def get(name):
+            return self.store.read(name, lo, hi)
+
+        offsets = get("offsets")
+        lengths = get("lengths").astype(np.int32)
+        labels = (get("labels").astype(np.int32) if "labels" in self.names
                   else np.zeros(len(lengths), np.int32))
         first, end = int(offsets[0]), int(offsets[-1] + lengths[-1])
         starts = offsets - first
         if split is not None:
-            keep = a["split"][region] == SPLIT_NAMES.index(split)
+            keep = get("split") == SPLIT_NAMES.index(split)
             starts, lengths, labels = starts[keep], lengths[keep], labels[keep]
-        return Block(read_rows(a, first, end), starts, lengths, labels)
+        return Block(read_rows(self.store, first, end), starts, lengths, labels)
 
 
-def read_rows(arrays: dict, first: int, end: int) -> np.ndarray:
-    """Rows ``first:end`` of ``tokens`` as packed rows (joined with ``scales`` when present)."""
-    tokens = arrays["tokens"][first:end] if end > first else arrays["tokens"][0:0]
-    if "scales" not in arrays:
-        return tokens
-    return join_rows(tokens, arrays["scales"][first:end] if end > first else arrays["scales"][0:0])
+def read_rows(store: Store, first: int, end: int) -> np.ndarray:
+    """Rows ``first:end`` of ``tokens`` as packed rows (joined with ``scales`` for int8)."""
+    def get(name):
+        return store.read(name, first, end) if end > first else store.array(name)[0:0]
+
+    return get("tokens") if store.dtype != "int8" else join_rows(get("tokens"), get("scales"))
 
 
 def pad_batch(docs, length: int, padding: str, dim: int, dtype) -> np.ndarray:
@@ -179,15 +184,14 @@ def read_padded(store: Store, start: int, stop: int, length: int | None = None) 
     """Documents ``start:stop`` padded to ``length`` (default ``max_len``), as layout 1 held them,
     as float32 vectors (int8 dequantised). For tests and benchmarks: memory is
     ``(stop - start) x length x dim``."""
-    offsets = store.array("offsets")[start:stop].tolist()
-    lengths = store.array("lengths")[start:stop].tolist()
-    arrays = {k: store.array(k) for k in ("tokens", "scales") if k in store.group}
+    offsets = store.read("offsets", start, stop).tolist()
+    lengths = store.read("lengths", start, stop).tolist()
     c = store.chunk_docs
     docs = []
     for block in range(start - start % c, stop, c):  # a block's rows are contiguous: one read
         lo, hi = max(block, start) - start, min(block + c, stop) - start
         first = offsets[lo]
-        rows = decode_rows(read_rows(arrays, first, offsets[hi - 1] + lengths[hi - 1]),
+        rows = decode_rows(read_rows(store, first, offsets[hi - 1] + lengths[hi - 1]),
                            store.dim, store.dtype)
         docs += [rows[o - first:o - first + n] for o, n in zip(offsets[lo:hi], lengths[lo:hi])]
     return pad_batch(docs, length or store.max_len, store.padding, store.dim, np.float32)
@@ -325,10 +329,10 @@ def split_tokens(store: Store, plan: StreamPlan, split: str | None) -> int:
     total, slab = 0, max(1, (1 << 20) // c) * c
     for start in range(0, store.num_docs, slab):
         stop = min(start + slab, store.num_docs)
-        lengths = store.array("lengths")[start:stop].astype(np.int64)
+        lengths = store.read("lengths", start, stop).astype(np.int64)
         keep = np.isin(np.arange(start, stop) // c, list(chunks))
         if split is not None:
-            keep &= store.array("split")[start:stop] == SPLIT_NAMES.index(split)
+            keep &= store.read("split", start, stop) == SPLIT_NAMES.index(split)
         total += int(lengths[keep].sum())
     return total
 

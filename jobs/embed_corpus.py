@@ -50,6 +50,7 @@ class EmbedSummary:
     seconds: float
     resumed_chunks: int
     num_chunks: int
+    repaired_chunks: int = 0
 
     @property
     def oov_rate(self) -> float:
@@ -57,7 +58,10 @@ class EmbedSummary:
 
     def line(self) -> str:
         size = f"{self.bytes_on_disk / 1e6:,.1f} MB on disk" if self.bytes_on_disk is not None else ""
-        resumed = f", resumed {self.resumed_chunks} of {self.num_chunks} chunks" if self.resumed_chunks else ""
+        resumed = (f", repaired {self.repaired_chunks} damaged of {self.num_chunks} chunks"
+                   if self.repaired_chunks else
+                   f", resumed {self.resumed_chunks} of {self.num_chunks} chunks"
+                   if self.resumed_chunks else "")
         return (f"Embedded {self.docs:,} documents ({self.tokens:,} tokens, OOV rate "
                 f"{self.oov_rate:.2%}) into {self.store}: {size}, {self.seconds:.1f} s{resumed}")
 
@@ -173,7 +177,9 @@ def embed_corpus(
     with contextlib.ExitStack() as held:
         if is_local(out):  # one writer per store: a second embed-corpus fails here, at once
             held.enter_context(exclusive(out.removeprefix("file://"), f"Store {out}"))
-        check_target(out, overwrite)  # before the vectors load: a refusal costs nothing
+        # Before the vectors load: a refusal costs nothing.
+        repair = _damaged_blocks(out, progress) if check_target(
+            out, overwrite, complete_ok=True) == "complete" and not overwrite else None
         src = load_source(vectors_path, encoder=encoder, tokenizer=tokenizer, settings=settings,
                           encoder_batch=encoder_batch, vectors_member=vectors_member,
                           vectors_format=vectors_format, cache_dir=cache_dir)
@@ -192,14 +198,33 @@ def embed_corpus(
                         num_docs=scan.num_docs, chunk_docs=chunk_docs, encoder=src.encoder,
                         subword=src.subword)
         with writing(f"store {out}"):  # disk full, read-only: one line; the rerun resumes
-            store = StoreWriter.open(out, meta, overwrite=overwrite)
+            store = StoreWriter.open(out, meta, overwrite=overwrite, repair=repair)
             _write_blocks(corpus, store, scan, source, oov, pool, progress)
             final = store.finish(time.perf_counter() - t0)
         totals = final.totals
         return EmbedSummary(store=out, docs=final.num_docs, tokens=totals.num_tokens,
                             oov_tokens=totals.oov_tokens, bytes_on_disk=bytes_on_disk(out),
                             seconds=totals.seconds, resumed_chunks=store.resumed,
-                            num_chunks=final.num_chunks)
+                            num_chunks=final.num_chunks, repaired_chunks=store.repaired)
+
+
+def _damaged_blocks(out: str, progress: bool) -> list[int]:
+    """A complete store is only rewritten where it is damaged: verify reads every chunk.
+
+    Raises:
+        StoreError: nothing is damaged (the usual refusal of a complete store).
+    """
+    from embcache.jobs.verify import verify_unlocked
+
+    report = verify_unlocked(out, progress=progress)
+    if report.ok:
+        raise StoreError(f"Store {out} already exists and is complete (verified: all "
+                         f"{report.chunks_read:,} chunks intact); pass --overwrite to rebuild it")
+    if progress:
+        for line in report.lines()[1:-1]:
+            print(f"verify: {line.strip()}", file=sys.stderr)
+        print(f"Repairing {len(report.blocks)} damaged blocks of {out}", file=sys.stderr)
+    return report.blocks
 
 
 @dataclass

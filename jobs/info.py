@@ -14,6 +14,9 @@ def describe_store(url: str) -> dict[str, Any]:
         store = open_store(url, require_complete=False)
         info = store.meta.to_attrs()
         stats = read_chunk_stats(store.group)
+    from embcache.cache.integrity import is_checksummed
+
+    info["checksummed"] = is_checksummed(store.array("tokens"))
     info["num_chunks"] = store.meta.num_chunks
     info["chunks_written"] = int((stats[:, 0] >= 0).sum())
     info["bytes_on_disk"] = bytes_on_disk(url)
@@ -72,6 +75,13 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"tokens       {info['num_tokens']:,} ({unknown} {info['oov_rate']:.2%}), "
                      f"{info['kept_tokens']:,} kept after truncation ({mean:,.0f} per document, "
                      f"{mean / info['max_len']:.0%} of max_len)")
+    counts = info.get("chunks")
+    lines.append("checksums    " + ("crc32c on every chunk (checked on every read)"
+                                    if info.get("checksummed") else
+                                    "none (an older store: only decoding errors are caught)")
+                 + (f"; manifest of {sum(counts.values()):,} chunks (a missing one is found when "
+                    "the store is opened)" if counts else "; no manifest (run `embcache verify` "
+                    "to find missing chunks)" if info.get("complete") else ""))
     if labels:
         shown = ", ".join(labels[:8]) + (f", ... ({len(labels)} in all)" if len(labels) > 8 else "")
         lines.append(f"labels       {shown}")

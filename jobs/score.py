@@ -399,7 +399,7 @@ class Scorer:
         ``_MAX_WAIT`` documents to be released in order (memory: that many rows)."""
         from tqdm import tqdm
 
-        from embcache.cache.dataset import make_dataset
+        from embcache.cache.dataset import make_dataset, pipeline_errors
         from embcache.cache.stream import plan_split
 
         self.load()
@@ -421,12 +421,12 @@ class Scorer:
         # Batches come bucketed by length; `seq` puts each row back at its place in the input.
         ds = make_dataset(store, split=split, batch_size=self.batch_size, with_labels=labelled,
                           plan=plan, with_seq=True, max_wait=_MAX_WAIT)
-        ids_iter = _doc_ids_in_order(store.array("doc_ids"), store.array("split"), split, store)
+        ids_iter = _doc_ids_in_order(split, store)
         rows = InputOrder(self.columns(top_k)[1:])
         bar = tqdm(total=plan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
                    desc="score", dynamic_ncols=True)
         # The store is not replaced while it is streamed (see jobs.locks).
-        with reading(str(store.url)), contextlib.closing(bar):
+        with reading(str(store.url)), contextlib.closing(bar), pipeline_errors():
             for batch in ds:
                 features, labels = batch if labelled else (batch, None)
                 seq = features.pop("seq").numpy()
@@ -602,15 +602,15 @@ def _predict_all(models: list, dim: int):
     return predict
 
 
-def _doc_ids_in_order(doc_ids, split_codes, split: str | None, store):
+def _doc_ids_in_order(split: str | None, store):
     """Document ids in stream order (the store's order, filtered by split), chunk by chunk."""
     from embcache.cache.store import SPLIT_NAMES
 
     c = store.chunk_docs
     for start in range(0, store.num_docs, c):
-        ids = doc_ids[start:start + c]
+        ids = store.read("doc_ids", start, start + c)
         if split is not None:
-            ids = ids[split_codes[start:start + c] == SPLIT_NAMES.index(split)]
+            ids = ids[store.read("split", start, start + c) == SPLIT_NAMES.index(split)]
         yield from (str(i) for i in ids)
 
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embcache.cache.dataset import make_dataset
+from embcache.cache.dataset import make_dataset, pipeline_errors
 from embcache.cache.errors import EmbcacheError, ModelError, StoreError, writing
 from embcache.cache.store import open_store
 from embcache.cache.stream import SHUFFLE_DOCS, plan_split
@@ -363,7 +363,7 @@ def _fit_members(store_url, store, plans, members: list[Member], config: TrainCo
         print(f"Training {len(members)} models from one stream of {store_url}: "
               f"{', '.join(m.name for m in members)}", file=sys.stderr)
     # Keras writes its progress bar to stdout; stdout is for results, so send it to stderr.
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), pipeline_errors():
         trainer.prepare(next(iter(val_ds)))  # a val batch: the train stream's epochs stay as they are
         trainer.fit(train_ds, val_ds, epochs=config.epochs, train_steps=steps["train"],
                     val_steps=steps["val"])
@@ -477,7 +477,8 @@ def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: di
         keras.callbacks.CSVLogger(work_dir / "history.csv"),
         timer,
     ]
-    with contextlib.redirect_stdout(sys.stderr):  # Keras's progress bar: stdout is for results
+    # Keras's progress bar: stdout is for results
+    with contextlib.redirect_stdout(sys.stderr), pipeline_errors():
         history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                             callbacks=callbacks, verbose=1 if progress else 0,
                             shuffle=False, **fit_steps)  # the dataset shuffles itself

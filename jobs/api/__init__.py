@@ -11,6 +11,7 @@ The public Python API (everything else is private and may change)::
     embcache.train("news20.zarr", "cnn", "runs/cnn")    # or "my_pkg.my_models:build_net"
     scorer = embcache.Scorer(["runs/cnn"], vectors="glove.6B.50d.txt.gz")
     scorer.classify(["a text", "another text"])          # models loaded once, reused
+    embcache.verify("news20.zarr").ok                    # every chunk read and checked
 
 Models: :mod:`embcache.models` (``register``, ``inputs``). Errors: every problem a user can fix
 raises an :class:`EmbcacheError` subclass with a one-line message.
@@ -45,10 +46,14 @@ _EXPORTS = {
     "ModelError": "embcache.cache.errors",
     "StoreError": "embcache.cache.errors",
     "VectorsError": "embcache.cache.errors",
+    "ChunkError": "embcache.cache.integrity",
+    "pipeline_errors": "embcache.cache.dataset",
+    "verify": "embcache.jobs.verify",
 }
 
 __all__ = [
     "__version__",
+    "ChunkError",
     "CorpusError",
     "CorpusSpec",
     "EmbcacheError",
@@ -64,13 +69,15 @@ __all__ = [
     "dataset",
     "embed_corpus",
     "open_store",
+    "pipeline_errors",
     "score",
     "train",
+    "verify",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily (below)
     from embcache.cache.corpus import CorpusSpec
-    from embcache.cache.dataset import dataset
+    from embcache.cache.dataset import dataset, pipeline_errors
     from embcache.cache.errors import (
         CorpusError,
         EmbcacheError,
@@ -78,12 +85,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily (
         StoreError,
         VectorsError,
     )
+    from embcache.cache.integrity import ChunkError
     from embcache.cache.meta import SplitSettings, StoreMeta
     from embcache.cache.settings import EmbedSettings
     from embcache.cache.store import Store, open_store
     from embcache.jobs.embed_corpus import embed_corpus
     from embcache.jobs.score import Scorer, score
     from embcache.jobs.train import TrainConfig, train
+    from embcache.jobs.verify import verify
 
 
 _SUBPACKAGES = ("cache", "jobs", "models")

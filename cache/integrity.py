@@ -1,0 +1,373 @@
+"""Chunk integrity: checksums checked on every read, missing chunks found by listing, ``verify``
+and the marking that lets ``embed-corpus`` repair a damaged store through its resume machinery.
+
+Three layers, cheapest first:
+
+* **Checksums.** New stores end every array's codec chain with Zarr v3's ``crc32c`` codec: a
+  chunk whose bytes changed (rot, a cut copy, garbage) fails to decode. Every read of a store
+  goes through :meth:`embcache.cache.store.Store.read`, which turns that failure (or any other
+  decode error, as on older stores without checksums) into one :class:`ChunkError` line that
+  names the store, the chunk, the documents it holds and what to do.
+* **The manifest.** A finished store records how many chunks each array holds (``chunks`` in its
+  attributes, see :class:`embcache.cache.meta.StoreTotals`). Zarr reads a deleted chunk as its fill
+  value, by design, so nothing else would notice one: :func:`check_manifest` lists the chunk keys
+  (a directory listing, or one LIST request per 1,000 keys on object storage; no chunk is read)
+  and compares. Train, score, the Scorer and ``dataset()`` run it when they open a store.
+* **verify** (:func:`verify_store`) reads and decodes every chunk and compares the listing with
+  the chunks each block must hold (derived from ``chunk_stats``), so it finds damaged and missing
+  chunks alike, and names the documents in them.
+
+Every chunk of every array belongs to exactly one block (a block is ``chunk_docs`` documents:
+chunk *b* of the per-document arrays, row *b* of ``chunk_stats``, and the ``tokens``/``scales``
+chunks inside rows ``[b * block_rows, (b + 1) * block_rows)``). Repair therefore works per block:
+:func:`mark_for_rewrite` clears the store's ``complete`` flag, deletes each damaged block's commit
+marker and chunks, and the resume machinery of ``embed-corpus`` rewrites exactly those blocks. The
+writer is deterministic, so the repaired arrays are byte-identical to an undamaged store's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from embcache.cache.errors import StoreError
+
+CHECKSUM = "crc32c"
+# Data arrays in the order verify reads them; `scales` exists in int8 stores, `labels` in
+# labelled ones.
+ARRAYS = ("chunk_stats", "offsets", "lengths", "labels", "doc_ids", "split", "scales", "tokens")
+PER_DOC = ("offsets", "lengths", "labels", "doc_ids", "split")
+
+
+def checksum_codec():
+    """The codec that ends every array's chain in new stores (appended after the compressor, so
+    it checks the bytes as stored)."""
+    from zarr.codecs import Crc32cCodec
+
+    return Crc32cCodec()
+
+
+def is_checksummed(array) -> bool:
+    from zarr.codecs import Crc32cCodec
+
+    return any(isinstance(c, Crc32cCodec) for c in array.metadata.codecs)
+
+
+def store_arrays(group) -> list[str]:
+    """The data arrays the group holds, in :data:`ARRAYS` order."""
+    return [n for n in ARRAYS if n in group]
+
+
+# -- where a chunk lives -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fault:
+    """One damaged or missing chunk, with the block (documents) it belongs to."""
+
+    array: str
+    chunk: tuple[int, ...]
+    problem: str  # "missing" or "damaged"
+    detail: str
+    block: int
+    docs: tuple[int, int]  # [first, stop)
+
+    @property
+    def key(self) -> str:
+        return f"{self.array}/c/{'/'.join(map(str, self.chunk))}"
+
+    def line(self) -> str:
+        first, stop = self.docs
+        return (f"chunk {self.key} is {self.problem}{f' ({self.detail})' if self.detail else ''}:"
+                f" block {self.block}, documents {first:,}-{stop - 1:,}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "chunk": list(self.chunk), "docs": list(self.docs), "key": self.key}
+
+
+def block_of(meta, array: str, chunk: tuple[int, ...]) -> int:
+    """The block a chunk belongs to (see the module docstring)."""
+    if array in ("tokens", "scales"):
+        return chunk[0] * meta.token_chunk // meta.block_rows
+    return chunk[0]
+
+
+def block_docs(meta, block: int) -> tuple[int, int]:
+    return block * meta.chunk_docs, min((block + 1) * meta.chunk_docs, meta.num_docs)
+
+
+def fault(meta, array: str, chunk: tuple[int, ...], problem: str, detail: str = "") -> Fault:
+    b = block_of(meta, array, chunk)
+    return Fault(array, tuple(int(c) for c in chunk), problem, detail, b, block_docs(meta, b))
+
+
+def _detail(e: Exception) -> str:
+    text = str(e)
+    if "checksum" in text.lower():
+        return "checksum mismatch"
+    return f"{type(e).__name__}: {text}"[:120] if text else type(e).__name__
+
+
+def what_to_do(url: str) -> str:
+    return (f"run `embcache verify {url}` for every damaged chunk, then rerun the embed-corpus "
+            "command that built the store (same corpus and options): it rewrites only the damaged "
+            "blocks")
+
+
+class ChunkError(StoreError):
+    """A chunk of a store could not be read back as written (missing, damaged or cut)."""
+
+    def __init__(self, url: str, faults: list[Fault]):
+        self.url, self.faults = url, faults
+        more = f" (and {len(faults) - 1} more)" if len(faults) > 1 else ""
+        super().__init__(f"Store {url} is damaged: {faults[0].line()}{more}; {what_to_do(url)}")
+
+
+# -- listing -----------------------------------------------------------------------------------
+def _run(coro):
+    from zarr.core.sync import sync
+
+    return sync(coro)
+
+
+def list_chunks(array) -> set[tuple[int, ...]]:
+    """The chunk coordinates an array holds, from a listing of its ``c/`` prefix (no reads)."""
+    store, base = array.store_path.store, array.store_path.path
+    prefix = f"{base}/c/" if base else "c/"
+
+    async def collect():
+        return [k async for k in store.list_prefix(prefix)]
+
+    out = set()
+    for key in _run(collect()):
+        parts = key[len(prefix):].split("/")
+        if all(p.isdigit() for p in parts):  # skips a killed write's `<chunk>.<uuid>.partial`
+            out.add(tuple(int(p) for p in parts))
+    return out
+
+
+def chunk_counts(group) -> dict[str, int]:
+    """``{array: chunks stored}``: what a finished store records as its manifest."""
+    return {name: len(list_chunks(group[name])) for name in store_arrays(group)}
+
+
+def expected_chunks(meta, group, stats: np.ndarray) -> dict[str, set[tuple[int, ...]]]:
+    """The chunks a complete store must hold, from its layout and ``chunk_stats``. For a store
+    without a manifest (written before it existed) the per-document arrays may legitimately lack
+    all-fill chunks, so only ``chunk_stats``, ``tokens`` and ``scales`` are expected there."""
+    blocks = range(meta.num_chunks)
+    per_block = meta.block_rows // meta.token_chunk
+    out: dict[str, set] = {"chunk_stats": {(b, 0) for b in blocks}}
+    rows: set = set()
+    for b in blocks:
+        kept = int(stats[b, 3])
+        if kept < 0:  # the block's own stats row is unreadable: reported on its own
+            continue
+        rows.update(b * per_block + i for i in range(-(-kept // meta.token_chunk)))
+    out["tokens"] = {(r, 0) for r in rows}
+    if "scales" in group:
+        out["scales"] = {(r,) for r in rows}
+    if manifest(meta) is not None:
+        for name in PER_DOC:
+            if name in group:
+                out[name] = {(b,) for b in blocks}
+    return out
+
+
+def manifest(meta) -> dict[str, int] | None:
+    return meta.totals.chunks if meta.totals is not None else None
+
+
+def check_manifest(store) -> None:
+    """Refuse a store that lacks a chunk its manifest counts: one listing per array, no reads.
+    Stores written before the manifest existed pass unchecked (``embcache verify`` still reads
+    them whole).
+
+    Raises:
+        ChunkError: naming the first missing chunk (found from ``chunk_stats`` only on that path).
+    """
+    counts = manifest(store.meta)
+    if counts is None:
+        return
+    short = {}
+    for name, n in counts.items():
+        if name not in store.group:
+            raise ChunkError(store.url, [Fault(name, (0,), "missing", "the whole array", 0,
+                                               block_docs(store.meta, 0))])
+        have = list_chunks(store.group[name])
+        if len(have) < n:
+            short[name] = have
+    if not short:
+        return
+    from embcache.cache.store import read_chunk_stats
+
+    expected = expected_chunks(store.meta, store.group, read_chunk_stats(store.group))
+    faults = [fault(store.meta, name, c, "missing")
+              for name, have in short.items() for c in sorted(expected.get(name, set()) - have)]
+    if not faults:  # the count says one is gone; the layout cannot say which
+        name = next(iter(short))
+        faults = [Fault(name, (0,), "missing", f"{counts[name] - len(short[name])} of "
+                        f"{counts[name]} chunks", 0, block_docs(store.meta, 0))]
+    raise ChunkError(store.url, faults)
+
+
+# -- reading -----------------------------------------------------------------------------------
+def locate(meta, name: str, array, start: int, stop: int, error: Exception) -> Fault:
+    """The chunk among rows ``start:stop`` (first axis) that fails to decode, read one by one
+    (only on the error path)."""
+    size = array.chunks[0]
+    for c in range(start // size, max(start, stop - 1) // size + 1):
+        coords = (c,) + (0,) * (array.ndim - 1)
+        try:
+            array.get_block_selection(coords)
+        except Exception as e:  # noqa: BLE001 - a decode error of any codec
+            return fault(meta, name, coords, "damaged", _detail(e))
+    coords = (start // size,) + (0,) * (array.ndim - 1)
+    return fault(meta, name, coords, "damaged", _detail(error))
+
+
+@contextlib.contextmanager
+def reading_chunks(url: str, meta, name: str, array, start: int, stop: int) -> Iterator[None]:
+    """``with reading_chunks(...): array[start:stop]``: a chunk that fails to decode becomes one
+    :class:`ChunkError` line instead of a codec's traceback."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numcodecs, crc32c and zarr raise assorted types
+        raise ChunkError(url, [locate(meta, name, array, start, stop, e)]) from None
+
+
+def read(url: str, meta, name: str, array, start: int, stop: int) -> np.ndarray:
+    """``array[start:stop]`` with damaged chunks reported as :class:`ChunkError`."""
+    with reading_chunks(url, meta, name, array, start, stop):
+        return array[start:stop]
+
+
+# -- verify ------------------------------------------------------------------------------------
+@dataclass
+class VerifyReport:
+    store: str
+    faults: list[Fault] = field(default_factory=list)
+    chunks_read: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    checksummed: bool = False
+    manifest: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults
+
+    @property
+    def blocks(self) -> list[int]:
+        return sorted({f.block for f in self.faults})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"store": self.store, "ok": self.ok, "faults": [f.to_dict() for f in self.faults],
+                "damaged_blocks": self.blocks, "chunks_read": self.chunks_read,
+                "bytes_read": self.bytes_read, "seconds": round(self.seconds, 3),
+                "checksummed": self.checksummed, "manifest": self.manifest}
+
+    def lines(self) -> list[str]:
+        what = ("crc32c checksums checked" if self.checksummed
+                else "no checksums (an older store): decoding checked")
+        head = (f"{self.store}: {self.chunks_read:,} chunks read ({self.bytes_read / 1e6:,.1f} MB "
+                f"decoded) in {self.seconds:.1f} s, {what}")
+        if self.ok:
+            return [head, "OK: every chunk is present and intact"]
+        docs = sum(b - a for a, b in {f.docs for f in self.faults})
+        return [head] + [f"  {f.line()}" for f in self.faults] + [
+            f"DAMAGED: {len(self.faults)} chunks in {len(self.blocks)} blocks ({docs:,} documents). "
+            "Repair: rerun the embed-corpus command that built the store (same corpus and "
+            "options): it rewrites only these blocks"]
+
+
+def verify_store(url: str, *, threads: int = 4,
+                 progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Read and decode every chunk of every array and compare the listing with the chunks the
+    store must hold. ``progress(n)`` is called with each array's chunk count once it is listed
+    (negative: the total to expect) and then with 1 per chunk read.
+
+    Memory: ``threads`` chunks in flight (a ``tokens`` chunk is about 2 MB decoded).
+
+    Raises:
+        StoreError: the store cannot be opened at all (missing, not an embcache store, its
+            attributes unreadable); damage inside it is reported, not raised.
+    """
+    from embcache.cache.store import open_store, read_chunk_stats
+
+    t0 = time.perf_counter()
+    store = open_store(url, require_complete=False, check_chunks=False)
+    meta, group = store.meta, store.group
+    if not meta.complete:
+        raise StoreError(f"Store {url} is incomplete: its embed-corpus run did not finish; rerun "
+                         "it to resume (verify checks complete stores)")
+    report = VerifyReport(store=str(url), manifest=manifest(meta) is not None,
+                          checksummed=is_checksummed(group["tokens"]))
+    names = store_arrays(group)
+    listed = {name: list_chunks(group[name]) for name in names}
+    if progress:
+        progress(-sum(len(v) for v in listed.values()))
+    stats = read_chunk_stats(group)
+    expected = expected_chunks(meta, group, stats)
+    faults: dict[tuple[str, tuple], Fault] = {}
+    for name in names:
+        for c in sorted(expected.get(name, set()) - listed[name]):
+            faults[(name, c)] = fault(meta, name, c, "missing")
+
+    def check(job):
+        name, coords = job
+        try:
+            return job, arrays[name].get_block_selection(coords).nbytes, None
+        except Exception as e:  # noqa: BLE001 - any codec's decode error is damage
+            return job, 0, _detail(e)
+
+    arrays = {name: group[name] for name in names}  # opened once: a lookup re-reads metadata
+    jobs = [(name, c) for name in names for c in sorted(listed[name])]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for (name, coords), nbytes, problem in pool.map(check, jobs):
+            report.chunks_read += 1
+            report.bytes_read += nbytes
+            if problem is not None:
+                faults[(name, coords)] = fault(meta, name, coords, "damaged", problem)
+            if progress:
+                progress(1)
+    if stats.shape[0] and (stats[:, 0] < 0).any():  # a commit marker lost after completion
+        for b in np.flatnonzero(stats[:, 0] < 0).tolist():
+            faults.setdefault(("chunk_stats", (b, 0)),
+                              fault(meta, "chunk_stats", (b, 0), "damaged", "unreadable"))
+    report.faults = sorted(faults.values(), key=lambda f: (f.block, ARRAYS.index(f.array), f.chunk))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+# -- repair ------------------------------------------------------------------------------------
+def mark_for_rewrite(store, blocks: list[int]) -> None:
+    """Make ``blocks`` not done: clear ``complete`` first (readers refuse the store from here on),
+    then delete each block's commit marker, then its chunks in every array. A kill at any point
+    leaves an incomplete store that the same embed-corpus command resumes."""
+    meta, group = store.meta, store.group
+    group.attrs.update({"complete": False})
+    per_block = meta.block_rows // meta.token_chunk
+    names = store_arrays(group)
+    doomed: list[tuple[str, tuple]] = [("chunk_stats", (b, 0)) for b in blocks]
+    for name in names:
+        if name == "chunk_stats":
+            continue
+        have = list_chunks(group[name])
+        for b in blocks:
+            if name in ("tokens", "scales"):
+                doomed += [(name, c) for c in sorted(have)
+                           if b * per_block <= c[0] < (b + 1) * per_block]
+            elif (b,) in have:
+                doomed.append((name, (b,)))
+    for name, coords in doomed:
+        array = group[name]
+        key = array.metadata.encode_chunk_key(coords)
+        base = array.store_path.path
+        _run(array.store_path.store.delete(f"{base}/{key}" if base else key))

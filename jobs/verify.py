@@ -1,0 +1,40 @@
+"""The verify job: read every chunk of a store, report damaged and missing ones (see
+:mod:`embcache.cache.integrity`). Repair is embed-corpus's: rerunning the command that built the
+store rewrites only the damaged blocks."""
+
+from __future__ import annotations
+
+import sys
+
+from embcache.cache.integrity import VerifyReport, verify_store
+from embcache.jobs.locks import reading
+
+
+def verify(url: str, *, progress: bool = True, threads: int = 4) -> VerifyReport:
+    """Check every chunk of the complete store at ``url``; damage is reported, not raised.
+
+    Raises:
+        StoreError: the store cannot be opened, is incomplete, or is being written.
+    """
+    with reading(str(url)):  # not while embed-corpus replaces or repairs it
+        return verify_unlocked(str(url), progress=progress, threads=threads)
+
+
+def verify_unlocked(url: str, *, progress: bool = True, threads: int = 4) -> VerifyReport:
+    """:func:`verify` for a caller that holds the store's lock itself (embed-corpus)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="chunk", disable=not progress, file=sys.stderr, desc="verify",
+               dynamic_ncols=True)
+
+    def tick(n: int) -> None:
+        if n < 0:
+            bar.total = -n
+            bar.refresh()
+        else:
+            bar.update(n)
+
+    try:
+        return verify_store(url, threads=threads, progress=tick)
+    finally:
+        bar.close()

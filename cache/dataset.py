@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -121,14 +122,22 @@ def make_dataset(
                     buckets=buckets)
     if in_process is None:  # spawning costs about a second: small passes run here
         in_process = str(store.url).startswith("memory://") or plan.num_docs < _PROCESS_MIN_DOCS
+    producer = None
     if not in_process:
         producer = Producer(store, plan, split, seed=seed, shuffle=shuffle, **pipeline)
+    # The generator holds the producer weakly and the dataset strongly (below): tf.data keeps a
+    # generator's function registered for the process's lifetime, so a strong reference from it
+    # would keep every producer process of every dataset ever made alive (and its memory held).
+    producer_ref = weakref.ref(producer) if producer is not None else None
 
     def _batches():
         epoch = next(epochs)
         try:
             if not in_process:
-                yield from producer.batches(epoch, read_log)
+                live = producer_ref()
+                if live is None:
+                    raise StoreError(f"The dataset over {store.url} was released; make a new one")
+                yield from live.batches(epoch, read_log)
                 return
             rng = np.random.default_rng([seed, epoch]) if shuffle else None
             yield from iter_batches(store, plan, split=split, rng=rng, read_log=read_log,
@@ -153,7 +162,9 @@ def make_dataset(
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     ds = ds.with_options(options)
 
-    return _finish(ds, lambda x, lengths: x, store, with_labels, with_seq)
+    ds = _finish(ds, lambda x, lengths: x, store, with_labels, with_seq)
+    ds._embcache_producer = producer  # lives exactly as long as the dataset (see _batches)
+    return ds
 
 
 def to_float(x, store: Store):

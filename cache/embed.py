@@ -174,8 +174,10 @@ class BlockWriter:
             from embcache.cache.meta import StoreMeta
 
             group = zarr.open_group(store=store_url, mode="r+")
+            from embcache.cache.store import writable_arrays
+
             # Open each array once: looking one up re-reads its metadata document.
-            arrays = {name: group[name] for name in group.array_keys()}
+            arrays = writable_arrays(group)
             meta = StoreMeta.from_attrs(dict(group.attrs), f"Store {store_url}")
             self.dim = meta.dim
             self._stores[store_url] = arrays, (meta.chunk_docs, meta.block_rows)

@@ -352,7 +352,7 @@ def mark_for_rewrite(store, blocks: list[int]) -> None:
     then delete each block's commit marker, then its chunks in every array. A kill at any point
     leaves an incomplete store that the same embed-corpus command resumes."""
     meta, group = store.meta, store.group
-    group.attrs.update({"complete": False})
+    group.update_attributes({"complete": False})
     per_block = meta.block_rows // meta.token_chunk
     names = store_arrays(group)
     doomed: list[tuple[str, tuple]] = [("chunk_stats", (b, 0)) for b in blocks]

@@ -233,8 +233,19 @@ def create_store(url: str, meta: StoreMeta):
     group.create_array("chunk_stats", shape=(meta.num_chunks, len(STATS_COLUMNS)),
                        chunks=(1, len(STATS_COLUMNS)), dtype="int64", fill_value=-1, **small)
     # Attributes last: a store killed before this line has no layout tag and reads as incomplete.
-    group.attrs.update(meta.to_attrs())
+    # One write of zarr.json (zarr's `attrs.update` writes the document once per key, so a kill
+    # or a full disk between two keys would leave a half-set record).
+    group = group.update_attributes(meta.to_attrs())
     return group
+
+
+def writable_arrays(group) -> dict[str, Any]:
+    """Every array of a store opened for writing blocks: with ``write_empty_chunks`` (a runtime
+    setting, not stored in the metadata), so a chunk that holds only the fill value (a block's
+    ``split`` chunk when all its documents are in train) is written like any other and the
+    manifest's chunk counts follow from the layout."""
+    return {name: group[name].with_config({"write_empty_chunks": True})
+            for name in group.array_keys()}
 
 
 def read_chunk_stats(group) -> np.ndarray:
@@ -475,7 +486,8 @@ class StoreWriter:
             split_counts={n: int(c) for n, c in zip(SPLIT_NAMES, counts)},
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             seconds=round(seconds, 3), chunks=chunk_counts(self.group)))
-        self.group.attrs.update(self.meta.to_attrs())  # `complete` turns true here, last
+        # `complete` turns true here, last, in one write of zarr.json with the totals.
+        self.group = self.group.update_attributes(self.meta.to_attrs())
         return self.meta
 
     def chunk_stats(self) -> np.ndarray:
@@ -502,6 +514,9 @@ def _resume(url: str, meta: StoreMeta, what: str = "an incomplete run"):
     try:
         previous = StoreMeta.from_attrs(attrs, f"Store {url}")
     except StoreError as e:
+        if not _committed(group):  # cut while its metadata was written: nothing to keep
+            remove_store(url)
+            return None
         raise StoreError(f"{e}; pass --overwrite to start again") from None
     changed = previous.job_differences(meta)
     if changed:
@@ -515,6 +530,15 @@ def _resume(url: str, meta: StoreMeta, what: str = "an incomplete run"):
         for stale in Path(url.removeprefix("file://")).rglob("*.partial"):
             stale.unlink(missing_ok=True)
     return group
+
+
+def _committed(group) -> bool:
+    """Whether any block of a store has its commit marker (attributes come first, so a store
+    with a committed block once had whole attributes)."""
+    try:
+        return "chunk_stats" in group and bool((read_chunk_stats(group)[:, 0] >= 0).any())
+    except Exception:  # noqa: BLE001 - unreadable: treat as holding work, refuse to delete it
+        return True
 
 
 def bytes_on_disk(url: str) -> int | None:

@@ -22,6 +22,7 @@ from embcache.cache.corpus import CorpusSpec, Document, iter_documents, label_ma
 from embcache.cache.embed import BlockWriter, oov_vector
 from embcache.cache.encoder import DEFAULT_MAX_LEN as DEFAULT_ENCODER_MAX_LEN
 from embcache.cache.errors import CorpusError, EmbcacheError, StoreError, VectorsError, writing
+from embcache.cache.hooks import pause_point
 from embcache.cache.meta import SplitSettings, VectorsInfo
 from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
 from embcache.cache.store import (
@@ -325,6 +326,7 @@ def _write_blocks(corpus: CorpusSpec, store: StoreWriter, scan, source, oov, poo
         bar.update(n)
         bar.set_postfix_str(f"{kept / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s",
                             refresh=False)
+        pause_point("embed:block-committed")
 
     try:
         for index, block in enumerate(_blocks(iter_documents(corpus), chunk)):

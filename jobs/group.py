@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from embcache.cache.hooks import pause_point
 from embcache.jobs.metrics import Confusion
 
 
@@ -110,6 +111,8 @@ class GroupTrainer:
 
             @tf.function(reduce_retracing=True)
             def run(iterator, steps):
+                pause_point(f"train:tracing-{step}")  # Python here runs only while tracing
+
                 def body(i):
                     batch = iterator.get_next()
                     for one_step in steps_of:
@@ -178,6 +181,7 @@ class GroupTrainer:
                           f"{logs.get('val_accuracy', float('nan')):.4f}", file=sys.stderr)
                 if m.model.stop_training:
                     self.finish(m, f"stopped early after epoch {epoch + 1}")
+            pause_point("train:epoch-end")
         for m in self.members:
             if m.active:
                 self.finish(m, "")

@@ -7,50 +7,114 @@ from pathlib import Path
 
 import numpy as np
 
+# At most this many labels get the whole matrix, in metrics.json and in the picture; with more,
+# the picture shows the most confused labels and the JSON lists the most confused pairs.
+MATRIX_LABELS = 50
+CONFUSED_PAIRS = 100
+
 
 class Confusion:
-    """A running confusion matrix; true labels outside the model's label set (-1) are skipped."""
+    """A running confusion matrix; true labels outside the model's label set (-1) are skipped.
+
+    Memory: kept sparse (one count per (true, predicted) pair that occurred, plus per-label
+    totals), so 10,000 labels cost what the documents scored cost, not 10,000^2 counts.
+    """
 
     def __init__(self, label_names: list[str]):
-        self.label_names = label_names
-        self.matrix = np.zeros((len(label_names), len(label_names)), dtype=np.int64)
+        self.label_names = list(label_names)
+        n = len(self.label_names)
+        self.pairs: dict[int, int] = {}  # true * n + predicted -> count
+        self.actual = np.zeros(n, dtype=np.int64)
+        self.predicted = np.zeros(n, dtype=np.int64)
+        self.correct = np.zeros(n, dtype=np.int64)
 
     def add(self, truth: np.ndarray, predicted: np.ndarray) -> None:
         keep = truth >= 0
-        np.add.at(self.matrix, (truth[keep], predicted[keep]), 1)
+        t, p = np.asarray(truth)[keep].astype(np.int64), np.asarray(predicted)[keep].astype(np.int64)
+        n = len(self.label_names)
+        self.actual += np.bincount(t, minlength=n)
+        self.predicted += np.bincount(p, minlength=n)
+        self.correct += np.bincount(t[t == p], minlength=n)
+        keys, counts = np.unique(t * n + p, return_counts=True)
+        for k, c in zip(keys.tolist(), counts.tolist()):
+            self.pairs[k] = self.pairs.get(k, 0) + c
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The dense ``(n, n)`` matrix (for at most :data:`MATRIX_LABELS` labels: callers with
+        more use :meth:`most_confused`)."""
+        n = len(self.label_names)
+        m = np.zeros((n, n), dtype=np.int64)
+        for k, c in self.pairs.items():
+            m[k // n, k % n] = c
+        return m
+
+    def most_confused(self, k: int = CONFUSED_PAIRS) -> list[tuple[int, int, int]]:
+        """The ``k`` largest off-diagonal counts as ``(true, predicted, count)``."""
+        n = len(self.label_names)
+        off = [(c, key // n, key % n) for key, c in self.pairs.items() if key // n != key % n]
+        off.sort(key=lambda x: (-x[0], x[1], x[2]))
+        return [(t, p, c) for c, t, p in off[:k]]
 
     def report(self) -> dict:
-        m = self.matrix
-        tp = np.diag(m).astype(float)
-        predicted, actual = m.sum(axis=0), m.sum(axis=1)
+        tp = self.correct.astype(float)
+        predicted, actual = self.predicted, self.actual
         precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
         recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
         f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp),
                        where=(precision + recall) > 0)
         present = actual > 0
-        total = int(m.sum())
-        return {
+        total = int(actual.sum())
+        out = {
             "docs": total,
             "accuracy": float(tp.sum() / total) if total else 0.0,
             "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
             "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f),
                                  "support": int(s)}
                           for name, p, r, f, s in zip(self.label_names, precision, recall, f1, actual)},
-            "confusion_matrix": m.tolist(),
             "labels": self.label_names,
         }
+        if len(self.label_names) <= MATRIX_LABELS:
+            out["confusion_matrix"] = self.matrix.tolist()
+        else:
+            names = self.label_names
+            out["most_confused"] = [{"true": names[t], "predicted": names[p], "count": c}
+                                    for t, p, c in self.most_confused()]
+        return out
 
     def plot(self, path: Path, title: str) -> None:
+        """The matrix; with more than :data:`MATRIX_LABELS` labels, only the rows and columns of
+        the labels most involved in confusions (a 10,000-label picture is unreadable and would
+        not fit in memory)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         n = len(self.label_names)
-        fig, ax = plt.subplots(figsize=(max(5, 0.45 * n + 3), max(4, 0.45 * n + 2)))
-        im = ax.imshow(self.matrix, cmap="Blues")
-        ax.set_xticks(range(n), self.label_names, rotation=90, fontsize=7)
-        ax.set_yticks(range(n), self.label_names, fontsize=7)
+        if n <= MATRIX_LABELS:
+            keep = np.arange(n)
+            matrix = self.matrix
+        else:
+            weight: dict[int, int] = {}
+            for t, p, c in self.most_confused(10 * MATRIX_LABELS):
+                weight[t] = weight.get(t, 0) + c
+                weight[p] = weight.get(p, 0) + c
+            keep = np.array(sorted(sorted(weight, key=lambda i: -weight[i])[:MATRIX_LABELS]
+                                   or range(MATRIX_LABELS)), dtype=np.int64)
+            index = {int(i): j for j, i in enumerate(keep)}
+            matrix = np.zeros((len(keep), len(keep)), dtype=np.int64)
+            for key, c in self.pairs.items():
+                t, p = index.get(key // n), index.get(key % n)
+                if t is not None and p is not None:
+                    matrix[t, p] = c
+            title = f"{title}\n(the {len(keep)} most confused of {n:,} labels)"
+        names = [self.label_names[i] for i in keep]
+        k = len(keep)
+        fig, ax = plt.subplots(figsize=(max(5, 0.45 * k + 3), max(4, 0.45 * k + 2)))
+        im = ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(k), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), names, fontsize=7)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(title)

@@ -24,6 +24,7 @@ import numpy as np
 
 from embcache.cache.corpus import CorpusSpec
 from embcache.cache.errors import EmbcacheError, ModelError, StoreError, writing
+from embcache.cache.hooks import pause_point
 from embcache.cache.meta import StoreMeta
 from embcache.cache.store import Store, open_store, store_state
 from embcache.jobs.locks import reading
@@ -464,6 +465,7 @@ class Scorer:
                                             progress=progress):
                     writer.write({"doc_id": ids, **cols})
                     docs += len(ids)
+                    pause_point("score:rows-written")
             os.replace(tmp, out_path)  # atomic: a failed run leaves no partial predictions file
         except BaseException:
             with contextlib.suppress(OSError):

@@ -115,7 +115,24 @@ class ModelSource:
             raise ModelError(f"Model {self.ref!r} failed to build: {type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
         _check_inputs(model, self.ref, dim)
+        _check_outputs(model, self.ref, num_classes)
         return model
+
+
+def _check_outputs(model, ref: str, num_classes: int) -> None:
+    """One probability per label: anything else would train (sparse cross-entropy accepts a wider
+    output) and be refused only by ``score``, after the run was published."""
+    try:
+        shape = tuple(model.output_shape)
+    except (AttributeError, ValueError):
+        shape = ((),)
+    if shape and isinstance(shape[0], (tuple, list)):  # several outputs
+        raise ModelError(f"Model {ref!r} has several outputs; it must have one, of "
+                         f"{num_classes} class probabilities")
+    if len(shape) != 2 or shape[-1] != num_classes:
+        raise ModelError(f"Model {ref!r} outputs shape {shape[1:]} per document but the store has "
+                         f"{num_classes} labels: its last layer must be "
+                         f"Dense(num_classes={num_classes}, activation='softmax')")
 
 
 def _check_inputs(model, ref: str, dim: int) -> None:

@@ -78,7 +78,7 @@ def _requantize(src: Path, dst: Path) -> None:
     import zarr
 
     from embcache.cache.rows import encode_rows, split_rows
-    from embcache.cache.store import StoreWriter, new_meta, open_store, remove_store
+    from embcache.cache.store import StoreWriter, new_meta, open_store, remove_store, writable_arrays
 
     s = open_store(str(src))
     m = s.meta
@@ -89,7 +89,7 @@ def _requantize(src: Path, dst: Path) -> None:
     if dst.exists():
         remove_store(str(dst))
     w = StoreWriter.open(str(dst), meta)
-    out = {k: w.group[k] for k in w.group.array_keys()}
+    out = writable_arrays(w.group)
     c = m.chunk_docs
     for chunk in range(m.num_chunks):
         region = slice(chunk * c, min((chunk + 1) * c, m.num_docs))
@@ -105,7 +105,7 @@ def _requantize(src: Path, dst: Path) -> None:
         out["chunk_stats"][chunk] = s.array("chunk_stats")[chunk]
     final = w.finish(m.totals.seconds)
     group = zarr.open_group(str(dst), mode="r+")
-    group.attrs.update({**final.to_attrs(), "requantized_from": str(src)})
+    group.update_attributes({**final.to_attrs(), "requantized_from": str(src)})
 
 
 def _pipeline_pass(store: str) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +91,19 @@ def real_data_dir() -> Path:
             pytest.fail(msg + " (required in CI)")
         pytest.skip(msg)
     return d
+
+
+def paused(cmd: list[str], point: str, tmp_path: Path, timeout: float = 180):
+    """Start ``cmd`` with the pause point ``point`` armed; return the process once it waits
+    there (see embcache.cache.hooks)."""
+    flag = tmp_path / f"paused-{point.replace(':', '-')}"
+    env = {**os.environ, "EMBCACHE_PAUSE_AT": point, "EMBCACHE_PAUSE_FILE": str(flag)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not (flag.exists()
+                                                                   and flag.read_text()):
+        time.sleep(0.02)
+    assert proc.poll() is None and flag.exists(), f"never reached {point}: " + (
+        proc.communicate()[1][-2000:] if proc.poll() is not None else "timed out")
+    return proc, flag

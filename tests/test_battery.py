@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from embcache.jobs.cli import main
 from embcache.jobs.locks import exclusive
 from embcache.jobs.runs import card_digest
 from embcache.jobs.train import TrainConfig, train
-from tests.conftest import small_store, write_vectors
+from tests.conftest import paused, small_store, write_vectors
 
 
 @pytest.fixture(scope="module")
@@ -273,13 +272,8 @@ def test_kill_9_during_score_keeps_the_previous_predictions(env, tmp_path):
     before = out.read_bytes()
     cmd = [sys.executable, "-m", "embcache.jobs.cli", "score", "-q", "--models", str(env["run"]),
            "--input", str(env["store"]), "--out", str(out), "--batch-size", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if list(tmp_path.glob(".p.csv.*.tmp")):  # the run is writing its rows now
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    # Killed right after its first rows are written (it waits there: embcache.cache.hooks).
+    proc, _flag = paused(cmd, "score:rows-written", tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert out.read_bytes() == before

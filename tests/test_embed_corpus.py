@@ -2,7 +2,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +12,11 @@ from embcache.cache.corpus import CorpusSpec
 from embcache.cache.errors import StoreError
 from embcache.cache.meta import StoreMeta
 from embcache.cache.settings import EmbedSettings
-from embcache.cache.store import open_store, store_state
+from embcache.cache.store import open_store, read_chunk_stats, store_state
 from embcache.cache.stream import read_padded
 from embcache.cache.tokenize import make_tokenizer
 from embcache.jobs.embed_corpus import embed_corpus
-from tests.conftest import make_folder_corpus
+from tests.conftest import make_folder_corpus, paused
 
 
 def expected_sequence(text, table, max_len, padding="pre", truncating="pre", oov=None):
@@ -107,7 +107,8 @@ def test_complete_store_is_not_overwritten(tmp_path, folder_corpus, vectors_file
     out = tmp_path / "s.zarr"
     args = (CorpusSpec(str(folder_corpus)), str(vectors_file[0]), str(out))
     embed_corpus(*args, workers=1, progress=False, settings=EmbedSettings(max_len=5))
-    with pytest.raises(StoreError, match="already exists and is complete; pass --overwrite"):
+    with pytest.raises(StoreError, match=r"already exists and is complete \(verified: all \d+ "
+                                         r"chunks intact\); pass --overwrite"):
         embed_corpus(*args, workers=1, progress=False, settings=EmbedSettings(max_len=5))
     embed_corpus(*args, workers=1, progress=False, overwrite=True, settings=EmbedSettings(max_len=6))
     assert open_store(str(out)).max_len == 6
@@ -150,18 +151,13 @@ def test_worker_count_does_not_change_the_store(tmp_path, big_corpus, vectors_fi
 
 
 def kill_after_chunks(cmd: list[str], out, chunks: int, timeout: float) -> None:
-    """Run ``cmd`` (an embed-corpus into ``out``) and ``kill -9`` it once ``chunks`` blocks are
-    committed; fails if it finished first."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stats_dir = out / "chunk_stats" / "c"
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if stats_dir.exists() and len(list(stats_dir.iterdir())) >= chunks:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    """Run ``cmd`` (an embed-corpus into ``out``) and ``kill -9`` it right after its
+    ``chunks``-th block committed (it waits there: embcache.cache.hooks)."""
+    proc, _flag = paused(cmd, f"embed:block-committed:{chunks}", Path(str(out)).parent, timeout)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    stats = read_chunk_stats(zarr.open_group(str(out), mode="r"))
+    assert int((stats[:, 0] >= 0).sum()) >= chunks
 
 
 def test_kill_and_resume_gives_the_uninterrupted_store(tmp_path, big_corpus, vectors_file):

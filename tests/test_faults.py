@@ -4,19 +4,17 @@ moments of train (tracing included), and a store cut while its own metadata was 
 from __future__ import annotations
 
 import json
-import os
 import resource
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from embcache.jobs.cli import main
-from tests.conftest import small_store
+from tests.conftest import paused, small_store
 
 CLI = [sys.executable, "-m", "embcache.jobs.cli"]
 
@@ -36,22 +34,6 @@ def one_error_line(output: str) -> str:
 def store(tmp_path_factory, vectors_file):
     root = tmp_path_factory.mktemp("faults")
     return small_store(root, vectors_file[0], docs_per_label=20, val_frac=0.25, test_frac=0.25)
-
-
-def paused(cmd: list[str], point: str, tmp_path: Path, timeout: float = 180):
-    """Start ``cmd`` with the pause point ``point`` armed; return the process once it waits
-    there (see embcache.cache.hooks)."""
-    flag = tmp_path / f"paused-{point.replace(':', '-')}"
-    env = {**os.environ, "EMBCACHE_PAUSE_AT": point, "EMBCACHE_PAUSE_FILE": str(flag)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None and not (flag.exists()
-                                                                   and flag.read_text()):
-        time.sleep(0.02)
-    assert proc.poll() is None and flag.exists(), f"never reached {point}: " + (
-        proc.communicate()[1][-2000:] if proc.poll() is not None else "timed out")
-    return proc, flag
 
 
 # -- many labels -------------------------------------------------------------------------------

@@ -81,7 +81,8 @@ def test_writer_creates_resumes_and_finishes(tmp_path):
     w.group["chunk_stats"][0] = [4, 5, 1, 5]  # block 0 committed
     again = StoreWriter.open(url, m)
     assert again.resumed == 1 and again.done.tolist() == [True, False, False]
-    with pytest.raises(StoreError, match=r"different settings \(settings differ\); pass --overwrite"):
+    with pytest.raises(StoreError, match=r"different settings \(settings differ\); rerun the "
+                                         "command that wrote it, or pass --overwrite"):
         StoreWriter.open(url, meta(settings=EmbedSettings(max_len=13)))
     with pytest.raises(StoreError, match="2 chunks were not written"):
         again.finish(1.0)

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from embcache.jobs.cli import main
-from tests.conftest import make_folder_corpus, small_store
+from tests.conftest import make_folder_corpus, paused, small_store
 
 CLI = [sys.executable, "-m", "embcache.jobs.cli"]
 
@@ -145,12 +145,10 @@ def test_unreachable_object_store_prints_one_line_and_nothing_after(tmp_path):
 @pytest.mark.slow
 def test_interrupted_train_says_it_does_not_resume(tmp_path, store):
     out = tmp_path / "run"
-    proc = subprocess.Popen([*CLI, "train", "--store", str(store), "--model", "fasttext", "--out",
-                             str(out), "-q", "--epochs", "200", "--patience", "200"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    history = tmp_path / ".run.partial" / "history.csv"
-    # Interrupted mid-training, after its first epoch: CSVLogger creates the file at the start.
-    assert wait_for(lambda: history.exists() and len(history.read_text().splitlines()) >= 3, proc)
+    # Interrupted mid-training, after its second epoch (it waits there: embcache.cache.hooks).
+    proc, _flag = paused([*CLI, "train", "--store", str(store), "--model", "fasttext", "--out",
+                          str(out), "-q", "--epochs", "5", "--patience", "5"],
+                         "train:epoch-end:2", tmp_path)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130

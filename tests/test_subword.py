@@ -50,8 +50,7 @@ def stored_docs(store_path) -> list[np.ndarray]:
 
     store = open_store(str(store_path))
     offsets, lengths = store.array("offsets")[:], store.array("lengths")[:]
-    arrays = {k: store.array(k) for k in ("tokens", "scales") if k in store.group}
-    return [decode_rows(read_rows(arrays, int(o), int(o + n)), store.dim, store.dtype)
+    return [decode_rows(read_rows(store, int(o), int(o + n)), store.dim, store.dtype)
             for o, n in zip(offsets, lengths)]
 
 

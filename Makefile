@@ -16,7 +16,7 @@ WORDLLAMA = $(DATA_DIR)/wordllama-l2-supercat-256/l2_supercat_256.safetensors
 GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
 NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
 
-.PHONY: install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-score bench-scale bench-encoder bench-vectors data clean
+.PHONY: install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-score bench-scale bench-encoder bench-vectors bench-integrity data clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -108,7 +108,7 @@ test: install
 
 check: test
 
-bench: bench-embed bench-train bench-score bench-scale bench-encoder bench-vectors
+bench: bench-embed bench-train bench-score bench-scale bench-encoder bench-vectors bench-integrity
 
 bench-embed: install
 	$(call need_data,$(CORPUS) $(VECTORS))
@@ -135,6 +135,12 @@ bench-encoder: install
 bench-vectors: install
 	$(call need_data,$(CORPUS) $(VECTORS) $(ENCODER) $(WORDLLAMA))
 	$(BIN)/python -m embcache.jobs.bench.vectors --data $(DATA_DIR) $(ARGS)
+
+# What the integrity checks cost: the input pipeline with and without crc32c, verify against a
+# full pass, the open-time listing (stores in bench-out/integrity; ARGS=--reuse keeps them).
+bench-integrity: install
+	$(call need_data,$(CORPUS) $(VECTORS) $(WORDLLAMA))
+	$(BIN)/python -m embcache.jobs.bench.integrity --data $(DATA_DIR) $(ARGS)
 
 bench-scale: install
 	$(call need_data,$(CORPUS) $(VECTORS))

@@ -49,6 +49,25 @@ class CorpusSpec:
     strip_headers: bool = False
     label_names_file: str | None = None
 
+    def __post_init__(self) -> None:
+        """Columns as given from Python: indices as ints (``[1, 2]``), one name as a string."""
+        def column(name: str, value):
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise CorpusError(f"Invalid value for `{name}`. Expected a column name or a "
+                                  f"0-based index. Received: {name}={value!r}")
+            if isinstance(value, int) and value < 0:
+                raise CorpusError(f"Invalid value for `{name}`: a column index is 0 or more. "
+                                  f"Received: {name}={value!r}")
+            return str(value)
+
+        cols = self.text_columns
+        cols = [cols] if isinstance(cols, (str, int)) else list(cols)
+        object.__setattr__(self, "path", str(self.path))
+        object.__setattr__(self, "text_columns", tuple(column("text_columns", c) for c in cols))
+        for name in ("label_column", "id_column"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, column(name, getattr(self, name)))
+
     def resolved_format(self) -> str:
         if self.format not in FORMATS:
             raise CorpusError(f"Invalid value for `corpus_format`. Expected one of {FORMATS}. "

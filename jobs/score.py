@@ -107,10 +107,12 @@ def ensemble_weights(group: list[Run], how: str) -> np.ndarray:
     acc = []
     for run in group:
         value = (run.card.get("metrics") or {}).get("val_accuracy")
-        if not isinstance(value, (int, float)) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ModelError(f"{run.path / 'model.json'} records no validation accuracy to weight "
                              "the ensemble by; pass --ensemble mean")
         acc.append(float(value))
+    if sum(acc) == 0:  # every model at 0 validation accuracy: nothing to weight by
+        return np.full(len(group), 1.0 / len(group))
     return np.asarray(acc) / sum(acc)
 
 
@@ -153,7 +155,8 @@ class Scorer:
         if isinstance(runs, (str, Path)):
             runs = [runs]
         if not runs:
-            raise EmbcacheError("Invalid value for `--models`. Expected one or more run folders.")
+            raise EmbcacheError("Invalid value for `runs` (--models). Expected one or more run "
+                                "folders.")
         if batch_size < 1:
             raise EmbcacheError("Invalid value for `batch_size`. Expected a positive integer. "
                                 f"Received: batch_size={batch_size}")
@@ -185,8 +188,9 @@ class Scorer:
                 run.model = load_run(run.path, card=run.card).model
             self._predict = _predict_all([r.model for r in self.runs], self.meta.dim)
 
-    def columns(self, top_k: int) -> list[str]:
-        cols = ["doc_id"]
+    def columns(self, top_k: int, truth: bool = False) -> list[str]:
+        """The output's columns; ``truth``: a labelled store's true label, after ``doc_id``."""
+        cols = ["doc_id"] + (["true_label"] if truth else [])
         for name in self.names + (["ensemble"] if self.group else []):
             for k in range(1, top_k + 1):
                 suffix = "" if k == 1 else f"_{k}"
@@ -196,8 +200,9 @@ class Scorer:
     def classify(self, data, *, split: str | None = None, top_k: int = 1,
                  progress: bool = False):
         """Classify ``data`` and return a ``pandas.DataFrame``, one row per document in input
-        order: ``doc_id``, then ``<model>_label`` and ``<model>_prob`` for each model (and
-        ``_2``... up to ``top_k``), and the ``ensemble`` columns.
+        order: ``doc_id`` (a Series' index is kept as it), ``true_label`` for a labelled store,
+        then ``<model>_label`` and ``<model>_prob`` for each model (and ``_2``... up to
+        ``top_k``), and the ``ensemble`` columns.
 
         Args:
             data: a list of strings (``doc_id`` is the position), a store (path, URL or
@@ -210,21 +215,29 @@ class Scorer:
         import pandas as pd
 
         _check_top_k(top_k)
+        if isinstance(data, str) and "://" not in data and not Path(data).exists():
+            raise EmbcacheError(f"Invalid value for `data`: {data[:60]!r} is not a file, folder or "
+                                "store; to classify one text, pass a list: classify([text])")
         if isinstance(data, (str, os.PathLike, Store)):
             rows = []
             with self._as_store(data, split) as store:
                 for ids, cols in self._rows(store, split, top_k, progress=progress):
                     rows.append(pd.DataFrame({"doc_id": ids, **cols}))
-            columns = self.columns(top_k)
+                columns = self.columns(top_k, truth=store.labelled)
             return (pd.concat(rows, ignore_index=True) if rows
                     else pd.DataFrame(columns=columns))[columns]
+        if split is not None:
+            raise EmbcacheError("Invalid value for `split`: it picks a split of a store; texts "
+                                f"have none. Received: split={split!r}")
         texts = list(data)
         if not all(isinstance(t, str) for t in texts):
             bad = next(type(t).__name__ for t in texts if not isinstance(t, str))
             raise EmbcacheError(f"Scorer.classify takes a list of strings, a store or a file; the "
                                 f"list holds a {bad}")
+        # A pandas Series keeps its index as the documents' ids; a list numbers them.
+        ids = list(data.index) if isinstance(data, pd.Series) else list(range(len(texts)))
         cols = self._classify_texts(texts, top_k)
-        return pd.DataFrame({"doc_id": list(range(len(texts))), **cols})[self.columns(top_k)]
+        return pd.DataFrame({"doc_id": ids, **cols})[self.columns(top_k)]
 
     # -- inputs ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -408,9 +421,9 @@ class Scorer:
         if plan.num_docs == 0:
             raise StoreError(f"Store {store.url} has no documents"
                              + (f" in the {split} split" if split else ""))
-        labelled = store.labelled and confusions is not None
+        labelled = store.labelled  # the true label is a column; metrics only when asked
         truth_maps = {}
-        if labelled:
+        if labelled and confusions is not None:
             names = store.label_names
             for run in self.runs:
                 index = {n: i for i, n in enumerate(run.label_names)}
@@ -423,7 +436,7 @@ class Scorer:
         ds = make_dataset(store, split=split, batch_size=self.batch_size, with_labels=labelled,
                           plan=plan, with_seq=True, max_wait=_MAX_WAIT)
         ids_iter = _doc_ids_in_order(split, store)
-        rows = InputOrder(self.columns(top_k)[1:])
+        rows = InputOrder(self.columns(top_k, truth=labelled)[1:])
         bar = tqdm(total=plan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
                    desc="score", dynamic_ncols=True)
         # The store is not replaced while it is streamed (see jobs.locks).
@@ -434,7 +447,8 @@ class Scorer:
                 cols, probs = self._predict_batch(features, top_k)
                 if labelled:
                     y = labels.numpy()
-                    for name, conf in confusions.items():
+                    cols["true_label"] = [store.label_names[i] for i in y.tolist()]
+                    for name, conf in (confusions or {}).items():
                         conf.add(truth_maps[name][y], probs[name].argmax(axis=1))
                 rows.add(seq, cols)
                 ready, n = rows.ready()
@@ -459,7 +473,7 @@ class Scorer:
         docs = 0
         try:
             with writing(f"predictions {out_path}"), \
-                    open_writer(tmp, fmt, self.columns(top_k)) as writer, \
+                    open_writer(tmp, fmt, self.columns(top_k, truth=store.labelled)) as writer, \
                     contextlib.redirect_stdout(sys.stderr):
                 for ids, cols in self._rows(store, split, top_k, confusions=confusions,
                                             progress=progress):

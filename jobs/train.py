@@ -16,8 +16,8 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,45 @@ class TrainConfig:
     # (SplitCache); a split that does not fit streams from the store instead. 0: always stream.
     memory_mb: int = 1024
     strategy: str = "default"  # or "multi-worker": tf.distribute.MultiWorkerMirroredStrategy
+
+    def __post_init__(self) -> None:
+        """Each value checked where it is given: one line naming the argument."""
+        positive = ("epochs", "batch_size", "patience", "shuffle_docs", "steps_per_execution")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise EmbcacheError(f"Invalid value for `{name}`. Expected a positive integer. "
+                                    f"Received: {name}={value!r}")
+        for name in ("seed", "memory_mb"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise EmbcacheError(f"Invalid value for `{name}`. Expected an integer >= 0. "
+                                    f"Received: {name}={value!r}")
+        lr = self.learning_rate
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise EmbcacheError(f"Invalid value for `learning_rate`. Expected a positive number. "
+                                f"Received: learning_rate={lr!r}")
+
+    @classmethod
+    def of(cls, config: TrainConfig | dict | None) -> TrainConfig:
+        """A :class:`TrainConfig` from itself, a dict of its fields or ``None`` (the defaults).
+
+        Raises:
+            EmbcacheError: an unknown field, or anything else than those three.
+        """
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, dict):
+            known = [f.name for f in fields(cls)]
+            unknown = sorted(set(config) - set(known))
+            if unknown:
+                raise EmbcacheError(f"Invalid value for `config`: unknown field {unknown[0]!r}; "
+                                    f"TrainConfig has {', '.join(known)}")
+            return cls(**config)
+        raise EmbcacheError(f"Invalid value for `config`. Expected a TrainConfig or a dict of its "
+                            f"fields. Received: config={config!r}")
 
 
 @dataclass
@@ -193,15 +232,23 @@ class GroupResult:
         return [r.line() for r in self.runs]
 
 
-def train(store_url: str, model: str | Callable, out_dir: str | None = None, *,
-          config: TrainConfig = TrainConfig(), hparams: dict | None = None, progress: bool = True,
-          overwrite: bool = False) -> TrainSummary:
+def train(store_url: str, model: str | Callable | Sequence[str | Callable],
+          out_dir: str | None = None, *, grid: dict | None = None,
+          config: TrainConfig | dict | None = None, hparams: dict | None = None,
+          progress: bool = True, overwrite: bool = False) -> TrainSummary | GroupResult:
     """Train ``model`` on the store's train split, early-stopping on its val split.
 
     ``model``: a built-in or registered name, an installed plugin's name (entry-point group
     ``embcache.models``), an import string ``package.module:function``, or a builder function
     itself (recorded as its import string). The card records where it came from, so ``score``
     can import it again. ``out_dir`` defaults to ``runs/<model name>``.
+
+    Several models (a list, or names joined by commas as on the command line) or a ``grid``
+    (``{"filters": [64, 128]}``) train as one group from one stream (:func:`train_group`):
+    ``out_dir`` is then the parent folder of their runs (default ``runs``) and the result a
+    :class:`GroupResult`; one model alone gives its :class:`TrainSummary`.
+
+    ``config``: a :class:`TrainConfig` or a dict of its fields (default: the defaults).
 
     The run is built in ``.<name>.partial`` beside ``out_dir`` and moved into place when it is
     complete, so a failed or killed run leaves any previous run folder as it was; a lock
@@ -213,12 +260,35 @@ def train(store_url: str, model: str | Callable, out_dir: str | None = None, *,
         StoreError: incomplete, unlabelled or unknown-layout store, or an empty split.
         ModelError: unknown model or hyperparameter.
     """
-    return train_group(store_url, [model], out_dir, config=config, hparams=hparams,
-                       progress=progress, overwrite=overwrite).runs[0]
+    models = _model_list(model)
+    result = train_group(store_url, models, out_dir, grid=grid, config=TrainConfig.of(config),
+                         hparams=hparams, progress=progress, overwrite=overwrite)
+    return result.runs[0] if len(models) == 1 and not grid else result
+
+
+def _model_list(model) -> list:
+    """``"a,b"``, ``["a", fn]`` or ``fn`` -> a list of model specs (checked: one line)."""
+    if isinstance(model, str):
+        names = [m.strip() for m in model.split(",")]
+        if not all(names):
+            raise ModelError(f"Invalid value for `model`: {model!r} has an empty name")
+        return names
+    if callable(model):
+        return [model]
+    if isinstance(model, (list, tuple)) and model:
+        out = []
+        for m in model:
+            if not (isinstance(m, str) or callable(m)):
+                raise ModelError(f"Invalid value for `model`: {m!r} in the list is neither a "
+                                 "model name, an import string nor a builder function")
+            out += _model_list(m) if isinstance(m, str) else [m]
+        return out
+    raise ModelError(f"Invalid value for `model`. Expected a model name, an import string, a "
+                     f"builder function or a list of them. Received: model={model!r}")
 
 
 def train_group(store_url: str, models: list, out: str | None = None, *,
-                grid: dict | None = None, config: TrainConfig = TrainConfig(),
+                grid: dict | None = None, config: TrainConfig | dict | None = None,
                 hparams: dict | None = None, progress: bool = True,
                 overwrite: bool = False) -> GroupResult:
     """Train every model in ``models`` x every point of ``grid`` from one stream of the store.
@@ -241,6 +311,7 @@ def train_group(store_url: str, models: list, out: str | None = None, *,
         StoreError: incomplete, unlabelled or unknown-layout store, or an empty split.
         ModelError: unknown model or hyperparameter.
     """
+    config = TrainConfig.of(config)
     if config.strategy not in STRATEGIES:
         raise EmbcacheError(f"Invalid value for `strategy`. Expected one of {STRATEGIES}. "
                             f"Received: strategy={config.strategy!r}")

@@ -217,6 +217,8 @@ def load_source(record: dict[str, Any] | None, where: str) -> None:
     _load_builtins()
     if not record or record.get("kind") == "builtin":
         return
+    if record.get("kind") == "user" and record.get("module") is None:  # save_run, Keras layers only
+        return
     module = record.get("module")
     if not isinstance(module, str) or not module:
         raise ModelError(f"{where}: `model_source.module` is missing or malformed")

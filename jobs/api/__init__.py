@@ -11,6 +11,8 @@ The public Python API (everything else is private and may change)::
     embcache.train("news20.zarr", "cnn", "runs/cnn")    # or "my_pkg.my_models:build_net"
     scorer = embcache.Scorer(["runs/cnn"], vectors="glove.6B.50d.txt.gz")
     scorer.classify(["a text", "another text"])          # models loaded once, reused
+    embcache.predict(my_model, "news20.zarr", "test")    # store order, doc ids, true labels
+    embcache.save_run(my_model, "news20.zarr", "runs/mine")  # a run score and Scorer load
     embcache.verify("news20.zarr").ok                    # every chunk read and checked
 
 Models: :mod:`embcache.models` (``register``, ``inputs``). Errors: every problem a user can fix
@@ -49,6 +51,13 @@ _EXPORTS = {
     "ChunkError": "embcache.cache.integrity",
     "pipeline_errors": "embcache.cache.dataset",
     "verify": "embcache.jobs.verify",
+    "predict": "embcache.jobs.predict",
+    "save_run": "embcache.jobs.save_run",
+    "GroupResult": "embcache.jobs.train",
+    "TrainSummary": "embcache.jobs.train",
+    "ScoreSummary": "embcache.jobs.score",
+    "EmbedSummary": "embcache.jobs.embed_corpus",
+    "VerifyReport": "embcache.cache.integrity",
 }
 
 __all__ = [
@@ -56,20 +65,27 @@ __all__ = [
     "ChunkError",
     "CorpusError",
     "CorpusSpec",
+    "EmbedSummary",
     "EmbcacheError",
     "EmbedSettings",
+    "GroupResult",
     "ModelError",
+    "ScoreSummary",
     "Scorer",
     "SplitSettings",
     "Store",
     "StoreError",
     "StoreMeta",
     "TrainConfig",
+    "TrainSummary",
     "VectorsError",
+    "VerifyReport",
     "dataset",
     "embed_corpus",
     "open_store",
     "pipeline_errors",
+    "predict",
+    "save_run",
     "score",
     "train",
     "verify",
@@ -85,13 +101,15 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily (
         StoreError,
         VectorsError,
     )
-    from embcache.cache.integrity import ChunkError
+    from embcache.cache.integrity import ChunkError, VerifyReport
     from embcache.cache.meta import SplitSettings, StoreMeta
     from embcache.cache.settings import EmbedSettings
     from embcache.cache.store import Store, open_store
-    from embcache.jobs.embed_corpus import embed_corpus
-    from embcache.jobs.score import Scorer, score
-    from embcache.jobs.train import TrainConfig, train
+    from embcache.jobs.embed_corpus import EmbedSummary, embed_corpus
+    from embcache.jobs.predict import predict
+    from embcache.jobs.save_run import save_run
+    from embcache.jobs.score import Scorer, ScoreSummary, score
+    from embcache.jobs.train import GroupResult, TrainConfig, TrainSummary, train
     from embcache.jobs.verify import verify
 
 

@@ -1,0 +1,64 @@
+"""``embcache.predict``: a Keras model's predictions for a store's documents, in store order,
+joined to their ids (and true labels): what ``model.predict(dataset(...))`` cannot give, since
+batches come bucketed by length."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from embcache.cache.errors import EmbcacheError, StoreError
+from embcache.cache.store import Store, open_store
+
+
+def predict(model, store: Store | str, split: str | None = "test", *, batch_size: int = 64,
+            probabilities: bool = False):
+    """Run ``model`` (a Keras model taking ``embedded`` and ``lengths``, as ``dataset()`` feeds
+    it) over ``split`` of ``store`` (``None``: every document) and return a ``pandas.DataFrame``
+    in store order: ``doc_id``, ``true_label`` (labelled stores), ``predicted_label`` and
+    ``probability``; with ``probabilities``, one ``prob_<label>`` column per label too.
+
+    Memory: one row per document of the split (its class probabilities only with
+    ``probabilities``); batches stream as in training.
+
+    Raises:
+        StoreError: a missing, incomplete or damaged store, or an empty split.
+        EmbcacheError: the model's output width is not the store's label count.
+    """
+    import pandas as pd
+
+    from embcache.cache.dataset import make_dataset, pipeline_errors
+    from embcache.cache.stream import plan_split
+    from embcache.jobs.score import _doc_ids_in_order
+
+    if not isinstance(store, Store):
+        store = open_store(str(store))
+    plan = plan_split(store, split)
+    if plan.num_docs == 0:
+        raise StoreError(f"Store {store.url} has no documents" + (f" in the {split} split"
+                                                                  if split else ""))
+    names = store.label_names
+    width = model.output_shape[-1]
+    if names is not None and width != len(names):
+        raise EmbcacheError(f"Invalid value for `model`: it predicts {width} classes but store "
+                            f"{store.url} has {len(names)} labels")
+    ds = make_dataset(store, split=split, batch_size=batch_size, with_labels=store.labelled,
+                      plan=plan, with_seq=True)
+    probs = np.zeros((plan.num_docs, width), np.float32)
+    truth = np.full(plan.num_docs, -1, np.int64)
+    with pipeline_errors():
+        for batch in ds:
+            features, labels = batch if store.labelled else (batch, None)
+            seq = features.pop("seq").numpy()
+            probs[seq] = np.asarray(model(features, training=False))
+            if labels is not None:
+                truth[seq] = labels.numpy()
+    label_of = names if names is not None else [str(i) for i in range(width)]
+    top = probs.argmax(axis=1)
+    out = {"doc_id": list(_doc_ids_in_order(split, store))}
+    if store.labelled:
+        out["true_label"] = [label_of[i] for i in truth.tolist()]
+    out["predicted_label"] = [label_of[i] for i in top.tolist()]
+    out["probability"] = probs[np.arange(len(top)), top]
+    if probabilities:
+        out.update({f"prob_{n}": probs[:, j] for j, n in enumerate(label_of)})
+    return pd.DataFrame(out)

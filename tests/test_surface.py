@@ -1,0 +1,107 @@
+"""The Python surface a notebook expects, end to end with public names only, and bad calls that
+each get one line naming the Python argument."""
+
+from __future__ import annotations
+
+import csv
+import random
+
+import numpy as np
+import pytest
+
+import embcache
+from tests.conftest import WORDS
+
+
+def build_mean(*, dim, num_classes, padding="pre", hidden=8):
+    import keras
+
+    x = embcache.models.inputs(dim)
+    h = keras.layers.Dense(hidden, activation="relu")(
+        keras.layers.GlobalAveragePooling1D()(x["embedded"]))
+    return keras.Model(x, keras.layers.Dense(num_classes, activation="softmax")(h))
+
+
+@pytest.fixture(scope="module")
+def csv_store(tmp_path_factory, vectors_file):
+    """A CSV without header (label, title, body), embedded with integer column indices."""
+    root = tmp_path_factory.mktemp("surface")
+    rng = random.Random(0)
+    path = root / "news.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        for i in range(240):
+            label = i % 3
+            words = [WORDS[(label * 5 + rng.randint(0, 4)) % len(WORDS)] for _ in range(12)]
+            w.writerow([f"c{label}", " ".join(words[:4]), " ".join(words[4:])])
+    spec = embcache.CorpusSpec(str(path), text_columns=[1, 2], label_column=0, header=False)
+    store = root / "s.zarr"
+    embcache.embed_corpus(spec, str(vectors_file[0]), str(store), progress=False, workers=1)
+    return store
+
+
+def test_the_notebook_script(csv_store, tmp_path, vectors_file):
+    import keras
+
+    store = str(csv_store)
+    runs = tmp_path / "runs"
+    result = embcache.train(store, ["fasttext", "cnn", build_mean], str(runs),
+                            config={"epochs": 1}, progress=False)
+    assert isinstance(result, embcache.GroupResult)
+    assert len(result.runs) == 3 and not result.failed
+    assert {r.model for r in result.runs} >= {"fasttext", "cnn"}
+    # your own model, fitted on dataset(), predicted in store order with ids
+    keras.utils.set_random_seed(0)
+    model = build_mean(dim=embcache.open_store(store).dim, num_classes=3)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(embcache.dataset(store, "train"), epochs=3, verbose=0)
+    frame = embcache.predict(model, store, "test")
+    s = embcache.open_store(store)
+    assert len(frame) == s.meta.totals.split_counts["test"]
+    assert list(frame.columns[:3]) == ["doc_id", "true_label", "predicted_label"]
+    accuracy = float((frame["true_label"] == frame["predicted_label"]).mean())
+    _, evaluated = model.evaluate(embcache.dataset(store, "test"), verbose=0)
+    assert accuracy == pytest.approx(evaluated, abs=1e-6)
+    # store order: the ids are the test split's, in the order the store holds them
+    ids = [str(x) for x, sp in zip(s.read("doc_ids"), s.read("split")) if sp == 2]
+    assert [str(x) for x in frame["doc_id"]] == ids
+    # saved as a run, scored with the three others in one Scorer, true labels included
+    mine = embcache.save_run(model, store, runs / "mine")
+    scorer = embcache.Scorer([runs / "fasttext", runs / "cnn", runs / "build_mean", mine],
+                             vectors=str(vectors_file[0]))
+    scored = scorer.classify(store, split="test")
+    assert list(scored["doc_id"]) == list(frame["doc_id"])
+    assert list(scored["true_label"]) == list(frame["true_label"])
+    assert list(scored["mine_label"]) == list(frame["predicted_label"])
+    np.testing.assert_allclose(scored["mine_prob"], frame["probability"], atol=1e-5)
+    # a Series keeps its index as the doc ids
+    import pandas as pd
+
+    texts = pd.Series(["cat sat on mat", "dog ran far"], index=[10, 20])
+    assert list(scorer.classify(texts)["doc_id"]) == [10, 20]
+
+
+def _run(store: str, tmp) -> str:
+    embcache.train(store, "fasttext", str(tmp / "ft"), config={"epochs": 1}, progress=False)
+    return str(tmp / "ft")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda s, t: embcache.train(s, "fasttext", str(t / "r"), config={"epochs": 0}),
+     r"Invalid value for `epochs`. Expected a positive integer. Received: epochs=0"),
+    (lambda s, t: embcache.train(s, "fasttext", str(t / "r"), config={"epoch": 1}),
+     r"Invalid value for `config`: unknown field 'epoch'"),
+    (lambda s, t: embcache.train(s, 42, str(t / "r")), r"Invalid value for `model`"),
+    (lambda s, t: embcache.Scorer([]), r"Invalid value for `runs`"),
+    (lambda s, t: embcache.Scorer([_run(s, t)]).classify("one text"),
+     r"Invalid value for `data`: 'one text' is not a file, folder or store; to classify one "
+     r"text, pass a list"),
+    (lambda s, t: embcache.CorpusSpec("x.csv", text_columns=[-1]),
+     r"Invalid value for `text_columns`: a column index is 0 or more"),
+    (lambda s, t: embcache.save_run(object(), s, str(t / "r"), module=3),
+     r"Invalid value for `module`"),
+])
+def test_bad_python_calls_are_one_line_naming_the_argument(csv_store, tmp_path, call, message):
+    with pytest.raises(embcache.EmbcacheError, match=message) as info:
+        call(str(csv_store), tmp_path)
+    assert "\n" not in str(info.value)

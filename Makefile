@@ -16,7 +16,7 @@ WORDLLAMA = $(DATA_DIR)/wordllama-l2-supercat-256/l2_supercat_256.safetensors
 GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
 NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
 
-.PHONY: install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-score bench-scale bench-encoder bench-vectors bench-integrity data clean
+.PHONY: install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-score bench-scale bench-encoder bench-vectors bench-integrity data clean help cli-reference
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -94,12 +94,37 @@ score: store
 runs: install
 	$(BIN)/embcache runs $(RUNS) $(ARGS)
 
+# Fetches the two files the main job needs; for the rest the tests use (CI=true), says exactly
+# what to put where (the files come from their publishers, under their own licences).
 data:
 	mkdir -p $(DATA_DIR)
 	test -f $(DATA_DIR)/news20.tar.gz || curl -fL -o $(DATA_DIR)/news20.tar.gz $(NEWS20_URL)
 	test -f $(DATA_DIR)/glove.6B.50d.txt.gz || { \
 	  curl -fL -o $(DATA_DIR)/glove.6B.zip $(GLOVE_URL) && \
 	  unzip -p $(DATA_DIR)/glove.6B.zip glove.6B.50d.txt | gzip > $(DATA_DIR)/glove.6B.50d.txt.gz; }
+	@test -f $(DATA_DIR)/ag_news_csv/test.csv || echo "Missing $(DATA_DIR)/ag_news_csv/test.csv \
+	  and classes.txt: the AG News CSV (Zhang et al. 2015; label, title, description; no header)"
+	@test -f $(DATA_DIR)/all-MiniLM-L6-v2.zip || echo "Missing $(DATA_DIR)/all-MiniLM-L6-v2.zip: \
+	  the sentence-transformers/all-MiniLM-L6-v2 folder from Hugging Face, zipped"
+	@test -f $(WORDLLAMA) || echo "Missing $(dir $(WORDLLAMA)): l2_supercat_256.safetensors and \
+	  l2_supercat_tokenizer_config.json from Hugging Face dleemiller/word-llama-l2-supercat"
+
+help:
+	@echo "make embed-corpus   build STORE (news20.zarr) from 20 Newsgroups and GloVe (DATA_DIR=...)"
+	@echo "make info           describe the store"
+	@echo "make train          train MODEL=cnn (or a,b,c as one group) into RUNS/"
+	@echo "make runs           compare the trained runs"
+	@echo "make score          score the store's test split with the trained runs"
+	@echo "make test           the linter and the whole suite (CI=true: real-data checks too)"
+	@echo "make bench          every benchmark (bench-embed, -train, -score, -scale, -encoder,"
+	@echo "                    -vectors, -integrity, -quality); results in BENCHMARKS.md"
+	@echo "make data           fetch news20.tar.gz and glove.6B.50d.txt.gz into DATA_DIR"
+	@echo "make cli-reference  regenerate the README's CLI reference"
+	@echo "make clean          remove the store, runs and bench-out/"
+
+# The README's CLI reference, from the click commands (test_cli.py fails when it is stale).
+cli-reference: install
+	$(BIN)/python -m embcache.jobs.reference README.md
 
 # make test is what CI runs: the linter, then the whole suite (real-data checks included).
 test: install

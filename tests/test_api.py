@@ -227,7 +227,7 @@ def test_scorer_needs_vectors_for_text(trained):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["fit", "scorer"])
+@pytest.mark.parametrize("name", ["fit", "scorer", "own-model"])
 def test_readme_python_examples_run(name, store, vectors_file, tmp_path):
     code = readme_example(name)
     code = code.replace('"news20.zarr"', repr(str(store)))
@@ -235,13 +235,16 @@ def test_readme_python_examples_run(name, store, vectors_file, tmp_path):
     (tmp_path / "example.py").write_text(code)
     r = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    if name == "fit":
+    if name == "own-model":
+        assert "3 runs" in r.stdout and "mine_label" in r.stdout and "true_label" in r.stdout
+    elif name == "fit":
         assert r.stdout.startswith("60 160 8 ['a', 'b']")
         assert "val_accuracy" in r.stderr + r.stdout
     else:
         assert "Trained fasttext for 2 epochs" in r.stdout
         assert "fasttext-py_label" in r.stdout and "fasttext-py_prob_2" in r.stdout
-        assert f"{split_size(store)} ['doc_id', 'fasttext-py_label', 'fasttext-py_prob']" in r.stdout
+        assert (f"{split_size(store)} ['doc_id', 'true_label', 'fasttext-py_label', "
+                "'fasttext-py_prob']") in r.stdout
 
 
 def test_public_surface_is_small_and_lazy():

@@ -79,3 +79,21 @@ def test_info_refuses_what_is_not_a_store(tmp_path):
     (tmp_path / "folder" / "x").write_text("x")
     code, text = run("info", tmp_path / "folder")
     assert (code, text.strip()) == (1, f"Error: {tmp_path}/folder is not an embcache store")
+
+
+def test_readme_cli_reference_is_generated_from_the_commands():
+    """Every option of every command is in the README, as the commands describe it."""
+    import re
+    from pathlib import Path
+
+    from embcache.jobs.reference import BEGIN, END, markdown
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = re.search(re.escape(BEGIN) + r"\n(.*?)" + re.escape(END), text, re.S)
+    assert section, "README.md lacks the CLI reference section"
+    assert section.group(1) == markdown(), "stale: run `make cli-reference`"
+    for name, cmd in main.commands.items():
+        for p in cmd.params:
+            for opt in getattr(p, "opts", []):
+                if opt.startswith("--"):
+                    assert f"`{opt}`" in section.group(1), f"{name} {opt}"

@@ -52,3 +52,22 @@ def writing(where: str) -> Iterator[None]:
         yield
     except OSError as e:
         raise EmbcacheError(os_error_line(e, where)) from None
+
+
+# A spawned child re-runs the user's main script; one that starts embcache's processes at its top
+# level (no `if __name__ == "__main__":`) would start more of them from every child. The child
+# leaves at once with this exit code, silently, and the parent says what to add.
+NO_MAIN_GUARD_EXIT = 87
+NO_MAIN_GUARD = ("this script starts embcache's worker processes at its top level, so every "
+                 "worker would run it again: put the script's work under "
+                 "`if __name__ == \"__main__\":`")
+
+
+def leave_if_bootstrapping() -> None:
+    """Call before starting processes: in a child that is still importing the parent's main
+    script (spawn's bootstrapping), exit with :data:`NO_MAIN_GUARD_EXIT` instead."""
+    import multiprocessing
+    import os
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        os._exit(NO_MAIN_GUARD_EXIT)

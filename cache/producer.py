@@ -24,7 +24,13 @@ import weakref
 
 import numpy as np
 
-from embcache.cache.errors import EmbcacheError, StoreError
+from embcache.cache.errors import (
+    NO_MAIN_GUARD,
+    NO_MAIN_GUARD_EXIT,
+    EmbcacheError,
+    StoreError,
+    leave_if_bootstrapping,
+)
 from embcache.cache.store import open_store
 from embcache.cache.stream import StreamPlan, iter_batches
 
@@ -119,6 +125,7 @@ class Producer:
 
     def __init__(self, store, plan, split, *, seed: int, shuffle: bool, queue_batches: int = 8,
                  **options):
+        leave_if_bootstrapping()
         self.args = (store.url, split, plan.chunks, plan.counts,
                      {**options, "seed": seed if shuffle else None})
         self.read_ahead = shuffle
@@ -146,9 +153,18 @@ class Producer:
     def _get(self):
         while not self.out.poll(1.0):
             if not self.process.is_alive():
-                raise StoreError(f"The input pipeline process for {self.args[0]} died "
-                                 f"(exit code {self.process.exitcode})")
-        return self.out.recv()
+                self._died()
+        try:
+            return self.out.recv()
+        except EOFError:  # the process ended and closed its pipe
+            self.process.join(5)
+            self._died()
+
+    def _died(self):
+        if self.process.exitcode == NO_MAIN_GUARD_EXIT:
+            raise EmbcacheError(f"Reading {self.args[0]} failed: {NO_MAIN_GUARD}")
+        raise StoreError(f"The input pipeline process for {self.args[0]} died "
+                         f"(exit code {self.process.exitcode})")
 
     def _request(self, epoch: int) -> None:
         self.requests.send(epoch)

@@ -320,6 +320,18 @@ class Store:
     def labelled(self) -> bool:
         return self.meta.labelled
 
+    def __repr__(self) -> str:
+        m = self.meta
+        labels = f"{len(m.label_names)} labels" if m.labelled else "unlabelled"
+        state = "complete" if m.complete else "incomplete"
+        return (f"Store({self.url!r}: {m.num_docs:,} documents of up to {m.max_len} tokens x "
+                f"{m.dim} {m.dtype}, {labels}, {state})")
+
+    @property
+    def split_counts(self) -> dict[str, int]:
+        """Documents per split (``{}`` for an incomplete store)."""
+        return dict(self.meta.totals.split_counts) if self.meta.totals else {}
+
     def array(self, name: str):
         """The array ``name``, opened once (looking one up re-reads its metadata document)."""
         arrays = self.__dict__.setdefault("_arrays", {})

@@ -127,7 +127,7 @@ def embed_corpus(
     chunk_docs: int | None = None,
     workers: int | None = None,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool = False,
     cache_dir: str | None = None,
     scheduler: str | None = None,
 ) -> EmbedSummary:

@@ -11,9 +11,10 @@ import contextlib
 import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from embcache.cache.errors import EmbcacheError
+from embcache.cache.errors import NO_MAIN_GUARD, EmbcacheError, leave_if_bootstrapping
 from embcache.cache.settings import EmbedSettings
 
 
@@ -54,12 +55,16 @@ def block_executor(scheduler: str | None, workers: int, use_pool: bool, source,
     if not use_pool:
         yield None
         return
+    leave_if_bootstrapping()
     # Spawned, never forked: zarr-python 3 can deadlock in a forked child.
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=init_worker, initargs=(source, settings, oov))
     try:
         yield Executor(submit=lambda *a: pool.submit(write_block, source, settings, oov, *a),
                        parallel=workers, describe=f"{workers} processes")
+    except BrokenProcessPool:
+        raise EmbcacheError(f"A worker process of embed-corpus died; if this is your own "
+                            f"script, {NO_MAIN_GUARD}") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

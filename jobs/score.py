@@ -523,7 +523,7 @@ def score(
     batch_size: int = ScoreConfig.batch_size,
     keep_store: str | None = None,
     metrics_dir: str | None = None,
-    progress: bool = True,
+    progress: bool = False,
     cache_dir: str | None = None,
     ensemble: str = ScoreConfig.ensemble,
 ) -> ScoreSummary:

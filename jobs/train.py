@@ -235,7 +235,7 @@ class GroupResult:
 def train(store_url: str, model: str | Callable | Sequence[str | Callable],
           out_dir: str | None = None, *, grid: dict | None = None,
           config: TrainConfig | dict | None = None, hparams: dict | None = None,
-          progress: bool = True, overwrite: bool = False) -> TrainSummary | GroupResult:
+          progress: bool = False, overwrite: bool = False) -> TrainSummary | GroupResult:
     """Train ``model`` on the store's train split, early-stopping on its val split.
 
     ``model``: a built-in or registered name, an installed plugin's name (entry-point group
@@ -289,7 +289,7 @@ def _model_list(model) -> list:
 
 def train_group(store_url: str, models: list, out: str | None = None, *,
                 grid: dict | None = None, config: TrainConfig | dict | None = None,
-                hparams: dict | None = None, progress: bool = True,
+                hparams: dict | None = None, progress: bool = False,
                 overwrite: bool = False) -> GroupResult:
     """Train every model in ``models`` x every point of ``grid`` from one stream of the store.
 

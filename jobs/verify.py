@@ -10,7 +10,7 @@ from embcache.cache.integrity import VerifyReport, verify_store
 from embcache.jobs.locks import reading
 
 
-def verify(url: str, *, progress: bool = True, threads: int = 4) -> VerifyReport:
+def verify(url: str, *, progress: bool = False, threads: int = 4) -> VerifyReport:
     """Check every chunk of the complete store at ``url``; damage is reported, not raised.
 
     Raises:

@@ -26,6 +26,7 @@ from embcache.cache.stream import (
     iter_batches,
     plan_split,
 )
+from embcache.cache.tfenv import quiet_tensorflow
 
 _PROCESS_MIN_DOCS = 2048
 
@@ -102,6 +103,7 @@ def make_dataset(
     Raises:
         StoreError: labels requested from an unlabelled store.
     """
+    quiet_tensorflow()
     import tensorflow as tf
 
     if cache is not None:

@@ -201,7 +201,7 @@ def embed_corpus_cmd(corpus_path, vectors_path, tokenizer, encoder, encoder_batc
                                "or --encoder (a transformer encoder)")
     if encoder is not None:
         from embcache.cache.encoder import DEFAULT_MAX_LEN
-        from embcache.jobs.train import quiet_tensorflow
+        from embcache.cache.tfenv import quiet_tensorflow
 
         quiet_tensorflow()
 
@@ -325,7 +325,8 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
       embcache train --store news20.zarr --model fasttext --grid 'hidden=[0,64,256]' \\
           --grid 'learning_rate=[0.001,0.01]' --out runs/sweep
     """
-    from embcache.jobs.train import parse_grid, parse_hparams, quiet_tensorflow
+    from embcache.cache.tfenv import quiet_tensorflow
+    from embcache.jobs.train import parse_grid, parse_hparams
 
     models = [m.strip() for m in model_name.split(",") if m.strip()]
     if not models:
@@ -430,7 +431,7 @@ def score_cmd(model_dirs, input_path, out, vectors_path, tokenizer, encoder, spl
       embcache score --models runs/cnn,runs/fasttext --input news20.zarr --split test \\
           --out predictions.csv
     """
-    from embcache.jobs.train import quiet_tensorflow
+    from embcache.cache.tfenv import quiet_tensorflow
 
     quiet_tensorflow(verbose)
     _importable_cwd()

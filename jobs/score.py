@@ -27,6 +27,7 @@ from embcache.cache.errors import EmbcacheError, ModelError, StoreError, writing
 from embcache.cache.hooks import pause_point
 from embcache.cache.meta import StoreMeta
 from embcache.cache.store import Store, open_store, store_state
+from embcache.cache.tfenv import quiet_tensorflow
 from embcache.jobs.locks import reading
 from embcache.jobs.metrics import Confusion, write_metrics
 from embcache.jobs.outputs import open_writer, output_format
@@ -184,6 +185,7 @@ class Scorer:
     def load(self) -> None:
         """Load every model (once) and build the compiled function that runs them all."""
         if self._predict is None:
+            quiet_tensorflow()
             for run in self.runs:
                 run.model = load_run(run.path, card=run.card).model
             self._predict = _predict_all([r.model for r in self.runs], self.meta.dim)

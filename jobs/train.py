@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 import shutil
 import sys
 import time
@@ -25,6 +24,7 @@ from embcache.cache.dataset import make_dataset, pipeline_errors
 from embcache.cache.errors import EmbcacheError, ModelError, StoreError, writing
 from embcache.cache.store import open_store
 from embcache.cache.stream import SHUFFLE_DOCS, plan_split
+from embcache.cache.tfenv import quiet_tensorflow
 from embcache.jobs.group import GroupTrainer, Member
 from embcache.jobs.locks import exclusive, reading
 from embcache.jobs.multiworker import STRATEGIES, MultiWorker
@@ -311,6 +311,7 @@ def train_group(store_url: str, models: list, out: str | None = None, *,
         StoreError: incomplete, unlabelled or unknown-layout store, or an empty split.
         ModelError: unknown model or hyperparameter.
     """
+    quiet_tensorflow()  # before the models' modules import it (the CLI chose verbosity already)
     config = TrainConfig.of(config)
     if config.strategy not in STRATEGIES:
         raise EmbcacheError(f"Invalid value for `strategy`. Expected one of {STRATEGIES}. "
@@ -609,28 +610,3 @@ def plot_curves(history: dict, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def quiet_tensorflow(verbose: bool = False) -> None:
-    """Import TensorFlow without its C++ and absl start-up logs ("failed call to cuInit",
-    oneDNN and CUDA-driver notices on a CPU machine) unless ``verbose``.
-
-    TensorFlow writes them to file descriptor 2 while it loads and first lists its devices, some
-    before ``TF_CPP_MIN_LOG_LEVEL`` is read; so both happen here with that descriptor pointed at
-    /dev/null, and later errors still reach the terminal.
-    """
-    if verbose:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)

@@ -105,3 +105,43 @@ def test_bad_python_calls_are_one_line_naming_the_argument(csv_store, tmp_path, 
     with pytest.raises(embcache.EmbcacheError, match=message) as info:
         call(str(csv_store), tmp_path)
     assert "\n" not in str(info.value)
+
+
+def test_python_is_quiet_by_default(csv_store, tmp_path):
+    """Importing prints nothing even with warnings as errors; a train with default arguments
+    prints nothing at all, TensorFlow's start-up logs included."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-W", "error", "-c", "import embcache, embcache.models"],
+                       capture_output=True, text=True)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    script = tmp_path / "quiet.py"
+    script.write_text("import embcache\nif __name__ == '__main__':\n"
+                      f"    embcache.train({str(csv_store)!r}, 'fasttext', {str(tmp_path / 'r')!r},"
+                      " config={'epochs': 1})\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r.stderr[-2000:]
+    assert (tmp_path / "r" / "model.json").exists()
+
+
+def test_a_script_without_the_main_guard_is_told_what_to_add(tmp_path, vectors_file):
+    """dataset() streams a split of 2,048 documents or more from a spawned process."""
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "big.csv"
+    corpus.write_text("".join(f"c{i % 2},{WORDS[i % len(WORDS)]} {WORDS[(i * 3) % len(WORDS)]}\n"
+                              for i in range(3000)))
+    store = tmp_path / "big.zarr"
+    embcache.embed_corpus(embcache.CorpusSpec(str(corpus), text_columns=[1], label_column=0,
+                                              header=False), str(vectors_file[0]), str(store),
+                          workers=1)
+    script = tmp_path / "noguard.py"
+    script.write_text("import embcache\n"
+                      f"for batch in embcache.dataset({str(store)!r}, 'train'):\n"
+                      "    pass\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert 'put the script\'s work under `if __name__ == "__main__":`' in r.stderr
+    assert "bootstrapping phase" not in r.stderr  # the children left silently

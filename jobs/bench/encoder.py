@@ -54,7 +54,7 @@ def keras_way_child(store_url: str, encoder: str, heads: list[str], epochs: int,
                     batch_size: int) -> dict:
     """(b): the heads with the frozen backbone inside, on token ids of the same documents and
     split as the store (read back from the store's corpus and doc ids)."""
-    from embcache.jobs.train import quiet_tensorflow
+    from embcache.cache.tfenv import quiet_tensorflow
 
     quiet_tensorflow()
     import keras
@@ -113,8 +113,8 @@ def encoder_speed(corpus: str, encoder: str, docs: int, rounds: int, lengths: li
 
     from embcache.cache.corpus import CorpusSpec, iter_documents
     from embcache.cache.encoder import Encoder, resolve
+    from embcache.cache.tfenv import quiet_tensorflow
     from embcache.jobs.bench.common import table
-    from embcache.jobs.train import quiet_tensorflow
 
     quiet_tensorflow()
     texts = []

@@ -114,7 +114,7 @@ def _mid(xs: list[float], fmt: str) -> str:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--reuse", is_flag=True, help="Keep complete stores found in --out.")
 def main(data_dir, out_dir, reps, rounds, workers, reuse):
-    from embcache.jobs.train import quiet_tensorflow
+    from embcache.cache.tfenv import quiet_tensorflow
 
     quiet_tensorflow()
     data, out = Path(data_dir), Path(out_dir)

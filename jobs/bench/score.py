@@ -59,7 +59,7 @@ def _keras_child(work: Path, store_url: str) -> dict:
 
 def _warm_child(work: Path, store_url: str, vectors: str, rounds: int) -> dict:
     """Warm, in one process: each way's models loaded once, then timed calls, interleaved."""
-    from embcache.jobs.train import quiet_tensorflow
+    from embcache.cache.tfenv import quiet_tensorflow
 
     quiet_tensorflow()
     import keras

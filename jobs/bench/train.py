@@ -54,7 +54,7 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
           batch_size: int) -> dict:
     import time
 
-    from embcache.jobs.train import quiet_tensorflow
+    from embcache.cache.tfenv import quiet_tensorflow
 
     quiet_tensorflow()
 
@@ -122,8 +122,9 @@ def _quality(store_url: str, model_names: list[str], epochs: int, seeds: list[in
     import statistics
     import tempfile
 
+    from embcache.cache.tfenv import quiet_tensorflow
     from embcache.jobs.bench.common import table
-    from embcache.jobs.train import quiet_tensorflow, train_group
+    from embcache.jobs.train import train_group
 
     quiet_tensorflow()
     got: dict[tuple, list] = {}
@@ -321,7 +322,7 @@ def main(store_url, vectors, model_names, docs, epochs, batch_size, rounds, spe_
         variant, model_name = child_variant.split(":")
         click.echo(json.dumps(child(variant, model_name, store_url, docs, epochs, batch_size)))
         return
-    from embcache.jobs.train import quiet_tensorflow
+    from embcache.cache.tfenv import quiet_tensorflow
 
     quiet_tensorflow()  # this process lists the models (imports Keras): no start-up lines
     parts = {p.strip() for p in only.split(",") if p.strip()}

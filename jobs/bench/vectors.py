@@ -111,7 +111,7 @@ def _requantize(src: Path, dst: Path) -> None:
 def _pipeline_pass(store: str) -> float:
     """Documents/s of one pass over the train split, streamed (producer process), consumed in
     the graph."""
-    from embcache.jobs.train import quiet_tensorflow
+    from embcache.cache.tfenv import quiet_tensorflow
 
     quiet_tensorflow()
     import tensorflow as tf

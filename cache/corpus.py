@@ -85,7 +85,7 @@ class CorpusSpec:
             if name.endswith(ext) or name.endswith(ext + ".gz"):
                 return fmt
         raise CorpusError(f"Cannot tell the format of corpus {self.path}; "
-                          "pass --corpus-format (folder, tar, csv, tsv, jsonl, lines)")
+                          "pass `corpus_format=` (folder, tar, csv, tsv, jsonl, lines)")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -336,7 +336,7 @@ def _iter_csv(spec: CorpusSpec, fmt: str) -> Iterator[Document]:
     path = _require_exists(spec)
     if not spec.text_columns:
         raise CorpusError(f"Corpus {spec.path} is {fmt.upper()}: name its text column(s) with "
-                          "--text-column")
+                          "`text_columns=`")
     reader = csv.reader(_open_lines(path), delimiter="\t" if fmt == "tsv" else ",")
     header = None
     try:

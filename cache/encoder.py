@@ -48,7 +48,7 @@ def require_keras_hub():
         import keras_hub  # noqa: F401
         import safetensors  # noqa: F401 - keras-hub's converter imports it without declaring it
     except ImportError as e:
-        raise VectorsError(f"--encoder needs keras-hub and safetensors ({e.name} is not "
+        raise VectorsError(f"`encoder=` needs keras-hub and safetensors ({e.name} is not "
                            f"installed): {INSTALL} (from a checkout: pip install '.[encoders]')"
                            ) from None
     import keras_hub

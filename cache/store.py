@@ -353,7 +353,7 @@ def _layout_error(url: str, layout) -> StoreError:
     what = " (every document padded to max_len)" if layout == 1 else ""
     return StoreError(f"Store {url} has layout version {layout}{what}; this embcache reads "
                       f"version {LAYOUT_VERSION} (ragged: kept tokens only). Rebuild it: rerun "
-                      "its embed-corpus command with --overwrite")
+                      "its embed-corpus command with `overwrite=True`")
 
 
 def open_store(url: str, *, require_complete: bool = True, require_labels: bool = False,
@@ -381,7 +381,7 @@ def open_store(url: str, *, require_complete: bool = True, require_labels: bool 
         attrs = dict(group.attrs)
     except Exception as e:  # noqa: BLE001
         raise StoreError(f"Store {url} cannot be read ({e}); it is incomplete: rerun the "
-                         "embed-corpus command that created it, or rebuild it with --overwrite") from None
+                         "embed-corpus command that created it, or rebuild it with `overwrite=True`") from None
     layout = attrs.get("embcache_layout")
     if layout is None:
         raise StoreError(f"Store {url} is incomplete (its embed-corpus run was stopped while "
@@ -419,7 +419,7 @@ def check_target(url: str, overwrite: bool, *, complete_ok: bool = False) -> str
     if state == "foreign":
         raise StoreError(f"Output {url} exists and is not an embcache store; choose another path")
     if state == "complete" and not overwrite and not complete_ok:
-        raise StoreError(f"Store {url} already exists and is complete; pass --overwrite to "
+        raise StoreError(f"Store {url} already exists and is complete; pass `overwrite=True` to "
                          "rebuild it")
     return state
 
@@ -529,12 +529,12 @@ def _resume(url: str, meta: StoreMeta, what: str = "an incomplete run"):
         if not _committed(group):  # cut while its metadata was written: nothing to keep
             remove_store(url)
             return None
-        raise StoreError(f"{e}; pass --overwrite to start again") from None
+        raise StoreError(f"{e}; pass `overwrite=True` to start again") from None
     changed = previous.job_differences(meta)
     if changed:
         raise StoreError(f"Store {url} is {what} with different settings "
                          f"({', '.join(changed)} differ); rerun the command that wrote it, or "
-                         "pass --overwrite to start again")
+                         "pass `overwrite=True` to start again")
     if is_local(url):
         # zarr's local store writes each chunk to `<chunk>.<uuid>.partial` and renames it: a kill
         # mid-write leaves that temporary file behind. The block is rewritten on resume, so the

@@ -62,7 +62,7 @@ def _find_layout(path: Path, tokenizer: str | None) -> tuple[str, Path, Path, st
     """``(layout, table file, tokenizer file, tensor name)`` of ``--vectors``/``--tokenizer``."""
     if path.is_dir():
         if tokenizer is not None:
-            raise VectorsError(f"--tokenizer is for a table file; the folder {path} has its own "
+            raise VectorsError(f"`tokenizer=` is for a table file; the folder {path} has its own "
                                "tokenizer.json")
         for folder in (path, path / "0_StaticEmbedding"):
             table, tok = folder / "model.safetensors", folder / "tokenizer.json"
@@ -80,11 +80,11 @@ def _find_layout(path: Path, tokenizer: str | None) -> tuple[str, Path, Path, st
     if not path.is_file():
         raise VectorsError(f"Vectors file not found: {path}")
     if tokenizer is None:
-        raise VectorsError(f"{path} is a table without its tokenizer: pass --tokenizer "
+        raise VectorsError(f"{path} is a table without its tokenizer: pass `tokenizer=` "
                            "TOKENIZER.json (the Hugging Face tokenizers file it was made with)")
     tok = Path(tokenizer)
     if not tok.is_file():
-        raise VectorsError(f"Tokenizer file not found: {tok} (for --tokenizer)")
+        raise VectorsError(f"Tokenizer file not found: {tok} (for `tokenizer=`)")
     names = _tensor_names(path)
     name = "embedding.weight" if "embedding.weight" in names else (
         names[0] if len(names) == 1 else None)
@@ -199,7 +199,7 @@ def _build_entry(layout: str, table_file: Path, tok_file: Path, tensor: str, ent
         if (entry / "meta.json").is_file():  # another process finished the same entry first
             return
         raise VectorsError(f"Cannot write the vectors cache under {entry.parent} ({e.strerror}); "
-                           "point --cache-dir or EMBCACHE_CACHE_DIR at a writable folder") from None
+                           "point `cache_dir=` or EMBCACHE_CACHE_DIR at a writable folder") from None
 
 
 class SubwordTable:

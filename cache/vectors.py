@@ -194,13 +194,13 @@ def _open_source(path: Path, member: str | None) -> tuple[BinaryIO, str]:
                     raise VectorsError(
                         f"{path} holds {len(candidates)} vectors files "
                         f"({', '.join(candidates[:6])}{' ...' if len(candidates) > 6 else ''}); "
-                        "choose one with --vectors-member")
+                        "choose one with `vectors_member=`")
                 member = candidates[0]
             if member not in names:
                 raise VectorsError(f"{path} has no member {member!r}; it holds: {', '.join(names[:8])}")
             return zf.open(member), f"{path}:{member}"
         if member is not None:
-            raise VectorsError(f"--vectors-member was given but {path} is not a .zip file")
+            raise VectorsError(f"`vectors_member=` was given but {path} is not a .zip file")
         with open(path, "rb") as f:
             magic = f.read(2)
         if magic == b"\x1f\x8b":
@@ -221,7 +221,7 @@ def _build_cache_entry(path: Path, member: str | None, fmt: str, entry: Path) ->
     except OSError as e:
         stream.close()
         raise VectorsError(f"Cannot write the vectors cache under {entry.parent.parent} "
-                           f"({e.strerror}); point --cache-dir or EMBCACHE_CACHE_DIR at a "
+                           f"({e.strerror}); point `cache_dir=` or EMBCACHE_CACHE_DIR at a "
                            "writable folder") from None
     writer = _TableWriter(tmp)
     try:

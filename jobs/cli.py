@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from embcache.cache.errors import EmbcacheError, os_error_line
+from embcache.cache.errors import EmbcacheError, cli_words, os_error_line
 from embcache.cache.meta import SplitSettings
 from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
 from embcache.jobs.multiworker import STRATEGIES
@@ -46,7 +46,7 @@ def _friendly(interrupted: str):
                 return fn(*args, **kwargs)
             except EmbcacheError as e:
                 _quiet_shutdown()
-                raise click.ClickException(str(e)) from None
+                raise click.ClickException(cli_words(str(e))) from None
             except OSError as e:
                 _quiet_shutdown()
                 raise click.ClickException(os_error_line(e)) from None

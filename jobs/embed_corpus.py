@@ -160,8 +160,8 @@ def embed_corpus(
     if not isinstance(corpus, CorpusSpec):
         corpus = CorpusSpec(str(corpus))
     if (vectors_path is None) == (encoder is None):
-        raise EmbcacheError("Give either --vectors (word vectors or a static subword table) or "
-                            "--encoder (a transformer encoder), not both and not neither")
+        raise EmbcacheError("Give either `vectors=` (word vectors or a static subword table) or "
+                            "`encoder=` (a transformer encoder), not both and not neither")
     if settings is None:
         settings = (EmbedSettings(max_len=DEFAULT_ENCODER_MAX_LEN, truncating="post") if encoder
                     else EmbedSettings())
@@ -220,7 +220,7 @@ def _damaged_blocks(out: str, progress: bool) -> list[int]:
     report = verify_unlocked(out, progress=progress)
     if report.ok:
         raise StoreError(f"Store {out} already exists and is complete (verified: all "
-                         f"{report.chunks_read:,} chunks intact); pass --overwrite to rebuild it")
+                         f"{report.chunks_read:,} chunks intact); pass `overwrite=True` to rebuild it")
     if progress:
         for line in report.lines()[1:-1]:
             print(f"verify: {line.strip()}", file=sys.stderr)
@@ -256,21 +256,21 @@ def load_source(vectors_path: str | None, *, encoder: str | None, tokenizer: str
     from embcache.cache.subword import TOKENIZER_NAME, is_subword, load_subword
 
     if (vectors_path is None) == (encoder is None):
-        raise EmbcacheError("Give either --vectors (word vectors or a static subword table) or "
-                            "--encoder (a transformer encoder), not both and not neither")
+        raise EmbcacheError("Give either `vectors=` (word vectors or a static subword table) or "
+                            "`encoder=` (a transformer encoder), not both and not neither")
     kind = "encoder" if encoder else ("subword" if is_subword(vectors_path, tokenizer) else "words")
     if kind != "words":
         what = ("a transformer encoder" if kind == "encoder"
                 else f"a static subword table ({vectors_path})")
         if settings.oov != "zero":
-            raise VectorsError(f"--oov {settings.oov} applies to word vectors; {what} has no "
+            raise VectorsError(f"`oov={settings.oov}` applies to word vectors; {what} has no "
                                "out-of-vocabulary words to fill (its tokenizer splits every word "
-                               "into known pieces or an unknown token): leave --oov out")
+                               "into known pieces or an unknown token): leave `oov=` out")
         if vectors_member is not None or vectors_format != "auto":
-            raise VectorsError(f"--vectors-member and --vectors-format apply to word-vectors "
+            raise VectorsError(f"`vectors_member=` and `vectors_format=` apply to word-vectors "
                                f"files, not to {what}")
     if kind == "encoder" and tokenizer is not None:
-        raise VectorsError("--tokenizer is for a static subword table file; an encoder uses "
+        raise VectorsError("`tokenizer=` is for a static subword table file; an encoder uses "
                            "its own tokenizer")
     if kind == "encoder":
         return _load_encoder(encoder, settings, encoder_batch, cache_dir)

@@ -73,7 +73,7 @@ def _dask(parsed, source, settings: EmbedSettings, oov):
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise EmbcacheError("--scheduler needs the 'dask' extra (dask.distributed is not "
+        raise EmbcacheError("`scheduler=` needs the 'dask' extra (dask.distributed is not "
                             "installed): pip install 'embcache[dask]'") from None
     from embcache.cache.embed import write_block
 

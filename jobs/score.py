@@ -110,7 +110,7 @@ def ensemble_weights(group: list[Run], how: str) -> np.ndarray:
         value = (run.card.get("metrics") or {}).get("val_accuracy")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ModelError(f"{run.path / 'model.json'} records no validation accuracy to weight "
-                             "the ensemble by; pass --ensemble mean")
+                             "the ensemble by; pass `ensemble='mean'`")
         acc.append(float(value))
     if sum(acc) == 0:  # every model at 0 validation accuracy: nothing to weight by
         return np.full(len(group), 1.0 / len(group))
@@ -259,7 +259,7 @@ class Scorer:
             yield store
             return
         if split is not None:
-            raise EmbcacheError(f"--split {split} applies to a store; {path} is raw input, "
+            raise EmbcacheError(f"`split={split}` applies to a store; {path} is raw input, "
                                 "which has no splits")
         self._require_vectors(f"raw documents ({path})")
         tmp_dir = None
@@ -286,11 +286,11 @@ class Scorer:
     def _require_vectors(self, what: str) -> str:
         if self.meta.encoder is not None:
             if self.encoder_spec is None:
-                raise EmbcacheError(f"Scoring {what} needs --encoder: the encoder the models were "
+                raise EmbcacheError(f"Scoring {what} needs `encoder=`: the encoder the models were "
                                     f"trained on ({self.meta.encoder.get('source')})")
             return self.encoder_spec
         if self.vectors_path is None:
-            raise EmbcacheError(f"Scoring {what} needs --vectors: the file the models were "
+            raise EmbcacheError(f"Scoring {what} needs `vectors=`: the file the models were "
                                 f"trained with ({self.meta.vectors.source})")
         return self.vectors_path
 
@@ -338,14 +338,14 @@ class Scorer:
 
         if self.meta.encoder is not None:
             raise EmbcacheError(f"The models were trained on a transformer encoder's store "
-                                f"({self.meta.encoder.get('source')}): pass --encoder, not "
-                                "--vectors")
+                                f"({self.meta.encoder.get('source')}): pass `encoder=`, not "
+                                "`vectors=`")
         vectors = self._require_vectors("text")
         if self.meta.subword is not None:
             table = load_subword(vectors, self.tokenizer_path, cache_dir=self.cache_dir)
         else:
             if self.tokenizer_path is not None:
-                raise EmbcacheError("--tokenizer is for models trained on a static subword "
+                raise EmbcacheError("`tokenizer=` is for models trained on a static subword "
                                     f"table; these were trained on word vectors "
                                     f"({self.meta.vectors.source})")
             table = load_vectors(vectors, cache_dir=self.cache_dir)
@@ -542,12 +542,12 @@ def score(
     out_path = Path(out)
     output_format(out_path)
     if not out_path.parent.is_dir():
-        raise EmbcacheError(f"Output folder {out_path.parent} does not exist (for --out {out})")
+        raise EmbcacheError(f"Output folder {out_path.parent} does not exist (for `out={out}`)")
     if metrics_dir is not None:  # checked up front: never predictions without their metrics
         try:
             Path(metrics_dir).mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise EmbcacheError(f"Cannot use --metrics-dir {metrics_dir}: {e.strerror}") from None
+            raise EmbcacheError(f"Cannot use `metrics_dir={metrics_dir}`: {e.strerror}") from None
     _check_top_k(top_k)
     scorer = Scorer(model_dirs, vectors=vectors_path, encoder=encoder, tokenizer=tokenizer,
                     cache_dir=cache_dir,

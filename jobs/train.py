@@ -327,7 +327,7 @@ def train_group(store_url: str, models: list, out: str | None = None, *,
         taken = [f for f in finals if (f / CARD_FILE).exists() or (f / MODEL_FILE).exists()]
         if taken:
             raise EmbcacheError(f"Run folder {taken[0]} already holds a trained model; pass "
-                                "--overwrite to replace it, or choose another --out")
+                                "`overwrite=True` to replace it, or choose another `out=`")
     if config.strategy != "default" and not lone:
         raise EmbcacheError("Invalid value for `strategy`: multi-worker trains one model at a "
                             "time; train the models of a group one by one")
@@ -360,7 +360,7 @@ def _train_members(store_url: str, members: list[Member], config: TrainConfig, p
     for s in ("train", "val"):
         if plans[s].num_docs == 0:
             raise StoreError(f"Store {store_url} has no {s} documents; rebuild it with "
-                             "--val-frac/--test-frac above 0")
+                             "`val_frac=`/`test_frac=` above 0")
     for m in members:
         shutil.rmtree(m.stage, ignore_errors=True)  # left by a killed run
         try:
@@ -519,7 +519,7 @@ def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: di
     for s in ("train", "val"):
         if plans[s].num_docs == 0:
             raise StoreError(f"Store {store_url} has no {s} documents; rebuild it with "
-                             "--val-frac/--test-frac above 0")
+                             "`val_frac=`/`test_frac=` above 0")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

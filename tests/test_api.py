@@ -222,7 +222,7 @@ def test_scorer_loads_once_and_agrees_with_score(trained, store, vectors_file, t
 
 def test_scorer_needs_vectors_for_text(trained):
     scorer = embcache.Scorer([trained / "fasttext"], load=False)
-    with pytest.raises(embcache.EmbcacheError, match="Scoring text needs --vectors"):
+    with pytest.raises(embcache.EmbcacheError, match="Scoring text needs `vectors=`"):
         scorer.classify(["a text"])
 
 

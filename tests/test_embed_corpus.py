@@ -108,7 +108,7 @@ def test_complete_store_is_not_overwritten(tmp_path, folder_corpus, vectors_file
     args = (CorpusSpec(str(folder_corpus)), str(vectors_file[0]), str(out))
     embed_corpus(*args, workers=1, progress=False, settings=EmbedSettings(max_len=5))
     with pytest.raises(StoreError, match=r"already exists and is complete \(verified: all \d+ "
-                                         r"chunks intact\); pass --overwrite"):
+                                         r"chunks intact\); pass `overwrite=True`"):
         embed_corpus(*args, workers=1, progress=False, settings=EmbedSettings(max_len=5))
     embed_corpus(*args, workers=1, progress=False, overwrite=True, settings=EmbedSettings(max_len=6))
     assert open_store(str(out)).max_len == 6

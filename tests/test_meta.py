@@ -82,7 +82,7 @@ def test_writer_creates_resumes_and_finishes(tmp_path):
     again = StoreWriter.open(url, m)
     assert again.resumed == 1 and again.done.tolist() == [True, False, False]
     with pytest.raises(StoreError, match=r"different settings \(settings differ\); rerun the "
-                                         "command that wrote it, or pass --overwrite"):
+                                         "command that wrote it, or pass `overwrite=True`"):
         StoreWriter.open(url, meta(settings=EmbedSettings(max_len=13)))
     with pytest.raises(StoreError, match="2 chunks were not written"):
         again.finish(1.0)
@@ -90,7 +90,7 @@ def test_writer_creates_resumes_and_finishes(tmp_path):
     final = again.finish(2.0)
     assert final.complete and final.totals.num_tokens == 11 and final.totals.oov_tokens == 1
     assert open_store(url).meta == final
-    with pytest.raises(StoreError, match="already exists and is complete; pass --overwrite"):
+    with pytest.raises(StoreError, match="already exists and is complete; pass `overwrite=True`"):
         StoreWriter.open(url, m)
     assert StoreWriter.open(url, m, overwrite=True).resumed == 0
 

@@ -127,6 +127,21 @@ class ChunkError(StoreError):
         super().__init__(f"Store {url} is damaged: {faults[0].line()}{more}; {what_to_do(url)}")
 
 
+def read_chunk_stats(group) -> np.ndarray:
+    """``(chunks, 4)`` stats; a row of -1 (or an unreadable row, e.g. torn by a kill) is not done."""
+    arr = group["chunk_stats"]
+    try:
+        return arr[:]
+    except Exception:  # noqa: BLE001 - fall back row by row to find the torn one
+        out = np.full(arr.shape, -1, dtype=np.int64)
+        for i in range(arr.shape[0]):
+            try:
+                out[i] = arr[i]
+            except Exception:  # noqa: BLE001
+                pass
+        return out
+
+
 # -- listing -----------------------------------------------------------------------------------
 def _run(coro):
     from zarr.core.sync import sync
@@ -203,8 +218,6 @@ def check_manifest(store) -> None:
             short[name] = have
     if not short:
         return
-    from embcache.cache.store import read_chunk_stats
-
     expected = expected_chunks(store.meta, store.group, read_chunk_stats(store.group))
     faults = [fault(store.meta, name, c, "missing")
               for name, have in short.items() for c in sorted(expected.get(name, set()) - have)]
@@ -287,7 +300,7 @@ class VerifyReport:
             "options): it rewrites only these blocks"]
 
 
-def verify_store(url: str, *, threads: int = 4,
+def verify_store(store, *, threads: int = 4,
                  progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Read and decode every chunk of every array and compare the listing with the chunks the
     store must hold. ``progress(n)`` is called with each array's chunk count once it is listed
@@ -295,15 +308,13 @@ def verify_store(url: str, *, threads: int = 4,
 
     Memory: ``threads`` chunks in flight (a ``tokens`` chunk is about 2 MB decoded).
 
-    Raises:
-        StoreError: the store cannot be opened at all (missing, not an embcache store, its
-            attributes unreadable); damage inside it is reported, not raised.
-    """
-    from embcache.cache.store import open_store, read_chunk_stats
+    ``store``: opened with ``open_store(url, require_complete=False, check_chunks=False)``.
 
+    Raises:
+        StoreError: the store is incomplete; damage inside it is reported, not raised.
+    """
     t0 = time.perf_counter()
-    store = open_store(url, require_complete=False, check_chunks=False)
-    meta, group = store.meta, store.group
+    url, meta, group = store.url, store.meta, store.group
     if not meta.complete:
         raise StoreError(f"Store {url} is incomplete: its embed-corpus run did not finish; rerun "
                          "it to resume (verify checks complete stores)")

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from embcache.cache.errors import StoreError
+from embcache.cache.integrity import read_chunk_stats
 from embcache.cache.meta import (
     LAYOUT_VERSION,
     SPLIT_NAMES,
@@ -246,21 +247,6 @@ def writable_arrays(group) -> dict[str, Any]:
     manifest's chunk counts follow from the layout."""
     return {name: group[name].with_config({"write_empty_chunks": True})
             for name in group.array_keys()}
-
-
-def read_chunk_stats(group) -> np.ndarray:
-    """``(chunks, 4)`` stats; a row of -1 (or an unreadable row, e.g. torn by a kill) is not done."""
-    arr = group["chunk_stats"]
-    try:
-        return arr[:]
-    except Exception:  # noqa: BLE001 - fall back row by row to find the torn one
-        out = np.full(arr.shape, -1, dtype=np.int64)
-        for i in range(arr.shape[0]):
-            try:
-                out[i] = arr[i]
-            except Exception:  # noqa: BLE001
-                pass
-        return out
 
 
 @dataclass

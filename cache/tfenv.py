@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sys
 
+_LOUD = False
+
 
 def quiet_tensorflow(verbose: bool = False) -> None:
     """Import TensorFlow without its C++ and absl start-up logs ("failed call to cuInit",
@@ -15,7 +17,9 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     before ``TF_CPP_MIN_LOG_LEVEL`` is read; so both happen here with that descriptor pointed at
     /dev/null, and later errors still reach the terminal.
     """
-    if verbose or "tensorflow" in sys.modules:
+    global _LOUD
+    _LOUD = _LOUD or verbose  # the CLI's --verbose holds for the later calls of the job
+    if _LOUD or "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()

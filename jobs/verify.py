@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 from embcache.cache.integrity import VerifyReport, verify_store
+from embcache.cache.store import open_store
 from embcache.jobs.locks import reading
 
 
@@ -35,6 +36,7 @@ def verify_unlocked(url: str, *, progress: bool = True, threads: int = 4) -> Ver
             bar.update(n)
 
     try:
-        return verify_store(url, threads=threads, progress=tick)
+        return verify_store(open_store(url, require_complete=False, check_chunks=False),
+                            threads=threads, progress=tick)
     finally:
         bar.close()

@@ -81,10 +81,10 @@ def _pipeline(url: str, split: str | None, shuffle: bool) -> tuple[float, int]:
 
 
 def _verify(url: str) -> tuple[float, int]:
-    from embcache.cache.integrity import verify_store
+    from embcache.jobs.verify import verify_unlocked
 
     t0 = time.perf_counter()
-    report = verify_store(url)
+    report = verify_unlocked(url, progress=False)
     if not report.ok:
         sys.exit(f"{url} is damaged: {report.lines()[1]}")
     return time.perf_counter() - t0, report.chunks_read

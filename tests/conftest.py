@@ -107,3 +107,20 @@ def paused(cmd: list[str], point: str, tmp_path: Path, timeout: float = 180):
     assert proc.poll() is None and flag.exists(), f"never reached {point}: " + (
         proc.communicate()[1][-2000:] if proc.poll() is not None else "timed out")
     return proc, flag
+
+
+def cli(*args):
+    """Run the embcache command in this process: (exit code, output with stderr)."""
+    from click.testing import CliRunner
+
+    from embcache.jobs.cli import main
+
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    return r.exit_code, r.output
+
+
+def one_error_line(output: str) -> str:
+    """The output's only non-empty line, which must be an ``Error:`` line."""
+    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), output[-3000:]
+    return lines[0]

@@ -11,23 +11,12 @@ import sys
 import time
 
 import pytest
-from click.testing import CliRunner
 
-from embcache.jobs.cli import main
-from tests.conftest import paused, small_store
+from tests.conftest import cli, one_error_line, paused, small_store
 
 CLI = [sys.executable, "-m", "embcache.jobs.cli"]
 
 
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    return r.exit_code, r.output
-
-
-def one_error_line(output: str) -> str:
-    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), output[-3000:]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

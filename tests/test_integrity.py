@@ -10,10 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from embcache.jobs.cli import main
-from tests.conftest import small_store
+from tests.conftest import cli, one_error_line, small_store
 
 DAMAGE = ("deleted", "garbage", "truncated")
 # The embed-corpus options small_store uses (the repair must be the same command).
@@ -21,15 +19,6 @@ EMBED = ["--max-len", "160", "--chunk-docs", "16", "--val-frac", "0.25", "--test
          "--workers", "1", "-q"]
 
 
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    return r.exit_code, r.output
-
-
-def one_error_line(output: str) -> str:
-    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), output[-3000:]
-    return lines[0]
 
 
 def damage(path: Path, how: str) -> None:

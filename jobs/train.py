@@ -349,9 +349,13 @@ def train_group(store_url: str, models: list, out: str | None = None, *,
             return _train_members(store_url, members, config, progress, lone)
 
 
-def _train_members(store_url: str, members: list[Member], config: TrainConfig, progress: bool,
-                   lone: bool) -> GroupResult:
-    t0 = time.perf_counter()
+def open_for_training(store_url: str) -> tuple:
+    """The store, checked for training (complete, labelled, two classes or more, train and val
+    documents), and its split plans: what both training paths start from.
+
+    Raises:
+        StoreError: any of those checks, in one line.
+    """
     store = open_store(store_url, require_complete=True, require_labels=True)
     if len(store.label_names) < 2:
         raise StoreError(f"Store {store_url} has a single class ({store.label_names[0]!r}): a "
@@ -361,6 +365,13 @@ def _train_members(store_url: str, members: list[Member], config: TrainConfig, p
         if plans[s].num_docs == 0:
             raise StoreError(f"Store {store_url} has no {s} documents; rebuild it with "
                              "`val_frac=`/`test_frac=` above 0")
+    return store, plans
+
+
+def _train_members(store_url: str, members: list[Member], config: TrainConfig, progress: bool,
+                   lone: bool) -> GroupResult:
+    t0 = time.perf_counter()
+    store, plans = open_for_training(store_url)
     for m in members:
         shutil.rmtree(m.stage, ignore_errors=True)  # left by a killed run
         try:
@@ -467,20 +478,10 @@ def _save_member(store_url, store, plans, m: Member, config: TrainConfig, group:
     best_epoch = int(max(range(len(val_acc)), key=val_acc.__getitem__)) + 1
     samples_per_s = sorted(plans["train"].num_docs / s for s in m.timer)[len(m.timer) // 2]
     seconds = time.perf_counter() - t0
-    card = {
-        **store_card_fields(store),
-        "model": m.source.ref,
-        "model_source": m.source.record(),
-        "hyperparameters": m.hparams,
-        "hyperparameters_given": m.given,
-        "training": {**asdict(config), "learning_rate": m.learning_rate,
-                     "epochs_run": len(val_acc), "best_epoch": best_epoch,
-                     "seconds": round(seconds, 2), "samples_per_s": round(samples_per_s, 1),
-                     "train_docs": plans["train"].num_docs, "val_docs": plans["val"].num_docs},
-        "metrics": m.metrics,
-        "model_bytes": model_path.stat().st_size,
-        "parameter_count": int(m.model.count_params()),
-    }
+    card = run_card(store, m.source, m.hparams, m.given, config, m.learning_rate, plans,
+                    epochs_run=len(val_acc), best_epoch=best_epoch, seconds=seconds,
+                    samples_per_s=samples_per_s, metrics=m.metrics, model=m.model,
+                    model_path=model_path)
     if group:
         card["group"] = group
     write_card(m.stage, card)
@@ -491,6 +492,27 @@ def _save_member(store_url, store, plans, m: Member, config: TrainConfig, group:
     return TrainSummary(out=str(m.final), model=shown, epochs=len(val_acc),
                         best_epoch=best_epoch, metrics=m.metrics, samples_per_s=samples_per_s,
                         model_bytes=card["model_bytes"], seconds=seconds)
+
+
+def run_card(store, source, hparams: dict, given: dict, config: TrainConfig,
+             learning_rate: float, plans: dict, *, epochs_run: int, best_epoch: int,
+             seconds: float, samples_per_s: float, metrics: dict, model, model_path: Path) -> dict:
+    """A trained run's card (before its checksums): the same fields whichever path trained it
+    (a group, a lone model or several workers)."""
+    return {
+        **store_card_fields(store),
+        "model": source.ref,
+        "model_source": source.record(),
+        "hyperparameters": hparams,
+        "hyperparameters_given": given,
+        "training": {**asdict(config), "learning_rate": learning_rate, "epochs_run": epochs_run,
+                     "best_epoch": best_epoch, "seconds": round(seconds, 2),
+                     "samples_per_s": round(samples_per_s, 1),
+                     "train_docs": plans["train"].num_docs, "val_docs": plans["val"].num_docs},
+        "metrics": metrics,
+        "model_bytes": model_path.stat().st_size,
+        "parameter_count": int(model.count_params()),
+    }
 
 
 def _publish(stage: Path, final: Path) -> None:
@@ -510,16 +532,8 @@ def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: di
     out, model_name, t0 = final, source.ref, time.perf_counter()
     # A multi-worker strategy must exist before any other TensorFlow op (it reads TF_CONFIG).
     cluster = MultiWorker.start()
-    store = open_store(store_url, require_complete=True, require_labels=True)
-    if len(store.label_names) < 2:
-        raise StoreError(f"Store {store_url} has a single class ({store.label_names[0]!r}): a "
-                         "classifier needs at least two; embed a corpus with two or more labels")
+    store, plans = open_for_training(store_url)
     hp = {**source.hyperparameters(), **(hparams or {})}
-    plans = {s: plan_split(store, s) for s in ("train", "val")}
-    for s in ("train", "val"):
-        if plans[s].num_docs == 0:
-            raise StoreError(f"Store {store_url} has no {s} documents; rebuild it with "
-                             "`val_frac=`/`test_frac=` above 0")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -570,18 +584,10 @@ def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: di
     per_epoch = fit_steps["steps_per_epoch"] * config.batch_size * cluster.count
     samples_per_s = sorted(per_epoch / s for s in timer.seconds)[len(timer.seconds) // 2]
     seconds = time.perf_counter() - t0
-    card = {
-        **store_card_fields(store),
-        "model": model_name,
-        "model_source": source.record(),
-        "hyperparameters": hp,
-        "training": {**asdict(config), "epochs_run": len(val_acc), "best_epoch": best_epoch,
-                     "seconds": round(seconds, 2), "samples_per_s": round(samples_per_s, 1),
-                     "train_docs": plans["train"].num_docs, "val_docs": plans["val"].num_docs},
-        "metrics": metrics,
-        "model_bytes": model_path.stat().st_size,
-        "parameter_count": int(model.count_params()),
-    }
+    card = run_card(store, source, hp, dict(hparams or {}), config, config.learning_rate, plans,
+                    epochs_run=len(val_acc), best_epoch=best_epoch, seconds=seconds,
+                    samples_per_s=samples_per_s, metrics=metrics, model=model,
+                    model_path=model_path)
     write_card(out, card)
     plot_curves(history.history, out / "curves.png",
                 title=f"{model_name} on {Path(str(store_url)).name}")

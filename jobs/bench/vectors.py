@@ -216,12 +216,17 @@ def main(data_dir, out_dir, reps, reuse, minilm_int8, workers, rounds, no_train,
         for rep in chosen:
             for dtype in DTYPES:
                 key = f"{rep}-{dtype}"
+                runs = out / f"runs-{key}"
                 if train_keys and key not in train_keys.split(","):
+                    if reuse and all((runs / h / "model.json").is_file() for h in HEADS):
+                        res[key]["train"] = _train(Path(res[key]["store"]), runs, True)
                     continue
                 say(f"{key}: training {' + '.join(HEADS)} as one group (default training) ...")
                 t0 = time.perf_counter()
-                res[key]["train"] = _train(Path(res[key]["store"]), out / f"runs-{key}", reuse)
+                res[key]["train"] = _train(Path(res[key]["store"]), runs, reuse)
                 tr = res[key]["train"]
+                Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+                Path(json_out).write_text(json.dumps(res, indent=2))  # each row as it is done
                 say(f"  {key}: {tr['samples_per_s']:,.0f} samples/s "
                     f"({'in memory' if tr['in_memory'] else 'streamed'}), test "
                     + ", ".join(f"{h} {tr['test'][h]:.4f}" for h in HEADS)

@@ -15,7 +15,7 @@ import os
 import tarfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from embcache.cache.errors import CorpusError
@@ -116,7 +116,6 @@ class CorpusScan:
     num_docs: int
     label_names: list[str] | None
     format: str
-    label_counts: dict[str, int] = field(default_factory=dict)
 
 
 def decode_text(data: bytes) -> str:
@@ -150,7 +149,7 @@ def scan_corpus(spec: CorpusSpec) -> CorpusScan:
     if n == 0:
         raise CorpusError(f"Corpus {spec.path} holds no documents")
     label_names = _label_names(spec, counts) if counts else None
-    return CorpusScan(num_docs=n, label_names=label_names, format=fmt, label_counts=counts)
+    return CorpusScan(num_docs=n, label_names=label_names, format=fmt)
 
 
 def iter_documents(spec: CorpusSpec) -> Iterator[Document]:

@@ -2,7 +2,8 @@
 made in a spawned producer process (:mod:`embcache.cache.producer`) or in this one.
 
 This is the layer above the producer: the stream (NumPy only) knows nothing of either, the
-producer runs the stream, and only this module imports TensorFlow.
+producer runs the stream, and this module turns its batches into TensorFlow's (the stream and
+the producer never import TensorFlow; :mod:`embcache.cache.tfenv` imports it quietly).
 """
 
 from __future__ import annotations

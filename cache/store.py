@@ -488,9 +488,6 @@ class StoreWriter:
         self.group = self.group.update_attributes(self.meta.to_attrs())
         return self.meta
 
-    def chunk_stats(self) -> np.ndarray:
-        return read_chunk_stats(self.group)
-
 
 def _resume(url: str, meta: StoreMeta, what: str = "an incomplete run"):
     """The incomplete store's group if it can be resumed with ``meta``; ``None`` when it holds

@@ -24,7 +24,6 @@ class Executor:
 
     submit: Callable[..., Future]
     parallel: int
-    describe: str
 
 
 def parse_scheduler(value: str | None) -> tuple[str, int | str] | None:
@@ -61,7 +60,7 @@ def block_executor(scheduler: str | None, workers: int, use_pool: bool, source,
                                initializer=init_worker, initargs=(source, settings, oov))
     try:
         yield Executor(submit=lambda *a: pool.submit(write_block, source, settings, oov, *a),
-                       parallel=workers, describe=f"{workers} processes")
+                       parallel=workers)
     except BrokenProcessPool:
         raise EmbcacheError(f"A worker process of embed-corpus died; if this is your own "
                             f"script, {NO_MAIN_GUARD}") from None
@@ -93,7 +92,7 @@ def _dask(parsed, source, settings: EmbedSettings, oov):
         executor = client.get_executor(retries=2, pure=False)
         parallel = max(1, sum(client.nthreads().values()))
         yield Executor(submit=lambda *a: executor.submit(write_block, source, settings, oov, *a),
-                       parallel=parallel, describe=f"Dask, {parallel} worker threads")
+                       parallel=parallel)
     finally:
         client.close()
         if cluster is not None:

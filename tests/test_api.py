@@ -74,7 +74,7 @@ def test_readme_custom_model_trains_and_scores_by_import_string(tmp_path, store)
     assert r.returncode == 0, r.stderr[-3000:]
     with open(out) as f:
         rows = list(csv.DictReader(f))
-    assert rows and set(rows[0]) == {"doc_id", "my_net_label", "my_net_prob"}
+    assert rows and set(rows[0]) == {"doc_id", "true_label", "my_net_label", "my_net_prob"}
     assert {row["my_net_label"] for row in rows} <= {"a", "b", "c"}
     # Scored from a folder where the module is not importable: one line naming the module.
     elsewhere = tmp_path / "elsewhere"

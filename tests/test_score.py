@@ -57,7 +57,8 @@ def test_scores_a_store_split_with_metrics_and_ensemble(setup, tmp_path):
                      "--split", "test", "--out", out, "--top-k", "2")
     assert code == 0, text
     rows = read_csv(out)
-    assert list(rows[0]) == ["doc_id", "fasttext_label", "fasttext_prob", "fasttext_label_2",
+    assert list(rows[0]) == ["doc_id", "true_label", "fasttext_label", "fasttext_prob",
+                             "fasttext_label_2",
                              "fasttext_prob_2", "kim_cnn_label", "kim_cnn_prob", "kim_cnn_label_2",
                              "kim_cnn_prob_2", "ensemble_label", "ensemble_prob",
                              "ensemble_label_2", "ensemble_prob_2"]

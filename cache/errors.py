@@ -84,7 +84,9 @@ FLAGS = {"overwrite": "--overwrite", "vectors": "--vectors", "vectors_path": "--
          "val_frac": "--val-frac", "test_frac": "--test-frac", "ensemble": "--ensemble",
          "split": "--split", "metrics_dir": "--metrics-dir", "memory_mb": "--memory-mb",
          "runs": "--models", "scheduler": "--scheduler", "strategy": "--strategy",
-         "hparams": "--param", "grid": "--grid"}
+         "hparams": "--param", "grid": "--grid", "format": "--corpus-format",
+         "label_column": "--label-column", "id_column": "--id-column", "header": "--no-header",
+         "strip_headers": "--strip-headers", "label_names_file": "--label-names"}
 
 
 def cli_words(message: str) -> str:

@@ -254,6 +254,12 @@ class Scorer:
             return
         path = str(data)
         if store_state(path) in ("complete", "incomplete"):
+            if corpus is not None and corpus != CorpusSpec(corpus.path):
+                given = sorted(k for k, v in vars(corpus).items()
+                               if k != "path" and v != getattr(CorpusSpec(corpus.path), k))
+                raise EmbcacheError(f"{path} is a store; corpus options apply to raw input only "
+                                    f"(given: {', '.join(f'`{k}=`' for k in given)}): leave "
+                                    "them out")
             store = open_store(path, require_complete=True)
             self._check_store(store)
             yield store

@@ -145,3 +145,18 @@ def test_a_script_without_the_main_guard_is_told_what_to_add(tmp_path, vectors_f
     assert r.returncode == 1
     assert 'put the script\'s work under `if __name__ == "__main__":`' in r.stderr
     assert "bootstrapping phase" not in r.stderr  # the children left silently
+
+
+def test_corpus_options_with_a_store_input_are_refused(csv_store, tmp_path):
+    from tests.conftest import cli, one_error_line
+
+    run = _run(str(csv_store), tmp_path)
+    code, out = cli("score", "--models", run, "--input", csv_store, "--out", tmp_path / "p.csv",
+                    "--label-column", "0", "-q")
+    assert code == 1 and one_error_line(out) == (
+        f"Error: {csv_store} is a store; corpus options apply to raw input only (given: "
+        "--label-column): leave them out")
+    with pytest.raises(embcache.EmbcacheError, match=r"\(given: `label_column=`\)"):
+        embcache.score([run], str(csv_store), str(tmp_path / "p.csv"),
+                       corpus=embcache.CorpusSpec(str(csv_store), label_column="0"))
+    assert not (tmp_path / "p.csv").exists()

@@ -8,9 +8,13 @@ on ``.<name>.lock`` beside it.
   it reads, and leaves a record ``.<name>.lock.reader-<pid>`` (its command) beside it so a
   refused writer can say who is reading; a reader that finds a writer at work is refused too.
 
-The lock file stays; the lock itself goes with the process that held it, so a killed job never
-leaves a stale lock (a killed reader's record is ignored once its process is gone). Object-storage
-stores are not locked: there is no shared file system to lock on (see the README).
+The lock itself goes with the process that held it, so a killed job never leaves a stale lock
+(a killed reader's record is ignored once its process is gone). The last holder to leave removes
+the lock file (while still holding it exclusively), and a process that locked a file removed
+meanwhile sees that it is no longer the one at the path and locks the new one: so no call leaves
+a ``.lock`` file behind, and two processes never hold "the" lock on two different files. A
+killed job's lock file stays until the next job on that target removes it. Object-storage stores
+are not locked: there is no shared file system to lock on (see the README).
 """
 
 from __future__ import annotations
@@ -32,6 +36,40 @@ def lock_path(target: str | os.PathLike) -> Path:
     return p.parent / f".{p.name}.lock"
 
 
+def _lock(path: Path, mode: int) -> int:
+    """A descriptor of ``path`` holding ``flock(mode | LOCK_NB)``; the file is (re)created when
+    its last holder removed it between our open and our lock.
+
+    Raises:
+        OSError: the file cannot be created; BlockingIOError: another process holds the lock.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # we locked a removed file: lock the one now at the path
+
+
+def _unlock(fd: int, path: Path) -> None:
+    """Release; the last holder (the one that can turn its lock exclusive at once) removes the
+    file first."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+    except OSError:  # another holder remains (BlockingIOError), or the folder is read-only
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def exclusive(target: str | os.PathLike, what: str) -> Iterator[None]:
     """Hold the lock of ``target`` for the block.
@@ -42,26 +80,24 @@ def exclusive(target: str | os.PathLike, what: str) -> Iterator[None]:
     path = lock_path(target)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _lock(path, fcntl.LOCK_EX)
+    except BlockingIOError:
+        readers = _live_readers(path)
+        if readers:
+            pid, command = readers[0]
+            more = f" and {len(readers) - 1} more" if len(readers) > 1 else ""
+            raise EmbcacheError(f"{what} is being read by another process right now (pid "
+                                f"{pid}: {command}{more}); wait for it to finish, or write "
+                                "elsewhere") from None
+        raise EmbcacheError(f"{what} is being written by another process right now (it holds "
+                            f"{path}); wait for it to finish, or write elsewhere") from None
     except OSError as e:
         raise EmbcacheError(f"Cannot create the lock file {path} ({e.strerror}): is "
                             f"{path.parent} a folder you can write to?") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            readers = _live_readers(path)
-            if readers:
-                pid, command = readers[0]
-                more = f" and {len(readers) - 1} more" if len(readers) > 1 else ""
-                raise EmbcacheError(f"{what} is being read by another process right now (pid "
-                                    f"{pid}: {command}{more}); wait for it to finish, or write "
-                                    "elsewhere") from None
-            raise EmbcacheError(f"{what} is being written by another process right now (it holds "
-                                f"{path}); wait for it to finish, or write elsewhere") from None
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        _unlock(fd, path)
 
 
 def _record(path: Path, pid: int) -> Path:
@@ -109,21 +145,18 @@ def reading(store_url: str, *, while_written: bool = False) -> Iterator[None]:
     target = Path(url.removeprefix("file://"))
     path = lock_path(target)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
+        fd = _lock(path, fcntl.LOCK_SH)
+    except BlockingIOError:
+        if not while_written:
+            raise StoreError(f"Store {url} is being written by another process right now; "
+                             "wait for it to finish") from None
         yield
         return
-    record = _record(path, os.getpid())
+    except OSError:  # a folder this process cannot write to: nobody replaces it from here
+        yield
+        return
+    record: Path | None = _record(path, os.getpid())
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not while_written:
-                raise StoreError(f"Store {url} is being written by another process right now; "
-                                 "wait for it to finish") from None
-            record = None
-            yield
-            return
         try:
             record.write_text(json.dumps({"pid": os.getpid(),
                                           "command": " ".join(_command())}))
@@ -134,7 +167,7 @@ def reading(store_url: str, *, while_written: bool = False) -> Iterator[None]:
         if record is not None:
             with contextlib.suppress(OSError):
                 record.unlink()
-        os.close(fd)
+        _unlock(fd, path)
 
 
 def _command() -> list[str]:

@@ -86,6 +86,7 @@ def test_a_model_of_the_wrong_output_width_is_refused_before_training(store, tmp
                                                   r"store has 3 labels"):
         embcache.train(str(store), build_too_wide, str(tmp_path / "r"), progress=False)
     assert not (tmp_path / "r").exists() and not (tmp_path / ".r.partial").exists()
+    assert not list(tmp_path.glob(".r.lock*"))  # no lock file left by the failed call
 
 
 # -- Ctrl-C at any moment of train -------------------------------------------------------------
@@ -128,3 +129,34 @@ def test_a_store_cut_in_its_first_kilobytes_is_recreated_on_rerun(tmp_path, vect
     assert r.returncode == 0, r.stderr[-3000:]
     code, text = cli("verify", out, "-q")
     assert code == 0, text
+
+
+def test_lock_files_go_with_their_last_holder(tmp_path):
+    """The last holder removes the lock file; a reader among readers leaves it to the others; a
+    writer refused while another holds it leaves the holder's file alone."""
+    from embcache.cache.errors import EmbcacheError, StoreError
+    from embcache.jobs.locks import exclusive, lock_path, reading
+
+    target = tmp_path / "s.zarr"
+    target.mkdir()
+    path = lock_path(target)
+    with exclusive(target, "Store s.zarr"):
+        assert path.exists()
+        with pytest.raises(EmbcacheError, match="being written by another process"):
+            with exclusive(target, "Store s.zarr"):
+                pass
+        assert path.exists()  # the refused one did not remove the holder's file
+    assert not path.exists()
+    with reading(str(target)):
+        with pytest.raises(EmbcacheError, match="being read by another process"):
+            with exclusive(target, "Store s.zarr"):
+                pass
+        with reading(str(target)):
+            pass
+        assert path.exists()  # the outer reader still holds it
+    assert not path.exists() and not list(tmp_path.glob(".s.zarr.lock*"))
+    with exclusive(target, "Store s.zarr"):
+        with pytest.raises(StoreError, match="is being written"):
+            with reading(str(target)):
+                pass
+    assert not path.exists()

@@ -43,7 +43,16 @@ from typing import Any
 import numpy as np
 
 from embcache.cache.errors import StoreError
-from embcache.cache.integrity import read_chunk_stats
+from embcache.cache.integrity import (
+    check_manifest,
+    checksum_codec,
+    chunk_counts,
+    mark_for_rewrite,
+    read_chunk_stats,
+)
+from embcache.cache.integrity import (
+    read as read_checked,
+)
 from embcache.cache.meta import (
     LAYOUT_VERSION,
     SPLIT_NAMES,
@@ -66,8 +75,6 @@ def _codecs(compressor) -> dict[str, Any]:
     """``create_array`` keywords: the compressor, then the checksum of the compressed bytes, and
     every chunk stored even when it holds only the fill value, so that a complete store's chunks
     are exactly what its layout says (a missing one is damage, never "all fill")."""
-    from embcache.cache.integrity import checksum_codec
-
     chain = [compressor] + ([checksum_codec()] if CHECKSUM_CHUNKS else [])
     return {"compressors": chain, "config": {"write_empty_chunks": True}}
 
@@ -328,11 +335,9 @@ class Store:
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """``array(name)[start:stop]`` (first axis); a chunk that fails to decode (damaged, cut,
         a checksum mismatch) raises one :class:`~embcache.cache.integrity.ChunkError` line."""
-        from embcache.cache.integrity import read
-
         array = self.array(name)
         stop = array.shape[0] if stop is None else stop
-        return read(self.url, self.meta, name, array, start, stop)
+        return read_checked(self.url, self.meta, name, array, start, stop)
 
 
 def _layout_error(url: str, layout) -> StoreError:
@@ -386,8 +391,6 @@ def open_store(url: str, *, require_complete: bool = True, require_labels: bool 
         raise StoreError(f"Store {url} has no labels; training needs a labelled corpus")
     store = Store(url=str(url), group=group, meta=meta)
     if require_complete and check_chunks:
-        from embcache.cache.integrity import check_manifest
-
         check_manifest(store)
     return store
 
@@ -442,11 +445,10 @@ class StoreWriter:
         """
         state = check_target(url, overwrite, complete_ok=bool(repair))
         if state == "complete" and repair and not overwrite:
+            # _resume checked that the store was written by this same job: `meta`'s layout is
+            # the store's, so the damaged blocks are marked through it.
             group = _resume(url, meta, what="a complete store with damaged blocks")
-            from embcache.cache.integrity import mark_for_rewrite
-
-            previous = StoreMeta.from_attrs(dict(group.attrs), f"Store {url}")
-            mark_for_rewrite(Store(url, group, previous), repair)
+            mark_for_rewrite(Store(url, group, meta), repair)
             return cls(url, group, meta, repaired=len(repair))
         group = None
         if state == "incomplete" and not overwrite:
@@ -476,8 +478,6 @@ class StoreWriter:
         split = Store(self.url, self.group, self.meta).read("split")  # 1 B per document
         counts = np.bincount(split, minlength=len(SPLIT_NAMES))
         from datetime import datetime, timezone
-
-        from embcache.cache.integrity import chunk_counts
 
         self.meta = self.meta.finished(StoreTotals(
             num_tokens=int(totals[1]), oov_tokens=int(totals[2]), kept_tokens=int(totals[3]),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from embcache.cache.errors import EmbcacheError, StoreError
+from embcache.cache.errors import StoreError
 from embcache.cache.store import Store, open_store
 
 
@@ -22,13 +22,14 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
 
     Raises:
         StoreError: a missing, incomplete or damaged store, or an empty split.
-        EmbcacheError: the model's output width is not the store's label count.
+        ModelError: the model's inputs or output width do not fit the store.
     """
     import pandas as pd
 
     from embcache.cache.dataset import make_dataset, pipeline_errors
     from embcache.cache.stream import plan_split
-    from embcache.jobs.score import _doc_ids_in_order
+    from embcache.jobs.score import _doc_ids_in_order, _predict_all
+    from embcache.models.registry import _check_inputs, _check_outputs
 
     if not isinstance(store, Store):
         store = open_store(str(store))
@@ -38,9 +39,10 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
                                                                   if split else ""))
     names = store.label_names
     width = model.output_shape[-1]
-    if names is not None and width != len(names):
-        raise EmbcacheError(f"Invalid value for `model`: it predicts {width} classes but store "
-                            f"{store.url} has {len(names)} labels")
+    _check_inputs(model, "model", store.dim)
+    if names is not None:
+        _check_outputs(model, "model", len(names))
+    run = _predict_all([model], store.dim)  # one trace whatever the buckets' shapes
     ds = make_dataset(store, split=split, batch_size=batch_size, with_labels=store.labelled,
                       plan=plan, with_seq=True)
     probs = np.zeros((plan.num_docs, width), np.float32)
@@ -49,7 +51,7 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
         for batch in ds:
             features, labels = batch if store.labelled else (batch, None)
             seq = features.pop("seq").numpy()
-            probs[seq] = np.asarray(model(features, training=False))
+            probs[seq] = run(features)[0].numpy()
             if labels is not None:
                 truth[seq] = labels.numpy()
     label_of = names if names is not None else [str(i) for i in range(width)]

@@ -3,6 +3,7 @@ API go through :func:`quiet_tensorflow` before their first TensorFlow import).""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -19,7 +20,12 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     """
     global _LOUD
     _LOUD = _LOUD or verbose  # the CLI's --verbose holds for the later calls of the job
-    if _LOUD or "tensorflow" in sys.modules:
+    if _LOUD:
+        return
+    # Its Python warnings too: "N out of the last N calls ... triggered tf.function retracing"
+    # is expected where a group's members change (embcache tune), and says nothing to fix.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    if "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()

@@ -269,6 +269,35 @@ def verify_cmd(store, as_json, quiet):
     sys.exit(0 if report.ok else 1)
 
 
+def training_options(fn):
+    """The stream and optimiser options that train and tune share (TrainConfig's fields)."""
+    options = [
+        click.option("--epochs", default=_TRAIN.epochs, show_default=True, type=click.IntRange(min=1)),
+        click.option("--batch-size", default=_TRAIN.batch_size, show_default=True, type=click.IntRange(min=1)),
+        click.option("--learning-rate", default=_TRAIN.learning_rate, show_default=True,
+                     type=click.FloatRange(min=0, min_open=True)),
+        click.option("--patience", default=_TRAIN.patience, show_default=True, type=click.IntRange(min=1),
+                     help="Epochs without a better validation accuracy before stopping."),
+        click.option("--seed", default=_TRAIN.seed, show_default=True, type=click.IntRange(min=0)),
+        click.option("--shuffle-docs", default=_TRAIN.shuffle_docs, show_default=True,
+                     type=click.IntRange(min=1),
+                     help="Shuffle buffer (documents; about 190 MB at 20 Newsgroups' mean length when "
+                          "streaming), on top of per-epoch block shuffling."),
+        click.option("--memory-mb", default=_TRAIN.memory_mb, show_default=True, type=click.IntRange(min=0),
+                     help="Memory for the train and val splits decoded once and served from RAM in every "
+                          "epoch; a split that does not fit streams from the store (0: always stream)."),
+        click.option("--steps-per-execution", default=_TRAIN.steps_per_execution, show_default=True,
+                     type=click.IntRange(min=1),
+                     help="Training steps per compiled call (fewer Python round trips)."),
+        click.option("--length-buckets/--no-length-buckets", default=_TRAIN.length_buckets,
+                     show_default=True,
+                     help="Pad each batch to its length bucket, or every batch to max_len."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command("train")
 @click.option("--store", required=True, help="A complete, labelled store from embed-corpus.")
 @click.option("--model", "model_name", default="cnn", show_default=True,
@@ -279,25 +308,7 @@ def verify_cmd(store, as_json, quiet):
 @click.option("--out", default=None,
               help="Run folder of a lone model [default: runs/MODEL's name]; for a group (several "
                    "models, or a --grid) the parent folder of its runs [default: runs].")
-@click.option("--epochs", default=_TRAIN.epochs, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=_TRAIN.batch_size, show_default=True, type=click.IntRange(min=1))
-@click.option("--learning-rate", default=_TRAIN.learning_rate, show_default=True,
-              type=click.FloatRange(min=0, min_open=True))
-@click.option("--patience", default=_TRAIN.patience, show_default=True, type=click.IntRange(min=1),
-              help="Epochs without a better validation accuracy before stopping.")
-@click.option("--seed", default=_TRAIN.seed, show_default=True, type=click.IntRange(min=0))
-@click.option("--shuffle-docs", default=_TRAIN.shuffle_docs, show_default=True, type=click.IntRange(min=1),
-              help="Shuffle buffer (documents; about 190 MB at 20 Newsgroups' mean length when "
-                   "streaming), on top of per-epoch block shuffling.")
-@click.option("--memory-mb", default=_TRAIN.memory_mb, show_default=True, type=click.IntRange(min=0),
-              help="Memory for the train and val splits decoded once and served from RAM in every "
-                   "epoch; a split that does not fit streams from the store (0: always stream).")
-@click.option("--steps-per-execution", default=_TRAIN.steps_per_execution, show_default=True,
-              type=click.IntRange(min=1),
-              help="Training steps per compiled call (fewer Python round trips).")
-@click.option("--length-buckets/--no-length-buckets", default=_TRAIN.length_buckets,
-              show_default=True,
-              help="Pad each batch to its length bucket, or every batch to max_len.")
+@training_options
 @click.option("--strategy", default=_TRAIN.strategy, show_default=True,
               type=click.Choice(STRATEGIES),
               help="multi-worker: tf.distribute.MultiWorkerMirroredStrategy over the workers in "
@@ -348,6 +359,74 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
         for name, reason in result.failed.items():
             click.echo(f"Error: {name} failed: {reason}; its run folder was not written", err=True)
         sys.exit(1)
+
+
+@main.command("tune")
+@click.option("--store", required=True, help="A complete, labelled store from embed-corpus.")
+@click.option("--model", "model_name", required=True,
+              help="The model(s) to tune, as for train; with several (kim_cnn,fasttext) the model "
+                   "is itself a parameter of the search.")
+@click.option("--space", "space", multiple=True,
+              help="A parameter to search, NAME=int:LOW:HIGH[:log], NAME=float:LOW:HIGH[:log] or "
+                   "NAME=cat:A,B,... (JSON values: 'widths=cat:[3,4],[3,4,5]'); each applies to "
+                   "every model that takes it, learning_rate to all.")
+@click.option("--space-file", default=None, type=click.Path(dir_okay=False),
+              help="A YAML file of parameters, with each model's own under `models:` (see the "
+                   "README's \"Search hyperparameters\").")
+@click.option("--trials", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Trials in the study in all (finished and running), shared with other "
+                   "processes working on it.")
+@click.option("--parallel", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Trials trained together, as one group from one stream of the store.")
+@click.option("--study", "study_url", default=None,
+              help="Optuna storage: an SQLAlchemy URL (sqlite:///runs/tune.db, "
+                   "postgresql://...) or journal:PATH [default: sqlite:///OUT/study.db].")
+@click.option("--study-name", default=None, help="[default: the name of --out]")
+@click.option("--out", default="runs/tune", show_default=True,
+              help="Parent folder of the trials' run folders (trial-NNNN), tune.png.")
+@click.option("--sampler", default="tpe", show_default=True, type=click.Choice(("tpe", "random",
+                                                                                 "grid")))
+@click.option("--pruner", default="median", show_default=True,
+              type=click.Choice(("median", "hyperband", "none")))
+@click.option("--timeout", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds after which no new trial starts (running ones finish).")
+@training_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own logs.")
+@_friendly("the study keeps every finished trial; trials that were running are marked failed "
+           "when `embcache tune` runs again on the study, which then goes on")
+def tune_cmd(store, model_name, space, space_file, trials, parallel, study_url, study_name, out,
+             sampler, pruner, timeout, epochs, batch_size, learning_rate, patience, seed,
+             shuffle_docs, memory_mb, steps_per_execution, length_buckets, quiet, verbose):
+    """Search hyperparameters: an Optuna study whose trials train in groups from one stream.
+
+    \b
+    Example:
+      embcache tune --store news20.zarr --model kim_cnn,fasttext \\
+          --space 'filters=int:32:256:log' --space 'dropout=float:0.0:0.5' \\
+          --space 'learning_rate=float:1e-4:1e-2:log' --trials 32 --parallel 8 \\
+          --study sqlite:///runs/tune.db --out runs/tune
+      embcache runs runs/tune
+    """
+    from embcache.cache.tfenv import quiet_tensorflow
+
+    if bool(space) == bool(space_file):
+        raise click.UsageError("give the search space with --space (one or more) or "
+                               "--space-file, not both")
+    quiet_tensorflow(verbose)
+    _importable_cwd()
+    from embcache.jobs.tune import best_line, tune
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                         patience=patience, seed=seed, shuffle_docs=shuffle_docs,
+                         memory_mb=memory_mb, steps_per_execution=steps_per_execution,
+                         length_buckets=length_buckets)
+    study = tune(store, model_name, space_file or list(space), trials=trials, parallel=parallel,
+                 study=study_url, study_name=study_name, out=out, sampler=sampler, pruner=pruner,
+                 timeout=timeout, config=config, progress=not quiet)
+    click.echo(best_line(study))
+    if not quiet:
+        click.echo(f"Picture: {out}/tune.png; every trial: embcache runs {out}", err=True)
 
 
 @main.command("runs")

@@ -46,6 +46,7 @@ class Member:
     history: Any = None
     error: str = ""
     done: bool = False
+    epoch: int = 0  # epochs trained so far (members of one group may differ: embcache tune)
     metrics: dict = field(default_factory=dict)
 
     @property
@@ -61,19 +62,21 @@ def _first(values: dict, key: str) -> float:
 class GroupTrainer:
     """Drives the members' Keras models through shared epochs (see the module docstring)."""
 
-    def __init__(self, members: list[Member], *, steps_per_execution: int, progress: bool):
+    def __init__(self, members: list[Member], *, steps_per_execution: int, progress: bool,
+                 open_group: bool = False):
         self.members = members
+        self.open = open_group  # members come and go (embcache tune): name them in progress
         self.spe = max(1, int(steps_per_execution))
         self.progress = progress
         self._fns: dict[tuple, Any] = {}
 
     # -- set-up --------------------------------------------------------------------------------
-    def prepare(self, sample_batch) -> None:
+    def prepare(self, sample_batch, members: list[Member] | None = None) -> None:
         """Build each model's optimizer and metric state by running it once, without training, on
         the first batch: a model that cannot run fails here, alone, before any training."""
         import keras
 
-        for m in self.members:
+        for m in self.members if members is None else members:
             if m.error:
                 continue
             try:
@@ -128,63 +131,96 @@ class GroupTrainer:
 
     # -- the epochs ----------------------------------------------------------------------------
     def fit(self, train_ds, val_ds, *, epochs: int, train_steps: int, val_steps: int) -> None:
+        """Every member for up to ``epochs`` epochs (early stopping may end one sooner)."""
+        while self.run_epoch(train_ds, val_ds, epochs=epochs, train_steps=train_steps,
+                             val_steps=val_steps):
+            pass
+
+    def run_epoch(self, train_ds, val_ds, *, epochs: int, train_steps: int,
+                  val_steps: int) -> list[tuple[Member, dict]]:
+        """One pass over the training batches for every active member, then validation.
+
+        Each member counts its own epochs (``Member.epoch``): members added later (``add``, as
+        ``embcache tune`` refills a group) start at their epoch 0 while the others go on. A
+        member that reaches ``epochs`` or whose early stopping fires is finished. Returns each
+        member that ran with its epoch's logs (``[]``: none was active)."""
         import keras
         import tensorflow as tf
 
-        for epoch in range(epochs):
-            active = [m for m in self.members if m.active]
-            if not active:
-                return
+        active = [m for m in self.members if m.active]
+        if not active:
+            return []
+        for m in active:
+            m.model.reset_metrics()
+            m.callbacks.on_epoch_begin(m.epoch)
+        stateful = {"loss", "accuracy", *(f"{m.name} acc" for m in active)}
+        bar = (keras.utils.Progbar(train_steps, stateful_metrics=stateful, unit_name="step")
+               if self.progress else None)
+        if bar is not None:
+            names = ", ".join(m.name for m in active)
+            at = {m.epoch for m in active}
+            head = (f"Epoch {active[0].epoch + 1}/{epochs}" if len(at) == 1 else
+                    "Epoch " + ", ".join(f"{m.epoch + 1}" for m in active) + f" of {epochs}")
+            print(head + (f" ({names})" if len(self.members) > 1 or self.open else ""),
+                  file=sys.stderr)
+        t0 = time.perf_counter()
+        iterator, done = iter(train_ds), 0
+        while done < train_steps and active:
+            k = min(self.spe, train_steps - done)
+            self._loop_fn(active, "train_step")(iterator, tf.constant(k))
+            done += k
             for m in active:
-                m.model.reset_metrics()
-                m.callbacks.on_epoch_begin(epoch)
-            stateful = {"loss", "accuracy", *(f"{m.name} acc" for m in active)}
-            bar = (keras.utils.Progbar(train_steps, stateful_metrics=stateful, unit_name="step")
-                   if self.progress else None)
+                loss = _first(m.model.get_metrics_result(), "loss")
+                if not math.isfinite(loss):
+                    self.fail(m, f"loss became {loss} in epoch {m.epoch + 1} (by step {done})")
+            active = [m for m in active if m.active]
             if bar is not None:
-                names = ", ".join(m.name for m in active)
-                print(f"Epoch {epoch + 1}/{epochs}" + (f" ({names})" if len(self.members) > 1
-                                                       else ""), file=sys.stderr)
-            t0 = time.perf_counter()
-            iterator, done = iter(train_ds), 0
-            while done < train_steps and active:
-                k = min(self.spe, train_steps - done)
-                self._loop_fn(active, "train_step")(iterator, tf.constant(k))
-                done += k
-                for m in active:
-                    loss = _first(m.model.get_metrics_result(), "loss")
-                    if not math.isfinite(loss):
-                        self.fail(m, f"loss became {loss} in epoch {epoch + 1} (by step {done})")
-                active = [m for m in active if m.active]
-                if bar is not None:
-                    bar.update(done, values=self._bar_values(active), finalize=done >= train_steps)
-            del iterator
-            seconds = time.perf_counter() - t0
-            train_logs = {id(m): {k: float(v) for k, v in m.model.get_metrics_result().items()}
-                          for m in active}
-            for m in active:
-                m.model.reset_metrics()
-            if active and val_steps:
-                self._loop_fn(active, "test_step")(iter(val_ds), tf.constant(val_steps))
-            for m in active:
-                val = {f"val_{k}": float(v) for k, v in m.model.get_metrics_result().items()}
-                logs = {**train_logs[id(m)], **val}
-                m.timer.append(seconds)
-                m.callbacks.on_epoch_end(epoch, logs)
-                if self.progress and len(self.members) > 1:
-                    print(f"  {m.name}: loss {logs.get('loss', float('nan')):.4f} accuracy "
-                          f"{logs.get('accuracy', float('nan')):.4f} val_loss "
-                          f"{logs.get('val_loss', float('nan')):.4f} val_accuracy "
-                          f"{logs.get('val_accuracy', float('nan')):.4f}", file=sys.stderr)
-                elif self.progress:
-                    print(f"  val_loss {logs.get('val_loss', float('nan')):.4f} val_accuracy "
-                          f"{logs.get('val_accuracy', float('nan')):.4f}", file=sys.stderr)
-                if m.model.stop_training:
-                    self.finish(m, f"stopped early after epoch {epoch + 1}")
-            pause_point("train:epoch-end")
-        for m in self.members:
-            if m.active:
+                bar.update(done, values=self._bar_values(active), finalize=done >= train_steps)
+        del iterator
+        seconds = time.perf_counter() - t0
+        train_logs = {id(m): {k: float(v) for k, v in m.model.get_metrics_result().items()}
+                      for m in active}
+        for m in active:
+            m.model.reset_metrics()
+        if active and val_steps:
+            self._loop_fn(active, "test_step")(iter(val_ds), tf.constant(val_steps))
+        ran = []
+        for m in active:
+            val = {f"val_{k}": float(v) for k, v in m.model.get_metrics_result().items()}
+            logs = {**train_logs[id(m)], **val}
+            m.timer.append(seconds)
+            m.callbacks.on_epoch_end(m.epoch, logs)
+            m.epoch += 1
+            ran.append((m, logs))
+            if self.progress and (len(self.members) > 1 or self.open):
+                print(f"  {m.name}: loss {logs.get('loss', float('nan')):.4f} accuracy "
+                      f"{logs.get('accuracy', float('nan')):.4f} val_loss "
+                      f"{logs.get('val_loss', float('nan')):.4f} val_accuracy "
+                      f"{logs.get('val_accuracy', float('nan')):.4f}", file=sys.stderr)
+            elif self.progress:
+                print(f"  val_loss {logs.get('val_loss', float('nan')):.4f} val_accuracy "
+                      f"{logs.get('val_accuracy', float('nan')):.4f}", file=sys.stderr)
+            if m.model.stop_training:
+                self.finish(m, f"stopped early after epoch {m.epoch}")
+            elif m.epoch >= epochs:
                 self.finish(m, "")
+        pause_point("train:epoch-end")
+        return ran
+
+    def add(self, members: list[Member], sample_batch) -> None:
+        """Members that join between epochs (built and compiled): prepared on ``sample_batch``
+        and trained from the next epoch on, each from its own epoch 0."""
+        self.members.extend(members)
+        self.prepare(sample_batch, members)
+
+    def drop(self, m: Member) -> None:
+        """Take a member out now (``embcache tune``'s pruner stopped it): its files are closed,
+        its compiled steps and model are let go; the others train on unchanged."""
+        if not m.done and m.callbacks is not None and not isinstance(m.callbacks, list):
+            m.callbacks.on_train_end()
+        m.done = True
+        self.members.remove(m)
+        self._fns = {k: f for k, f in self._fns.items() if id(m) not in k[1]}
 
     def _bar_values(self, active: list[Member]) -> list:
         if len(self.members) == 1 and active:
@@ -201,11 +237,14 @@ class GroupTrainer:
             print(f"  {m.name}: {note}", file=sys.stderr)
 
     # -- final figures -------------------------------------------------------------------------
-    def evaluate(self, ds, steps: int, split: str, num_classes: int) -> None:
-        """Accuracy, loss and macro-F1 of every finished member on one pass over ``ds``."""
+    def evaluate(self, ds, steps: int, split: str, num_classes: int,
+                 members: list[Member] | None = None) -> None:
+        """Accuracy, loss and macro-F1 of every finished member (or of ``members``) on one pass
+        over ``ds``."""
         import tensorflow as tf
 
-        done = [m for m in self.members if m.done and not m.error]
+        done = [m for m in (self.members if members is None else members)
+                if m.done and not m.error]
         if not done or not steps:
             return
         models = [m.model for m in done]

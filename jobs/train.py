@@ -470,8 +470,9 @@ def _fit_members(store_url, store, plans, members: list[Member], config: TrainCo
 
 
 def _save_member(store_url, store, plans, m: Member, config: TrainConfig, group: dict | None,
-                 t0: float) -> TrainSummary:
-    """Save a finished member's best model, card and curves, and publish its run folder."""
+                 t0: float, extra: dict | None = None) -> TrainSummary:
+    """Save a finished member's best model, card (with ``extra`` fields: a tune trial's study)
+    and curves, and publish its run folder."""
     model_path = m.stage / MODEL_FILE
     m.model.save(model_path)
     val_acc = m.history.history["val_accuracy"]
@@ -484,6 +485,7 @@ def _save_member(store_url, store, plans, m: Member, config: TrainConfig, group:
                     model_path=model_path)
     if group:
         card["group"] = group
+    card.update(extra or {})
     write_card(m.stage, card)
     plot_curves(m.history.history, m.stage / "curves.png",
                 title=f"{m.name} on {Path(str(store_url)).name}")

@@ -527,6 +527,8 @@ def tune(store_url: str, model: Any, space: Space | list[str] | dict | str | Pat
                                                        sources),
                                pruner=_pruner(pruner, config.epochs))
         failed = fail_stale(the_study)
+        for number in failed:  # what a killed tune left half-built of those trials
+            shutil.rmtree(out / f".trial-{number:04d}.partial", ignore_errors=True)
         if progress and failed:
             print(f"Marked trials {', '.join(map(str, failed))} failed: left running by a tune "
                   "that was stopped", file=sys.stderr)

@@ -16,7 +16,7 @@ WORDLLAMA = $(DATA_DIR)/wordllama-l2-supercat-256/l2_supercat_256.safetensors
 GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
 NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
 
-.PHONY: install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-score bench-scale bench-encoder bench-vectors bench-integrity data clean help cli-reference
+.PHONY: install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune data clean help cli-reference
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -133,7 +133,7 @@ test: install
 
 check: test
 
-bench: bench-embed bench-train bench-score bench-scale bench-encoder bench-vectors bench-integrity
+bench: bench-embed bench-train bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune
 
 bench-embed: install
 	$(call need_data,$(CORPUS) $(VECTORS))
@@ -166,6 +166,10 @@ bench-vectors: install
 bench-integrity: install
 	$(call need_data,$(CORPUS) $(VECTORS) $(WORDLLAMA))
 	$(BIN)/python -m embcache.jobs.bench.integrity --data $(DATA_DIR) $(ARGS)
+
+# One Optuna study three ways: embcache tune --parallel 8, Optuna's documented Keras way, --parallel 1.
+bench-tune: store
+	$(BIN)/python -m embcache.jobs.bench.tune --store $(STORE) $(ARGS)
 
 bench-scale: install
 	$(call need_data,$(CORPUS) $(VECTORS))

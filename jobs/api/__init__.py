@@ -14,6 +14,8 @@ The public Python API (everything else is private and may change)::
     embcache.predict(my_model, "news20.zarr", "test")    # store order, doc ids, true labels
     embcache.save_run(my_model, "news20.zarr", "runs/mine")  # a run score and Scorer load
     embcache.verify("news20.zarr").ok                    # every chunk read and checked
+    study = embcache.tune("news20.zarr", "kim_cnn,fasttext",  # an Optuna study (extra: tune)
+                          ["dropout=float:0:0.5"], trials=16, out="runs/tune")
 
 Models: :mod:`embcache.models` (``register``, ``inputs``). Errors: every problem a user can fix
 raises an :class:`EmbcacheError` subclass with a one-line message.
@@ -51,6 +53,7 @@ _EXPORTS = {
     "ChunkError": "embcache.cache.integrity",
     "pipeline_errors": "embcache.cache.dataset",
     "verify": "embcache.jobs.verify",
+    "tune": "embcache.jobs.tune",
     "predict": "embcache.jobs.predict",
     "save_run": "embcache.jobs.save_run",
     "GroupResult": "embcache.jobs.train",
@@ -88,6 +91,7 @@ __all__ = [
     "save_run",
     "score",
     "train",
+    "tune",
     "verify",
 ]
 
@@ -110,6 +114,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily (
     from embcache.jobs.save_run import save_run
     from embcache.jobs.score import Scorer, ScoreSummary, score
     from embcache.jobs.train import GroupResult, TrainConfig, TrainSummary, train
+    from embcache.jobs.tune import tune
     from embcache.jobs.verify import verify
 
 

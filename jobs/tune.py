@@ -565,7 +565,7 @@ class _Study:
         from optuna.trial import TrialState
 
         new = []
-        while len(self.running) + len(new) < self.parallel and self._room():
+        while len(self.running) < self.parallel and self._room():  # new ones are in running
             trial = self.study.ask()
             before = [t for t in self.study.get_trials(deepcopy=False)
                       if t.number < trial.number and t.state != TrialState.FAIL]

@@ -183,6 +183,8 @@ def test_tune_runs_trials_in_groups_and_the_best_run_scores(store, tmp_path):
     assert isinstance(study, optuna.Study)
     done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(done) == 6 and sorted(ended) == list(range(6))
+    first_end = min(t.datetime_complete for t in study.trials)
+    assert sum(t.datetime_start < first_end for t in study.trials) == 3  # the group was full
     best = study.best_trial
     run = tmp_path / "t" / f"trial-{best.number:04d}"
     card = json.loads((run / "model.json").read_text())

@@ -563,6 +563,7 @@ def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: di
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
                                       restore_best_weights=True),
         keras.callbacks.CSVLogger(work_dir / "history.csv"),
+        keras.callbacks.TensorBoard(work_dir / "logs", write_graph=False, profile_batch=0),
         timer,
     ]
     # Keras's progress bar: stdout is for results
@@ -582,7 +583,7 @@ def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: di
             worker_note=f"Worker {cluster.index} of {cluster.count} trained {model_name} on its "
                         f"{len(cluster.shard_chunks)} train chunks for {len(val_acc)} epochs; "
                         f"worker 0 wrote the run folder {out}")
-    metrics = {"val_accuracy": max(val_acc)}
+    metrics = _final_metrics(store, plans, config, source, model)
     per_epoch = fit_steps["steps_per_epoch"] * config.batch_size * cluster.count
     samples_per_s = sorted(per_epoch / s for s in timer.seconds)[len(timer.seconds) // 2]
     seconds = time.perf_counter() - t0
@@ -596,6 +597,20 @@ def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: di
     return TrainSummary(out=str(out), model=model_name, epochs=len(val_acc), best_epoch=best_epoch,
                         metrics=metrics, samples_per_s=samples_per_s,
                         model_bytes=card["model_bytes"], seconds=seconds)
+
+
+def _final_metrics(store, plans: dict, config: TrainConfig, source, model) -> dict:
+    """The chief's val/test accuracy, loss and macro-F1 of the restored best model: the same
+    figures, by the same code (``GroupTrainer.evaluate``), as a single-process card's."""
+    m = Member(name=source.name, source=source, hparams={}, learning_rate=config.learning_rate,
+               final=Path("."), stage=Path("."), model=model, done=True)
+    evaluator = GroupTrainer([m], steps_per_execution=1, progress=False)
+    bucketing = dict(batch_size=config.batch_size, buckets=config.length_buckets)
+    for split in ("val", "test"):
+        steps = plans[split].num_batches(config.batch_size, config.length_buckets)
+        ds = make_dataset(store, split=split, plan=plans[split], **bucketing)
+        evaluator.evaluate(ds, steps, split, len(store.label_names))
+    return m.metrics
 
 
 def plot_curves(history: dict, path: Path, title: str) -> None:

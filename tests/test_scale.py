@@ -139,3 +139,17 @@ def test_multi_worker_training_reads_disjoint_chunks(tmp_path, corpus, vectors_f
     assert not (run / ".worker-1").exists()
     summary = score([str(run)], str(store), str(tmp_path / "p.csv"), split="test", progress=False)
     assert summary.docs > 0
+    # One training path: the multi-worker card has every field a single-process card has.
+    single = tmp_path / "single"
+    train(str(store), "fasttext", str(single), config=TrainConfig(epochs=1, batch_size=8))
+    multi_card, single_card = (json.loads((r / "model.json").read_text()) for r in (run, single))
+    assert set(multi_card) == set(single_card)
+    for key in ("training", "metrics", "store", "model_source"):
+        assert set(multi_card[key]) == set(single_card[key]), key
+    for key in ("model", "hyperparameters", "hyperparameters_given", "store", "model_source"):
+        assert multi_card[key] == single_card[key], key
+    assert (multi_card["training"]["strategy"], single_card["training"]["strategy"]) == (
+        "multi-worker", "default")
+    assert 0 <= multi_card["metrics"]["test_accuracy"] <= 1
+    for name in ("history.csv", "curves.png", "logs"):
+        assert (run / name).exists() and (single / name).exists(), name

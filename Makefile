@@ -16,13 +16,25 @@ WORDLLAMA = $(DATA_DIR)/wordllama-l2-supercat-256/l2_supercat_256.safetensors
 GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
 NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
 
-.PHONY: install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune data clean help cli-reference
+.PHONY: FORCE install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune data clean help cli-reference
 
-$(BIN)/.installed: pyproject.toml
+# The editable install is setuptools' "strict" mode: build/__editable__.* holds a tree of links to
+# the package's files laid out as `embcache` (jobs/api -> embcache/, cache/ -> embcache/cache/...),
+# which IDEs, pyright and mypy follow (the default mode's import hook they cannot). Edits to a file
+# show at once; a file added or removed needs the links redone, so the install reruns when the
+# list of package files changes (.venv/.files), not only when pyproject.toml does.
+PACKAGE_FILES := $(sort $(wildcard jobs/api/*.py jobs/api/py.typed cache/*.py models/*.py jobs/*.py))
+$(BIN)/.files: FORCE
+	@mkdir -p $(BIN)
+	@echo '$(PACKAGE_FILES)' | cmp -s - $@ || echo '$(PACKAGE_FILES)' > $@
+
+$(BIN)/.installed: pyproject.toml $(BIN)/.files
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[all,dev]'
+	$(BIN)/python -m pip install -q -e '.[all,dev]' --config-settings editable_mode=strict
 	@touch $@
+
+FORCE:
 
 install: $(BIN)/.installed
 
@@ -129,6 +141,7 @@ cli-reference: install
 # make test is what CI runs: the linter, then the whole suite (real-data checks included).
 test: install
 	$(BIN)/ruff check cache jobs models tests
+	$(BIN)/mypy
 	DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest $(ARGS)
 
 check: test
@@ -137,40 +150,40 @@ bench: bench-embed bench-train bench-score bench-scale bench-encoder bench-vecto
 
 bench-embed: install
 	$(call need_data,$(CORPUS) $(VECTORS))
-	$(BIN)/python -m embcache.jobs.bench.embed --corpus $(CORPUS) --vectors $(VECTORS) $(ARGS)
+	$(BIN)/python -m jobs.bench.embed --corpus $(CORPUS) --vectors $(VECTORS) $(ARGS)
 
 clean:
 	rm -rf $(STORE) $(RUNS) bench-out .pytest_cache
 
 bench-train: store
-	$(BIN)/python -m embcache.jobs.bench.train --store $(STORE) --vectors $(VECTORS) $(ARGS)
+	$(BIN)/python -m jobs.bench.train --store $(STORE) --vectors $(VECTORS) $(ARGS)
 
 bench-quality: store
-	$(BIN)/python -m embcache.jobs.bench.train --store $(STORE) --vectors $(VECTORS) --quality $(ARGS)
+	$(BIN)/python -m jobs.bench.train --store $(STORE) --vectors $(VECTORS) --quality $(ARGS)
 
 bench-score: store
-	$(BIN)/python -m embcache.jobs.bench.score --store $(STORE) --vectors $(VECTORS) $(ARGS)
+	$(BIN)/python -m jobs.bench.score --store $(STORE) --vectors $(VECTORS) $(ARGS)
 
 bench-encoder: install
 	$(call need_data,$(CORPUS) $(ENCODER))
-	$(BIN)/python -m embcache.jobs.bench.encoder --corpus $(CORPUS) --encoder $(ENCODER) $(ARGS)
+	$(BIN)/python -m jobs.bench.encoder --corpus $(CORPUS) --encoder $(ENCODER) $(ARGS)
 
 # The quality/cost table: GloVe, WordLlama and MiniLM stores, float16 and int8, their heads'
 # accuracy. Stores and runs stay in bench-out/vectors (ARGS=--reuse keeps complete ones).
 bench-vectors: install
 	$(call need_data,$(CORPUS) $(VECTORS) $(ENCODER) $(WORDLLAMA))
-	$(BIN)/python -m embcache.jobs.bench.vectors --data $(DATA_DIR) $(ARGS)
+	$(BIN)/python -m jobs.bench.vectors --data $(DATA_DIR) $(ARGS)
 
 # What the integrity checks cost: the input pipeline with and without crc32c, verify against a
 # full pass, the open-time listing (stores in bench-out/integrity; ARGS=--reuse keeps them).
 bench-integrity: install
 	$(call need_data,$(CORPUS) $(VECTORS) $(WORDLLAMA))
-	$(BIN)/python -m embcache.jobs.bench.integrity --data $(DATA_DIR) $(ARGS)
+	$(BIN)/python -m jobs.bench.integrity --data $(DATA_DIR) $(ARGS)
 
 # One Optuna study three ways: embcache tune --parallel 8, Optuna's documented Keras way, --parallel 1.
 bench-tune: store
-	$(BIN)/python -m embcache.jobs.bench.tune --store $(STORE) $(ARGS)
+	$(BIN)/python -m jobs.bench.tune --store $(STORE) $(ARGS)
 
 bench-scale: install
 	$(call need_data,$(CORPUS) $(VECTORS))
-	$(BIN)/python -m embcache.jobs.bench.scale --corpus $(CORPUS) --vectors $(VECTORS) $(ARGS)
+	$(BIN)/python -m jobs.bench.scale --corpus $(CORPUS) --vectors $(VECTORS) $(ARGS)

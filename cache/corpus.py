@@ -14,7 +14,7 @@ import json
 import os
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -42,9 +42,10 @@ class CorpusSpec:
 
     path: str
     format: str = "auto"
-    text_columns: tuple[str, ...] = ()
-    label_column: str | None = None
-    id_column: str | None = None
+    # Given as names or 0-based indices; held as a tuple of strings (``__post_init__``).
+    text_columns: Sequence[str | int] | str | int = ()
+    label_column: str | int | None = None
+    id_column: str | int | None = None
     header: bool = True
     strip_headers: bool = False
     label_names_file: str | None = None

@@ -144,7 +144,6 @@ class GroupTrainer:
         ``embcache tune`` refills a group) start at their epoch 0 while the others go on. A
         member that reaches ``epochs`` or whose early stopping fires is finished. Returns each
         member that ran with its epoch's logs (``[]``: none was active)."""
-        import keras
         import tensorflow as tf
 
         active = [m for m in self.members if m.active]
@@ -153,16 +152,7 @@ class GroupTrainer:
         for m in active:
             m.model.reset_metrics()
             m.callbacks.on_epoch_begin(m.epoch)
-        stateful = {"loss", "accuracy", *(f"{m.name} acc" for m in active)}
-        bar = (keras.utils.Progbar(train_steps, stateful_metrics=stateful, unit_name="step")
-               if self.progress else None)
-        if bar is not None:
-            names = ", ".join(m.name for m in active)
-            at = {m.epoch for m in active}
-            head = (f"Epoch {active[0].epoch + 1}/{epochs}" if len(at) == 1 else
-                    "Epoch " + ", ".join(f"{m.epoch + 1}" for m in active) + f" of {epochs}")
-            print(head + (f" ({names})" if len(self.members) > 1 or self.open else ""),
-                  file=sys.stderr)
+        bar = self._bar(active, epochs, train_steps)
         t0 = time.perf_counter()
         iterator, done = iter(train_ds), 0
         while done < train_steps and active:
@@ -192,20 +182,40 @@ class GroupTrainer:
             m.callbacks.on_epoch_end(m.epoch, logs)
             m.epoch += 1
             ran.append((m, logs))
-            if self.progress and (len(self.members) > 1 or self.open):
-                print(f"  {m.name}: loss {logs.get('loss', float('nan')):.4f} accuracy "
-                      f"{logs.get('accuracy', float('nan')):.4f} val_loss "
-                      f"{logs.get('val_loss', float('nan')):.4f} val_accuracy "
-                      f"{logs.get('val_accuracy', float('nan')):.4f}", file=sys.stderr)
-            elif self.progress:
-                print(f"  val_loss {logs.get('val_loss', float('nan')):.4f} val_accuracy "
-                      f"{logs.get('val_accuracy', float('nan')):.4f}", file=sys.stderr)
+            self._say_epoch(m, logs)
             if m.model.stop_training:
                 self.finish(m, f"stopped early after epoch {m.epoch}")
             elif m.epoch >= epochs:
                 self.finish(m, "")
         pause_point("train:epoch-end")
         return ran
+
+    def _bar(self, active: list[Member], epochs: int, train_steps: int):
+        """The epoch's heading and Keras progress bar (``None`` without progress)."""
+        import keras
+
+        if not self.progress:
+            return None
+        at = {m.epoch for m in active}
+        head = (f"Epoch {active[0].epoch + 1}/{epochs}" if len(at) == 1 else
+                "Epoch " + ", ".join(f"{m.epoch + 1}" for m in active) + f" of {epochs}")
+        if len(self.members) > 1 or self.open:
+            head += f" ({', '.join(m.name for m in active)})"
+        print(head, file=sys.stderr)
+        stateful = {"loss", "accuracy", *(f"{m.name} acc" for m in active)}
+        return keras.utils.Progbar(train_steps, stateful_metrics=stateful, unit_name="step")
+
+    def _say_epoch(self, m: Member, logs: dict) -> None:
+        if not self.progress:
+            return
+        nan = float("nan")
+        if len(self.members) > 1 or self.open:
+            print(f"  {m.name}: loss {logs.get('loss', nan):.4f} accuracy "
+                  f"{logs.get('accuracy', nan):.4f} val_loss {logs.get('val_loss', nan):.4f} "
+                  f"val_accuracy {logs.get('val_accuracy', nan):.4f}", file=sys.stderr)
+        else:
+            print(f"  val_loss {logs.get('val_loss', nan):.4f} val_accuracy "
+                  f"{logs.get('val_accuracy', nan):.4f}", file=sys.stderr)
 
     def add(self, members: list[Member], sample_batch) -> None:
         """Members that join between epochs (built and compiled): prepared on ``sample_batch``

@@ -451,6 +451,38 @@ class TrialRun:
     params: dict
 
 
+def _check_args(*, sampler, pruner, refill, trials, parallel, timeout) -> None:
+    """tune's own arguments, each in one line naming it."""
+    for name, value, choices in (("sampler", sampler, SAMPLERS), ("pruner", pruner, PRUNERS),
+                                 ("refill", refill, ("epoch", "group"))):
+        if value not in choices:
+            raise EmbcacheError(f"Invalid value for `{name}`. Expected one of {choices}. "
+                                f"Received: {name}={value!r}")
+    for name, value in (("trials", trials), ("parallel", parallel)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise EmbcacheError(f"Invalid value for `{name}`. Expected a positive integer. "
+                                f"Received: {name}={value!r}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise EmbcacheError(f"Invalid value for `timeout`. Expected seconds above 0. "
+                            f"Received: timeout={timeout!r}")
+
+
+def _space_and_models(space, model) -> tuple[Space, list]:
+    """The space (parsed or read from its file) and the models, checked against each other."""
+    if isinstance(space, (str, Path)):
+        space = load_space_file(space)
+    elif not isinstance(space, Space):
+        space = parse_space(space)
+    from embcache import models as registry
+
+    sources = [m if isinstance(m, registry.ModelSource) else registry.resolve(m)
+               for m in _model_list(model)]
+    if len({s.name for s in sources}) != len(sources):
+        raise EmbcacheError("Invalid value for `model`: a model is named twice")
+    check_space(space, sources)
+    return space, sources
+
+
 def tune(store_url: str, model: Any, space: Space | list[str] | dict | str | Path, *,
          trials: int = 32, parallel: int = 8, study: str | None = None,
          study_name: str | None = None, out: str | Path = "runs/tune", sampler: str = "tpe",
@@ -486,29 +518,9 @@ def tune(store_url: str, model: Any, space: Space | list[str] | dict | str | Pat
     """
     quiet_tensorflow()
     config = TrainConfig.of(config)
-    for name, value, choices in (("sampler", sampler, SAMPLERS), ("pruner", pruner, PRUNERS),
-                                 ("refill", refill, ("epoch", "group"))):
-        if value not in choices:
-            raise EmbcacheError(f"Invalid value for `{name}`. Expected one of {choices}. "
-                                f"Received: {name}={value!r}")
-    for name, value in (("trials", trials), ("parallel", parallel)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise EmbcacheError(f"Invalid value for `{name}`. Expected a positive integer. "
-                                f"Received: {name}={value!r}")
-    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise EmbcacheError(f"Invalid value for `timeout`. Expected seconds above 0. "
-                            f"Received: timeout={timeout!r}")
-    if isinstance(space, (str, Path)):
-        space = load_space_file(space)
-    elif not isinstance(space, Space):
-        space = parse_space(space)
-    from embcache import models as registry
-
-    sources = [m if isinstance(m, registry.ModelSource) else registry.resolve(m)
-               for m in _model_list(model)]
-    if len({s.name for s in sources}) != len(sources):
-        raise EmbcacheError("Invalid value for `model`: a model is named twice")
-    check_space(space, sources)
+    _check_args(sampler=sampler, pruner=pruner, refill=refill, trials=trials, parallel=parallel,
+                timeout=timeout)
+    space, sources = _space_and_models(space, model)
     out = Path(out)
     study_name = study_name or out.resolve().name
     storage_url = study or f"sqlite:///{out / 'study.db'}"

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from embcache.cache.settings import EmbedSettings
-from embcache.jobs.bench.common import median, run_measured, table
+from jobs.bench.common import median, run_measured, table
 
 
 def _subset_tar(src: str, dst: Path, n: int) -> None:
@@ -57,7 +57,7 @@ def main(corpus, vectors, max_len, repeats, seed_repeats):
         rows, docs = [], 19_997
         seeds = []
         for _ in range(seed_repeats):
-            wall, rss, out = run_measured([sys.executable, "-m", "embcache.jobs.bench.seed_embed", corpus,
+            wall, rss, out = run_measured([sys.executable, "-m", "jobs.bench.seed_embed", corpus,
                                            vectors, str(max_len)])
             seeds.append((wall, rss, json.loads(out)))
         seed_wall = median([s[0] for s in seeds])

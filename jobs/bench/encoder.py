@@ -114,7 +114,7 @@ def encoder_speed(corpus: str, encoder: str, docs: int, rounds: int, lengths: li
     from embcache.cache.corpus import CorpusSpec, iter_documents
     from embcache.cache.encoder import Encoder, resolve
     from embcache.cache.tfenv import quiet_tensorflow
-    from embcache.jobs.bench.common import table
+    from jobs.bench.common import table
 
     quiet_tensorflow()
     texts = []
@@ -172,7 +172,7 @@ def main(corpus, encoder, docs, max_len, heads, epochs, batch_size, speed_docs, 
         click.echo("")
     if speed_only:
         return
-    from embcache.jobs.bench.common import run_measured, table
+    from jobs.bench.common import run_measured, table
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-encoder-"))
     try:
@@ -194,7 +194,7 @@ def main(corpus, encoder, docs, max_len, heads, epochs, batch_size, speed_docs, 
         say(f"  {w_train:.1f} s")
         say("(b) the Keras way: the frozen encoder inside each head ...")
         w_keras, rss_keras, out = run_measured([
-            sys.executable, "-m", "embcache.jobs.bench.encoder", "--corpus", corpus, "--encoder",
+            sys.executable, "-m", "jobs.bench.encoder", "--corpus", corpus, "--encoder",
             encoder, "--heads", heads, "--epochs", str(epochs), "--batch-size", str(batch_size),
             "--child", store], env=dict(os.environ))
         child_out = json.loads(out.strip().splitlines()[-1])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from embcache.jobs.bench.common import median, run_measured, table
+from jobs.bench.common import median, run_measured, table
 
 
 def _embed(corpus, vectors, out, extra, env=None):

@@ -40,7 +40,7 @@ def _keras_child(work: Path, store_url: str) -> dict:
     from embcache import models
     from embcache.cache.store import open_store
     from embcache.cache.vectors import open_cached_table
-    from embcache.jobs.bench.keras_way import id_sequences, token_rows
+    from jobs.bench.keras_way import id_sequences, token_rows
 
     models.names()
     store = open_store(store_url)
@@ -67,7 +67,7 @@ def _warm_child(work: Path, store_url: str, vectors: str, rounds: int) -> dict:
     import embcache
     from embcache.cache.store import open_store
     from embcache.cache.vectors import open_cached_table
-    from embcache.jobs.bench.keras_way import id_sequences, token_rows
+    from jobs.bench.keras_way import id_sequences, token_rows
 
     store = open_store(store_url)
     texts = [json.loads(line)["text"] for line in (work / "test.jsonl").read_text().splitlines()]
@@ -107,14 +107,14 @@ def _prepare(work: Path, store_url: str, vectors: str) -> dict:
     from embcache import models
     from embcache.cache.store import SPLIT_NAMES, open_store
     from embcache.cache.vectors import load_vectors
-    from embcache.jobs.bench.keras_way import (
+    from embcache.jobs.runs import MODEL_FILE, store_card_fields, write_card
+    from jobs.bench.keras_way import (
         corpus_texts,
         embedding_matrix,
         token_rows,
         with_frozen_embedding,
         word_index,
     )
-    from embcache.jobs.runs import MODEL_FILE, store_card_fields, write_card
 
     store = open_store(store_url, require_labels=True)
     table = load_vectors(vectors)
@@ -171,7 +171,7 @@ def main(store_url, vectors, repeats, rounds, child_dir, warm_dir):
     if warm_dir:
         click.echo(json.dumps(_warm_child(Path(warm_dir), store_url, vectors, rounds)))
         return
-    from embcache.jobs.bench.common import median, run_measured, table
+    from jobs.bench.common import median, run_measured, table
 
     work = Path(tempfile.mkdtemp(prefix="bench-score-"))
     try:
@@ -179,7 +179,7 @@ def main(store_url, vectors, repeats, rounds, child_dir, warm_dir):
         runs = ",".join(str(work / "runs" / m) for m in MODELS)
         emb, ker = [], []
         click.echo(f"warm: {rounds} rounds in one process ...", err=True)
-        _wall, warm_rss, out = run_measured([sys.executable, "-m", "embcache.jobs.bench.score",
+        _wall, warm_rss, out = run_measured([sys.executable, "-m", "jobs.bench.score",
                                              "--store", store_url, "--vectors", vectors,
                                              "--rounds", str(rounds), "--warm-child", str(work)],
                                             env=dict(os.environ), echo_stderr=True)
@@ -196,7 +196,7 @@ def main(store_url, vectors, repeats, rounds, child_dir, warm_dir):
             emb.append((wall, rss))
             store_bytes = sum(f.stat().st_size for f in (work / "score.zarr").rglob("*") if f.is_file())
             shutil.rmtree(work / "score.zarr")
-            wall, rss, _out = run_measured([sys.executable, "-m", "embcache.jobs.bench.score", "--store",
+            wall, rss, _out = run_measured([sys.executable, "-m", "jobs.bench.score", "--store",
                                             store_url, "--vectors", vectors, "--child", str(work)],
                                            env=dict(os.environ))
             ker.append((wall, rss))

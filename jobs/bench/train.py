@@ -26,15 +26,15 @@ import sys
 import click
 import numpy as np
 
-from embcache.jobs.bench.keras_way import with_frozen_embedding
 from embcache.jobs.train import EpochTimer, TrainConfig
+from jobs.bench.keras_way import with_frozen_embedding
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _token_ids(store, rows: np.ndarray, table):
     """Token-id sequences over the sampled documents' own vocabulary, and the frozen matrix."""
-    from embcache.jobs.bench.keras_way import (
+    from jobs.bench.keras_way import (
         corpus_texts,
         embedding_matrix,
         id_sequences,
@@ -123,8 +123,8 @@ def _quality(store_url: str, model_names: list[str], epochs: int, seeds: list[in
     import tempfile
 
     from embcache.cache.tfenv import quiet_tensorflow
-    from embcache.jobs.bench.common import table
     from embcache.jobs.train import train_group
+    from jobs.bench.common import table
 
     quiet_tensorflow()
     got: dict[tuple, list] = {}
@@ -188,8 +188,8 @@ def _groups(store_url: str, vectors: str, parts: set, epochs: int, full_epochs: 
     import tempfile
 
     from embcache import models
-    from embcache.jobs.bench.common import median, run_measured, table
     from embcache.jobs.train import expand_runs, parse_grid
+    from jobs.bench.common import median, run_measured, table
 
     six = models.names()
     sweep = expand_runs(["fasttext"], grid=parse_grid(list(SWEEP)))
@@ -237,7 +237,7 @@ def _groups(store_url: str, vectors: str, parts: set, epochs: int, full_epochs: 
                 res.setdefault("ft_embcache_sps", []).append(card["training"]["samples_per_s"])
                 out = measure("ft_keras", f"fasttext, whole training split, Keras way, "
                               f"{full_epochs} epochs",
-                              [sys.executable, "-m", "embcache.jobs.bench.train", "--store",
+                              [sys.executable, "-m", "jobs.bench.train", "--store",
                                store_url, "--vectors", vectors, "--docs", "0", "--epochs",
                                str(full_epochs), "--batch-size", str(batch_size),
                                "--child-variant", "keras:fasttext"])
@@ -340,7 +340,7 @@ def main(store_url, vectors, model_names, docs, epochs, batch_size, rounds, spe_
         return
     from embcache import models
     from embcache.cache.vectors import load_vectors
-    from embcache.jobs.bench.common import median, run_measured, table
+    from jobs.bench.common import median, run_measured, table
 
     os.environ["EMBCACHE_BENCH_TABLE"] = load_vectors(vectors).cache_path
     names = model_names.split(",") if model_names else models.names()
@@ -352,7 +352,7 @@ def main(store_url, vectors, model_names, docs, epochs, batch_size, rounds, spe_
     for r in range(rounds):
         for i, (variant, model_name) in enumerate(plan):
             say(f"throughput round {r + 1}/{rounds}, {i + 1}/{len(plan)}: {variant} {model_name}")
-            _wall, rss, out = run_measured([sys.executable, "-m", "embcache.jobs.bench.train", "--store",
+            _wall, rss, out = run_measured([sys.executable, "-m", "jobs.bench.train", "--store",
                                             store_url, "--vectors", vectors, "--docs", str(docs),
                                             "--epochs", str(epochs), "--batch-size",
                                             str(batch_size), "--child-variant",

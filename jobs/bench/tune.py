@@ -145,14 +145,14 @@ def main(store_url, trials, epochs, patience, seed, batch, ways, out, way):
         return
     import shutil
 
-    from embcache.jobs.bench.common import run_measured, table
+    from jobs.bench.common import run_measured, table
 
     results = {}
     for w in ways.split(","):
         shutil.rmtree(out / WAYS[w], ignore_errors=True)
         say(f"({w}) {WAYS[w]}: {trials} trials, at most {epochs} epochs each ...")
         wall, peak, stdout = run_measured(
-            [sys.executable, "-m", "embcache.jobs.bench.tune", "--store", store_url, "--trials",
+            [sys.executable, "-m", "jobs.bench.tune", "--store", store_url, "--trials",
              str(trials), "--epochs", str(epochs), "--patience", str(patience), "--seed",
              str(seed), "--batch-size", str(batch), "--out", str(out), "--way", w],
             echo_stderr=True)

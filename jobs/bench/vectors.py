@@ -59,7 +59,7 @@ def _complete(store: Path) -> bool:
 
 
 def _embed(rep: str, dtype: str, data: Path, store: Path, workers: int) -> None:
-    from embcache.jobs.bench.common import run_measured
+    from jobs.bench.common import run_measured
 
     argv = [sys.executable, "-m", "embcache.jobs.cli", "embed-corpus", "--corpus",
             str(data / "news20.tar.gz"), *_source_args(rep, data), "--strip-headers",
@@ -240,7 +240,7 @@ def main(data_dir, out_dir, reps, reuse, minilm_int8, workers, rounds, no_train,
 
 
 def render(res: dict, chosen: list[str]) -> str:
-    from embcache.jobs.bench.common import table
+    from jobs.bench.common import table
 
     def med(xs):
         return f"{statistics.median(xs):,.0f} ({min(xs):,.0f}-{max(xs):,.0f})" if xs else "-"

@@ -406,6 +406,45 @@ def _caches(store, plans: dict, config: TrainConfig, progress: bool) -> dict:
     return out
 
 
+def build_member(m: Member, store, config: TrainConfig) -> None:
+    """Build and compile a member's model for the store, with the callbacks every run has: early
+    stopping (best weights restored), CSV history and TensorBoard logs in its stage folder.
+
+    Raises:
+        ModelError: the model cannot be built (its builder, or unknown hyperparameters).
+    """
+    import keras
+
+    m.model = m.source.make(max_len=store.max_len, dim=store.dim,
+                            num_classes=len(store.label_names), padding=store.padding,
+                            **m.hparams)
+    m.model.compile(optimizer=keras.optimizers.Adam(m.learning_rate),
+                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    m.timer, m.history = [], keras.callbacks.History()  # timer: the shared epochs' seconds
+    m.callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                      patience=config.patience, restore_best_weights=True),
+        keras.callbacks.CSVLogger(m.stage / "history.csv"),
+        keras.callbacks.TensorBoard(m.stage / "logs", write_graph=False, profile_batch=0),
+        m.history,
+    ]
+
+
+def group_streams(store, plans: dict, config: TrainConfig, progress: bool) -> tuple:
+    """The train and val datasets a group shares (each split in memory while it fits
+    ``config.memory_mb``), and the steps of a pass over each: ``(train_ds, val_ds, steps)``."""
+    caches = _caches(store, plans, config, progress)
+    bucketing = dict(batch_size=config.batch_size, buckets=config.length_buckets)
+    train_ds = make_dataset(store, split="train", shuffle=True, seed=config.seed,
+                            shuffle_docs=config.shuffle_docs, plan=plans["train"],
+                            cache=caches.get("train"), **bucketing)
+    val_ds = make_dataset(store, split="val", plan=plans["val"], cache=caches.get("val"),
+                          **bucketing)
+    steps = {s: plans[s].num_batches(config.batch_size, config.length_buckets,
+                                     merge_tail=s == "train") for s in plans}
+    return train_ds, val_ds, steps
+
+
 def _fit_members(store_url, store, plans, members: list[Member], config: TrainConfig,
                  progress: bool, lone: bool, t0: float) -> GroupResult:
     import keras
@@ -416,32 +455,13 @@ def _fit_members(store_url, store, plans, members: list[Member], config: TrainCo
     for m in members:
         keras.utils.set_random_seed(config.seed)  # each model starts as it would alone
         try:
-            m.model = m.source.make(max_len=store.max_len, dim=store.dim, num_classes=num_classes,
-                                    padding=store.padding, **m.hparams)
+            build_member(m, store, config)
         except ModelError as e:
             if lone:
                 raise
             trainer.fail(m, str(e))
             continue
-        m.model.compile(optimizer=keras.optimizers.Adam(m.learning_rate),
-                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        m.timer, m.history = [], keras.callbacks.History()  # timer: the shared epochs' seconds
-        m.callbacks = [
-            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
-                                          patience=config.patience, restore_best_weights=True),
-            keras.callbacks.CSVLogger(m.stage / "history.csv"),
-            keras.callbacks.TensorBoard(m.stage / "logs", write_graph=False, profile_batch=0),
-            m.history,
-        ]
-    caches = _caches(store, plans, config, progress)
-    bucketing = dict(batch_size=config.batch_size, buckets=config.length_buckets)
-    train_ds = make_dataset(store, split="train", shuffle=True, seed=config.seed,
-                            shuffle_docs=config.shuffle_docs, plan=plans["train"],
-                            cache=caches.get("train"), **bucketing)
-    val_ds = make_dataset(store, split="val", plan=plans["val"], cache=caches.get("val"),
-                          **bucketing)
-    steps = {s: plans[s].num_batches(config.batch_size, config.length_buckets,
-                                     merge_tail=s == "train") for s in plans}
+    train_ds, val_ds, steps = group_streams(store, plans, config, progress)
     if progress and not lone:
         print(f"Training {len(members)} models from one stream of {store_url}: "
               f"{', '.join(m.name for m in members)}", file=sys.stderr)
@@ -451,8 +471,9 @@ def _fit_members(store_url, store, plans, members: list[Member], config: TrainCo
         trainer.fit(train_ds, val_ds, epochs=config.epochs, train_steps=steps["train"],
                     val_steps=steps["val"])
         for split in ("val", "test"):
-            ds = val_ds if split == "val" else make_dataset(store, split="test", plan=plans["test"],
-                                                             **bucketing)
+            ds = val_ds if split == "val" else make_dataset(
+                store, split="test", plan=plans["test"], batch_size=config.batch_size,
+                buckets=config.length_buckets)
             trainer.evaluate(ds, steps[split], split, num_classes)
     if lone and members[0].error:
         raise EmbcacheError(f"Training {members[0].source.ref} failed: {members[0].error}; the run "

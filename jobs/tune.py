@@ -36,13 +36,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embcache.cache.dataset import make_dataset, pipeline_errors
+from embcache.cache.dataset import pipeline_errors
 from embcache.cache.errors import EmbcacheError, ModelError, writing
 from embcache.cache.hooks import pause_point
 from embcache.cache.tfenv import quiet_tensorflow
 from embcache.jobs.group import GroupTrainer, Member
 from embcache.jobs.locks import reading
-from embcache.jobs.train import TrainConfig, _caches, _model_list, _save_member, open_for_training
+from embcache.jobs.train import (
+    TrainConfig,
+    _model_list,
+    _save_member,
+    build_member,
+    group_streams,
+    open_for_training,
+)
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -600,22 +607,10 @@ class _Study:
             m.stage.mkdir(parents=True)
             keras.utils.set_random_seed(self.config.seed + trial.number)
             try:
-                m.model = source.make(max_len=self.store.max_len, dim=self.store.dim,
-                                      num_classes=len(self.store.label_names),
-                                      padding=self.store.padding, **m.hparams)
+                build_member(m, self.store, self.config)
             except ModelError as e:
                 self._end(trial, m, "fail", str(e))
                 continue
-            m.model.compile(optimizer=keras.optimizers.Adam(m.learning_rate),
-                            loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-            m.timer, m.history = [], keras.callbacks.History()
-            m.callbacks = [
-                keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
-                                              patience=self.config.patience,
-                                              restore_best_weights=True),
-                keras.callbacks.CSVLogger(m.stage / "history.csv"),
-                m.history,
-            ]
             self.running[id(m)] = TrialRun(trial, m, dict(trial.params))
             new.append(m)
             if self.progress:
@@ -630,15 +625,7 @@ class _Study:
 
     def run(self) -> None:
         config, store, plans = self.config, self.store, self.plans
-        caches = _caches(store, plans, config, self.progress)
-        bucketing = dict(batch_size=config.batch_size, buckets=config.length_buckets)
-        train_ds = make_dataset(store, split="train", shuffle=True, seed=config.seed,
-                                shuffle_docs=config.shuffle_docs, plan=plans["train"],
-                                cache=caches.get("train"), **bucketing)
-        val_ds = make_dataset(store, split="val", plan=plans["val"], cache=caches.get("val"),
-                              **bucketing)
-        steps = {s: plans[s].num_batches(config.batch_size, config.length_buckets,
-                                         merge_tail=s == "train") for s in ("train", "val")}
+        train_ds, val_ds, steps = group_streams(store, plans, config, self.progress)
         trainer = GroupTrainer([], steps_per_execution=config.steps_per_execution,
                                progress=self.progress, open_group=True)
         self.heartbeat = _Heartbeat(self.study)

@@ -734,7 +734,6 @@ def plot_study(study, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     xs = [t.number for t in done]
     ys = [t.value for t in done]
-    best = [max(ys[: i + 1]) for i in range(len(ys))]
     order = sorted(range(len(xs)), key=xs.__getitem__)
     axes[0].plot([xs[i] for i in order], [ys[i] for i in order], "o", alpha=0.6,
                  label="completed trial")
@@ -751,16 +750,20 @@ def plot_study(study, path: Path) -> None:
     axes[0].set_title("Optimisation history")
     axes[0].grid(alpha=0.3)
     axes[0].legend()
-    del best
     try:
         import optuna
+        from optuna.importance import PedAnovaImportanceEvaluator
 
+        # PED-ANOVA: NumPy only (fANOVA, Optuna's default, needs scikit-learn). Over the
+        # parameters every completed trial has (a model's own parameters are left out when
+        # several models are tuned).
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            imp = optuna.importance.get_param_importances(study)
+            imp = optuna.importance.get_param_importances(
+                study, evaluator=PedAnovaImportanceEvaluator())
         names = list(imp)[::-1]
         axes[1].barh(names, [imp[n] for n in names])
-        axes[1].set_title("Parameter importances (fANOVA)")
+        axes[1].set_title("Parameter importances (PED-ANOVA)")
         axes[1].set_xlabel("importance")
     except Exception as e:  # noqa: BLE001 - too few trials, or a conditional space
         axes[1].text(0.5, 0.5, f"importances not available:\n{str(e).splitlines()[0][:80]}",

@@ -10,7 +10,9 @@ pruner, over a ``kim_cnn`` + ``fasttext`` space (the model, ``filters`` for kim_
   process, ``study.optimize`` with an objective that builds the model and fits it on
   ``embcache.dataset(store, "train")`` / ``"val"`` (made in the objective, as Optuna's Keras
   example loads its data there) with optuna-integration's ``KerasPruningCallback``;
-- **(c) tune-1**: ``embcache tune --parallel 1``.
+- **(c) tune-1**: ``embcache tune --parallel 1``;
+- **(d) tune-8-refill-group** (``--ways a,b,c,d``): (a) with freed places refilled only when the
+  whole group has finished (``refill="group"``), against (a)'s refill at the next epoch.
 
 Each way runs in a fresh process (``run_measured``: wall time, peak RSS of its process tree); the
 process records its own RSS after trials 8, 16, 24 and 32. Printed: a table of wall time, trials
@@ -29,7 +31,7 @@ import click
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-WAYS = {"a": "tune-8", "b": "optuna-keras", "c": "tune-1"}
+WAYS = {"a": "tune-8", "b": "optuna-keras", "c": "tune-1", "d": "tune-8-refill-group"}
 SPACE = ["filters=int:32:256:log", "dropout=float:0.0:0.5", "learning_rate=float:1e-4:1e-2:log"]
 MODELS = ["kim_cnn", "fasttext"]
 MARKS = (8, 16, 24, 32)
@@ -117,8 +119,9 @@ def child(way: str, store_url: str, trials: int, epochs: int, patience: int, see
     else:
         from embcache.jobs.tune import tune
 
-        study = tune(store_url, MODELS, SPACE, trials=trials, parallel=8 if way == "a" else 1,
-                     out=out, sampler="tpe", pruner="median",
+        study = tune(store_url, MODELS, SPACE, trials=trials, parallel=1 if way == "c" else 8,
+                     refill="group" if way == "d" else "epoch", out=out, sampler="tpe",
+                     pruner="median",
                      config={"epochs": epochs, "patience": patience, "seed": seed,
                              "batch_size": batch}, callbacks=[rec])
     states = [t.state.name for t in study.trials]
@@ -171,7 +174,7 @@ def main(store_url, trials, epochs, patience, seed, batch, ways, out, way):
                      f"{r['best'] - base['best']:+.4f}" if base else "-"])
     click.echo(table(["way", "wall s", "completed", "pruned", "best val acc", "peak RSS MB",
                       "RSS MB after trials 8/16/24/32", "speed vs (b)", "best vs (b)"], rows))
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / f"results-{ways.replace(',', '')}.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -393,8 +393,8 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
 @training_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own logs.")
-@_friendly("the study keeps every finished trial; trials that were running are marked failed "
-           "when `embcache tune` runs again on the study, which then goes on")
+@_friendly("the study keeps every finished trial and the running ones are marked failed; "
+           "rerun the command to go on with the study")
 def tune_cmd(store, model_name, space, space_file, trials, parallel, study_url, study_name, out,
              sampler, pruner, timeout, epochs, batch_size, learning_rate, patience, seed,
              shuffle_docs, memory_mb, steps_per_execution, length_buckets, quiet, verbose):

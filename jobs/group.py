@@ -226,7 +226,8 @@ class GroupTrainer:
     def drop(self, m: Member) -> None:
         """Take a member out now (``embcache tune``'s pruner stopped it): its files are closed,
         its compiled steps and model are let go; the others train on unchanged."""
-        if not m.done and m.callbacks is not None and not isinstance(m.callbacks, list):
+        if (not m.done and not m.error and m.callbacks is not None
+                and not isinstance(m.callbacks, list)):  # finish() and fail() ended them already
             m.callbacks.on_train_end()
         m.done = True
         self.members.remove(m)

@@ -660,9 +660,12 @@ class _Study:
                             self._finish(m)
         finally:
             self.heartbeat.close()
+            from optuna.trial import TrialState
 
-            for run in list(self.running.values()):  # interrupted: their stages go
+            for run in list(self.running.values()):  # interrupted: failed, their stages gone
                 shutil.rmtree(run.member.stage, ignore_errors=True)
+                with contextlib.suppress(Exception):
+                    self.study.tell(run.trial, state=TrialState.FAIL)
 
     def _finish(self, m: Member) -> None:
         run = self.running[id(m)]

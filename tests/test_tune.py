@@ -247,18 +247,20 @@ def test_kill_9_and_rerun_resume_the_study(store, tmp_path):
     cmd = [EMBCACHE, "tune", "--store", str(store), "--model", "fasttext", "--space", SPACE[0],
            "--space", SPACE[1], "--trials", "5", "--parallel", "2", "--epochs", "2",
            "--batch-size", "8", "--pruner", "none", "--out", str(tmp_path / "t"), "-q"]
-    proc, flag = paused(cmd, "tune:trial-ended:2", tmp_path)
+    # Trials 0 and 1 train as one group and end in the same epoch: killed after trial 0 has been
+    # told and before trial 1 has, the study holds one finished and one running trial.
+    proc, flag = paused(cmd, "tune:trial-ended:1", tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     flag.unlink()
     before = _states(db, "t")
-    assert before.count("COMPLETE") == 2 and "RUNNING" in before
+    assert before == ["COMPLETE", "RUNNING"]
     kept = {p.name for p in (tmp_path / "t").glob("trial-*")}
     r = subprocess.run(cmd[:-1], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "left running by a tune that was stopped" in r.stderr
     after = _states(db, "t")
-    assert after[: len(before)].count("COMPLETE") == 2  # no finished trial lost
+    assert after[0] == "COMPLETE" and after[1] == "FAIL"  # no finished trial lost
     assert after.count("COMPLETE") == 5 and "RUNNING" not in after
     assert after.count("FAIL") == before.count("RUNNING")
     assert kept <= {p.name for p in (tmp_path / "t").glob("trial-*")}
@@ -271,3 +273,18 @@ def test_train_config_fields_pass_through(store, tmp_path):
     with pytest.raises(EmbcacheError, match="Invalid value for `epochs`"):
         tune(str(store), "fasttext", SPACE, out=tmp_path / "t", config={**CFG, "epochs": 0})
     assert TrainConfig.of(CFG).epochs == 2
+
+
+def test_ctrl_c_marks_the_running_trials_failed(store, tmp_path):
+    db = tmp_path / "t" / "study.db"
+    cmd = [EMBCACHE, "tune", "--store", str(store), "--model", "fasttext", "--space", SPACE[0],
+           "--space", SPACE[1], "--trials", "5", "--parallel", "2", "--epochs", "2",
+           "--batch-size", "8", "--pruner", "none", "--out", str(tmp_path / "t"), "-q"]
+    proc, flag = paused(cmd, "tune:trial-ended:1", tmp_path)
+    os.kill(proc.pid, signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert one_error_line(err).startswith("Error: Interrupted: the study keeps every finished")
+    states = _states(db, "t")
+    assert "RUNNING" not in states and states.count("COMPLETE") == 1
+    assert not list((tmp_path / "t").glob(".*.partial"))

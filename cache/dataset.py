@@ -1,5 +1,8 @@
-"""``tf.data`` datasets over a store: the batches of :func:`embcache.cache.stream.iter_batches`,
-made in a spawned producer process (:mod:`embcache.cache.producer`) or in this one.
+"""``tf.data`` datasets over a store, two ways sharing one :class:`Batching`: streamed from the
+store on every pass (:func:`streamed_dataset`: the batches of
+:func:`embcache.cache.stream.iter_batches`, made in a spawned producer process,
+:mod:`embcache.cache.producer`, or in this one) or gathered from a split decoded into memory
+once (:func:`memory_dataset`). :func:`dataset` is the public one.
 
 This is the layer above the producer: the stream (NumPy only) knows nothing of either, the
 producer runs the stream, and this module turns its batches into TensorFlow's (the stream and
@@ -13,6 +16,7 @@ import itertools
 import threading
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,7 +25,7 @@ from embcache.cache.producer import Producer
 from embcache.cache.store import Store, open_store
 from embcache.cache.stream import (
     SHUFFLE_DOCS,
-    SplitCache,
+    InMemorySplit,
     StreamPlan,
     bucket_lengths,
     iter_batches,
@@ -56,50 +60,49 @@ def pipeline_errors() -> Iterator[None]:
         raise
 
 
-def make_dataset(
-    store: Store | str,
-    *,
-    split: str | None = "train",
-    batch_size: int = 32,
-    shuffle: bool = False,
-    seed: int = 0,
-    shuffle_docs: int = SHUFFLE_DOCS,
-    with_labels: bool = True,
-    with_seq: bool = False,
-    parallel_reads: int = 4,
-    shard: tuple[int, int] | None = None,
-    plan: StreamPlan | None = None,
-    repeat: bool = False,
-    max_wait: int | None = None,
-    read_log: set | None = None,
-    in_process: bool | None = None,
-    buckets: bool = True,
-    cache: SplitCache | None = None,
-):
-    """A ``tf.data.Dataset`` of ``({"embedded": (b, T, dim) float32, "lengths": (b,)}, labels)``.
+@dataclass(frozen=True)
+class Batching:
+    """How a pass over a split is batched: the options :func:`streamed_dataset` and
+    :func:`memory_dataset` share (each of those takes only the further options it honours).
 
-    ``T`` is the batch's length bucket (see :mod:`embcache.cache.stream`; ``buckets=False``: ``max_len``
-    for every batch, for comparison). Shuffling is two-level and
-    seeded: chunk order is reshuffled every epoch, then documents mix in a buffer of
-    ``shuffle_docs`` (``ShuffleBuffer``). Without ``shuffle`` documents enter in store order;
-    ``with_seq`` adds ``"seq"`` (the document's position in that order) to the features, so a
-    caller can put results back in order.
+    ``buckets``: each batch padded to its length bucket (see :mod:`embcache.cache.stream`), or
+    to ``max_len`` with ``False``. Shuffling is two-level and seeded: chunk order is reshuffled
+    every epoch, then documents mix in a buffer of ``shuffle_docs``. Without ``shuffle``
+    documents enter in store order; ``with_seq`` adds ``"seq"`` (the document's position in that
+    order) to the features, so a caller can put results back in order. ``repeat`` loops forever
+    (steps are then set by the caller).
+    """
 
-    ``shard=(index, count)`` reads only every ``count``-th chunk: the explicit sharding that
-    multi-worker training needs (tf.data's auto-sharding cannot see inside a Zarr reader and
-    would make every worker read everything, so it is switched off). ``repeat`` loops forever
-    (steps are then set by the caller); ``read_log`` collects the chunk indices actually read.
+    batch_size: int = 32
+    shuffle: bool = False
+    seed: int = 0
+    shuffle_docs: int = SHUFFLE_DOCS
+    buckets: bool = True
+    with_labels: bool = True
+    with_seq: bool = False
+    repeat: bool = False
+
+
+def streamed_dataset(store: Store | str, split: str | None = "train", *,
+                     batching: Batching = Batching(), plan: StreamPlan | None = None,
+                     shard: tuple[int, int] | None = None, parallel_reads: int = 4,
+                     max_wait: int | None = None, read_log: set | None = None,
+                     in_process: bool | None = None):
+    """A ``tf.data.Dataset`` of ``({"embedded": (b, T, dim) float32, "lengths": (b,)}, labels)``,
+    read and decoded from the store on every pass.
+
+    ``plan``: the split's :func:`~embcache.cache.stream.plan_split`, when the caller has it
+    (the split is then not scanned again). ``shard=(index, count)`` reads only every
+    ``count``-th chunk: the explicit sharding that multi-worker training needs (tf.data's
+    auto-sharding cannot see inside a Zarr reader and would make every worker read everything,
+    so it is switched off). ``max_wait`` bounds how far an unshuffled batch runs ahead;
+    ``read_log`` collects the chunk indices actually read.
 
     The batches are made by a spawned producer process (:mod:`embcache.cache.producer`), except for a
     ``memory://`` store (which lives in this process only), a pass of fewer than 2,048
-    documents, or with ``in_process=True``. As with
-    any spawned worker, a script that iterates the dataset needs the ``if __name__ ==
-    "__main__":`` guard (the ``embcache`` command has it).
-
-    ``cache``: the split already decoded into memory (:class:`embcache.cache.stream.SplitCache`,
-    built from the same ``plan``): batches are then planned in this process (ids only, the same
-    batches as the streamed pass with the same seed) and gathered from memory by ``tf.data``'s
-    own threads; no producer process, no reads.
+    documents, or with ``in_process=True``. As with any spawned worker, a script that iterates
+    the dataset needs the ``if __name__ == "__main__":`` guard (the ``embcache`` command has it).
+    Memory: the blocks in flight, the shuffle buffer and the bucket queues, never the split.
 
     Raises:
         StoreError: labels requested from an unlabelled store.
@@ -107,27 +110,22 @@ def make_dataset(
     quiet_tensorflow()
     import tensorflow as tf
 
-    if cache is not None:
-        return _cached_dataset(store, cache, plan, split=split, batch_size=batch_size,
-                               shuffle=shuffle, seed=seed, shuffle_docs=shuffle_docs,
-                               with_labels=with_labels, with_seq=with_seq, buckets=buckets,
-                               repeat=repeat)
-
+    b = batching
     if not isinstance(store, Store):
         store = open_store(str(store), require_complete=True)
-    if with_labels and not store.labelled:
+    if b.with_labels and not store.labelled:
         raise StoreError(f"Store {store.url} has no labels")
     plan = plan or plan_split(store, split, shard)
     width, dtype = store.row_width, tf.as_dtype(store.row_dtype)
     epochs = itertools.count()
-    pipeline = dict(batch_size=batch_size, shuffle_docs=shuffle_docs,
-                    with_labels=with_labels, parallel_reads=parallel_reads, max_wait=max_wait,
-                    buckets=buckets)
+    pipeline = dict(batch_size=b.batch_size, shuffle_docs=b.shuffle_docs,
+                    with_labels=b.with_labels, parallel_reads=parallel_reads, max_wait=max_wait,
+                    buckets=b.buckets)
     if in_process is None:  # spawning costs about a second: small passes run here
         in_process = str(store.url).startswith("memory://") or plan.num_docs < _PROCESS_MIN_DOCS
     producer = None
     if not in_process:
-        producer = Producer(store, plan, split, seed=seed, shuffle=shuffle, **pipeline)
+        producer = Producer(store, plan, split, seed=b.seed, shuffle=b.shuffle, **pipeline)
     # The generator holds the producer weakly and the dataset strongly (below): tf.data keeps a
     # generator's function registered for the process's lifetime, so a strong reference from it
     # would keep every producer process of every dataset ever made alive (and its memory held).
@@ -142,7 +140,7 @@ def make_dataset(
                     raise StoreError(f"The dataset over {store.url} was released; make a new one")
                 yield from live.batches(epoch, read_log)
                 return
-            rng = np.random.default_rng([seed, epoch]) if shuffle else None
+            rng = np.random.default_rng([b.seed, epoch]) if b.shuffle else None
             yield from iter_batches(store, plan, split=split, rng=rng, read_log=read_log,
                                     **pipeline)
         except EmbcacheError as e:  # seen again by pipeline_errors(), outside TensorFlow
@@ -154,18 +152,18 @@ def make_dataset(
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64))
     # One element per padded batch: Python runs per block and per batch, never per document.
     ds = tf.data.Dataset.from_generator(_batches, output_signature=spec)
-    if repeat:
+    if b.repeat:
         ds = ds.repeat()
     elif max_wait is None:
         # The count is known from the plan: tell tf.data, so Keras shows a full progress bar
         # from the first epoch and never warns that the input "ran out of data".
         ds = ds.apply(tf.data.experimental.assert_cardinality(
-            plan.num_batches(batch_size, buckets, merge_tail=shuffle)))
+            plan.num_batches(b.batch_size, b.buckets, merge_tail=b.shuffle)))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     ds = ds.with_options(options)
 
-    ds = _finish(ds, lambda x, lengths: x, store, with_labels, with_seq)
+    ds = _finish(ds, lambda x, lengths: x, store, b)
     ds._embcache_producer = producer  # lives exactly as long as the dataset (see _batches)
     return ds
 
@@ -185,40 +183,47 @@ def to_float(x, store: Store):
     return tf.cast(q, tf.float32) * tf.cast(scale, tf.float32)[..., None]
 
 
-def _finish(ds, make_x, store: Store, with_labels: bool, with_seq: bool):
+def _finish(ds, make_x, store: Store, b: Batching):
     """Batches ``(x, lengths, labels, seq)`` -> the models' ``(features, labels)``; ``make_x``
     turns the first element into the batch's packed rows, dequantised here."""
     import tensorflow as tf
 
     def _to_model(x, lengths, labels, seq):
         features = {"embedded": to_float(make_x(x, lengths), store), "lengths": lengths}
-        if with_seq:
+        if b.with_seq:
             features["seq"] = seq
-        return (features, labels) if with_labels else features
+        return (features, labels) if b.with_labels else features
 
     return ds.map(_to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def _cached_dataset(store: Store, cache: SplitCache, plan: StreamPlan | None, *, split, batch_size,
-                    shuffle, seed, shuffle_docs, with_labels, with_seq, buckets, repeat):
-    """Batches gathered from a :class:`SplitCache`: Python plans each pass (document ids per
-    batch, a few microseconds per document); ``tf.gather`` in ``tf.data``'s parallel map builds
-    the padded batch from the rows in memory, without the GIL."""
+# An in-memory split's rows as one TensorFlow tensor, made by the first dataset over it (the
+# NumPy rows are handed over then) and shared by later ones; gone with the split.
+_ROW_TENSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def memory_dataset(split: InMemorySplit, batching: Batching = Batching()):
+    """A ``tf.data.Dataset`` like :func:`streamed_dataset`'s, over a split already decoded into
+    memory (:class:`embcache.cache.stream.InMemorySplit`): the same batches, in the same order,
+    with the same seed, and no reads. Python plans each pass (document ids per batch, a few
+    microseconds per document); ``tf.gather`` in ``tf.data``'s parallel map builds the padded
+    batch from the rows in memory, without the GIL. Memory: the split's rows, once."""
+    quiet_tensorflow()
     import tensorflow as tf
 
-    plan = plan or plan_split(store, split)
+    b, store, plan = batching, split.store, split.plan
     epochs = itertools.count()
-    if cache.device_rows is None:  # made once per cache; the NumPy rows are released after
-        cache.device_rows = tf.constant(cache.take_rows())
-    rows = cache.device_rows
-    offsets = tf.constant(cache.offsets)
-    grid = tf.constant(bucket_lengths(store.max_len) if buckets else [store.max_len], tf.int32)
+    if split not in _ROW_TENSORS:
+        _ROW_TENSORS[split] = tf.constant(split.take_rows())
+    rows = _ROW_TENSORS[split]
+    offsets = tf.constant(split.offsets)
+    grid = tf.constant(bucket_lengths(store.max_len) if b.buckets else [store.max_len], tf.int32)
     pre = store.padding == "pre"
 
     def _plan():
-        rng = np.random.default_rng([seed, next(epochs)]) if shuffle else None
-        yield from iter_batches(store, plan, split=split, rng=rng, batch_size=batch_size,
-                                shuffle_docs=shuffle_docs, buckets=buckets, cache=cache)
+        rng = np.random.default_rng([b.seed, next(epochs)]) if b.shuffle else None
+        yield from iter_batches(store, plan, split=split.split, rng=rng, batch_size=b.batch_size,
+                                shuffle_docs=b.shuffle_docs, buckets=b.buckets, in_memory=split)
 
     def gather(ids, lengths):
         # T: the grid length of the batch's longest document (its bucket).
@@ -229,14 +234,14 @@ def _cached_dataset(store: Store, cache: SplitCache, plan: StreamPlan | None, *,
         first = steps - n if pre else tf.zeros_like(n)
         index = tf.gather(offsets, ids)[:, None] + tf.cast(t - first, tf.int64)
         real = (t >= first) & (t < first + n)
-        return tf.gather(rows, tf.where(real, index, cache.pad_row))
+        return tf.gather(rows, tf.where(real, index, split.pad_row))
 
     spec = (tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32),
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64))
     ds = tf.data.Dataset.from_generator(_plan, output_signature=spec)
-    ds = ds.repeat() if repeat else ds.apply(tf.data.experimental.assert_cardinality(
-        plan.num_batches(batch_size, buckets, merge_tail=shuffle)))
-    return _finish(ds, gather, store, with_labels, with_seq)
+    ds = ds.repeat() if b.repeat else ds.apply(tf.data.experimental.assert_cardinality(
+        plan.num_batches(b.batch_size, b.buckets, merge_tail=b.shuffle)))
+    return _finish(ds, gather, store, b)
 
 
 def dataset(store: Store | str, split: str | None = "train", *, batch_size: int = 32,
@@ -261,6 +266,6 @@ def dataset(store: Store | str, split: str | None = "train", *, batch_size: int 
     Raises:
         StoreError: a missing, incomplete or unlabelled store, or an unknown split.
     """
-    return make_dataset(store, split=split, batch_size=batch_size,
-                        shuffle=split == "train" if shuffle is None else shuffle, seed=seed,
-                        shuffle_docs=shuffle_docs, buckets=length_buckets, repeat=repeat)
+    return streamed_dataset(store, split, batching=Batching(
+        batch_size=batch_size, shuffle=split == "train" if shuffle is None else shuffle,
+        seed=seed, shuffle_docs=shuffle_docs, buckets=length_buckets, repeat=repeat))

@@ -39,14 +39,20 @@ class StreamPlan:
 
     chunks: np.ndarray  # chunk indices, ascending
     counts: np.ndarray  # (len(chunks), buckets) int32: the split's documents per length bucket
+    tokens: np.ndarray  # (len(chunks),) int64: the split's kept tokens per chunk
 
     @property
     def num_docs(self) -> int:
         return int(self.counts.sum())
 
+    @property
+    def num_tokens(self) -> int:
+        """Kept tokens of the plan's documents: what :class:`InMemorySplit` holds in rows."""
+        return int(self.tokens.sum())
+
     def head(self, n_chunks: int) -> StreamPlan:
         """The first ``n_chunks`` chunks only (benchmarks take a sample this way)."""
-        return StreamPlan(self.chunks[:n_chunks], self.counts[:n_chunks])
+        return StreamPlan(self.chunks[:n_chunks], self.counts[:n_chunks], self.tokens[:n_chunks])
 
     def num_batches(self, batch_size: int, buckets: bool = True, merge_tail: bool = False) -> int:
         """Batches in one pass when short batches leave only at the end (no ``max_wait``): every
@@ -65,7 +71,8 @@ def plan_split(store: Store, split: str | None, shard: tuple[int, int] | None = 
 
     ``shard=(index, count)`` keeps every ``count``-th of those chunks starting at ``index``
     (explicit sharding by chunk, for multi-worker training). Reads ``split`` and ``lengths``
-    (5 bytes per document) a slab of about a million documents at a time.
+    (5 bytes per document) a slab of about a million documents at a time: the one scan of the
+    split a job makes (its documents per bucket and kept tokens per chunk both come from it).
     """
     if split is not None and split not in SPLIT_NAMES:
         raise StoreError(f"Invalid value for `split`. Expected one of {SPLIT_NAMES}. "
@@ -73,6 +80,7 @@ def plan_split(store: Store, split: str | None, shard: tuple[int, int] | None = 
     c, n_chunks = store.chunk_docs, store.num_chunks
     buckets = bucket_lengths(store.max_len)
     counts = np.zeros(n_chunks * len(buckets), dtype=np.int64)  # (chunk, bucket), flat
+    tokens = np.zeros(n_chunks, dtype=np.int64)
     slab = max(1, (1 << 20) // c) * c
     for start in range(0, store.num_docs, slab):
         stop = min(start + slab, store.num_docs)
@@ -83,12 +91,13 @@ def plan_split(store: Store, split: str | None, shard: tuple[int, int] | None = 
             lengths, chunk = lengths[keep], chunk[keep]
         index = chunk * len(buckets) + np.searchsorted(buckets, lengths)
         counts += np.bincount(index, minlength=len(counts))
+        np.add.at(tokens, chunk, lengths.astype(np.int64))
     counts = counts.reshape(n_chunks, len(buckets))
     chunks = np.flatnonzero(counts.sum(axis=1) > 0)
     if shard is not None:
         index, count = shard
         chunks = chunks[index::count]
-    return StreamPlan(chunks=chunks, counts=counts[chunks].astype(np.int32))
+    return StreamPlan(chunks=chunks, counts=counts[chunks].astype(np.int32), tokens=tokens[chunks])
 
 
 def bucket_lengths(max_len: int, granule: int = 8, per_octave: int = 4) -> np.ndarray:
@@ -206,7 +215,7 @@ class Bucketer:
     input order through a buffer of that size).
 
     ``make(docs, length)`` turns a batch's documents into its ``x`` (default: pad them with
-    :func:`pad_batch`); a :class:`SplitCache` passes document ids through instead.
+    :func:`pad_batch`); an :class:`InMemorySplit` passes document ids through instead.
     """
 
     def __init__(self, boundaries: np.ndarray, batch_size: int, padding: str, dim: int, dtype,
@@ -264,27 +273,28 @@ class Bucketer:
                 np.asarray(seq, np.int64))
 
 
-class SplitCache:
+class InMemorySplit:
     """One split's documents decoded into memory once, so that every later pass is served from
     RAM instead of reading and decoding the store again (light models are bound by that).
+    NumPy only: :func:`embcache.cache.dataset.memory_dataset` makes batches of it.
 
     ``rows`` holds the documents' kept token vectors back to back in the store's dtype, plus one
     zero row at the end (the padding row); ``offsets``/``lengths``/``labels`` are per document, in
     plan order. Batches are planned by :func:`iter_batches` over document *ids* with exactly the
-    same chunk permutation, shuffle buffer and buckets as a streamed pass, so a cached pass with a
-    seed gives the same batches, in the same order, as the streamed pass with that seed.
+    same chunk permutation, shuffle buffer and buckets as a streamed pass, so an in-memory pass
+    with a seed gives the same batches, in the same order, as the streamed pass with that seed.
 
-    Memory: ``nbytes`` (the split's kept tokens x dim x itemsize, e.g. 367 MB for the 20
-    Newsgroups train split at 50d float16: :func:`cache_bytes`), built only when that fits the
-    caller's budget. Loading reads ``parallel_reads`` blocks at a time, each copied in and freed.
+    Memory: ``nbytes`` (the split's kept tokens x row bytes, e.g. 367 MB for the 20 Newsgroups
+    train split at 50d float16: :func:`memory_bytes`, known from the plan before anything is
+    read), built only when that fits the caller's budget. Loading reads ``parallel_reads``
+    blocks at a time, each copied in and freed.
     """
 
     def __init__(self, store: Store, plan: StreamPlan, split: str | None, with_labels: bool = True,
-                 parallel_reads: int = 4, read_log: set | None = None, tokens: int | None = None):
-        """``tokens``: the split's kept tokens, when the caller has counted them already."""
-        self.split, self.padding, self.max_len = split, store.padding, store.max_len
-        total = split_tokens(store, plan, split) if tokens is None else tokens
-        self.rows = np.zeros((total + 1, store.row_width), dtype=store.row_dtype)
+                 parallel_reads: int = 4, read_log: set | None = None):
+        self.store, self.plan, self.split = store, plan, split
+        total = plan.num_tokens
+        self.rows: np.ndarray | None = np.zeros((total + 1, store.row_width), dtype=store.row_dtype)
         n = plan.num_docs
         self.offsets = np.zeros(n, np.int64)
         self.lengths = np.zeros(n, np.int32)
@@ -306,11 +316,12 @@ class SplitCache:
                     doc, row = doc + 1, row + m
         self.pad_row = total
         self.nbytes = self.rows.nbytes
-        self.device_rows = None  # the rows as a TensorFlow tensor, once a dataset made them one
 
     def take_rows(self) -> np.ndarray:
-        """Hand the rows over (to :mod:`embcache.cache.dataset`, which makes them one tensor):
-        the cache then no longer holds them, so the split is in memory once, not twice."""
+        """Hand the rows over (to :func:`embcache.cache.dataset.memory_dataset`, which makes them
+        one tensor): the split is then in memory once, not twice."""
+        if self.rows is None:
+            raise StoreError(f"The {self.split} split's rows were handed over already")
         rows, self.rows = self.rows, None
         return rows
 
@@ -321,25 +332,9 @@ class SplitCache:
         return ids, self.lengths[first:first + k], self.labels[first:first + k]
 
 
-def split_tokens(store: Store, plan: StreamPlan, split: str | None) -> int:
-    """Kept tokens of ``split``'s documents in ``plan``'s chunks (reads ``lengths`` and ``split``:
-    5 bytes per document, a slab at a time)."""
-    c = store.chunk_docs
-    chunks = set(plan.chunks.tolist())
-    total, slab = 0, max(1, (1 << 20) // c) * c
-    for start in range(0, store.num_docs, slab):
-        stop = min(start + slab, store.num_docs)
-        lengths = store.read("lengths", start, stop).astype(np.int64)
-        keep = np.isin(np.arange(start, stop) // c, list(chunks))
-        if split is not None:
-            keep &= store.read("split", start, stop) == SPLIT_NAMES.index(split)
-        total += int(lengths[keep].sum())
-    return total
-
-
-def cache_bytes(store: Store, tokens: int) -> int:
-    """Bytes a :class:`SplitCache` of ``tokens`` kept tokens holds (plus its padding row)."""
-    return (tokens + 1) * store.row_width * store.row_dtype.itemsize
+def memory_bytes(store: Store, plan: StreamPlan) -> int:
+    """Bytes an :class:`InMemorySplit` of ``plan`` holds (its rows plus the padding row)."""
+    return (plan.num_tokens + 1) * store.row_width * store.row_dtype.itemsize
 
 
 class ShuffleBuffer:
@@ -393,7 +388,7 @@ def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_siz
                  rng: np.random.Generator | None = None,
                  shuffle_docs: int = SHUFFLE_DOCS, with_labels: bool = True, parallel_reads: int = 4,
                  max_wait: int | None = None, read_log: set | None = None, buckets: bool = True,
-                 cache: SplitCache | None = None):
+                 in_memory: InMemorySplit | None = None):
     """One pass over ``plan``: padded batches ``(x, lengths, labels, seq)`` in NumPy.
 
     ``buckets=False`` pads every batch to ``max_len`` (one bucket), as layout 1 did.
@@ -407,11 +402,11 @@ def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_siz
     (:meth:`Bucketer.flush`); an unshuffled one on a short batch per bucket, so that there every
     document is padded to its own bucket's length.
 
-    ``cache``: the split already in memory (:class:`SplitCache`); ``x`` is then each batch's
+    ``in_memory``: the split already in memory (:class:`InMemorySplit`); ``x`` is then each batch's
     document ids into it (the same documents, in the same batches and order, as without).
     """
     lengths = bucket_lengths(store.max_len) if buckets else np.array([store.max_len])
-    if cache is None:
+    if in_memory is None:
         reader = BlockReader(store, with_labels)
 
         def read(chunk):
@@ -421,7 +416,7 @@ def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_siz
             return b.documents(), b.lengths, b.labels
         make = None
     else:
-        read, parallel_reads = cache.block, 1
+        read, parallel_reads = in_memory.block, 1
 
         def make(ids, length):
             return np.asarray(ids, np.int64)

@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from embcache.cache.dataset import make_dataset
+from embcache.cache.dataset import Batching, streamed_dataset
 from embcache.cache.errors import EmbcacheError, StoreError
 from embcache.cache.stream import plan_split
 
@@ -96,11 +96,11 @@ class MultiWorker:
                              f"needs at least one batch of {b} train and val documents")
         mine = {s: shards[s][self.index] for s in shards}
         # Each worker feeds global batches of b * workers; the strategy gives it b per step.
-        train_ds = make_dataset(store, split="train", batch_size=b * self.count, shuffle=True,
-                                seed=config.seed + self.index, shuffle_docs=config.shuffle_docs,
-                                plan=mine["train"], repeat=True, read_log=read_log)
-        val_ds = make_dataset(store, split="val", batch_size=b * self.count, plan=mine["val"],
-                              repeat=True)
+        train_ds = streamed_dataset(store, "train", batching=Batching(
+            batch_size=b * self.count, shuffle=True, seed=config.seed + self.index,
+            shuffle_docs=config.shuffle_docs, repeat=True), plan=mine["train"], read_log=read_log)
+        val_ds = streamed_dataset(store, "val", batching=Batching(
+            batch_size=b * self.count, repeat=True), plan=mine["val"])
         self.shard_chunks = mine["train"].chunks.tolist()
         return train_ds, val_ds, {"steps_per_epoch": steps["train"],
                                   "validation_steps": steps["val"]}, mine["train"]

@@ -26,7 +26,7 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
     """
     import pandas as pd
 
-    from embcache.cache.dataset import make_dataset, pipeline_errors
+    from embcache.cache.dataset import Batching, pipeline_errors, streamed_dataset
     from embcache.cache.stream import plan_split
     from embcache.jobs.score import _doc_ids_in_order, _predict_all
     from embcache.models.registry import _check_inputs, _check_outputs
@@ -43,8 +43,8 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
     if names is not None:
         _check_outputs(model, "model", len(names))
     run = _predict_all([model], store.dim)  # one trace whatever the buckets' shapes
-    ds = make_dataset(store, split=split, batch_size=batch_size, with_labels=store.labelled,
-                      plan=plan, with_seq=True)
+    ds = streamed_dataset(store, split, batching=Batching(
+        batch_size=batch_size, with_labels=store.labelled, with_seq=True), plan=plan)
     probs = np.zeros((plan.num_docs, width), np.float32)
     truth = np.full(plan.num_docs, -1, np.int64)
     with pipeline_errors():

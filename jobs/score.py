@@ -421,7 +421,7 @@ class Scorer:
         ``_MAX_WAIT`` documents to be released in order (memory: that many rows)."""
         from tqdm import tqdm
 
-        from embcache.cache.dataset import make_dataset, pipeline_errors
+        from embcache.cache.dataset import Batching, pipeline_errors, streamed_dataset
         from embcache.cache.stream import plan_split
 
         self.load()
@@ -441,8 +441,9 @@ class Scorer:
                 confusions["ensemble"] = Confusion(self.group[0].label_names)
                 truth_maps["ensemble"] = truth_maps[self.group[0].name]
         # Batches come bucketed by length; `seq` puts each row back at its place in the input.
-        ds = make_dataset(store, split=split, batch_size=self.batch_size, with_labels=labelled,
-                          plan=plan, with_seq=True, max_wait=_MAX_WAIT)
+        ds = streamed_dataset(store, split, batching=Batching(
+            batch_size=self.batch_size, with_labels=labelled, with_seq=True), plan=plan,
+            max_wait=_MAX_WAIT)
         ids_iter = _doc_ids_in_order(split, store)
         rows = InputOrder(self.columns(top_k, truth=labelled)[1:])
         bar = tqdm(total=plan.num_docs, unit="doc", disable=not progress, file=sys.stderr,

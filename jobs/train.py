@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from embcache.cache.dataset import make_dataset, pipeline_errors
+from embcache.cache.dataset import Batching, memory_dataset, pipeline_errors, streamed_dataset
 from embcache.cache.errors import EmbcacheError, ModelError, StoreError, writing
 from embcache.cache.store import open_store
 from embcache.cache.stream import SHUFFLE_DOCS, plan_split
@@ -44,7 +44,7 @@ class TrainConfig:
     steps_per_execution: int = 16
     length_buckets: bool = True  # False: every batch padded to max_len (for comparison)
     # Memory for the train and val splits decoded once and served from RAM in every epoch
-    # (SplitCache); a split that does not fit streams from the store instead. 0: always stream.
+    # (InMemorySplit); a split that does not fit streams from the store instead. 0: always stream.
     memory_mb: int = 1024
     strategy: str = "default"  # or "multi-worker": tf.distribute.MultiWorkerMirroredStrategy
 
@@ -65,6 +65,10 @@ class TrainConfig:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
             raise EmbcacheError(f"Invalid value for `learning_rate`. Expected a positive number. "
                                 f"Received: learning_rate={lr!r}")
+
+    def batching(self) -> Batching:
+        """An evaluation pass's batching (store order, no shuffle) under these settings."""
+        return Batching(batch_size=self.batch_size, buckets=self.length_buckets)
 
     @classmethod
     def of(cls, config: TrainConfig | dict | None) -> TrainConfig:
@@ -387,17 +391,17 @@ def _train_members(store_url: str, members: list[Member], config: TrainConfig, p
     return result
 
 
-def _caches(store, plans: dict, config: TrainConfig, progress: bool) -> dict:
+def _in_memory(store, plans: dict, config: TrainConfig, progress: bool) -> dict:
     """The train and val splits decoded into memory while they fit ``config.memory_mb``
-    (train first: it is read every epoch); the rest streams from the store."""
-    from embcache.cache.stream import SplitCache, cache_bytes, split_tokens
+    (train first: it is read every epoch); the rest streams from the store. Sizes come from
+    the plans (no second scan of the split)."""
+    from embcache.cache.stream import InMemorySplit, memory_bytes
 
     left, out = config.memory_mb << 20, {}
     for split in ("train", "val"):
-        tokens = split_tokens(store, plans[split], split)  # counted once, used twice
-        if 0 < cache_bytes(store, tokens) <= left:
+        if 0 < memory_bytes(store, plans[split]) <= left:
             t = time.perf_counter()
-            out[split] = SplitCache(store, plans[split], split, tokens=tokens)
+            out[split] = InMemorySplit(store, plans[split], split)
             left -= out[split].nbytes
             if progress:
                 print(f"{split} split decoded into memory: {out[split].nbytes / 1e6:,.1f} MB in "
@@ -433,13 +437,14 @@ def build_member(m: Member, store, config: TrainConfig) -> None:
 def group_streams(store, plans: dict, config: TrainConfig, progress: bool) -> tuple:
     """The train and val datasets a group shares (each split in memory while it fits
     ``config.memory_mb``), and the steps of a pass over each: ``(train_ds, val_ds, steps)``."""
-    caches = _caches(store, plans, config, progress)
-    bucketing = dict(batch_size=config.batch_size, buckets=config.length_buckets)
-    train_ds = make_dataset(store, split="train", shuffle=True, seed=config.seed,
-                            shuffle_docs=config.shuffle_docs, plan=plans["train"],
-                            cache=caches.get("train"), **bucketing)
-    val_ds = make_dataset(store, split="val", plan=plans["val"], cache=caches.get("val"),
-                          **bucketing)
+    held = _in_memory(store, plans, config, progress)
+    train_b = Batching(batch_size=config.batch_size, buckets=config.length_buckets, shuffle=True,
+                       seed=config.seed, shuffle_docs=config.shuffle_docs)
+    val_b = config.batching()
+    train_ds = (memory_dataset(held["train"], train_b) if "train" in held
+                else streamed_dataset(store, "train", batching=train_b, plan=plans["train"]))
+    val_ds = (memory_dataset(held["val"], val_b) if "val" in held
+              else streamed_dataset(store, "val", batching=val_b, plan=plans["val"]))
     steps = {s: plans[s].num_batches(config.batch_size, config.length_buckets,
                                      merge_tail=s == "train") for s in plans}
     return train_ds, val_ds, steps
@@ -471,9 +476,8 @@ def _fit_members(store_url, store, plans, members: list[Member], config: TrainCo
         trainer.fit(train_ds, val_ds, epochs=config.epochs, train_steps=steps["train"],
                     val_steps=steps["val"])
         for split in ("val", "test"):
-            ds = val_ds if split == "val" else make_dataset(
-                store, split="test", plan=plans["test"], batch_size=config.batch_size,
-                buckets=config.length_buckets)
+            ds = val_ds if split == "val" else streamed_dataset(
+                store, "test", batching=config.batching(), plan=plans["test"])
             trainer.evaluate(ds, steps[split], split, num_classes)
     if lone and members[0].error:
         raise EmbcacheError(f"Training {members[0].source.ref} failed: {members[0].error}; the run "
@@ -626,10 +630,9 @@ def _final_metrics(store, plans: dict, config: TrainConfig, source, model) -> di
     m = Member(name=source.name, source=source, hparams={}, learning_rate=config.learning_rate,
                final=Path("."), stage=Path("."), model=model, done=True)
     evaluator = GroupTrainer([m], steps_per_execution=1, progress=False)
-    bucketing = dict(batch_size=config.batch_size, buckets=config.length_buckets)
     for split in ("val", "test"):
         steps = plans[split].num_batches(config.batch_size, config.length_buckets)
-        ds = make_dataset(store, split=split, plan=plans[split], **bucketing)
+        ds = streamed_dataset(store, split, batching=config.batching(), plan=plans[split])
         evaluator.evaluate(ds, steps, split, len(store.label_names))
     return m.metrics
 

@@ -124,3 +124,12 @@ def one_error_line(output: str) -> str:
     lines = [ln for ln in output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), output[-3000:]
     return lines[0]
+
+
+def stream(store, split="train", *, plan=None, in_process=None, max_wait=None, **batching):
+    """``streamed_dataset`` with the :class:`Batching` fields given flat (tests read shorter)."""
+    from embcache.cache.dataset import Batching, streamed_dataset
+
+    return streamed_dataset(store, split, batching=Batching(**batching), plan=plan,
+                            in_process=in_process, max_wait=max_wait)
+

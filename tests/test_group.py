@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embcache.cache.dataset import make_dataset
+from embcache.cache.dataset import Batching, memory_dataset
 from embcache.cache.errors import EmbcacheError, ModelError
 from embcache.cache.store import open_store
-from embcache.cache.stream import Bucketer, SplitCache, plan_split
+from embcache.cache.stream import Bucketer, InMemorySplit, memory_bytes, plan_split
 from embcache.jobs.train import TrainConfig, expand_runs, parse_grid, train, train_group
-from tests.conftest import small_store
+from tests.conftest import small_store, stream
 
 EMBCACHE = str(Path(sys.executable).with_name("embcache"))
 CFG = TrainConfig(epochs=2, batch_size=8, patience=5, seed=3)
@@ -168,13 +168,14 @@ def test_runs_of_a_missing_folder_is_one_line(tmp_path):
 def test_cached_split_gives_the_streamed_batches(store):
     s = open_store(str(store))
     plan = plan_split(s, "train")
-    cache = SplitCache(s, plan, "train")
-    assert cache.nbytes == (int(cache.lengths.sum()) + 1) * s.dim * 2
+    rows = InMemorySplit(s, plan, "train")
+    assert rows.nbytes == (int(rows.lengths.sum()) + 1) * s.dim * 2 == memory_bytes(s, plan)
     for shuffle in (True, False):
         args = dict(split="train", batch_size=5, shuffle=shuffle, seed=4, shuffle_docs=12,
                     plan=plan)
-        streamed = make_dataset(s, **args)
-        cached = make_dataset(s, cache=cache, **args)
+        streamed = stream(s, **args)
+        cached = memory_dataset(rows, Batching(batch_size=5, shuffle=shuffle, seed=4,
+                                               shuffle_docs=12))
         for _ in range(2):  # two epochs: each reshuffled the same way
             a, b = list(streamed), list(cached)
             assert len(a) == len(b) == plan.num_batches(5, merge_tail=shuffle)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embcache.cache.dataset import make_dataset
+from embcache.cache.dataset import Batching, memory_dataset
 from embcache.cache.rows import decode_rows, encode_rows, join_rows, split_rows
 from embcache.cache.store import open_store
-from embcache.cache.stream import SplitCache, plan_split, read_padded
-from tests.conftest import make_folder_corpus
+from embcache.cache.stream import InMemorySplit, plan_split, read_padded
+from tests.conftest import make_folder_corpus, stream
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +64,12 @@ def test_batches_are_dequantised_in_the_graph_identically_on_every_path(stores, 
     plan = plan_split(q, "train")
     args = dict(split="train", batch_size=6, shuffle=True, seed=2, shuffle_docs=10, plan=plan)
     if path == "in-memory":
-        cache = SplitCache(q, plan, "train")
-        assert cache.nbytes == (int(cache.lengths.sum()) + 1) * (q.dim + 2)
-        got = make_dataset(q, cache=cache, **args)
+        rows = InMemorySplit(q, plan, "train")
+        assert rows.nbytes == (int(rows.lengths.sum()) + 1) * (q.dim + 2)
+        got = memory_dataset(rows, Batching(batch_size=6, shuffle=True, seed=2, shuffle_docs=10))
     else:
-        got = make_dataset(q, in_process=path == "in-process", **args)
-    reference = make_dataset(f32, in_process=True, **args)
+        got = stream(q, in_process=path == "in-process", **args)
+    reference = stream(f32, in_process=True, **args)
     n = 0
     for (fq, yq), (fr, yr) in zip(got, reference):
         x = fr["embedded"].numpy()

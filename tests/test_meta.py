@@ -138,12 +138,10 @@ def test_option_defaults_come_from_the_typed_settings():
     c = ScoreConfig()
     assert (score["batch_size"], score["top_k"], score["ensemble"]) == (c.batch_size, c.top_k,
                                                                        c.ensemble)
-    import inspect
-
-    from embcache.cache.dataset import make_dataset
+    from embcache.cache.dataset import Batching
     from embcache.cache.stream import SHUFFLE_DOCS
 
-    assert inspect.signature(make_dataset).parameters["shuffle_docs"].default == SHUFFLE_DOCS == t.shuffle_docs
+    assert Batching().shuffle_docs == SHUFFLE_DOCS == t.shuffle_docs
 
 
 def test_keras_still_has_what_multi_worker_training_uses():

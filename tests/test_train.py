@@ -5,14 +5,13 @@ import pytest
 from click.testing import CliRunner
 
 from embcache.cache.corpus import CorpusSpec
-from embcache.cache.dataset import make_dataset
 from embcache.cache.errors import StoreError
 from embcache.cache.meta import StoreMeta
 from embcache.cache.store import open_store
 from embcache.cache.stream import ShuffleBuffer, plan_split
 from embcache.jobs.cli import main
 from embcache.jobs.embed_corpus import embed_corpus
-from tests.conftest import paused, small_store
+from tests.conftest import paused, small_store, stream
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def test_stream_covers_each_split_exactly_once(store):
     splits, ids = s.array("split")[:], s.array("lengths")[:]
     for code, name in enumerate(("train", "val", "test")):
         plan = plan_split(s, name)
-        ds = make_dataset(s, split=name, batch_size=7, shuffle=(name == "train"), seed=1)
+        ds = stream(s, name, batch_size=7, shuffle=(name == "train"), seed=1)
         got_lengths, n = [], 0
         for features, labels in ds:
             assert features["embedded"].dtype.name == "float32"
@@ -42,8 +41,8 @@ def test_shuffle_is_seeded(store):
     s = open_store(str(store))
 
     def order(seed):
-        return np.concatenate([f["lengths"].numpy() for f, _ in make_dataset(
-            s, split="train", batch_size=8, shuffle=True, seed=seed, shuffle_docs=16)])
+        return np.concatenate([f["lengths"].numpy() for f, _ in stream(
+            s, "train", batch_size=8, shuffle=True, seed=seed, shuffle_docs=16)])
 
     assert np.array_equal(order(3), order(3))
     assert not np.array_equal(order(3), order(4))
@@ -62,8 +61,8 @@ def test_shuffle_keeps_vectors_lengths_and_labels_together(store):
                     for i in range(len(y))]
         return out
 
-    truth = rows(make_dataset(s, split="train", batch_size=5))
-    ds = make_dataset(s, split="train", batch_size=5, shuffle=True, seed=2, shuffle_docs=16)
+    truth = rows(stream(s, "train", batch_size=5))
+    ds = stream(s, "train", batch_size=5, shuffle=True, seed=2, shuffle_docs=16)
     epoch1, epoch2 = rows(ds), rows(ds)
     assert sorted(epoch1) == sorted(epoch2) == sorted(truth)
     assert [r[1:] for r in epoch1] != [r[1:] for r in truth]
@@ -129,7 +128,7 @@ def test_batches_are_padded_to_their_length_bucket(store):
     train_rows = np.flatnonzero(codes == 0)
     full = read_padded(s, 0, s.num_docs)
     shapes = set()
-    for f, _ in make_dataset(s, split="train", batch_size=4, with_seq=True, max_wait=10):
+    for f, _ in stream(s, "train", batch_size=4, with_seq=True, max_wait=10):
         x, lengths, seq = f["embedded"].numpy(), f["lengths"].numpy(), f["seq"].numpy()
         T = x.shape[1]
         shapes.add(T)
@@ -174,16 +173,16 @@ def test_producer_process_gives_the_in_process_batches(store):
     a pass abandoned half-way does not leak into the next."""
     s = open_store(str(store))
     args = dict(split="train", batch_size=8, shuffle=True, seed=5, shuffle_docs=16)
-    here = make_dataset(s, in_process=True, **args)
-    there = make_dataset(s, in_process=False, **args)
+    here = stream(s, in_process=True, **args)
+    there = stream(s, in_process=False, **args)
     want = [batches_of(here), batches_of(here)]
     assert want[0] != want[1]  # a new order each epoch
     assert batches_of(there) == want[0]
     assert len(batches_of(there.take(2))) == 2  # epoch 1, abandoned after two batches
     assert batches_of(there) == batches_of(here)  # epoch 2, whole
     val = dict(split="val", batch_size=4)
-    assert batches_of(make_dataset(s, in_process=False, **val)) == \
-        batches_of(make_dataset(s, in_process=True, **val))
+    assert batches_of(stream(s, in_process=False, **val)) == \
+        batches_of(stream(s, in_process=True, **val))
 
 
 def test_producer_reports_a_broken_store_and_stops_with_its_owner(store, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 
 from embcache.cache.errors import EmbcacheError, ModelError
 from embcache.jobs.train import TrainConfig
-from tests.conftest import cli, one_error_line, paused, small_store, write_vectors
+from tests.conftest import cli, one_error_line, paused, small_store, stream, write_vectors
 
 optuna = pytest.importorskip("optuna")
 
@@ -137,7 +137,6 @@ def _members(store_obj, names: list[str], tmp_path: Path):
 
 
 def test_a_pruned_member_leaves_the_others_bit_identical(store, tmp_path):
-    from embcache.cache.dataset import make_dataset
     from embcache.cache.store import open_store
     from embcache.cache.stream import plan_split
     from embcache.jobs.group import GroupTrainer
@@ -147,9 +146,8 @@ def test_a_pruned_member_leaves_the_others_bit_identical(store, tmp_path):
     steps = {k: plans[k].num_batches(8, True, merge_tail=k == "train") for k in plans}
 
     def run(names: list[str], drop_after_first: str | None):
-        train_ds = make_dataset(s, split="train", shuffle=True, seed=5, batch_size=8,
-                                plan=plans["train"])
-        val_ds = make_dataset(s, split="val", batch_size=8, plan=plans["val"])
+        train_ds = stream(s, "train", shuffle=True, seed=5, batch_size=8, plan=plans["train"])
+        val_ds = stream(s, "val", batch_size=8, plan=plans["val"])
         members = _members(s, names, tmp_path)
         trainer = GroupTrainer(members, steps_per_execution=4, progress=False, open_group=True)
         trainer.prepare(next(iter(val_ds)))

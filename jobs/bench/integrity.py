@@ -63,14 +63,15 @@ def _pipeline(url: str, split: str | None, shuffle: bool) -> tuple[float, int]:
     """Seconds for one pass (producer process, consumed in the graph) and its documents."""
     import tensorflow as tf
 
-    from embcache.cache.dataset import make_dataset
+    from embcache.cache.dataset import Batching, streamed_dataset
     from embcache.cache.store import open_store
     from embcache.cache.stream import plan_split
 
     s = open_store(url)
     plan = plan_split(s, split)
-    ds = make_dataset(s, split=split, batch_size=32, shuffle=shuffle, plan=plan,
-                      in_process=False, with_labels=split is not None)
+    ds = streamed_dataset(s, split, batching=Batching(batch_size=32, shuffle=shuffle,
+                                                      with_labels=split is not None),
+                          plan=plan, in_process=False)
     first = next(iter(ds))  # the producer process started and warm; not timed
     del first
     t0 = time.perf_counter()

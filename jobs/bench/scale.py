@@ -23,16 +23,16 @@ def _embed(corpus, vectors, out, extra, env=None):
 
 
 def _read_throughput(url: str, repeats: int) -> float:
-    """Documents per second streamed through make_dataset (all documents, no model)."""
-    from embcache.cache.dataset import make_dataset
+    """Documents per second streamed through streamed_dataset (all documents, no model)."""
+    from embcache.cache.dataset import Batching, streamed_dataset
     from embcache.cache.store import open_store
 
     store = open_store(url)
     rates = []
     for _ in range(repeats):
         t = time.perf_counter()
-        n = sum(int(f["lengths"].shape[0]) for f, _ in make_dataset(store, split=None,
-                                                                     batch_size=64))
+        n = sum(int(f["lengths"].shape[0]) for f, _ in streamed_dataset(
+            store, None, batching=Batching(batch_size=64)))
         rates.append(n / (time.perf_counter() - t))
     return median(rates)
 

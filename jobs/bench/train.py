@@ -62,7 +62,7 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
     import tensorflow as tf
 
     from embcache import models
-    from embcache.cache.dataset import make_dataset
+    from embcache.cache.dataset import Batching, streamed_dataset
     from embcache.cache.store import open_store
     from embcache.cache.stream import plan_split, read_padded
 
@@ -75,7 +75,8 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
         rows = np.flatnonzero(store.array("split")[:] == 0)
     spe = TrainConfig().steps_per_execution
     if variant == "stream":
-        data = make_dataset(store, split=None, batch_size=batch_size, shuffle=True, plan=plan)
+        data = streamed_dataset(store, None, batching=Batching(batch_size=batch_size, shuffle=True),
+                                plan=plan)
         seconds = []
         for _ in range(epochs):
             t0 = time.perf_counter()
@@ -88,7 +89,8 @@ def child(variant: str, model_name: str, store_url: str, docs: int, epochs: int,
     labels = store.array("labels")[:][rows].astype(np.int32)
     lengths = store.array("lengths")[:][rows].astype(np.int32)
     if variant == "embcache":
-        data = make_dataset(store, split=None, batch_size=batch_size, shuffle=True, plan=plan)
+        data = streamed_dataset(store, None, batching=Batching(batch_size=batch_size, shuffle=True),
+                                plan=plan)
         model, fit_args = body, {"x": data}
     elif variant == "ceiling":
         x = read_padded(store, 0, batch_size).astype(np.float32)

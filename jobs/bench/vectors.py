@@ -116,13 +116,14 @@ def _pipeline_pass(store: str) -> float:
     quiet_tensorflow()
     import tensorflow as tf
 
-    from embcache.cache.dataset import make_dataset
+    from embcache.cache.dataset import Batching, streamed_dataset
     from embcache.cache.store import open_store
     from embcache.cache.stream import plan_split
 
     s = open_store(store)
     plan = plan_split(s, "train")
-    ds = make_dataset(s, split="train", batch_size=32, shuffle=True, plan=plan, in_process=False)
+    ds = streamed_dataset(s, "train", batching=Batching(batch_size=32, shuffle=True), plan=plan,
+                          in_process=False)
     total = ds.reduce(tf.constant(0.0), lambda acc, b: acc + tf.reduce_sum(b[0]["embedded"][:, -1, 0]))
     t0 = time.perf_counter()
     total = ds.reduce(tf.constant(0.0), lambda acc, b: acc + tf.reduce_sum(b[0]["embedded"][:, -1, 0]))
@@ -151,11 +152,11 @@ def _train(store: Path, runs: Path, reuse: bool) -> dict:
 def _fits(store: Path, memory_mb: int) -> bool:
     """Whether ``train`` served the train split from memory (it fits ``--memory-mb``)."""
     from embcache.cache.store import open_store
-    from embcache.cache.stream import cache_bytes, plan_split, split_tokens
+    from embcache.cache.stream import memory_bytes, plan_split
 
     s = open_store(str(store))
     plan = plan_split(s, "train")
-    return 0 < cache_bytes(s, split_tokens(s, plan, "train")) <= memory_mb << 20
+    return 0 < memory_bytes(s, plan) <= memory_mb << 20
 
 
 @click.command()

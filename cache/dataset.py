@@ -202,7 +202,7 @@ def _finish(ds, make_x, store: Store, b: Batching):
 _ROW_TENSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def memory_dataset(split: InMemorySplit, batching: Batching = Batching()):
+def memory_dataset(held: InMemorySplit, batching: Batching = Batching()):
     """A ``tf.data.Dataset`` like :func:`streamed_dataset`'s, over a split already decoded into
     memory (:class:`embcache.cache.stream.InMemorySplit`): the same batches, in the same order,
     with the same seed, and no reads. Python plans each pass (document ids per batch, a few
@@ -211,19 +211,19 @@ def memory_dataset(split: InMemorySplit, batching: Batching = Batching()):
     quiet_tensorflow()
     import tensorflow as tf
 
-    b, store, plan = batching, split.store, split.plan
+    b, store, plan = batching, held.store, held.plan
     epochs = itertools.count()
-    if split not in _ROW_TENSORS:
-        _ROW_TENSORS[split] = tf.constant(split.take_rows())
-    rows = _ROW_TENSORS[split]
-    offsets = tf.constant(split.offsets)
+    if held not in _ROW_TENSORS:
+        _ROW_TENSORS[held] = tf.constant(held.take_rows())
+    rows = _ROW_TENSORS[held]
+    offsets = tf.constant(held.offsets)
     grid = tf.constant(bucket_lengths(store.max_len) if b.buckets else [store.max_len], tf.int32)
     pre = store.padding == "pre"
 
     def _plan():
         rng = np.random.default_rng([b.seed, next(epochs)]) if b.shuffle else None
-        yield from iter_batches(store, plan, split=split.split, rng=rng, batch_size=b.batch_size,
-                                shuffle_docs=b.shuffle_docs, buckets=b.buckets, in_memory=split)
+        yield from iter_batches(store, plan, split=held.split, rng=rng, batch_size=b.batch_size,
+                                shuffle_docs=b.shuffle_docs, buckets=b.buckets, in_memory=held)
 
     def gather(ids, lengths):
         # T: the grid length of the batch's longest document (its bucket).
@@ -234,7 +234,7 @@ def memory_dataset(split: InMemorySplit, batching: Batching = Batching()):
         first = steps - n if pre else tf.zeros_like(n)
         index = tf.gather(offsets, ids)[:, None] + tf.cast(t - first, tf.int64)
         real = (t >= first) & (t < first + n)
-        return tf.gather(rows, tf.where(real, index, split.pad_row))
+        return tf.gather(rows, tf.where(real, index, held.pad_row))
 
     spec = (tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32),
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64))

@@ -66,8 +66,12 @@ class TrainConfig:
             raise EmbcacheError(f"Invalid value for `learning_rate`. Expected a positive number. "
                                 f"Received: learning_rate={lr!r}")
 
-    def batching(self) -> Batching:
-        """An evaluation pass's batching (store order, no shuffle) under these settings."""
+    def batching(self, train: bool = False) -> Batching:
+        """A pass's batching under these settings: the train split's (shuffled, seeded) or an
+        evaluation pass's (store order)."""
+        if train:
+            return Batching(batch_size=self.batch_size, buckets=self.length_buckets, shuffle=True,
+                            seed=self.seed, shuffle_docs=self.shuffle_docs)
         return Batching(batch_size=self.batch_size, buckets=self.length_buckets)
 
     @classmethod
@@ -438,13 +442,13 @@ def group_streams(store, plans: dict, config: TrainConfig, progress: bool) -> tu
     """The train and val datasets a group shares (each split in memory while it fits
     ``config.memory_mb``), and the steps of a pass over each: ``(train_ds, val_ds, steps)``."""
     held = _in_memory(store, plans, config, progress)
-    train_b = Batching(batch_size=config.batch_size, buckets=config.length_buckets, shuffle=True,
-                       seed=config.seed, shuffle_docs=config.shuffle_docs)
-    val_b = config.batching()
-    train_ds = (memory_dataset(held["train"], train_b) if "train" in held
-                else streamed_dataset(store, "train", batching=train_b, plan=plans["train"]))
-    val_ds = (memory_dataset(held["val"], val_b) if "val" in held
-              else streamed_dataset(store, "val", batching=val_b, plan=plans["val"]))
+
+    def pass_over(split: str):
+        b = config.batching(train=split == "train")
+        return (memory_dataset(held[split], b) if split in held
+                else streamed_dataset(store, split, batching=b, plan=plans[split]))
+
+    train_ds, val_ds = pass_over("train"), pass_over("val")
     steps = {s: plans[s].num_batches(config.batch_size, config.length_buckets,
                                      merge_tail=s == "train") for s in plans}
     return train_ds, val_ds, steps

@@ -240,14 +240,19 @@ def test_two_processes_share_one_study(store, tmp_path):
                           if t.state.name == "COMPLETE")
 
 
-def test_kill_9_and_rerun_resume_the_study(store, tmp_path):
-    db = tmp_path / "t" / "study.db"
+def _tune_paused_after_first_trial(store, tmp_path):
+    """A 5-trial study, 2 at a time, stopped once trial 0 has been told: trials 0 and 1 train as
+    one group and end in the same epoch, so trial 1 is then still running. Returns
+    ``(cmd, db, proc, flag)``."""
     cmd = [EMBCACHE, "tune", "--store", str(store), "--model", "fasttext", "--space", SPACE[0],
            "--space", SPACE[1], "--trials", "5", "--parallel", "2", "--epochs", "2",
            "--batch-size", "8", "--pruner", "none", "--out", str(tmp_path / "t"), "-q"]
-    # Trials 0 and 1 train as one group and end in the same epoch: killed after trial 0 has been
-    # told and before trial 1 has, the study holds one finished and one running trial.
     proc, flag = paused(cmd, "tune:trial-ended:1", tmp_path)
+    return cmd, tmp_path / "t" / "study.db", proc, flag
+
+
+def test_kill_9_and_rerun_resume_the_study(store, tmp_path):
+    cmd, db, proc, flag = _tune_paused_after_first_trial(store, tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     flag.unlink()
@@ -274,11 +279,7 @@ def test_train_config_fields_pass_through(store, tmp_path):
 
 
 def test_ctrl_c_marks_the_running_trials_failed(store, tmp_path):
-    db = tmp_path / "t" / "study.db"
-    cmd = [EMBCACHE, "tune", "--store", str(store), "--model", "fasttext", "--space", SPACE[0],
-           "--space", SPACE[1], "--trials", "5", "--parallel", "2", "--epochs", "2",
-           "--batch-size", "8", "--pruner", "none", "--out", str(tmp_path / "t"), "-q"]
-    proc, flag = paused(cmd, "tune:trial-ended:1", tmp_path)
+    _cmd, db, proc, _flag = _tune_paused_after_first_trial(store, tmp_path)
     os.kill(proc.pid, signal.SIGINT)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]

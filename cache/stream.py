@@ -135,6 +135,10 @@ class Block:
             docs[i] = self.tokens[s:s + n].copy()
         return docs
 
+    def as_docs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(documents, lengths, labels)``: what :func:`bucket_blocks` takes."""
+        return self.documents(), self.lengths, self.labels
+
 
 class BlockReader:
     """Reads whole blocks: the per-document arrays of one chunk and its ``tokens`` rows in one
@@ -412,8 +416,7 @@ def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_siz
         def read(chunk):
             if read_log is not None:
                 read_log.add(int(chunk))
-            b = reader.read(int(chunk), split)
-            return b.documents(), b.lengths, b.labels
+            return reader.read(int(chunk), split).as_docs()
         make = None
     else:
         read, parallel_reads = in_memory.block, 1
@@ -427,15 +430,69 @@ def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_siz
     buffer = ShuffleBuffer(min(shuffle_docs, plan.num_docs), rng) if shuffle else None
 
     with ThreadPoolExecutor(max_workers=parallel_reads) as pool:
-        ahead: collections.deque = collections.deque()
-        for chunk in itertools.chain(chunks, [None] * parallel_reads):
-            if chunk is not None:
-                ahead.append(pool.submit(read, chunk))
-            if len(ahead) >= parallel_reads or (chunk is None and ahead):
-                block = ahead.popleft().result()  # bounded read-ahead: memory stays flat
-                for docs in (buffer.push(block) if buffer else (block,)):
-                    yield from bucketer.add(*docs)
-    if buffer:
-        for docs in buffer.drain(store.chunk_docs):
+        yield from bucket_blocks(_read_ahead(pool, read, chunks, parallel_reads), bucketer,
+                                 buffer=buffer, drain_piece=store.chunk_docs)
+
+
+def _read_ahead(pool: ThreadPoolExecutor, read, chunks, depth: int):
+    """``read(chunk)`` for each chunk, in order, ``depth`` reads in flight (memory stays flat)."""
+    ahead: collections.deque = collections.deque()
+    for chunk in itertools.chain(chunks, [None] * depth):
+        if chunk is not None:
+            ahead.append(pool.submit(read, chunk))
+        if len(ahead) >= depth or (chunk is None and ahead):
+            yield ahead.popleft().result()
+
+
+def bucket_blocks(blocks, bucketer: Bucketer, *, buffer: ShuffleBuffer | None = None,
+                  drain_piece: int = 1024):
+    """Ragged blocks ``(docs, lengths, labels)`` in, padded batches ``(x, lengths, labels, seq)``
+    out: the one bucketing path. A store's blocks (:func:`iter_batches`: training, evaluation and
+    scoring a store) and texts embedded in memory (:func:`text_batches`: scoring texts) both
+    go through it, so a document is batched and padded the same way wherever it comes from.
+
+    With a ``buffer`` (a shuffled pass), blocks mix through it first and the buckets'
+    remainders end the pass merged (:meth:`Bucketer.flush`); without, documents enter in order
+    and each bucket ends on its own short batch.
+    """
+    for block in blocks:
+        for docs in (buffer.push(block) if buffer else (block,)):
             yield from bucketer.add(*docs)
-    yield from bucketer.flush(merge=shuffle)
+    if buffer:
+        for docs in buffer.drain(drain_piece):
+            yield from bucketer.add(*docs)
+    yield from bucketer.flush(merge=buffer is not None)
+
+
+def text_batches(embedder, texts: list[str], *, max_len: int, padding: str, dim: int, dtype: str,
+                 batch_size: int, piece: int = 1024, max_wait: int | None = None,
+                 prepare=None):
+    """Texts -> float32 batches ``(x, lengths, labels, seq)`` in NumPy, without a store: each
+    ``piece`` of texts is embedded by the store writer's own embedder
+    (:mod:`embcache.cache.embed`) into a ragged block of packed rows, and the blocks are bucketed
+    by :func:`bucket_blocks` exactly as a store's unshuffled pass is; rows are decoded where the
+    batch is made, as the dataset does in its graph. ``seq`` is the text's position.
+    ``prepare(piece)``: applied to each piece's texts first (as the corpus readers do).
+
+    Memory: one piece's kept tokens' packed rows, plus the documents waiting in the buckets
+    (bounded by ``max_wait``).
+    """
+    from embcache.cache.rows import row_dtype, row_width
+
+    width, rdtype = row_width(dim, dtype), row_dtype(dtype)
+
+    def make(docs, length):
+        return decode_rows(pad_batch(docs, length, padding, width, rdtype), dim, dtype)
+
+    def blocks():
+        for start in range(0, len(texts), piece):
+            part = texts[start:start + piece]
+            result = embedder.embed(prepare(part) if prepare else part)
+            starts = np.zeros(len(part), np.int64)
+            np.cumsum(result.lengths[:-1], out=starts[1:])
+            yield Block(result.tokens, starts, result.lengths,
+                        np.zeros(len(part), np.int32)).as_docs()
+
+    bucketer = Bucketer(bucket_lengths(max_len), batch_size, padding, width, rdtype,
+                        max_wait=max_wait, make=make)
+    yield from bucket_blocks(blocks(), bucketer)

@@ -9,7 +9,6 @@ bounded by one batch per model plus the prefetch queue, whatever the number of d
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import shutil
 import sys
@@ -238,8 +237,7 @@ class Scorer:
                                 f"list holds a {bad}")
         # A pandas Series keeps its index as the documents' ids; a list numbers them.
         ids = list(data.index) if isinstance(data, pd.Series) else list(range(len(texts)))
-        cols = self._classify_texts(texts, top_k)
-        return pd.DataFrame({"doc_id": ids, **cols})[self.columns(top_k)]
+        return pd.DataFrame(self._classify_texts(texts, ids, top_k))[self.columns(top_k)]
 
     # -- inputs ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -362,15 +360,11 @@ class Scorer:
         return table
 
     # -- the work ----------------------------------------------------------------------------
-    def _classify_texts(self, texts: list[str], top_k: int) -> dict[str, list]:
-        """Embed in memory (no store), ``_TEXT_PIECE`` texts at a time, bucket by length and
-        predict; memory is one piece's vectors plus the results."""
-        from embcache.cache.corpus import strip_usenet_header
+    def _text_embedder(self):
+        """The store writer's embedder for the models' vectors, subword table or encoder, built
+        once (checked against the cards by fingerprint)."""
         from embcache.cache.embed import BlockEmbedder, EncoderEmbedder, SubwordEmbedder, oov_vector
-        from embcache.cache.rows import decode_rows
-        from embcache.cache.stream import Bucketer, bucket_lengths
 
-        self.load()
         if self._embedder is None and self.meta.encoder is not None:
             self._embedder = EncoderEmbedder(self._encoder()[1], self.meta.settings)
         elif self._embedder is None and self.meta.subword is not None:
@@ -379,28 +373,30 @@ class Scorer:
             table = self._vectors_table()
             self._embedder = BlockEmbedder(table, self.meta.settings,
                                            oov_vector(table, self.meta.settings))
+        return self._embedder
+
+    def _classify_texts(self, texts: list[str], ids: list, top_k: int) -> dict[str, list]:
+        """Embed in memory (no store), ``_TEXT_PIECE`` texts at a time, and score: the same
+        bucketing (:func:`~embcache.cache.stream.bucket_blocks`) and the same scoring loop as a
+        store's; memory is one piece's rows plus the results."""
+        from embcache.cache.corpus import strip_usenet_header
+        from embcache.cache.stream import text_batches
+
+        self.load()
         meta = self.meta
-        out = {c: np.empty(len(texts), dtype=object) for c in self.columns(top_k)[1:]}
-        for start in range(0, len(texts), _TEXT_PIECE):
-            piece = texts[start:start + _TEXT_PIECE]
-            if meta.strip_headers:  # as the corpus readers do for the training corpus
-                piece = [strip_usenet_header(t) for t in piece]
-            result = self._embedder.embed(piece)
-            vectors = decode_rows(result.tokens, meta.dim, meta.dtype)  # as the dataset does
-            ends = np.cumsum(result.lengths)
-            docs = np.empty(len(piece), dtype=object)
-            for i, (e, n) in enumerate(zip(ends.tolist(), result.lengths.tolist())):
-                docs[i] = vectors[e - n:e]
-            bucketer = Bucketer(bucket_lengths(meta.max_len), self.batch_size, meta.padding,
-                                meta.dim, np.float32)
-            batches = itertools.chain(
-                bucketer.add(docs, result.lengths, np.zeros(len(piece), np.int32)),
-                bucketer.flush())
-            for x, lengths, _labels, seq in batches:
-                cols, _probs = self._predict_batch({"embedded": x, "lengths": lengths}, top_k)
-                for c, values in cols.items():
-                    out[c][start + seq] = values
-        return {c: v.tolist() for c, v in out.items()}
+        prepare = ((lambda part: [strip_usenet_header(t) for t in part]) if meta.strip_headers
+                   else None)  # as the corpus readers do for the training corpus
+        batches = text_batches(self._text_embedder(), texts, max_len=meta.max_len,
+                               padding=meta.padding, dim=meta.dim, dtype=meta.dtype,
+                               batch_size=self.batch_size, piece=_TEXT_PIECE, max_wait=_MAX_WAIT,
+                               prepare=prepare)
+        features = (({"embedded": x, "lengths": n}, None, seq) for x, n, _y, seq in batches)
+        out: dict[str, list] = {c: [] for c in self.columns(top_k)}
+        for part_ids, cols in self._scored(features, iter(ids), top_k, labels=None):
+            out["doc_id"] += part_ids
+            for c, values in cols.items():
+                out[c] += values
+        return out
 
     def _predict_batch(self, features, top_k: int) -> tuple[dict[str, list], dict[str, np.ndarray]]:
         cols: dict[str, list] = {}
@@ -414,11 +410,42 @@ class Scorer:
             _add_topk(cols, "ensemble", p, self.group[0].label_names, top_k)
         return cols, probs
 
+    def _scored(self, batches, ids, top_k: int, *, labels: list[str] | None,
+                confusions: dict | None = None, bar=None):
+        """The one scoring loop, for texts and stores: ``batches`` of ``(features, y, seq)`` (in
+        length buckets) through every model; yields ``(doc_ids, columns)`` in input order as rows
+        become ready (they wait at most ``_MAX_WAIT`` documents: memory, that many rows).
+        ``labels``: a labelled store's label names (``y`` then holds the true labels, written as
+        ``true_label`` and counted into ``confusions``, per model, when given)."""
+        truth_maps = {}
+        if labels is not None and confusions is not None:
+            for run in self.runs:
+                index = {n: i for i, n in enumerate(run.label_names)}
+                truth_maps[run.name] = np.array([index.get(n, -1) for n in labels], dtype=np.int64)
+                confusions[run.name] = Confusion(run.label_names)
+            if self.group:
+                confusions["ensemble"] = Confusion(self.group[0].label_names)
+                truth_maps["ensemble"] = truth_maps[self.group[0].name]
+        rows = InputOrder(self.columns(top_k, truth=labels is not None)[1:])
+        for features, y, seq in batches:
+            cols, probs = self._predict_batch(features, top_k)
+            if labels is not None:
+                cols["true_label"] = [labels[i] for i in y.tolist()]
+                for name, conf in (confusions or {}).items():
+                    conf.add(truth_maps[name][y], probs[name].argmax(axis=1))
+            rows.add(seq, cols)
+            ready, n = rows.ready()
+            if n:
+                yield [next(ids) for _ in range(n)], ready
+            if bar is not None:
+                bar.update(len(seq))
+        if rows.waiting:
+            raise EmbcacheError(f"{rows.waiting} documents were not scored")
+
     def _rows(self, store, split: str | None, top_k: int, *, confusions: dict | None = None,
               progress: bool = False):
-        """Stream ``store`` once: yields ``(doc_ids, columns)`` in input order as rows become
-        ready. Every batch goes through every model before the next is read; rows wait at most
-        ``_MAX_WAIT`` documents to be released in order (memory: that many rows)."""
+        """Stream ``store`` once through :meth:`_scored`: every batch goes through every model
+        before the next is read."""
         from tqdm import tqdm
 
         from embcache.cache.dataset import Batching, pipeline_errors, streamed_dataset
@@ -430,48 +457,37 @@ class Scorer:
             raise StoreError(f"Store {store.url} has no documents"
                              + (f" in the {split} split" if split else ""))
         labelled = store.labelled  # the true label is a column; metrics only when asked
-        truth_maps = {}
-        if labelled and confusions is not None:
-            names = store.label_names
-            for run in self.runs:
-                index = {n: i for i, n in enumerate(run.label_names)}
-                truth_maps[run.name] = np.array([index.get(n, -1) for n in names], dtype=np.int64)
-                confusions[run.name] = Confusion(run.label_names)
-            if self.group:
-                confusions["ensemble"] = Confusion(self.group[0].label_names)
-                truth_maps["ensemble"] = truth_maps[self.group[0].name]
         # Batches come bucketed by length; `seq` puts each row back at its place in the input.
         ds = streamed_dataset(store, split, batching=Batching(
             batch_size=self.batch_size, with_labels=labelled, with_seq=True), plan=plan,
             max_wait=_MAX_WAIT)
-        ids_iter = _doc_ids_in_order(split, store)
-        rows = InputOrder(self.columns(top_k, truth=labelled)[1:])
+
+        def batches():
+            for batch in ds:
+                features, y = batch if labelled else (batch, None)
+                seq = features.pop("seq").numpy()
+                yield features, (y.numpy() if labelled else None), seq
+
         bar = tqdm(total=plan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
                    desc="score", dynamic_ncols=True)
         # The store is not replaced while it is streamed (see jobs.locks).
         with reading(str(store.url)), contextlib.closing(bar), pipeline_errors():
-            for batch in ds:
-                features, labels = batch if labelled else (batch, None)
-                seq = features.pop("seq").numpy()
-                cols, probs = self._predict_batch(features, top_k)
-                if labelled:
-                    y = labels.numpy()
-                    cols["true_label"] = [store.label_names[i] for i in y.tolist()]
-                    for name, conf in (confusions or {}).items():
-                        conf.add(truth_maps[name][y], probs[name].argmax(axis=1))
-                rows.add(seq, cols)
-                ready, n = rows.ready()
-                if n:
-                    yield [next(ids_iter) for _ in range(n)], ready
-                bar.update(len(seq))
-        if rows.waiting:
-            raise StoreError(f"Store {store.url}: {rows.waiting} documents were not scored")
+            yield from self._scored(batches(), _doc_ids_in_order(split, store), top_k,
+                                    labels=store.label_names if labelled else None,
+                                    confusions=confusions, bar=bar)
 
-    def write(self, store, out: str | Path, *, split: str | None = None, top_k: int = 1,
+    def write(self, data, out: str | Path, *, split: str | None = None, top_k: int = 1,
+              corpus: CorpusSpec | None = None, keep_store: str | None = None,
               metrics_dir: str | None = None, progress: bool = False) -> ScoreSummary:
-        """Score ``store`` into the file ``out`` (.csv, .jsonl or .parquet; written aside and
-        renamed, so it is whole or absent); with labels, metrics.json and confusion plots go to
-        ``metrics_dir`` (default: beside ``out``)."""
+        """Score ``data`` into the file ``out`` (.csv, .jsonl or .parquet; written aside and
+        renamed, so it is whole or absent), with memory bounded whatever its size; with labels,
+        metrics.json and confusion plots go to ``metrics_dir`` (default: beside ``out``).
+
+        Args:
+            data: a store (path, URL or :class:`~embcache.cache.store.Store`; ``split`` picks
+                one of its splits), or raw documents (a file or folder, read as ``corpus``
+                says), embedded once into ``keep_store`` or a temporary store.
+        """
         t0 = time.perf_counter()
         out_path = Path(out)
         fmt = output_format(out_path)
@@ -481,7 +497,9 @@ class Scorer:
         tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
         docs = 0
         try:
-            with writing(f"predictions {out_path}"), \
+            with self._as_store(data, split, corpus=corpus, keep_store=keep_store,
+                                progress=progress) as store, \
+                    writing(f"predictions {out_path}"), \
                     open_writer(tmp, fmt, self.columns(top_k, truth=store.labelled)) as writer, \
                     contextlib.redirect_stdout(sys.stderr):
                 for ids, cols in self._rows(store, split, top_k, confusions=confusions,
@@ -559,10 +577,8 @@ def score(
     scorer = Scorer(model_dirs, vectors=vectors_path, encoder=encoder, tokenizer=tokenizer,
                     cache_dir=cache_dir,
                     batch_size=batch_size, ensemble=ensemble, load=False)
-    with scorer._as_store(input_path, split, corpus=corpus, keep_store=keep_store,
-                          progress=progress) as store:
-        summary = scorer.write(store, out_path, split=split, top_k=top_k,
-                               metrics_dir=metrics_dir, progress=progress)
+    summary = scorer.write(input_path, out_path, split=split, top_k=top_k, corpus=corpus,
+                           keep_store=keep_store, metrics_dir=metrics_dir, progress=progress)
     summary.seconds = time.perf_counter() - t0
     summary.kept_store = keep_store
     return summary

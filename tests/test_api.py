@@ -220,6 +220,44 @@ def test_scorer_loads_once_and_agrees_with_score(trained, store, vectors_file, t
         scorer.classify(["fine", 3])
 
 
+def test_texts_files_and_stores_take_one_scoring_path(trained, vectors_file, tmp_path,
+                                                      monkeypatch):
+    """Texts (in memory), a raw file (through a store) and a store are all bucketed by
+    `bucket_blocks` and scored by one loop; `Scorer.write` takes raw files as `score()` does,
+    and `score()` calls no private Scorer method."""
+    import ast
+    import inspect
+
+    import embcache.cache.stream as stream_mod
+    import embcache.jobs.score as score_mod
+
+    calls = []
+    real = stream_mod.bucket_blocks
+    monkeypatch.setattr(stream_mod, "bucket_blocks",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    scorer = embcache.Scorer([trained / "fasttext", trained / "kim_cnn"],
+                             vectors=str(vectors_file[0]))
+    texts = [f"word{i % 7} the cat " * (1 + i % 13) for i in range(40)]
+    in_memory = scorer.classify(texts)
+    assert len(calls) == 1
+    lines = tmp_path / "texts.txt"
+    lines.write_text("\n".join(texts) + "\n")
+    out = tmp_path / "w.csv"
+    summary = scorer.write(str(lines), out)
+    assert summary.docs == 40
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    for col in ("fasttext", "kim_cnn", "ensemble"):
+        assert [r[f"{col}_label"] for r in rows] == in_memory[f"{col}_label"].tolist()
+        np.testing.assert_allclose([float(r[f"{col}_prob"]) for r in rows],
+                                   in_memory[f"{col}_prob"], atol=2e-6)
+    tree = ast.parse(inspect.getsource(score_mod.score))
+    private = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+               and isinstance(n.value, ast.Name) and n.value.id == "scorer"
+               and n.attr.startswith("_")]
+    assert private == []
+
+
 def test_scorer_needs_vectors_for_text(trained):
     scorer = embcache.Scorer([trained / "fasttext"], load=False)
     with pytest.raises(embcache.EmbcacheError, match="Scoring text needs `vectors=`"):

@@ -12,9 +12,10 @@ import click
 from embcache.cache.errors import EmbcacheError, cli_words, os_error_line
 from embcache.cache.meta import SplitSettings
 from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
+from embcache.jobs.config import TrainConfig
+from embcache.jobs.ensemble import ENSEMBLES
 from embcache.jobs.multiworker import STRATEGIES
-from embcache.jobs.score import ENSEMBLES, ScoreConfig
-from embcache.jobs.train import TrainConfig
+from embcache.jobs.score import ScoreConfig
 
 # Every option's default has one home, in the typed settings the jobs take (importing them loads
 # no TensorFlow): the CLI only reads them.
@@ -337,7 +338,7 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
           --grid 'learning_rate=[0.001,0.01]' --out runs/sweep
     """
     from embcache.cache.tfenv import quiet_tensorflow
-    from embcache.jobs.train import parse_grid, parse_hparams
+    from embcache.jobs.grid import parse_grid, parse_hparams
 
     models = [m.strip() for m in model_name.split(",") if m.strip()]
     if not models:
@@ -515,7 +516,8 @@ def score_cmd(model_dirs, input_path, out, vectors_path, tokenizer, encoder, spl
     quiet_tensorflow(verbose)
     _importable_cwd()
     from embcache.cache.corpus import CorpusSpec
-    from embcache.jobs.score import dump_metrics_table, score
+    from embcache.jobs.metrics import metrics_table
+    from embcache.jobs.score import score
 
     spec = CorpusSpec(path=input_path, format=corpus_format, text_columns=tuple(text_columns),
                       label_column=label_column, id_column=id_column, header=header,
@@ -527,7 +529,7 @@ def score_cmd(model_dirs, input_path, out, vectors_path, tokenizer, encoder, spl
                     keep_store=keep_store, metrics_dir=metrics_dir, progress=not quiet,
                     cache_dir=cache_dir, ensemble=ensemble)
     if summary.metrics:
-        click.echo(dump_metrics_table(summary.metrics))
+        click.echo(metrics_table(summary.metrics))
     click.echo(summary.line())
 
 

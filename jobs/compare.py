@@ -30,7 +30,7 @@ def _parameters(card: dict) -> str:
     """What the run set: its hyperparameters given (``--param``/``--grid``) and a learning rate
     other than the default."""
     shown = dict(card.get("hyperparameters_given") or {})
-    from embcache.jobs.train import TrainConfig
+    from embcache.jobs.config import TrainConfig
 
     lr = (card.get("training") or {}).get("learning_rate")
     if lr is not None and lr != TrainConfig.learning_rate:

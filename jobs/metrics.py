@@ -139,3 +139,14 @@ def write_metrics(confusions: dict[str, Confusion], folder: Path, models: list[s
                   f"{conf.report()['accuracy']:.3f}")
     (folder / "metrics.json").write_text(json.dumps(out, indent=2))
     return out
+
+
+def metrics_table(metrics: dict) -> str:
+    rows = [("model", "accuracy", "macro-F1", "docs")]
+    entries = list(metrics.get("models", {}).items())
+    if "ensemble" in metrics:
+        entries.append(("ensemble", metrics["ensemble"]))
+    for name, m in entries:
+        rows.append((name, f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", f"{m['docs']:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)

@@ -28,7 +28,6 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
 
     from embcache.cache.dataset import Batching, pipeline_errors, streamed_dataset
     from embcache.cache.stream import plan_split
-    from embcache.jobs.score import _doc_ids_in_order, _predict_all
     from embcache.models.registry import _check_inputs, _check_outputs
 
     if not isinstance(store, Store):
@@ -42,7 +41,7 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
     _check_inputs(model, "model", store.dim)
     if names is not None:
         _check_outputs(model, "model", len(names))
-    run = _predict_all([model], store.dim)  # one trace whatever the buckets' shapes
+    run = predict_all([model], store.dim)  # one trace whatever the buckets' shapes
     ds = streamed_dataset(store, split, batching=Batching(
         batch_size=batch_size, with_labels=store.labelled, with_seq=True), plan=plan)
     probs = np.zeros((plan.num_docs, width), np.float32)
@@ -56,7 +55,7 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
                 truth[seq] = labels.numpy()
     label_of = names if names is not None else [str(i) for i in range(width)]
     top = probs.argmax(axis=1)
-    out = {"doc_id": list(_doc_ids_in_order(split, store))}
+    out = {"doc_id": list(doc_ids_in_order(split, store))}
     if store.labelled:
         out["true_label"] = [label_of[i] for i in truth.tolist()]
     out["predicted_label"] = [label_of[i] for i in top.tolist()]
@@ -64,3 +63,30 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
     if probabilities:
         out.update({f"prob_{n}": probs[:, j] for j, n in enumerate(label_of)})
     return pd.DataFrame(out)
+
+
+def predict_all(models: list, dim: int):
+    """One compiled function running every model on a batch of any size and length: traced once,
+    whatever shapes the length buckets give (``predict_on_batch`` would trace per shape)."""
+    import tensorflow as tf
+
+    spec = {"embedded": tf.TensorSpec([None, None, dim], tf.float32),
+            "lengths": tf.TensorSpec([None], tf.int32)}
+
+    @tf.function(input_signature=[spec])
+    def predict(features):
+        return [m(features, training=False) for m in models]
+
+    return predict
+
+
+def doc_ids_in_order(split: str | None, store):
+    """Document ids in stream order (the store's order, filtered by split), chunk by chunk."""
+    from embcache.cache.store import SPLIT_NAMES
+
+    c = store.chunk_docs
+    for start in range(0, store.num_docs, c):
+        ids = store.read("doc_ids", start, start + c)
+        if split is not None:
+            ids = ids[store.read("split", start, start + c) == SPLIT_NAMES.index(split)]
+        yield from (str(i) for i in ids)

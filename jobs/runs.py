@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import shutil
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -160,3 +161,56 @@ def load_run(run_dir: str | Path, card: dict[str, Any] | None = None) -> Run:
         raise ModelError(f"{run / MODEL_FILE} predicts {shape[-1]} classes but its card names "
                          f"{len(meta.label_names)} labels")
     return Run(path=run, name=run.name, card=card, model=model)
+
+
+def run_card(store, source, hparams: dict, given: dict, config,
+             learning_rate: float, plans: dict, *, epochs_run: int, best_epoch: int,
+             seconds: float, samples_per_s: float, metrics: dict, model, model_path: Path) -> dict:
+    """A trained run's card (before its checksums): the same fields whichever path trained it
+    (a group, a lone model or several workers)."""
+    return {
+        **store_card_fields(store),
+        "model": source.ref,
+        "model_source": source.record(),
+        "hyperparameters": hparams,
+        "hyperparameters_given": given,
+        "training": {**asdict(config), "learning_rate": learning_rate, "epochs_run": epochs_run,
+                     "best_epoch": best_epoch, "seconds": round(seconds, 2),
+                     "samples_per_s": round(samples_per_s, 1),
+                     "train_docs": plans["train"].num_docs, "val_docs": plans["val"].num_docs},
+        "metrics": metrics,
+        "model_bytes": model_path.stat().st_size,
+        "parameter_count": int(model.count_params()),
+    }
+
+
+def publish_run(stage: Path, final: Path) -> None:
+    """Put a finished run in place of ``final`` (renames: the old one goes only after)."""
+    old = final.parent / f".{final.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    stage.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def plot_curves(history: dict, path: Path, title: str) -> None:
+    """Loss and accuracy for train and validation, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = range(1, len(history["loss"]) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, history[key], "o-", label="train")
+        ax.plot(epochs, history[f"val_{key}"], "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

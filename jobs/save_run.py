@@ -27,8 +27,7 @@ def save_run(model, store: Store | str, out: str | Path, *, module: str | None =
         EmbcacheError: ``out`` holds a run and ``overwrite`` is false.
     """
     from embcache.jobs.predict import predict
-    from embcache.jobs.runs import CARD_FILE, MODEL_FILE, store_card_fields, write_card
-    from embcache.jobs.train import _publish
+    from embcache.jobs.runs import CARD_FILE, MODEL_FILE, publish_run, store_card_fields, write_card
     from embcache.models.registry import _check_inputs, _check_outputs
 
     if module is not None and not isinstance(module, str):
@@ -60,5 +59,5 @@ def save_run(model, store: Store | str, out: str | Path, *, module: str | None =
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    _publish(stage, final)
+    publish_run(stage, final)
     return final

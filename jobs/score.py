@@ -24,12 +24,13 @@ import numpy as np
 from embcache.cache.corpus import CorpusSpec
 from embcache.cache.errors import EmbcacheError, ModelError, StoreError, writing
 from embcache.cache.hooks import pause_point
-from embcache.cache.meta import StoreMeta
 from embcache.cache.store import Store, open_store, store_state
 from embcache.cache.tfenv import quiet_tensorflow
+from embcache.jobs.ensemble import ENSEMBLES, check_compatible, ensemble_group, ensemble_weights, unique_names
 from embcache.jobs.locks import reading
 from embcache.jobs.metrics import Confusion, write_metrics
 from embcache.jobs.outputs import open_writer, output_format
+from embcache.jobs.predict import doc_ids_in_order, predict_all
 from embcache.jobs.runs import Run, load_run, read_card
 
 
@@ -54,29 +55,6 @@ class ScoreSummary:
                 f"({self.docs / max(self.seconds, 1e-9):,.0f} docs/s) -> {self.out}{acc}")
 
 
-def check_compatible(runs: list[Run]) -> StoreMeta:
-    """All models must expect the same embedded values; returns the first one's store metadata."""
-    first = runs[0].meta
-    for run in runs[1:]:
-        diff = first.contract_differences(run.meta)
-        if diff:
-            raise ModelError(f"Models {runs[0].name} and {run.name} were trained on differently "
-                             f"embedded data ({'; '.join(diff)}); score them separately")
-    return first
-
-
-def _model_names(runs: list[Run]) -> None:
-    seen: dict[str, int] = {}
-    for run in runs:
-        n = seen.get(run.name, 0)
-        seen[run.name] = n + 1
-        if n:
-            run.name = f"{run.name}_{n + 1}"
-
-
-ENSEMBLES = ("weighted", "mean")
-
-
 @dataclass(frozen=True)
 class ScoreConfig:
     """The score options' defaults, in one place (``score()`` and the CLI read them here)."""
@@ -84,36 +62,6 @@ class ScoreConfig:
     batch_size: int = 64
     top_k: int = 1
     ensemble: str = ENSEMBLES[0]
-
-
-def _ensemble_group(runs: list[Run]) -> list[Run]:
-    """Models sharing the first model's label set (the ensemble averages their probabilities)."""
-    group = [r for r in runs if r.label_names == runs[0].label_names]
-    return group if len(group) > 1 else []
-
-
-def ensemble_weights(group: list[Run], how: str) -> np.ndarray:
-    """One weight per model, summing to 1: equal (``mean``) or proportional to each model's
-    validation accuracy from its card (``weighted``: a weak model pulls the ensemble less).
-
-    Raises:
-        ModelError: ``weighted`` with a card that records no validation accuracy.
-    """
-    if how not in ENSEMBLES:
-        raise EmbcacheError(f"Invalid value for `ensemble`. Expected one of {ENSEMBLES}. "
-                            f"Received: ensemble={how!r}")
-    if how == "mean":
-        return np.full(len(group), 1.0 / len(group))
-    acc = []
-    for run in group:
-        value = (run.card.get("metrics") or {}).get("val_accuracy")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ModelError(f"{run.path / 'model.json'} records no validation accuracy to weight "
-                             "the ensemble by; pass `ensemble='mean'`")
-        acc.append(float(value))
-    if sum(acc) == 0:  # every model at 0 validation accuracy: nothing to weight by
-        return np.full(len(group), 1.0 / len(group))
-    return np.asarray(acc) / sum(acc)
 
 
 class Scorer:
@@ -164,9 +112,9 @@ class Scorer:
         # before any model loads or any document is embedded.
         self.runs = [Run(path=Path(d), name=Path(d).name, card=read_card(d), model=None)
                      for d in runs]
-        _model_names(self.runs)
+        unique_names(self.runs)
         self.meta = check_compatible(self.runs)
-        self.group = _ensemble_group(self.runs)
+        self.group = ensemble_group(self.runs)
         self.weights = ensemble_weights(self.group, ensemble) if self.group else None
         self.ensemble, self.batch_size = ensemble, batch_size
         self.vectors_path, self.encoder_spec, self.cache_dir = vectors, encoder, cache_dir
@@ -187,7 +135,7 @@ class Scorer:
             quiet_tensorflow()
             for run in self.runs:
                 run.model = load_run(run.path, card=run.card).model
-            self._predict = _predict_all([r.model for r in self.runs], self.meta.dim)
+            self._predict = predict_all([r.model for r in self.runs], self.meta.dim)
 
     def columns(self, top_k: int, truth: bool = False) -> list[str]:
         """The output's columns; ``truth``: a labelled store's true label, after ``doc_id``."""
@@ -472,7 +420,7 @@ class Scorer:
                    desc="score", dynamic_ncols=True)
         # The store is not replaced while it is streamed (see jobs.locks).
         with reading(str(store.url)), contextlib.closing(bar), pipeline_errors():
-            yield from self._scored(batches(), _doc_ids_in_order(split, store), top_k,
+            yield from self._scored(batches(), doc_ids_in_order(split, store), top_k,
                                     labels=store.label_names if labelled else None,
                                     confusions=confusions, bar=bar)
 
@@ -628,33 +576,6 @@ class InputOrder:
         return len(self.rows)
 
 
-def _predict_all(models: list, dim: int):
-    """One compiled function running every model on a batch of any size and length: traced once,
-    whatever shapes the length buckets give (``predict_on_batch`` would trace per shape)."""
-    import tensorflow as tf
-
-    spec = {"embedded": tf.TensorSpec([None, None, dim], tf.float32),
-            "lengths": tf.TensorSpec([None], tf.int32)}
-
-    @tf.function(input_signature=[spec])
-    def predict(features):
-        return [m(features, training=False) for m in models]
-
-    return predict
-
-
-def _doc_ids_in_order(split: str | None, store):
-    """Document ids in stream order (the store's order, filtered by split), chunk by chunk."""
-    from embcache.cache.store import SPLIT_NAMES
-
-    c = store.chunk_docs
-    for start in range(0, store.num_docs, c):
-        ids = store.read("doc_ids", start, start + c)
-        if split is not None:
-            ids = ids[store.read("split", start, start + c) == SPLIT_NAMES.index(split)]
-        yield from (str(i) for i in ids)
-
-
 def _add_topk(cols: dict, name: str, probs: np.ndarray, label_names: list[str], k: int) -> None:
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     for j in range(k):
@@ -665,14 +586,4 @@ def _add_topk(cols: dict, name: str, probs: np.ndarray, label_names: list[str], 
         cols[f"{name}_prob{suffix}"] = (np.round(probs[np.arange(len(probs)), idx], 6).tolist()
                                         if idx is not None else [None] * len(probs))
 
-
-def dump_metrics_table(metrics: dict) -> str:
-    rows = [("model", "accuracy", "macro-F1", "docs")]
-    entries = list(metrics.get("models", {}).items())
-    if "ensemble" in metrics:
-        entries.append(("ensemble", metrics["ensemble"]))
-    for name, m in entries:
-        rows.append((name, f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", f"{m['docs']:,}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 

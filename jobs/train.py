@@ -10,90 +10,24 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
 import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from embcache.cache.dataset import Batching, memory_dataset, pipeline_errors, streamed_dataset
+from embcache.cache.dataset import memory_dataset, pipeline_errors, streamed_dataset
 from embcache.cache.errors import EmbcacheError, ModelError, StoreError, writing
 from embcache.cache.store import open_store
-from embcache.cache.stream import SHUFFLE_DOCS, plan_split
+from embcache.cache.stream import plan_split
 from embcache.cache.tfenv import quiet_tensorflow
+from embcache.jobs.config import TrainConfig
+from embcache.jobs.grid import expand_runs
 from embcache.jobs.group import GroupTrainer, Member
 from embcache.jobs.locks import exclusive, reading
 from embcache.jobs.multiworker import STRATEGIES, MultiWorker
-from embcache.jobs.runs import CARD_FILE, MODEL_FILE, store_card_fields, write_card
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    patience: int = 3
-    seed: int = 0
-    shuffle_docs: int = SHUFFLE_DOCS
-    # Training steps per compiled call: Keras's per-step Python work (about 1 ms) otherwise caps
-    # light models (measured: fasttext 8-12k samples/s at 1, 15-20k at 16; BENCHMARKS.md).
-    steps_per_execution: int = 16
-    length_buckets: bool = True  # False: every batch padded to max_len (for comparison)
-    # Memory for the train and val splits decoded once and served from RAM in every epoch
-    # (InMemorySplit); a split that does not fit streams from the store instead. 0: always stream.
-    memory_mb: int = 1024
-    strategy: str = "default"  # or "multi-worker": tf.distribute.MultiWorkerMirroredStrategy
-
-    def __post_init__(self) -> None:
-        """Each value checked where it is given: one line naming the argument."""
-        positive = ("epochs", "batch_size", "patience", "shuffle_docs", "steps_per_execution")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise EmbcacheError(f"Invalid value for `{name}`. Expected a positive integer. "
-                                    f"Received: {name}={value!r}")
-        for name in ("seed", "memory_mb"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise EmbcacheError(f"Invalid value for `{name}`. Expected an integer >= 0. "
-                                    f"Received: {name}={value!r}")
-        lr = self.learning_rate
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
-            raise EmbcacheError(f"Invalid value for `learning_rate`. Expected a positive number. "
-                                f"Received: learning_rate={lr!r}")
-
-    def batching(self, train: bool = False) -> Batching:
-        """A pass's batching under these settings: the train split's (shuffled, seeded) or an
-        evaluation pass's (store order)."""
-        if train:
-            return Batching(batch_size=self.batch_size, buckets=self.length_buckets, shuffle=True,
-                            seed=self.seed, shuffle_docs=self.shuffle_docs)
-        return Batching(batch_size=self.batch_size, buckets=self.length_buckets)
-
-    @classmethod
-    def of(cls, config: TrainConfig | dict | None) -> TrainConfig:
-        """A :class:`TrainConfig` from itself, a dict of its fields or ``None`` (the defaults).
-
-        Raises:
-            EmbcacheError: an unknown field, or anything else than those three.
-        """
-        if config is None:
-            return cls()
-        if isinstance(config, cls):
-            return config
-        if isinstance(config, dict):
-            known = [f.name for f in fields(cls)]
-            unknown = sorted(set(config) - set(known))
-            if unknown:
-                raise EmbcacheError(f"Invalid value for `config`: unknown field {unknown[0]!r}; "
-                                    f"TrainConfig has {', '.join(known)}")
-            return cls(**config)
-        raise EmbcacheError(f"Invalid value for `config`. Expected a TrainConfig or a dict of its "
-                            f"fields. Received: config={config!r}")
+from embcache.jobs.runs import CARD_FILE, MODEL_FILE, plot_curves, publish_run, run_card, write_card
 
 
 @dataclass
@@ -119,20 +53,6 @@ class TrainSummary:
                 f"({self.seconds:.0f} s)")
 
 
-def parse_hparams(pairs: tuple[str, ...] | list[str]) -> dict:
-    """``["filters=64", "widths=[3,4]"]`` -> ``{"filters": 64, "widths": [3, 4]}`` (JSON values)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise EmbcacheError(f"Invalid value for `--param`. Expected key=value. Received: {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 class EpochTimer:
     """Per-epoch wall times as a Keras callback; ``make()`` builds it lazily, so importing this
     module does not import Keras (also used by ``jobs.bench.train``)."""
@@ -153,80 +73,6 @@ class EpochTimer:
                 self.seconds.append(time.perf_counter() - self._t)
 
         return Timer()
-
-
-def parse_grid(pairs: tuple[str, ...] | list[str]) -> dict[str, list]:
-    """``["dropout=[0.2,0.5]", "widths=[[3,4],[3,4,5]]"]`` -> ``{"dropout": [0.2, 0.5], ...}``.
-
-    Each value is a JSON list of the values to try, so a grid stays unambiguous next to
-    hyperparameters whose own values are lists (``widths=[[3,4],[3,4,5]]`` tries two widths
-    lists). ``learning_rate`` may be a grid key too (each run gets its own optimizer).
-    """
-    out: dict[str, list] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        try:
-            values = json.loads(value) if sep and key else None
-        except json.JSONDecodeError:
-            values = None
-        if not isinstance(values, list) or not values:
-            raise EmbcacheError(f"Invalid value for `--grid`. Expected key=[value,value,...] (a "
-                                f"JSON list of the values to try). Received: {pair!r}")
-        if key in out:
-            raise EmbcacheError(f"Invalid value for `--grid`: {key!r} is given twice")
-        out[key] = values
-    return out
-
-
-def _name_part(value) -> str:
-    """A grid value as a folder-name part: no commas (``make score MODELS`` and ``score --models``
-    split on them), no slashes."""
-    text = json.dumps(value, separators=("_", "=")) if isinstance(value, (list, dict)) else (
-        str(value) if not isinstance(value, str) else value)
-    text = text.replace("[", "").replace("]", "").replace("{", "").replace("}", "").replace('"', "")
-    return "".join(c if c.isalnum() or c in "._=-+" else "_" for c in text)
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """One run of a group: its folder name, model, the hyperparameters given and learning rate."""
-
-    name: str
-    source: Any
-    hparams: dict
-    learning_rate: float
-
-
-def expand_runs(models: list, *, grid: dict | None = None, hparams: dict | None = None,
-                learning_rate: float = TrainConfig.learning_rate) -> list[RunPlan]:
-    """Every model x every point of ``grid`` (in the order given), named ``model`` or
-    ``model-key=value-...``; ``hparams`` apply to every run.
-
-    Raises:
-        ModelError: an unknown model, or a hyperparameter (given or in the grid) that a model
-            does not take.
-        EmbcacheError: two runs with the same name.
-    """
-    from embcache import models as registry
-
-    sources = [m if isinstance(m, registry.ModelSource) else registry.resolve(m) for m in models]
-    grid = dict(grid or {})
-    keys = list(grid)
-    points = [dict(zip(keys, combo)) for combo in itertools.product(*grid.values())] or [{}]
-    runs = []
-    for source in sources:
-        for point in points:
-            given = {**(hparams or {}), **{k: v for k, v in point.items() if k != "learning_rate"}}
-            source.check_hparams(given)
-            suffix = "".join(f"-{k}={_name_part(v)}" for k, v in point.items())
-            runs.append(RunPlan(f"{source.name}{suffix}", source, given,
-                                float(point.get("learning_rate", learning_rate))))
-    names = [r.name for r in runs]
-    dup = next((n for n in names if names.count(n) > 1), None)
-    if dup:
-        raise EmbcacheError(f"Two runs of the group would both be named {dup!r}; name each model "
-                            "once")
-    return runs
 
 
 @dataclass
@@ -268,13 +114,13 @@ def train(store_url: str, model: str | Callable | Sequence[str | Callable],
         StoreError: incomplete, unlabelled or unknown-layout store, or an empty split.
         ModelError: unknown model or hyperparameter.
     """
-    models = _model_list(model)
+    models = model_list(model)
     result = train_group(store_url, models, out_dir, grid=grid, config=TrainConfig.of(config),
                          hparams=hparams, progress=progress, overwrite=overwrite)
     return result.runs[0] if len(models) == 1 and not grid else result
 
 
-def _model_list(model) -> list:
+def model_list(model) -> list:
     """``"a,b"``, ``["a", fn]`` or ``fn`` -> a list of model specs (checked: one line)."""
     if isinstance(model, str):
         names = [m.strip() for m in model.split(",")]
@@ -289,7 +135,7 @@ def _model_list(model) -> list:
             if not (isinstance(m, str) or callable(m)):
                 raise ModelError(f"Invalid value for `model`: {m!r} in the list is neither a "
                                  "model name, an import string nor a builder function")
-            out += _model_list(m) if isinstance(m, str) else [m]
+            out += model_list(m) if isinstance(m, str) else [m]
         return out
     raise ModelError(f"Invalid value for `model`. Expected a model name, an import string, a "
                      f"builder function or a list of them. Received: model={model!r}")
@@ -494,11 +340,11 @@ def _fit_members(store_url, store, plans, members: list[Member], config: TrainCo
             shutil.rmtree(m.stage, ignore_errors=True)
             result.failed[m.name] = m.error
             continue
-        result.runs.append(_save_member(store_url, store, plans, m, config, group, t0))
+        result.runs.append(save_member(store_url, store, plans, m, config, group, t0))
     return result
 
 
-def _save_member(store_url, store, plans, m: Member, config: TrainConfig, group: dict | None,
+def save_member(store_url, store, plans, m: Member, config: TrainConfig, group: dict | None,
                  t0: float, extra: dict | None = None) -> TrainSummary:
     """Save a finished member's best model, card (with ``extra`` fields: a tune trial's study)
     and curves, and publish its run folder."""
@@ -518,42 +364,11 @@ def _save_member(store_url, store, plans, m: Member, config: TrainConfig, group:
     write_card(m.stage, card)
     plot_curves(m.history.history, m.stage / "curves.png",
                 title=f"{m.name} on {Path(str(store_url)).name}")
-    _publish(m.stage, m.final)
+    publish_run(m.stage, m.final)
     shown = m.source.ref if m.name == m.source.name else m.name  # grid runs: by their point
     return TrainSummary(out=str(m.final), model=shown, epochs=len(val_acc),
                         best_epoch=best_epoch, metrics=m.metrics, samples_per_s=samples_per_s,
                         model_bytes=card["model_bytes"], seconds=seconds)
-
-
-def run_card(store, source, hparams: dict, given: dict, config: TrainConfig,
-             learning_rate: float, plans: dict, *, epochs_run: int, best_epoch: int,
-             seconds: float, samples_per_s: float, metrics: dict, model, model_path: Path) -> dict:
-    """A trained run's card (before its checksums): the same fields whichever path trained it
-    (a group, a lone model or several workers)."""
-    return {
-        **store_card_fields(store),
-        "model": source.ref,
-        "model_source": source.record(),
-        "hyperparameters": hparams,
-        "hyperparameters_given": given,
-        "training": {**asdict(config), "learning_rate": learning_rate, "epochs_run": epochs_run,
-                     "best_epoch": best_epoch, "seconds": round(seconds, 2),
-                     "samples_per_s": round(samples_per_s, 1),
-                     "train_docs": plans["train"].num_docs, "val_docs": plans["val"].num_docs},
-        "metrics": metrics,
-        "model_bytes": model_path.stat().st_size,
-        "parameter_count": int(model.count_params()),
-    }
-
-
-def _publish(stage: Path, final: Path) -> None:
-    """Put a finished run in place of ``final`` (renames: the old one goes only after)."""
-    old = final.parent / f".{final.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    stage.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: dict | None,
@@ -641,23 +456,3 @@ def _final_metrics(store, plans: dict, config: TrainConfig, source, model) -> di
     return m.metrics
 
 
-def plot_curves(history: dict, path: Path, title: str) -> None:
-    """Loss and accuracy for train and validation, one panel each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = range(1, len(history["loss"]) + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key in zip(axes, ("loss", "accuracy")):
-        ax.plot(epochs, history[key], "o-", label="train")
-        ax.plot(epochs, history[f"val_{key}"], "o-", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -40,15 +40,15 @@ from embcache.cache.dataset import pipeline_errors
 from embcache.cache.errors import EmbcacheError, ModelError, writing
 from embcache.cache.hooks import pause_point
 from embcache.cache.tfenv import quiet_tensorflow
+from embcache.jobs.config import TrainConfig
 from embcache.jobs.group import GroupTrainer, Member
 from embcache.jobs.locks import reading
 from embcache.jobs.train import (
-    TrainConfig,
-    _model_list,
-    _save_member,
     build_member,
     group_streams,
+    model_list,
     open_for_training,
+    save_member,
 )
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -483,7 +483,7 @@ def _space_and_models(space, model) -> tuple[Space, list]:
     from embcache import models as registry
 
     sources = [m if isinstance(m, registry.ModelSource) else registry.resolve(m)
-               for m in _model_list(model)]
+               for m in model_list(model)]
     if len({s.name for s in sources}) != len(sources):
         raise EmbcacheError("Invalid value for `model`: a model is named twice")
     check_space(space, sources)
@@ -669,7 +669,7 @@ class _Study:
 
     def _finish(self, m: Member) -> None:
         run = self.running[id(m)]
-        summary = _save_member(self.store_url, self.store, self.plans, m, self.config, None,
+        summary = save_member(self.store_url, self.store, self.plans, m, self.config, None,
                                self.t0, extra={"tune": {
                                    "study": self.study.study_name,
                                    "storage": _redact(self.storage_url),

@@ -23,9 +23,10 @@ import pytest
 from click.testing import CliRunner
 
 from embcache.jobs.cli import main
+from embcache.jobs.config import TrainConfig
 from embcache.jobs.locks import exclusive
 from embcache.jobs.runs import card_digest
-from embcache.jobs.train import TrainConfig, train
+from embcache.jobs.train import train
 from tests.conftest import paused, small_store, write_vectors
 
 

@@ -15,7 +15,9 @@ from embcache.cache.dataset import Batching, memory_dataset
 from embcache.cache.errors import EmbcacheError, ModelError
 from embcache.cache.store import open_store
 from embcache.cache.stream import Bucketer, InMemorySplit, memory_bytes, plan_split
-from embcache.jobs.train import TrainConfig, expand_runs, parse_grid, train, train_group
+from embcache.jobs.config import TrainConfig
+from embcache.jobs.grid import expand_runs, parse_grid
+from embcache.jobs.train import train, train_group
 from tests.conftest import small_store, stream
 
 EMBCACHE = str(Path(sys.executable).with_name("embcache"))

@@ -114,8 +114,8 @@ def test_a_remote_store_that_cannot_be_opened_is_never_deleted(monkeypatch):
 
 
 def test_option_defaults_come_from_the_typed_settings():
+    from embcache.jobs.config import TrainConfig
     from embcache.jobs.score import ScoreConfig
-    from embcache.jobs.train import TrainConfig
 
     def defaults(command):
         return {p.name: p.default for p in main.commands[command].params

@@ -13,9 +13,10 @@ import zarr
 from embcache.cache.corpus import CorpusSpec
 from embcache.cache.settings import EmbedSettings
 from embcache.cache.store import open_store
+from embcache.jobs.config import TrainConfig
 from embcache.jobs.embed_corpus import SplitSettings, embed_corpus
 from embcache.jobs.score import score
-from embcache.jobs.train import TrainConfig, train
+from embcache.jobs.train import train
 from tests.conftest import make_folder_corpus
 
 SETTINGS = EmbedSettings(max_len=160)

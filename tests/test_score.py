@@ -13,9 +13,10 @@ from embcache.cache.settings import EmbedSettings
 from embcache.cache.store import open_store
 from embcache.cache.stream import bucket_lengths, read_padded
 from embcache.jobs.cli import main
+from embcache.jobs.config import TrainConfig
 from embcache.jobs.embed_corpus import embed_corpus
 from embcache.jobs.runs import write_card
-from embcache.jobs.train import TrainConfig, train
+from embcache.jobs.train import train
 from tests.conftest import make_folder_corpus, small_store
 
 

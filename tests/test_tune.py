@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from embcache.cache.errors import EmbcacheError, ModelError
-from embcache.jobs.train import TrainConfig
+from embcache.jobs.config import TrainConfig
 from tests.conftest import cli, one_error_line, paused, small_store, stream, write_vectors
 
 optuna = pytest.importorskip("optuna")

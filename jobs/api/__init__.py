@@ -42,7 +42,7 @@ _EXPORTS = {
     "SplitSettings": "embcache.cache.meta",
     "embed_corpus": "embcache.jobs.embed_corpus",
     "train": "embcache.jobs.train",
-    "TrainConfig": "embcache.jobs.train",
+    "TrainConfig": "embcache.jobs.config",
     "score": "embcache.jobs.score",
     "Scorer": "embcache.jobs.score",
     "EmbcacheError": "embcache.cache.errors",
@@ -109,11 +109,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily (
     from embcache.cache.meta import SplitSettings, StoreMeta
     from embcache.cache.settings import EmbedSettings
     from embcache.cache.store import Store, open_store
+    from embcache.jobs.config import TrainConfig
     from embcache.jobs.embed_corpus import EmbedSummary, embed_corpus
     from embcache.jobs.predict import predict
     from embcache.jobs.save_run import save_run
     from embcache.jobs.score import Scorer, ScoreSummary, score
-    from embcache.jobs.train import GroupResult, TrainConfig, TrainSummary, train
+    from embcache.jobs.train import GroupResult, TrainSummary, train
     from embcache.jobs.tune import tune
     from embcache.jobs.verify import verify
 

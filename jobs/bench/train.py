@@ -26,7 +26,8 @@ import sys
 import click
 import numpy as np
 
-from embcache.jobs.train import EpochTimer, TrainConfig
+from embcache.jobs.config import TrainConfig
+from embcache.jobs.train import EpochTimer
 from jobs.bench.keras_way import with_frozen_embedding
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -190,7 +191,7 @@ def _groups(store_url: str, vectors: str, parts: set, epochs: int, full_epochs: 
     import tempfile
 
     from embcache import models
-    from embcache.jobs.train import expand_runs, parse_grid
+    from embcache.jobs.grid import expand_runs, parse_grid
     from jobs.bench.common import median, run_measured, table
 
     six = models.names()

@@ -1,0 +1,74 @@
+"""Training settings: :class:`TrainConfig`, the one home of their defaults and their checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from embcache.cache.dataset import Batching
+from embcache.cache.errors import EmbcacheError
+from embcache.cache.stream import SHUFFLE_DOCS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    patience: int = 3
+    seed: int = 0
+    shuffle_docs: int = SHUFFLE_DOCS
+    # Training steps per compiled call: Keras's per-step Python work (about 1 ms) otherwise caps
+    # light models (measured: fasttext 8-12k samples/s at 1, 15-20k at 16; BENCHMARKS.md).
+    steps_per_execution: int = 16
+    length_buckets: bool = True  # False: every batch padded to max_len (for comparison)
+    # Memory for the train and val splits decoded once and served from RAM in every epoch
+    # (InMemorySplit); a split that does not fit streams from the store instead. 0: always stream.
+    memory_mb: int = 1024
+    strategy: str = "default"  # or "multi-worker": tf.distribute.MultiWorkerMirroredStrategy
+
+    def __post_init__(self) -> None:
+        """Each value checked where it is given: one line naming the argument."""
+        positive = ("epochs", "batch_size", "patience", "shuffle_docs", "steps_per_execution")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise EmbcacheError(f"Invalid value for `{name}`. Expected a positive integer. "
+                                    f"Received: {name}={value!r}")
+        for name in ("seed", "memory_mb"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise EmbcacheError(f"Invalid value for `{name}`. Expected an integer >= 0. "
+                                    f"Received: {name}={value!r}")
+        lr = self.learning_rate
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise EmbcacheError(f"Invalid value for `learning_rate`. Expected a positive number. "
+                                f"Received: learning_rate={lr!r}")
+
+    def batching(self, train: bool = False) -> Batching:
+        """A pass's batching under these settings: the train split's (shuffled, seeded) or an
+        evaluation pass's (store order)."""
+        if train:
+            return Batching(batch_size=self.batch_size, buckets=self.length_buckets, shuffle=True,
+                            seed=self.seed, shuffle_docs=self.shuffle_docs)
+        return Batching(batch_size=self.batch_size, buckets=self.length_buckets)
+
+    @classmethod
+    def of(cls, config: TrainConfig | dict | None) -> TrainConfig:
+        """A :class:`TrainConfig` from itself, a dict of its fields or ``None`` (the defaults).
+
+        Raises:
+            EmbcacheError: an unknown field, or anything else than those three.
+        """
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, dict):
+            known = [f.name for f in fields(cls)]
+            unknown = sorted(set(config) - set(known))
+            if unknown:
+                raise EmbcacheError(f"Invalid value for `config`: unknown field {unknown[0]!r}; "
+                                    f"TrainConfig has {', '.join(known)}")
+            return cls(**config)
+        raise EmbcacheError(f"Invalid value for `config`. Expected a TrainConfig or a dict of its "
+                            f"fields. Received: config={config!r}")

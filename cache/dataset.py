@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -266,6 +267,12 @@ def dataset(store: Store | str, split: str | None = "train", *, batch_size: int 
     Raises:
         StoreError: a missing, incomplete or unlabelled store, or an unknown split.
     """
+    # `model.fit(dataset(...))` would warn that its default `shuffle=True` is ignored for a
+    # tf.data.Dataset: this dataset shuffles itself (above), so the warning has nothing to say.
+    # Only that message is silenced, and only once a user has asked for one of these datasets.
+    warnings.filterwarnings("ignore", category=UserWarning,
+                            message=r"`shuffle=True` was passed, but will be ignored since the "
+                                    r"data `x` was provided as a tf\.data\.Dataset")
     return streamed_dataset(store, split, batching=Batching(
         batch_size=batch_size, shuffle=split == "train" if shuffle is None else shuffle,
         seed=seed, shuffle_docs=shuffle_docs, buckets=length_buckets, repeat=repeat))

@@ -117,25 +117,47 @@ def streamed_dataset(store: Store | str, split: str | None = "train", *,
     if b.with_labels and not store.labelled:
         raise StoreError(f"Store {store.url} has no labels")
     plan = plan or plan_split(store, split, shard)
-    width, dtype = store.row_width, tf.as_dtype(store.row_dtype)
-    epochs = itertools.count()
     pipeline = dict(batch_size=b.batch_size, shuffle_docs=b.shuffle_docs,
                     with_labels=b.with_labels, parallel_reads=parallel_reads, max_wait=max_wait,
                     buckets=b.buckets)
     if in_process is None:  # spawning costs about a second: small passes run here
         in_process = str(store.url).startswith("memory://") or plan.num_docs < _PROCESS_MIN_DOCS
-    producer = None
-    if not in_process:
-        producer = Producer(store, plan, split, seed=b.seed, shuffle=b.shuffle, **pipeline)
-    # The generator holds the producer weakly and the dataset strongly (below): tf.data keeps a
+    producer = (None if in_process else
+                Producer(store, plan, split, seed=b.seed, shuffle=b.shuffle, **pipeline))
+    batches = _batch_source(store, plan, split, b, pipeline, producer, read_log)
+    spec = (tf.TensorSpec([None, None, store.row_width], tf.as_dtype(store.row_dtype)),
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int64))
+    # One element per padded batch: Python runs per block and per batch, never per document.
+    ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
+    if b.repeat:
+        ds = ds.repeat()
+    elif max_wait is None:
+        # The count is known from the plan: tell tf.data, so Keras shows a full progress bar
+        # from the first epoch and never warns that the input "ran out of data".
+        ds = ds.apply(tf.data.experimental.assert_cardinality(
+            plan.num_batches(b.batch_size, b.buckets, merge_tail=b.shuffle)))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    ds = _finish(ds.with_options(options), lambda x, lengths: x, store, b)
+    ds._embcache_producer = producer  # lives exactly as long as the dataset (see _batch_source)
+    return ds
+
+
+def _batch_source(store: Store, plan, split: str | None, b: Batching, pipeline: dict,
+                  producer: Producer | None, read_log: set | None):
+    """The generator function ``tf.data`` calls once per epoch: the producer process's batches,
+    or :func:`iter_batches` here; epoch ``e`` of a shuffled pass is seeded ``[seed, e]``."""
+    epochs = itertools.count()
+    # The generator holds the producer weakly and the dataset strongly: tf.data keeps a
     # generator's function registered for the process's lifetime, so a strong reference from it
     # would keep every producer process of every dataset ever made alive (and its memory held).
     producer_ref = weakref.ref(producer) if producer is not None else None
 
-    def _batches():
+    def batches():
         epoch = next(epochs)
         try:
-            if not in_process:
+            if producer_ref is not None:
                 live = producer_ref()
                 if live is None:
                     raise StoreError(f"The dataset over {store.url} was released; make a new one")
@@ -149,24 +171,7 @@ def streamed_dataset(store: Store | str, split: str | None = "train", *,
                 _RAISED["last"] = e
             raise
 
-    spec = (tf.TensorSpec([None, None, width], dtype), tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64))
-    # One element per padded batch: Python runs per block and per batch, never per document.
-    ds = tf.data.Dataset.from_generator(_batches, output_signature=spec)
-    if b.repeat:
-        ds = ds.repeat()
-    elif max_wait is None:
-        # The count is known from the plan: tell tf.data, so Keras shows a full progress bar
-        # from the first epoch and never warns that the input "ran out of data".
-        ds = ds.apply(tf.data.experimental.assert_cardinality(
-            plan.num_batches(b.batch_size, b.buckets, merge_tail=b.shuffle)))
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    ds = ds.with_options(options)
-
-    ds = _finish(ds, lambda x, lengths: x, store, b)
-    ds._embcache_producer = producer  # lives exactly as long as the dataset (see _batches)
-    return ds
+    return batches
 
 
 def to_float(x, store: Store):

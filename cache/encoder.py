@@ -39,6 +39,8 @@ from embcache.cache.errors import VectorsError
 from embcache.cache.vectors import content_key
 
 DEFAULT_MAX_LEN = 256
+# Documents per forward pass: the one home of this default (embed_corpus and the CLI read it).
+DEFAULT_BATCH = 16
 INSTALL = "pip install 'embcache[encoders]'"
 
 
@@ -64,7 +66,7 @@ class EncoderRef:
     preset: str
     source: str
     max_len: int = DEFAULT_MAX_LEN
-    batch_size: int = 16
+    batch_size: int = DEFAULT_BATCH
     truncating: str = "post"  # "pre": a long document keeps its end (start/end tokens stay)
     jit_compile: bool = True  # XLA on the forward pass (the benchmark compares both)
 
@@ -135,7 +137,7 @@ def _unzip(path: Path, root: Path) -> Path:
     return target
 
 
-def resolve(spec: str, *, max_len: int | None = None, batch_size: int = 16,
+def resolve(spec: str, *, max_len: int | None = None, batch_size: int = DEFAULT_BATCH,
             cache_dir: str | os.PathLike | None = None, truncating: str = "post",
             jit_compile: bool = True) -> EncoderRef:
     """Turn ``--encoder`` into what keras-hub loads (see the module docstring); checks nothing

@@ -209,17 +209,7 @@ class StoreMeta:
         if layout != LAYOUT_VERSION:
             raise error(f"{where} has layout version {layout}; this embcache reads version "
                         f"{LAYOUT_VERSION}")
-        oov = r.get("oov", dict)
-        tok = r.get("tokenizer", dict)
-        settings = EmbedSettings(
-            max_len=r.get("max_len", int, positive=True),
-            padding=r.choice("padding", PADDINGS), truncating=r.choice("truncating", PADDINGS),
-            oov=r.choice("oov.policy", OOV_POLICIES, oov.get("policy")),
-            seed=r.check("oov.seed", oov.get("seed"), int),
-            dtype=r.choice("dtype", DTYPES),
-            tokenizer=TokenizerSettings(**{k: r.check(f"tokenizer.{k}", tok.get(k), t)
-                                           for k, t in (("filters", str), ("lower", bool),
-                                                        ("split", str), ("name", str))}))
+        settings = _read_settings(r)
         vec = r.get("vectors", dict)
         vectors = VectorsInfo(fingerprint=r.check("vectors.fingerprint", vec.get("fingerprint"), str),
                               dim=r.check("vectors.dim", vec.get("dim"), int),
@@ -261,6 +251,21 @@ class StoreMeta:
                    embcache_version=str(attrs.get("embcache_version", "")),
                    complete=complete, totals=totals, layout=layout, encoder=encoder,
                    subword=subword)
+
+
+def _read_settings(r: _Reader) -> EmbedSettings:
+    """The settings that decided the store's values, each field checked."""
+    oov = r.get("oov", dict)
+    tok = r.get("tokenizer", dict)
+    return EmbedSettings(
+        max_len=r.get("max_len", int, positive=True),
+        padding=r.choice("padding", PADDINGS), truncating=r.choice("truncating", PADDINGS),
+        oov=r.choice("oov.policy", OOV_POLICIES, oov.get("policy")),
+        seed=r.check("oov.seed", oov.get("seed"), int),
+        dtype=r.choice("dtype", DTYPES),
+        tokenizer=TokenizerSettings(**{k: r.check(f"tokenizer.{k}", tok.get(k), t)
+                                       for k, t in (("filters", str), ("lower", bool),
+                                                    ("split", str), ("name", str))}))
 
 
 def _chunk_counts(value: Any, where: str, error: type[Exception]) -> dict[str, int] | None:

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from embcache.cache.encoder import DEFAULT_BATCH as DEFAULT_ENCODER_BATCH
 from embcache.cache.errors import EmbcacheError, cli_words, os_error_line
 from embcache.cache.meta import SplitSettings
 from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
@@ -117,7 +118,7 @@ def main() -> None:
                    "whose last-layer token vectors are stored: a keras-hub preset folder, a "
                    "Hugging Face folder (config.json + model.safetensors + tokenizer), a .zip of "
                    "one, or a keras-hub preset name. Needs the encoders extra.")
-@click.option("--encoder-batch", default=16, show_default=True, type=click.IntRange(min=1),
+@click.option("--encoder-batch", default=DEFAULT_ENCODER_BATCH, show_default=True, type=click.IntRange(min=1),
               help="Documents per encoder forward pass (documents of similar length together).")
 @click.option("--out", required=True, help="The store to write (a folder, e.g. news20.zarr).")
 @corpus_options

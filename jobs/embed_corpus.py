@@ -20,6 +20,7 @@ import numpy as np
 
 from embcache.cache.corpus import CorpusSpec, Document, iter_documents, label_mapper, scan_corpus
 from embcache.cache.embed import BlockWriter, oov_vector
+from embcache.cache.encoder import DEFAULT_BATCH as DEFAULT_ENCODER_BATCH
 from embcache.cache.encoder import DEFAULT_MAX_LEN as DEFAULT_ENCODER_MAX_LEN
 from embcache.cache.errors import CorpusError, EmbcacheError, StoreError, VectorsError, writing
 from embcache.cache.hooks import pause_point
@@ -113,50 +114,65 @@ def _blocks(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
 
 
 def embed_corpus(
-    corpus: CorpusSpec | str,
-    vectors_path: str | None,
-    out: str,
-    *,
-    settings: EmbedSettings | None = None,
-    encoder: str | None = None,
-    encoder_batch: int = 16,
-    tokenizer: str | None = None,
+    corpus: CorpusSpec | str, vectors_path: str | None, out: str, *,
+    settings: EmbedSettings | None = None, encoder: str | None = None,
+    encoder_batch: int = DEFAULT_ENCODER_BATCH, tokenizer: str | None = None,
     split: SplitSettings = SplitSettings(),
-    vectors_member: str | None = None,
-    vectors_format: str = "auto",
-    chunk_docs: int | None = None,
-    workers: int | None = None,
-    overwrite: bool = False,
-    progress: bool = False,
-    cache_dir: str | None = None,
-    scheduler: str | None = None,
+    vectors_member: str | None = None, vectors_format: str = "auto",
+    chunk_docs: int | None = None, workers: int | None = None, overwrite: bool = False,
+    progress: bool = False, cache_dir: str | None = None, scheduler: str | None = None,
 ) -> EmbedSummary:
-    """Embed ``corpus`` with the vectors at ``vectors_path`` (or, with ``encoder`` and
-    ``vectors_path=None``, a frozen transformer encoder's token vectors: see
-    :mod:`embcache.cache.encoder`) into the store ``out``.
-
-    ``vectors_path`` is a word-vectors file (GloVe, word2vec, fastText) or a static subword
-    table (:mod:`embcache.cache.subword`): a model2vec or sentence-transformers
-    ``StaticEmbedding`` folder, or a ``.safetensors`` table with its ``tokenizer`` (a Hugging
-    Face ``tokenizer.json``, as WordLlama ships them).
+    """Embed ``corpus`` (a :class:`CorpusSpec`, or a path read with its format's defaults)
+    into the store ``out`` with ``vectors_path``: a word-vectors file (GloVe, word2vec,
+    fastText) or a static subword table (:mod:`embcache.cache.subword`: a model2vec or
+    ``StaticEmbedding`` folder, or a ``.safetensors`` table with its ``tokenizer.json``); or,
+    with ``encoder`` and ``vectors_path=None``, a frozen transformer encoder's token vectors
+    (:mod:`embcache.cache.encoder`; ``encoder_batch`` documents per forward pass).
 
     ``settings`` defaults to :class:`EmbedSettings` (for an encoder: ``max_len`` 256 of its own
-    tokens, truncated at the end; its tokenizer replaces the word tokenizer). ``encoder_batch``:
-    documents per forward pass.
-
-    ``out`` is a path or a URL (``memory://``, ``s3://``, ``gs://``: zarr's fsspec support, with
-    credentials from the usual environment). ``scheduler`` runs the blocks as Dask tasks
-    (``local:N`` or a scheduler address); otherwise ``workers`` spawned processes run them.
-
-    An incomplete store from an earlier run of the same command is resumed from its last
-    completed chunk; a complete one is only replaced with ``overwrite``.
-
-    ``corpus``: a :class:`CorpusSpec`, or a path read with the default options of its format.
+    tokens, truncated at the end). ``out`` is a path or a URL (``memory://``, ``s3://``,
+    ``gs://``, credentials from the usual environment). ``scheduler`` runs the blocks as Dask
+    tasks (``local:N`` or an address); otherwise ``workers`` spawned processes run them. An
+    incomplete store from an earlier run is resumed from its last completed chunk; a complete
+    one is only replaced with ``overwrite`` (a damaged one is repaired).
 
     Raises:
         EmbcacheError (or a subclass): bad settings, vectors, corpus or output path.
     """
     t0 = time.perf_counter()
+    corpus, settings, workers, out = _checked_arguments(corpus, vectors_path, encoder, settings,
+                                                        split, chunk_docs, workers, out, scheduler)
+    with contextlib.ExitStack() as held:
+        if is_local(out):  # one writer per store: a second embed-corpus fails here, at once
+            held.enter_context(exclusive(out.removeprefix("file://"), f"Store {out}"))
+        # Before the vectors load: a refusal costs nothing.
+        repair = _damaged_blocks(out, progress) if check_target(
+            out, overwrite, complete_ok=True) == "complete" and not overwrite else None
+        src = load_source(vectors_path, encoder=encoder, tokenizer=tokenizer, settings=settings,
+                          encoder_batch=encoder_batch, vectors_member=vectors_member,
+                          vectors_format=vectors_format, cache_dir=cache_dir)
+        source, vectors_info, oov, settings = src.source, src.info, src.oov, src.settings
+        # Workers start (imports, vocabulary) while this process scans the corpus.
+        pool = held.enter_context(block_executor(scheduler, workers, _use_pool(corpus, workers, out),
+                                                 source, settings, oov))
+        scan = scan_corpus(corpus)
+        meta = new_meta(settings=settings, vectors=vectors_info, split=split,
+                        corpus=_corpus_identity(corpus), label_names=scan.label_names,
+                        num_docs=scan.num_docs, chunk_docs=chunk_docs, encoder=src.encoder,
+                        subword=src.subword)
+        with writing(f"store {out}"):  # disk full, read-only: one line; the rerun resumes
+            store = StoreWriter.open(out, meta, overwrite=overwrite, repair=repair)
+            _write_blocks(corpus, store, scan, source, oov, pool, progress)
+            final = store.finish(time.perf_counter() - t0)
+        return EmbedSummary(store=out, docs=final.num_docs, tokens=final.totals.num_tokens,
+                            oov_tokens=final.totals.oov_tokens, bytes_on_disk=bytes_on_disk(out),
+                            seconds=final.totals.seconds, resumed_chunks=store.resumed,
+                            num_chunks=final.num_chunks, repaired_chunks=store.repaired)
+
+
+def _checked_arguments(corpus, vectors_path, encoder, settings, split, chunk_docs, workers, out,
+                       scheduler) -> tuple[CorpusSpec, EmbedSettings, int, str]:
+    """Every argument checked before anything is read or written; the defaults filled in."""
     if not isinstance(corpus, CorpusSpec):
         corpus = CorpusSpec(str(corpus))
     if (vectors_path is None) == (encoder is None):
@@ -175,38 +191,14 @@ def embed_corpus(
                          "or object storage (s3://, gs://)")
     if not Path(corpus.path).exists():
         raise CorpusError(f"Corpus not found: {corpus.path}")
-    with contextlib.ExitStack() as held:
-        if is_local(out):  # one writer per store: a second embed-corpus fails here, at once
-            held.enter_context(exclusive(out.removeprefix("file://"), f"Store {out}"))
-        # Before the vectors load: a refusal costs nothing.
-        repair = _damaged_blocks(out, progress) if check_target(
-            out, overwrite, complete_ok=True) == "complete" and not overwrite else None
-        src = load_source(vectors_path, encoder=encoder, tokenizer=tokenizer, settings=settings,
-                          encoder_batch=encoder_batch, vectors_member=vectors_member,
-                          vectors_format=vectors_format, cache_dir=cache_dir)
-        source, vectors_info, oov, settings = src.source, src.info, src.oov, src.settings
-        # Workers start (imports, vocabulary) while this process scans the corpus.
-        # Small corpora run in this process: spawning workers costs about a second.
-        use_pool = workers > 1 and (Path(corpus.path).is_dir()
-                                    or Path(corpus.path).stat().st_size > _POOL_MIN_BYTES)
-        # A memory:// store lives in this process only: other processes cannot write into it.
-        use_pool = use_pool and not out.startswith("memory://")
-        pool = held.enter_context(block_executor(scheduler, workers, use_pool, source,
-                                                 settings, oov))
-        scan = scan_corpus(corpus)
-        meta = new_meta(settings=settings, vectors=vectors_info, split=split,
-                        corpus=_corpus_identity(corpus), label_names=scan.label_names,
-                        num_docs=scan.num_docs, chunk_docs=chunk_docs, encoder=src.encoder,
-                        subword=src.subword)
-        with writing(f"store {out}"):  # disk full, read-only: one line; the rerun resumes
-            store = StoreWriter.open(out, meta, overwrite=overwrite, repair=repair)
-            _write_blocks(corpus, store, scan, source, oov, pool, progress)
-            final = store.finish(time.perf_counter() - t0)
-        totals = final.totals
-        return EmbedSummary(store=out, docs=final.num_docs, tokens=totals.num_tokens,
-                            oov_tokens=totals.oov_tokens, bytes_on_disk=bytes_on_disk(out),
-                            seconds=totals.seconds, resumed_chunks=store.resumed,
-                            num_chunks=final.num_chunks, repaired_chunks=store.repaired)
+    return corpus, settings, workers, out
+
+
+def _use_pool(corpus: CorpusSpec, workers: int, out: str) -> bool:
+    """Spawned workers, or this process: small corpora run here (spawning costs about a
+    second), and a memory:// store lives in this process only (others cannot write into it)."""
+    big = Path(corpus.path).is_dir() or Path(corpus.path).stat().st_size > _POOL_MIN_BYTES
+    return workers > 1 and big and not out.startswith("memory://")
 
 
 def _damaged_blocks(out: str, progress: bool) -> list[int]:
@@ -243,8 +235,9 @@ class Source:
 
 
 def load_source(vectors_path: str | None, *, encoder: str | None, tokenizer: str | None,
-                settings: EmbedSettings, encoder_batch: int = 16, vectors_member: str | None = None,
-                vectors_format: str = "auto", cache_dir: str | None = None) -> Source:
+                settings: EmbedSettings, encoder_batch: int = DEFAULT_ENCODER_BATCH,
+                vectors_member: str | None = None, vectors_format: str = "auto",
+                cache_dir: str | None = None) -> Source:
     """Load word vectors, a static subword table (a folder, or a table file with ``tokenizer``)
     or an encoder, and check that ``settings`` mean something for it.
 

@@ -26,8 +26,6 @@ def describe_store(url: str) -> dict[str, Any]:
 
 def format_info(info: dict[str, Any]) -> str:
     """A short human-readable description."""
-    vec = info.get("vectors", {})
-    tok = info.get("tokenizer", {})
     labels = info.get("label_names")
     state = "complete" if info.get("complete") else (
         f"INCOMPLETE ({info['chunks_written']} of {info.get('num_chunks')} chunks written)")
@@ -40,35 +38,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"on disk      {size / 1e6:,.1f} MB" if size is not None else "on disk      (remote)",
     ]
     enc, sub = info.get("encoder"), info.get("subword")
-    if sub:
-        lines += [
-            f"vectors      {vec.get('source')}: static subword table ({sub.get('layout')}) dim="
-            f"{vec.get('dim')} vocab={vec.get('vocab_size', 0):,} "
-            f"fingerprint={str(vec.get('fingerprint'))[:16]}",
-            f"tokenizer    {sub.get('tokenizer')} (Hugging Face tokenizers) tokenizer.json "
-            f"sha256={str(sub.get('tokenizer_sha256'))[:12]}, no special tokens added"
-            + (", unknown token dropped" if sub.get("dropped_id") is not None else ""),
-            f"sequences    padding={info.get('padding')} truncating={info.get('truncating')}",
-        ]
-    elif enc:
-        t, sp = enc.get("tokenizer", {}), enc.get("special_tokens", {})
-        lines += [
-            f"encoder      {enc.get('source')} ({enc.get('architecture')}, "
-            f"{enc.get('config', {}).get('num_layers', '?')} layers, hidden {vec.get('dim')}) "
-            f"fingerprint={str(vec.get('fingerprint'))[:16]} weights sha256="
-            f"{str(enc.get('weights_sha256'))[:12]}",
-            f"tokenizer    {t.get('class')} lowercase={t.get('lowercase')} vocab="
-            f"{vec.get('vocab_size', 0):,} ({sp.get('start')} and {sp.get('end')} kept)",
-            f"sequences    padding={info.get('padding')} truncating={info.get('truncating')}",
-        ]
-    else:
-        lines += [
-            f"vectors      {vec.get('source')} dim={vec.get('dim')} vocab="
-            f"{vec.get('vocab_size', 0):,} fingerprint={str(vec.get('fingerprint'))[:16]}",
-            f"tokenizer    {tok.get('name')} lower={tok.get('lower')} split={tok.get('split')!r}",
-            f"sequences    padding={info.get('padding')} truncating={info.get('truncating')} "
-            f"oov={info.get('oov', {}).get('policy')}",
-        ]
+    lines += _source_lines(info)
     if "num_tokens" in info:
         mean = info["kept_tokens"] / max(info["num_docs"], 1)
         unknown = "unknown-token rate" if enc or sub else "OOV rate"
@@ -95,3 +65,37 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"created      {info['created']} by embcache {info.get('embcache_version')} "
                      f"in {info.get('seconds', 0):.1f} s")
     return "\n".join(lines)
+
+
+def _source_lines(info: dict[str, Any]) -> list[str]:
+    """What embedded the store: word vectors, a static subword table or an encoder."""
+    vec, tok = info.get("vectors", {}), info.get("tokenizer", {})
+    enc, sub = info.get("encoder"), info.get("subword")
+    if sub:
+        return [
+            f"vectors      {vec.get('source')}: static subword table ({sub.get('layout')}) dim="
+            f"{vec.get('dim')} vocab={vec.get('vocab_size', 0):,} "
+            f"fingerprint={str(vec.get('fingerprint'))[:16]}",
+            f"tokenizer    {sub.get('tokenizer')} (Hugging Face tokenizers) tokenizer.json "
+            f"sha256={str(sub.get('tokenizer_sha256'))[:12]}, no special tokens added"
+            + (", unknown token dropped" if sub.get("dropped_id") is not None else ""),
+            f"sequences    padding={info.get('padding')} truncating={info.get('truncating')}",
+        ]
+    if enc:
+        t, sp = enc.get("tokenizer", {}), enc.get("special_tokens", {})
+        return [
+            f"encoder      {enc.get('source')} ({enc.get('architecture')}, "
+            f"{enc.get('config', {}).get('num_layers', '?')} layers, hidden {vec.get('dim')}) "
+            f"fingerprint={str(vec.get('fingerprint'))[:16]} weights sha256="
+            f"{str(enc.get('weights_sha256'))[:12]}",
+            f"tokenizer    {t.get('class')} lowercase={t.get('lowercase')} vocab="
+            f"{vec.get('vocab_size', 0):,} ({sp.get('start')} and {sp.get('end')} kept)",
+            f"sequences    padding={info.get('padding')} truncating={info.get('truncating')}",
+        ]
+    return [
+        f"vectors      {vec.get('source')} dim={vec.get('dim')} vocab="
+        f"{vec.get('vocab_size', 0):,} fingerprint={str(vec.get('fingerprint'))[:16]}",
+        f"tokenizer    {tok.get('name')} lower={tok.get('lower')} split={tok.get('split')!r}",
+        f"sequences    padding={info.get('padding')} truncating={info.get('truncating')} "
+        f"oov={info.get('oov', {}).get('policy')}",
+    ]

@@ -385,16 +385,7 @@ def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: di
     except OSError as e:
         raise EmbcacheError(f"Cannot create run folder {out}: {e.strerror}") from None
 
-    import keras
-
-    keras.utils.set_random_seed(config.seed)
-    with cluster.strategy.scope():
-        model = source.make(max_len=store.max_len, dim=store.dim,
-                            num_classes=len(store.label_names), padding=store.padding, **hp)
-        # One step per call: the multi-worker workarounds (jobs.multiworker) assume it.
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                      steps_per_execution=1)
+    model = _replicated_model(cluster, source, store, hp, config)
     read_log: set[int] = set()
     train_ds, val_ds, fit_steps, plans["train"] = cluster.datasets(store, config, read_log)
     cluster.build(model, train_ds)
@@ -403,13 +394,7 @@ def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: di
     work_dir = out if cluster.is_chief else out / f".worker-{cluster.index}"
     work_dir.mkdir(parents=True, exist_ok=True)
     model_path = work_dir / MODEL_FILE
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
-                                      restore_best_weights=True),
-        keras.callbacks.CSVLogger(work_dir / "history.csv"),
-        keras.callbacks.TensorBoard(work_dir / "logs", write_graph=False, profile_batch=0),
-        timer,
-    ]
+    callbacks = _fit_callbacks(work_dir, config) + [timer]
     # Keras's progress bar: stdout is for results
     with contextlib.redirect_stdout(sys.stderr), pipeline_errors():
         history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
@@ -441,6 +426,34 @@ def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: di
     return TrainSummary(out=str(out), model=model_name, epochs=len(val_acc), best_epoch=best_epoch,
                         metrics=metrics, samples_per_s=samples_per_s,
                         model_bytes=card["model_bytes"], seconds=seconds)
+
+
+def _replicated_model(cluster: MultiWorker, source, store, hp: dict, config: TrainConfig):
+    """The model built and compiled in the strategy's scope (its variables mirrored)."""
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    with cluster.strategy.scope():
+        model = source.make(max_len=store.max_len, dim=store.dim,
+                            num_classes=len(store.label_names), padding=store.padding, **hp)
+        # One step per call: the multi-worker workarounds (jobs.multiworker) assume it.
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                      steps_per_execution=1)
+    return model
+
+
+def _fit_callbacks(work_dir: Path, config: TrainConfig) -> list:
+    """Early stopping on validation accuracy (best weights restored), history.csv and
+    TensorBoard logs: what a group member's run folder gets (jobs.group), through Keras."""
+    import keras
+
+    return [
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
+                                      restore_best_weights=True),
+        keras.callbacks.CSVLogger(work_dir / "history.csv"),
+        keras.callbacks.TensorBoard(work_dir / "logs", write_graph=False, profile_batch=0),
+    ]
 
 
 def _final_metrics(store, plans: dict, config: TrainConfig, source, model) -> dict:

@@ -531,26 +531,14 @@ def tune(store_url: str, model: Any, space: Space | list[str] | dict | str | Pat
     out = Path(out)
     study_name = study_name or out.resolve().name
     storage_url = study or f"sqlite:///{out / 'study.db'}"
-    try:
-        import optuna
-    except ImportError:
-        raise EmbcacheError("embcache tune needs Optuna: pip install 'embcache[tune]'") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # constant_liar, heartbeats and fail_stale_trials are marked experimental; tune pins Optuna 4.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
+    _import_optuna()
     with reading(store_url), writing(f"run folders in {out}"):
         store, plans = open_for_training(store_url)
         the_study = open_study(storage_url, study_name,
                                store, sampler=_sampler(sampler, config.seed, parallel, space,
                                                        sources),
                                pruner=_pruner(pruner, config.epochs))
-        failed = fail_stale(the_study)
-        for number in failed:  # what a killed tune left half-built of those trials
-            shutil.rmtree(out / f".trial-{number:04d}.partial", ignore_errors=True)
-        if progress and failed:
-            print(f"Marked trials {', '.join(map(str, failed))} failed: left running by a tune "
-                  "that was stopped", file=sys.stderr)
+        _clear_stale(the_study, out, progress)
         out.mkdir(parents=True, exist_ok=True)
         (out / "space.json").write_text(json.dumps(space.describe(), indent=2))
         _Study(the_study, storage_url, store_url, store, plans, sources, space, config, out,
@@ -558,6 +546,27 @@ def tune(store_url: str, model: Any, space: Space | list[str] | dict | str | Pat
                callbacks=callbacks or [], refill=refill).run()
     plot_study(the_study, out / "tune.png")
     return the_study
+
+
+def _import_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise EmbcacheError("embcache tune needs Optuna: pip install 'embcache[tune]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # constant_liar, heartbeats and fail_stale_trials are marked experimental; tune pins Optuna 4.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def _clear_stale(the_study, out: Path, progress: bool) -> None:
+    """Trials a stopped tune left running are marked failed, and their half-built folders go."""
+    failed = fail_stale(the_study)
+    for number in failed:
+        shutil.rmtree(out / f".trial-{number:04d}.partial", ignore_errors=True)
+    if progress and failed:
+        print(f"Marked trials {', '.join(map(str, failed))} failed: left running by a tune "
+              "that was stopped", file=sys.stderr)
 
 
 class _Study:

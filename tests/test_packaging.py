@@ -83,3 +83,25 @@ def test_missing_extras_are_one_line(tmp_path, monkeypatch, folder_corpus, vecto
     assert r.output.strip() == ("Error: --scheduler needs the 'dask' extra (dask.distributed is "
                                 "not installed): pip install 'embcache[dask]'")
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_no_function_over_sixty_lines_outside_click_commands():
+    """The house rule (issue 23): functions stay short enough to read at once; a click command
+    (options as decorators, a thin body) and the benchmarks are exempt."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    long = []
+    for folder in ("cache", "jobs", "models"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if "bench" in path.relative_to(root).parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                click = any("command" in ast.unparse(d) or "option" in ast.unparse(d)
+                            for d in node.decorator_list)
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60 and not click:
+                    long.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({lines})")
+    assert long == []

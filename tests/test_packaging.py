@@ -105,3 +105,15 @@ def test_no_function_over_sixty_lines_outside_click_commands():
                 if lines > 60 and not click:
                     long.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({lines})")
     assert long == []
+
+
+def test_make_help_lists_every_target():
+    root = Path(__file__).resolve().parent.parent
+    import re
+
+    targets = set(re.findall(r"^([a-z][a-z-]*):", (root / "Makefile").read_text(), re.M))
+    shown = subprocess.run(["make", "-s", "--no-print-directory", "help"], cwd=root,
+                           capture_output=True, text=True, check=True).stdout
+    missing = [t for t in sorted(targets - {"help"})
+               if not re.search(rf"(^make |[ ,]){t}\b(?!-)", shown, re.M)]
+    assert missing == []

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from embcache.cache.hooks import pause_point
+from embcache.cache.tfenv import released_custom_gradients
 from embcache.jobs.metrics import Confusion
 
 
@@ -157,7 +158,8 @@ class GroupTrainer:
         iterator, done = iter(train_ds), 0
         while done < train_steps and active:
             k = min(self.spe, train_steps - done)
-            self._loop_fn(active, "train_step")(iterator, tf.constant(k))
+            with released_custom_gradients():  # a first call traces: see there
+                self._loop_fn(active, "train_step")(iterator, tf.constant(k))
             done += k
             for m in active:
                 loss = _first(m.model.get_metrics_result(), "loss")

@@ -206,3 +206,27 @@ def test_memory_budget_zero_streams(store, tmp_path, capsys):
     train(str(store), "fasttext", str(tmp_path / "r1"), config=TrainConfig(epochs=1, batch_size=8),
           progress=True)
     assert "train split decoded into memory" in capsys.readouterr().err
+
+
+def test_training_again_and_again_leaves_no_graphs_behind(store, tmp_path):
+    """TensorFlow keeps the gradient function of every traced train step's custom gradient (the
+    optimizer's all-reduce) in a process-wide registry, and with it the traced graph; a tune
+    study trains group after group in one process, so each group's graphs must go."""
+    import gc
+
+    from tensorflow.python.framework import ops
+    from tensorflow.python.framework.func_graph import FuncGraph
+
+    def alive() -> tuple[int, int]:
+        gc.collect()
+        return (sum(k.startswith("CustomGradient") for k in ops._gradient_registry._registry),
+                sum(isinstance(o, FuncGraph) for o in gc.get_objects()))
+
+    cfg = TrainConfig(epochs=1, batch_size=8)
+    counts = []
+    for i in range(3):
+        train_group(str(store), ["fasttext", "kim_cnn"], str(tmp_path / f"g{i}"), config=cfg,
+                    progress=False)
+        counts.append(alive())
+    assert counts[2][0] == counts[0][0]  # no custom gradient left registered
+    assert counts[2][1] <= counts[0][1]  # nor any graph

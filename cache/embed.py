@@ -61,6 +61,12 @@ class BlockResult:
     num_tokens: int
     oov_tokens: int
 
+    def starts(self) -> np.ndarray:
+        """Each document's first row in ``tokens`` (int64)."""
+        starts = np.zeros(len(self.lengths), dtype=np.int64)
+        np.cumsum(self.lengths[:-1], out=starts[1:])
+        return starts
+
 
 class BlockEmbedder:
     """Tokenize, look up and truncate a block of texts into its kept tokens' vectors (ragged)."""
@@ -194,8 +200,7 @@ class BlockWriter:
         region = slice(chunk * chunk_docs, chunk * chunk_docs + len(texts))
         result = self.embedder.embed(texts)
         first = chunk * rows  # this block's own rows of `tokens`: whole chunks, no other writer
-        starts = np.zeros(len(texts), dtype=np.int64)
-        np.cumsum(result.lengths[:-1], out=starts[1:])
+        starts = result.starts()
         if len(result.tokens):
             for name, part in split_rows(result.tokens, self.dim, self.dtype).items():
                 arrays[name][first:first + len(part)] = part

@@ -488,9 +488,7 @@ def text_batches(embedder, texts: list[str], *, max_len: int, padding: str, dim:
         for start in range(0, len(texts), piece):
             part = texts[start:start + piece]
             result = embedder.embed(prepare(part) if prepare else part)
-            starts = np.zeros(len(part), np.int64)
-            np.cumsum(result.lengths[:-1], out=starts[1:])
-            yield Block(result.tokens, starts, result.lengths,
+            yield Block(result.tokens, result.starts(), result.lengths,
                         np.zeros(len(part), np.int32)).as_docs()
 
     bucketer = Bucketer(bucket_lengths(max_len), batch_size, padding, width, rdtype,

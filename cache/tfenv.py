@@ -4,6 +4,7 @@ API go through :func:`quiet_tensorflow` before their first TensorFlow import).""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -64,9 +65,13 @@ def released_custom_gradients():
     except (ImportError, AttributeError):
         yield
         return
-    before = set(registry)
+    # TensorFlow only adds to the registry (a dict: insertion-ordered), so what a call added is
+    # its last entries; a call that traced nothing costs two len() calls.
+    before = len(registry)
     try:
         yield
     finally:
-        for key in [k for k in registry if k not in before and k.startswith("CustomGradient-")]:
-            registry.pop(key, None)
+        added = list(itertools.islice(reversed(registry), max(len(registry) - before, 0)))
+        for key in added:
+            if key.startswith("CustomGradient-"):
+                registry.pop(key, None)

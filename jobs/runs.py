@@ -13,10 +13,13 @@ import shutil
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embcache.cache.errors import ModelError
 from embcache.cache.meta import StoreMeta
+
+if TYPE_CHECKING:  # a type only: runs.py stays below the training code
+    from embcache.jobs.config import TrainConfig
 
 CARD_VERSION = 3  # 3: the store's metadata embedded whole; 2: fields copied by hand
 CARD_FILE = "model.json"
@@ -163,7 +166,7 @@ def load_run(run_dir: str | Path, card: dict[str, Any] | None = None) -> Run:
     return Run(path=run, name=run.name, card=card, model=model)
 
 
-def run_card(store, source, hparams: dict, given: dict, config,
+def run_card(store, source, hparams: dict, given: dict, config: TrainConfig,
              learning_rate: float, plans: dict, *, epochs_run: int, best_epoch: int,
              seconds: float, samples_per_s: float, metrics: dict, model, model_path: Path) -> dict:
     """A trained run's card (before its checksums): the same fields whichever path trained it

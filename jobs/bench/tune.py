@@ -128,7 +128,9 @@ def child(way: str, store_url: str, trials: int, epochs: int, patience: int, see
     best = study.best_trial
     print(json.dumps({"seconds": time.perf_counter() - t0, "completed": states.count("COMPLETE"),
                       "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
-                      "best": best.value, "best_params": best.params, "rss": rec.rss}))
+                      "best": best.value, "best_params": best.params, "rss": rec.rss,
+                      # epochs trained over all trials: the work each way did for its study
+                      "trial_epochs": sum(len(t.intermediate_values) for t in study.trials)}))
 
 
 @click.command()
@@ -138,7 +140,7 @@ def child(way: str, store_url: str, trials: int, epochs: int, patience: int, see
 @click.option("--patience", default=3, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", "batch", default=32, show_default=True)
-@click.option("--ways", default="a,b,c", show_default=True, help="Which of a, b, c, in order.")
+@click.option("--ways", default="a,b,c", show_default=True, help="Which of a, b, c, d, in order.")
 @click.option("--out", default="bench-out/tune", show_default=True)
 @click.option("--way", default=None, hidden=True)  # a child process: run one way
 def main(store_url, trials, epochs, patience, seed, batch, ways, out, way):
@@ -163,16 +165,19 @@ def main(store_url, trials, epochs, patience, seed, batch, ways, out, way):
         r.update(wall=wall, peak=peak)
         results[w] = r
         say(f"({w}) {WAYS[w]}: {wall:.0f} s, {r['completed']} completed, {r['pruned']} pruned, "
-            f"best {r['best']:.4f}, peak RSS {peak:,.0f} MB, RSS {r['rss']}")
+            f"best {r['best']:.4f}, {r['trial_epochs']} trial-epochs, peak RSS {peak:,.0f} MB, "
+            f"RSS {r['rss']}")
     base = results.get("b")
     rows = []
     for w, r in results.items():
         rss = " / ".join(f"{r['rss'].get(str(k), r['rss'].get(k, '-'))}" for k in MARKS)
         rows.append([f"({w}) {WAYS[w]}", f"{r['wall']:.0f}", r["completed"], r["pruned"],
-                     f"{r['best']:.4f}", f"{r['peak']:,.0f}", rss,
+                     f"{r['best']:.4f}", r["trial_epochs"], f"{r['wall'] / r['trial_epochs']:.1f}",
+                     f"{r['peak']:,.0f}", rss,
                      f"**{base['wall'] / r['wall']:.2f}x**" if base else "-",
                      f"{r['best'] - base['best']:+.4f}" if base else "-"])
-    click.echo(table(["way", "wall s", "completed", "pruned", "best val acc", "peak RSS MB",
+    click.echo(table(["way", "wall s", "completed", "pruned", "best val acc", "trial-epochs",
+                      "s per trial-epoch", "peak RSS MB",
                       "RSS MB after trials 8/16/24/32", "speed vs (b)", "best vs (b)"], rows))
     (out / f"results-{ways.replace(',', '')}.json").write_text(json.dumps(results, indent=2))
 

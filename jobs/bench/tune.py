@@ -172,7 +172,8 @@ def main(store_url, trials, epochs, patience, seed, batch, ways, out, way):
     for w, r in results.items():
         rss = " / ".join(f"{r['rss'].get(str(k), r['rss'].get(k, '-'))}" for k in MARKS)
         rows.append([f"({w}) {WAYS[w]}", f"{r['wall']:.0f}", r["completed"], r["pruned"],
-                     f"{r['best']:.4f}", r["trial_epochs"], f"{r['wall'] / r['trial_epochs']:.1f}",
+                     f"{r['best']:.4f}", r["trial_epochs"],
+                     f"{r['wall'] / r['trial_epochs']:.1f}" if r["trial_epochs"] else "-",
                      f"{r['peak']:,.0f}", rss,
                      f"**{base['wall'] / r['wall']:.2f}x**" if base else "-",
                      f"{r['best'] - base['best']:+.4f}" if base else "-"])

@@ -207,8 +207,9 @@ def _finish(ds, make_x, store: Store, b: Batching):
 # NumPy rows are handed over then) and shared by later ones; gone with the split.
 # Memory: tf.constant holds a transient second copy until the tensor is first used, so while it
 # is made the rows are in RAM 3x (NumPy, the tensor, the copy; measured +1,044 MB peak for 512
-# MB, 64-byte aligned or not, under tf.device('/CPU:0') too), settling to 1x. Building it from pieces (tf.concat, a
-# tf.Variable filled by slices) was measured worse: it keeps 2x after the NumPy rows are gone.
+# MB, 64-byte aligned or not, under tf.device('/CPU:0') too), settling to 1x. Building it from
+# pieces (tf.concat, a tf.Variable filled by slices) was measured worse: it keeps 2x after the
+# NumPy rows are gone.
 _ROW_TENSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

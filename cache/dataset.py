@@ -82,6 +82,9 @@ class Batching:
     with_labels: bool = True
     with_seq: bool = False
     repeat: bool = False
+    # Add ``"token_ids"`` (the lexical channel, (b, T) int32) to the features: only for models
+    # that take it (the others' passes never read ``token_ids``).
+    with_ids: bool = False
 
 
 def streamed_dataset(store: Store | str, split: str | None = "train", *,
@@ -114,6 +117,8 @@ def streamed_dataset(store: Store | str, split: str | None = "train", *,
     b = batching
     if not isinstance(store, Store):
         store = open_store(str(store), require_complete=True)
+    if b.with_ids != store.with_ids:
+        store = store.reading_ids() if b.with_ids else Store(store.url, store.group, store.meta)
     if b.with_labels and not store.labelled:
         raise StoreError(f"Store {store.url} has no labels")
     plan = plan or plan_split(store, split, shard)
@@ -189,13 +194,30 @@ def to_float(x, store: Store):
     return tf.cast(q, tf.float32) * tf.cast(scale, tf.float32)[..., None]
 
 
+def split_ids(rows, store: Store):
+    """Packed rows with token ids (a store :meth:`~Store.reading_ids`) -> ``(rows, ids)``, in
+    the graph: the ids' columns bitcast back to int32 (:func:`embcache.cache.rows.detach_ids`)."""
+    import tensorflow as tf
+
+    from embcache.cache.rows import id_columns
+
+    k = id_columns(store.dtype)
+    rows, packed = rows[..., :-k], rows[..., -k:]
+    ids = tf.bitcast(packed, tf.int32)  # (..., k) of a k-times narrower type -> (...)
+    return rows, (ids[..., 0] if k == 1 else ids)
+
+
 def _finish(ds, make_x, store: Store, b: Batching):
     """Batches ``(x, lengths, labels, seq)`` -> the models' ``(features, labels)``; ``make_x``
     turns the first element into the batch's packed rows, dequantised here."""
     import tensorflow as tf
 
     def _to_model(x, lengths, labels, seq):
-        features = {"embedded": to_float(make_x(x, lengths), store), "lengths": lengths}
+        rows = make_x(x, lengths)
+        features = {}
+        if store.with_ids:
+            rows, features["token_ids"] = split_ids(rows, store)
+        features.update({"embedded": to_float(rows, store), "lengths": lengths})
         if b.with_seq:
             features["seq"] = seq
         return (features, labels) if b.with_labels else features
@@ -257,7 +279,7 @@ def memory_dataset(held: InMemorySplit, batching: Batching = Batching()):
 
 def dataset(store: Store | str, split: str | None = "train", *, batch_size: int = 32,
             shuffle: bool | None = None, seed: int = 0, shuffle_docs: int = SHUFFLE_DOCS,
-            length_buckets: bool = True, repeat: bool = False):
+            length_buckets: bool = True, repeat: bool = False, token_ids: bool = False):
     """A ``tf.data.Dataset`` of one split of a store, ready for ``model.fit``: elements are
     ``({"embedded": (b, T, dim) float32, "lengths": (b,) int32}, labels (b,) int32)``.
 
@@ -273,9 +295,12 @@ def dataset(store: Store | str, split: str | None = "train", *, batch_size: int 
         store: a store path or URL, or a store from :func:`embcache.open_store`.
         split: ``"train"``, ``"val"``, ``"test"`` or ``None`` (every document).
         repeat: loop forever (then give ``model.fit`` its ``steps_per_epoch``).
+        token_ids: add ``"token_ids"`` ``(b, T) int32`` to the features, padded as the vectors
+            are: the lexical channel, for models built with ``inputs(dim, token_ids=True)``.
 
     Raises:
-        StoreError: a missing, incomplete or unlabelled store, or an unknown split.
+        StoreError: a missing, incomplete or unlabelled store, an unknown split, or
+            ``token_ids`` from a store written without them.
     """
     # `model.fit(dataset(...))` would warn that its default `shuffle=True` is ignored for a
     # tf.data.Dataset: this dataset shuffles itself (above), so the warning has nothing to say.
@@ -285,4 +310,5 @@ def dataset(store: Store | str, split: str | None = "train", *, batch_size: int 
                                     r"data `x` was provided as a tf\.data\.Dataset")
     return streamed_dataset(store, split, batching=Batching(
         batch_size=batch_size, shuffle=split == "train" if shuffle is None else shuffle,
-        seed=seed, shuffle_docs=shuffle_docs, buckets=length_buckets, repeat=repeat))
+        seed=seed, shuffle_docs=shuffle_docs, buckets=length_buckets, repeat=repeat,
+        with_ids=token_ids))

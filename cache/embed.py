@@ -12,6 +12,7 @@ from itertools import repeat
 
 import numpy as np
 
+from embcache.cache.lexical import WordIds
 from embcache.cache.rows import encode_rows, split_rows
 from embcache.cache.settings import EmbedSettings
 from embcache.cache.tokenize import make_tokenizer
@@ -60,6 +61,8 @@ class BlockResult:
     lengths: np.ndarray  # (n,) int32
     num_tokens: int
     oov_tokens: int
+    # (kept tokens,) int32: each kept token's id (the lexical channel, embcache.cache.lexical)
+    ids: np.ndarray | None = None
 
     def starts(self) -> np.ndarray:
         """Each document's first row in ``tokens`` (int64)."""
@@ -78,22 +81,27 @@ class BlockEmbedder:
         self.vectors = table.vectors
         self.oov = oov
         self.dtype = np.dtype(settings.dtype)
+        self.word_ids = WordIds()
 
     def token_ids(self, text: str) -> np.ndarray:
         """Row ids of every token (``-2`` for out-of-vocabulary), before truncation."""
-        tokens = self.tokenize(text)
+        return self._rows(self.tokenize(text))
+
+    def _rows(self, tokens: list[str]) -> np.ndarray:
         return np.fromiter(map(self.lookup, tokens, repeat(_OOV)), dtype=np.int64,
                            count=len(tokens))
 
     def embed(self, texts: list[str]) -> BlockResult:
         s = self.settings
-        kept = []
+        kept, words = [], []
         tokens = oov = 0
         for text in texts:
-            row = self.token_ids(text)
+            toks = self.tokenize(text)
+            row = self._rows(toks)
             tokens += len(row)
             oov += int(np.count_nonzero(row == _OOV))
             kept.append(truncate(row, s.max_len, s.truncating))
+            words += truncate(toks, s.max_len, s.truncating)
         lengths = np.fromiter(map(len, kept), dtype=np.int32, count=len(kept))
         ids = np.concatenate(kept) if kept else np.zeros(0, np.int64)
         out = np.zeros((len(ids), self.vectors.shape[1]),
@@ -102,7 +110,8 @@ class BlockEmbedder:
         out[known] = self.vectors[ids[known]]  # one gather per block, cast on assignment
         if self.oov is not None:
             out[ids == _OOV] = self.oov
-        return BlockResult(encode_rows(out, self.settings.dtype), lengths, tokens, oov)
+        return BlockResult(encode_rows(out, self.settings.dtype), lengths, tokens, oov,
+                           self.word_ids(words))
 
 
 class SubwordEmbedder:
@@ -121,7 +130,7 @@ class SubwordEmbedder:
         kept = [truncate(r, s.max_len, s.truncating) for r in rows]
         lengths = np.fromiter(map(len, kept), dtype=np.int32, count=len(kept))
         ids = np.concatenate(kept) if kept else np.zeros(0, np.int64)
-        return BlockResult(self.rows[ids], lengths, total, unknown)
+        return BlockResult(self.rows[ids], lengths, total, unknown, ids.astype(np.int32))
 
 
 class EncoderEmbedder:
@@ -136,7 +145,8 @@ class EncoderEmbedder:
         vectors = self.encoder.encode(ids)
         lengths = np.fromiter((len(v) for v in vectors), dtype=np.int32, count=len(vectors))
         out = np.concatenate(vectors) if vectors else np.zeros((0, self.encoder.dim), np.float32)
-        return BlockResult(encode_rows(out, self.dtype), lengths, total, unknown)
+        kept = np.concatenate(ids).astype(np.int32) if ids else np.zeros(0, np.int32)
+        return BlockResult(encode_rows(out, self.dtype), lengths, total, unknown, kept)
 
 
 # Encoders loaded in this process, by reference: loading one takes seconds and its weights
@@ -204,6 +214,8 @@ class BlockWriter:
         if len(result.tokens):
             for name, part in split_rows(result.tokens, self.dim, self.dtype).items():
                 arrays[name][first:first + len(part)] = part
+            if "token_ids" in arrays:
+                arrays["token_ids"][first:first + len(result.ids)] = result.ids
         arrays["offsets"][region] = first + starts
         arrays["lengths"][region] = result.lengths
         arrays["doc_ids"][region] = np.asarray(doc_ids, dtype=object)

@@ -41,7 +41,10 @@ from embcache.cache.errors import StoreError
 CHECKSUM = "crc32c"
 # Data arrays in the order verify reads them; `scales` exists in int8 stores, `labels` in
 # labelled ones.
-ARRAYS = ("chunk_stats", "offsets", "lengths", "labels", "doc_ids", "split", "scales", "tokens")
+ARRAYS = ("chunk_stats", "offsets", "lengths", "labels", "doc_ids", "split", "scales", "token_ids",
+          "tokens")
+# Arrays chunked by token rows (``tokens``' rows, block by block), not by documents.
+ROW_ARRAYS = ("tokens", "scales", "token_ids")
 PER_DOC = ("offsets", "lengths", "labels", "doc_ids", "split")
 
 
@@ -91,7 +94,7 @@ class Fault:
 
 def block_of(meta, array: str, chunk: tuple[int, ...]) -> int:
     """The block a chunk belongs to (see the module docstring)."""
-    if array in ("tokens", "scales"):
+    if array in ROW_ARRAYS:
         return chunk[0] * meta.token_chunk // meta.block_rows
     return chunk[0]
 
@@ -184,8 +187,9 @@ def expected_chunks(meta, group, stats: np.ndarray) -> dict[str, set[tuple[int, 
             continue
         rows.update(b * per_block + i for i in range(-(-kept // meta.token_chunk)))
     out["tokens"] = {(r, 0) for r in rows}
-    if "scales" in group:
-        out["scales"] = {(r,) for r in rows}
+    for name in ("scales", "token_ids"):
+        if name in group:
+            out[name] = {(r,) for r in rows}
     if manifest(meta) is not None:
         for name in PER_DOC:
             if name in group:
@@ -372,7 +376,7 @@ def mark_for_rewrite(store, blocks: list[int]) -> None:
             continue
         have = list_chunks(group[name])
         for b in blocks:
-            if name in ("tokens", "scales"):
+            if name in ROW_ARRAYS:
                 doomed += [(name, c) for c in sorted(have)
                            if b * per_block <= c[0] < (b + 1) * per_block]
             elif (b,) in have:

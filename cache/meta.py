@@ -90,6 +90,9 @@ class StoreMeta:
     # A static subword table's identity (embcache.cache.subword.SubwordTable.identity): its
     # layout, tokenizer file's sha256 and fingerprint (= ``vectors.fingerprint``).
     subword: dict[str, Any] | None = None
+    # The lexical channel (``token_ids``, :mod:`embcache.cache.lexical`): ``{"ids": what the ids
+    # are}``; ``None`` for stores written before it existed (they have no ``token_ids`` array).
+    lexical: dict[str, Any] | None = None
 
     # -- derived facts -------------------------------------------------------------------------
     @property
@@ -124,6 +127,11 @@ class StoreMeta:
         return self.label_names is not None
 
     @property
+    def has_token_ids(self) -> bool:
+        """Whether the store holds the lexical channel (its ``token_ids`` array)."""
+        return self.lexical is not None
+
+    @property
     def strip_headers(self) -> bool:
         return bool(self.corpus.get("strip_headers", False))
 
@@ -156,7 +164,7 @@ class StoreMeta:
         """What a resumed run must share with the run that started the store."""
         return {"layout": self.layout, "corpus": self.corpus,
                 "vectors": self.vectors.fingerprint, "settings": self.settings,
-                "split": self.split, "chunk_docs": self.chunk_docs}
+                "split": self.split, "chunk_docs": self.chunk_docs, "lexical": self.lexical}
 
     def job_differences(self, other: StoreMeta) -> list[str]:
         a, b = self.job(), other.job()
@@ -191,6 +199,8 @@ class StoreMeta:
             attrs["encoder"] = dict(self.encoder)
         if self.subword is not None:
             attrs["subword"] = dict(self.subword)
+        if self.lexical is not None:
+            attrs["lexical"] = dict(self.lexical)
         if self.totals is not None:
             t = self.totals
             attrs.update({**asdict(t), "oov_rate": t.oov_rate})
@@ -234,6 +244,11 @@ class StoreMeta:
                 raise error(f"{where} has a malformed attribute `{name}` (not an object whose "
                             "fingerprint is vectors.fingerprint); it was not written by this "
                             "embcache or has been edited")
+        lexical = attrs.get("lexical")
+        if lexical is not None and not (isinstance(lexical, dict)
+                                        and isinstance(lexical.get("ids"), str)):
+            raise error(f"{where} has a malformed attribute `lexical` (not an object naming its "
+                        "ids); it was not written by this embcache or has been edited")
         totals = None
         complete = bool(attrs.get("complete", False))
         if complete:
@@ -250,7 +265,7 @@ class StoreMeta:
                    block_rows=r.get("block_rows", int, positive=True),
                    embcache_version=str(attrs.get("embcache_version", "")),
                    complete=complete, totals=totals, layout=layout, encoder=encoder,
-                   subword=subword)
+                   subword=subword, lexical=lexical)
 
 
 def _read_settings(r: _Reader) -> EmbedSettings:

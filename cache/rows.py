@@ -67,6 +67,31 @@ def join_rows(tokens: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
     return out
 
 
+def id_columns(dtype: str) -> int:
+    """Columns an int32 token id takes at the end of a packed row of ``dtype`` (its 4 bytes)."""
+    return 4 // row_dtype(dtype).itemsize
+
+
+def attach_ids(rows: np.ndarray, ids: np.ndarray, dtype: str) -> np.ndarray:
+    """Packed rows ``(n, width)`` and their token ids ``(n,)`` -> ``(n, width + id_columns)``:
+    each id's int32 bytes appended to its row, so that everything that moves rows (shuffle
+    buffer, buckets, the producer's shared memory, the in-memory split) moves the ids with them,
+    bit for bit (NumPy and ``tf.gather`` copy bytes; nothing does arithmetic on these columns).
+    The dataset splits them off again where the batch is made (:func:`detach_ids`)."""
+    k = id_columns(dtype)
+    out = np.empty((len(rows), rows.shape[1] + k), dtype=rows.dtype)
+    out[:, :rows.shape[1]] = rows
+    out[:, rows.shape[1]:] = np.ascontiguousarray(ids, dtype=np.int32).view(rows.dtype).reshape(-1, k)
+    return out
+
+
+def detach_ids(rows: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`attach_ids` for any leading shape: ``(rows, ids int32)``."""
+    k = id_columns(dtype)
+    ids = np.ascontiguousarray(rows[..., -k:]).view(np.int32)[..., 0]
+    return rows[..., :-k], ids
+
+
 def decode_rows(rows: np.ndarray, dim: int, dtype: str) -> np.ndarray:
     """Packed rows (any leading shape) -> float32 vectors ``(..., dim)``."""
     if dtype != "int8":

@@ -5,6 +5,10 @@ single source of truth).
                                                      zstd
     scales       (chunks * block_rows,)      float16 int8 stores only: each token vector's scale
                                                      (see :mod:`embcache.cache.rows`)
+    token_ids    (chunks * block_rows,)      int32   the lexical channel: each kept token's id
+                                                     (:mod:`embcache.cache.lexical`), row for row
+                                                     with ``tokens``; zstd. Stores with the
+                                                     ``lexical`` attribute only
     offsets      (docs,)                     int64   first row of each document in ``tokens``
     lengths      (docs,)                     int32   tokens kept per document (after truncation)
     labels       (docs,)                     int32   label index (labelled corpora only)
@@ -118,7 +122,8 @@ def block_rows(chunk_docs: int, max_len: int, token_chunk: int) -> int:
 def new_meta(*, settings, vectors: VectorsInfo, split: SplitSettings, corpus: dict[str, Any],
              label_names: list[str] | None, num_docs: int, chunk_docs: int | None = None,
              encoder: dict[str, Any] | None = None,
-             subword: dict[str, Any] | None = None) -> StoreMeta:
+             subword: dict[str, Any] | None = None,
+             lexical: dict[str, Any] | None = None) -> StoreMeta:
     """The metadata of a store about to be written, its physical layout decided here:
     ``chunk_docs`` (default :func:`auto_chunk_docs`), ``token_chunk`` and ``block_rows``."""
     from embcache.cache import __version__
@@ -130,7 +135,8 @@ def new_meta(*, settings, vectors: VectorsInfo, split: SplitSettings, corpus: di
                      label_names=tuple(label_names) if label_names is not None else None,
                      num_docs=num_docs, chunk_docs=chunk, token_chunk=token_chunk,
                      block_rows=block_rows(chunk, settings.max_len, token_chunk),
-                     embcache_version=__version__, encoder=encoder, subword=subword)
+                     embcache_version=__version__, encoder=encoder, subword=subword,
+                     lexical=lexical)
 
 
 def assign_split(doc_ids: list[str], val_frac: float, test_frac: float, seed: int = 0) -> np.ndarray:
@@ -229,6 +235,9 @@ def create_store(url: str, meta: StoreMeta):
     if meta.dtype == "int8":  # one scale per token vector, chunked as `tokens`' rows
         group.create_array("scales", shape=(meta.num_chunks * meta.block_rows,),
                            chunks=(meta.token_chunk,), dtype="float16", fill_value=0, **token)
+    if meta.has_token_ids:  # the lexical channel: one id per token row, chunked as its rows
+        group.create_array("token_ids", shape=(meta.num_chunks * meta.block_rows,),
+                           chunks=(meta.token_chunk,), dtype="int32", fill_value=0, **token)
     group.create_array("offsets", shape=(n,), chunks=(chunk,), dtype="int64", fill_value=0,
                        **small)
     group.create_array("lengths", shape=(n,), chunks=(chunk,), dtype="int32", fill_value=0,
@@ -263,6 +272,23 @@ class Store:
     url: str
     group: Any
     meta: StoreMeta
+    # Rows carry each token's id after its vector (:func:`embcache.cache.rows.attach_ids`): set
+    # by :meth:`reading_ids` for readers that feed a model taking the lexical channel; others
+    # never read ``token_ids``.
+    with_ids: bool = False
+
+    def reading_ids(self) -> Store:
+        """This store, its rows read with their token ids.
+
+        Raises:
+            StoreError: the store has no lexical channel (written before it existed).
+        """
+        if not self.meta.has_token_ids:
+            raise StoreError(f"Store {self.url} has no token ids (it was written by embcache "
+                             f"{self.meta.embcache_version or 'before 0.1'}, before the lexical "
+                             "channel); a model that takes token_ids needs them: rebuild it with "
+                             "its embed-corpus command and --overwrite")
+        return Store(self.url, self.group, self.meta, with_ids=True)
 
     @property
     def num_docs(self) -> int:
@@ -286,8 +312,11 @@ class Store:
 
     @property
     def row_width(self) -> int:
-        """Columns of the packed rows batches carry (``dim``; ``dim + 2`` for int8)."""
-        return self.meta.row_width
+        """Columns of the packed rows batches carry (``dim``; ``dim + 2`` for int8; and the
+        token id's columns when reading ids)."""
+        from embcache.cache.rows import id_columns
+
+        return self.meta.row_width + (id_columns(self.meta.dtype) if self.with_ids else 0)
 
     @property
     def row_dtype(self) -> np.dtype:

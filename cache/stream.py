@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embcache.cache.errors import StoreError
-from embcache.cache.rows import decode_rows, join_rows
+from embcache.cache.rows import attach_ids, decode_rows, join_rows
 from embcache.cache.store import SPLIT_NAMES, Store
 
 # Documents in the in-memory shuffle buffer when training (about 190 MB at 20 Newsgroups' mean
@@ -173,11 +173,14 @@ class BlockReader:
 
 
 def read_rows(store: Store, first: int, end: int) -> np.ndarray:
-    """Rows ``first:end`` of ``tokens`` as packed rows (joined with ``scales`` for int8)."""
+    """Rows ``first:end`` of ``tokens`` as packed rows (joined with ``scales`` for int8, and
+    with ``token_ids`` for a store :meth:`~embcache.cache.store.Store.reading_ids`; a store read
+    without them never reads that array)."""
     def get(name):
         return store.read(name, first, end) if end > first else store.array(name)[0:0]
 
-    return get("tokens") if store.dtype != "int8" else join_rows(get("tokens"), get("scales"))
+    rows = get("tokens") if store.dtype != "int8" else join_rows(get("tokens"), get("scales"))
+    return attach_ids(rows, get("token_ids"), store.dtype) if store.with_ids else rows
 
 
 def pad_batch(docs, length: int, padding: str, dim: int, dtype) -> np.ndarray:

@@ -159,7 +159,7 @@ def embed_corpus(
         meta = new_meta(settings=settings, vectors=vectors_info, split=split,
                         corpus=_corpus_identity(corpus), label_names=scan.label_names,
                         num_docs=scan.num_docs, chunk_docs=chunk_docs, encoder=src.encoder,
-                        subword=src.subword)
+                        subword=src.subword, lexical={"ids": src.ids_kind})
         with writing(f"store {out}"):  # disk full, read-only: one line; the rerun resumes
             store = StoreWriter.open(out, meta, overwrite=overwrite, repair=repair)
             _write_blocks(corpus, store, scan, source, oov, pool, progress)
@@ -232,6 +232,14 @@ class Source:
     settings: EmbedSettings
     encoder: dict | None = None
     subword: dict | None = None
+
+    @property
+    def ids_kind(self) -> str:
+        """What the store's ``token_ids`` hold: the tokenizer's ids (subword tables, encoders)
+        or, for word vectors, a hash of each word (:mod:`embcache.cache.lexical`)."""
+        from embcache.cache.lexical import TOKENIZER_IDS, WORD_HASH
+
+        return TOKENIZER_IDS if self.encoder or self.subword else WORD_HASH
 
 
 def load_source(vectors_path: str | None, *, encoder: str | None, tokenizer: str | None,

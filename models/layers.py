@@ -130,3 +130,96 @@ class WindowMaxPool(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "stride": self.stride, "field": self.field,
                 "padding": self.padding}
+
+
+@keras.saving.register_keras_serializable(package="embcache")
+class HashedTfidf(keras.layers.Layer):
+    """The lexical channel's linear model: ``(token_ids (batch, T), lengths (batch,))`` ->
+    ``(batch, num_classes)`` logits of sublinear TF-IDF over hashed unigrams and bigrams.
+
+    Each document's features (:mod:`embcache.cache.lexical`: the same integer hashing as the
+    NumPy count) are counted in the graph; a feature kept by :meth:`adapt` weighs
+    ``(1 + ln tf) * idf``, the document's vector is L2-normalised, and its logits are the kept
+    features' rows of ``kernel``, weighted and summed (a sparse product: only the rows a batch
+    touches are read, and their gradient is sparse). Features :meth:`adapt` did not keep weigh
+    nothing. ``scale`` multiplies the logits: it is the lexical channel's learning-rate factor
+    under Adam (a linear model on L2-normalised features needs weights of ~10, which Adam at
+    1e-3 would take thousands of steps to reach).
+
+    ``vocab``, ``idf`` (the training split's document frequencies) are non-trainable weights,
+    saved with the model: a run scores new text with the statistics it was trained with.
+    """
+
+    def __init__(self, num_classes: int, max_features: int = 1 << 19, ngrams: int = 2,
+                 padding: str = "pre", scale: float = 10.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes, self.max_features = int(num_classes), int(max_features)
+        self.ngrams, self.padding, self.scale = int(ngrams), padding, float(scale)
+
+    def build(self, ids_shape, lengths_shape=None):
+        from embcache.cache.lexical import BUCKETS
+
+        self.vocab = self.add_weight(shape=(self.max_features,), dtype="int64", trainable=False,
+                                     initializer=keras.initializers.Constant(BUCKETS),
+                                     name="vocab")
+        self.idf = self.add_weight(shape=(self.max_features,), trainable=False,
+                                   initializer="zeros", name="idf")
+        self.kernel = self.add_weight(shape=(self.max_features, self.num_classes),
+                                      initializer="zeros", name="kernel")
+        self.bias = self.add_weight(shape=(self.num_classes,), initializer="zeros", name="bias")
+
+    def adapt(self, vocab, idf) -> None:
+        """Set the kept features (sorted bucket ids) and their idf, from
+        :meth:`embcache.cache.lexical.DocumentFrequencies.vocabulary`."""
+        import numpy as np
+
+        from embcache.cache.lexical import BUCKETS
+
+        n = len(vocab)
+        if n > self.max_features:
+            raise ValueError(f"{n} features given; this layer holds {self.max_features}")
+        v = np.full(self.max_features, BUCKETS, dtype=np.int64)
+        w = np.zeros(self.max_features, dtype=np.float32)
+        v[:n], w[:n] = vocab, idf
+        self.vocab.assign(v)
+        self.idf.assign(w)
+
+    def call(self, ids, lengths):
+        import tensorflow as tf
+
+        from embcache.cache.lexical import _PAIR_MULT, _PAIR_PRIME, BIGRAM_BASE, BUCKETS
+
+        ids = tf.cast(ids, tf.int64)
+        batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
+        positions = tf.range(steps)[None, :]
+        n = tf.cast(lengths, tf.int32)[:, None]
+        real = positions >= steps - n if self.padding == "pre" else positions < n
+        doc = tf.broadcast_to(tf.range(batch, dtype=tf.int64)[:, None], tf.shape(ids))
+        keys, docs = [tf.boolean_mask(ids % BUCKETS, real)], [tf.boolean_mask(doc, real)]
+        if self.ngrams >= 2:
+            pair = real[:, 1:] & real[:, :-1]
+            key = (BIGRAM_BASE + (ids[:, :-1] * _PAIR_MULT + ids[:, 1:]) % _PAIR_PRIME) % BUCKETS
+            keys.append(tf.boolean_mask(key, pair))
+            docs.append(tf.boolean_mask(doc[:, 1:], pair))
+        combined = tf.concat(docs, 0) * BUCKETS + tf.concat(keys, 0)
+        unique, index = tf.unique(combined)
+        counts = tf.math.unsorted_segment_sum(tf.ones_like(index, tf.float32), index,
+                                              tf.shape(unique)[0])
+        feature, owner = unique % BUCKETS, tf.cast(unique // BUCKETS, tf.int32)
+        vocab = tf.convert_to_tensor(self.vocab)
+        row = tf.minimum(tf.searchsorted(vocab, feature), self.max_features - 1)
+        hit = tf.cast(tf.equal(tf.gather(vocab, row), feature), tf.float32)
+        weight = (1.0 + tf.math.log(counts)) * tf.gather(tf.convert_to_tensor(self.idf), row) * hit
+        norm = tf.math.unsorted_segment_sum(weight * weight, owner, batch)
+        weight = weight * tf.gather(tf.math.rsqrt(tf.maximum(norm, 1e-12)), owner)
+        logits = tf.math.unsorted_segment_sum(
+            weight[:, None] * tf.gather(self.kernel, row), owner, batch)
+        return self.scale * (logits + self.bias)
+
+    def compute_output_shape(self, ids_shape, lengths_shape=None):
+        return (ids_shape[0], self.num_classes)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes,
+                "max_features": self.max_features, "ngrams": self.ngrams,
+                "padding": self.padding, "scale": self.scale}

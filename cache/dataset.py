@@ -117,8 +117,8 @@ def streamed_dataset(store: Store | str, split: str | None = "train", *,
     b = batching
     if not isinstance(store, Store):
         store = open_store(str(store), require_complete=True)
-    if b.with_ids != store.with_ids:
-        store = store.reading_ids() if b.with_ids else Store(store.url, store.group, store.meta)
+    if b.with_ids and not store.with_ids:
+        store = store.reading_ids()
     if b.with_labels and not store.labelled:
         raise StoreError(f"Store {store.url} has no labels")
     plan = plan or plan_split(store, split, shard)

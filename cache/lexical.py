@@ -110,3 +110,32 @@ class DocumentFrequencies:
         df = self.counts[kept].astype(np.float64)
         idf = np.log((1.0 + self.num_docs) / (1.0 + df)) + 1.0
         return kept.astype(np.int64), idf.astype(np.float32)
+
+
+def count_split(store, plan, split: str | None, ngrams: int = 2,
+                progress=None) -> DocumentFrequencies:
+    """Document frequencies over one split of a store with the lexical channel, read block by
+    block (``offsets``, ``lengths``, ``split`` and the block's ``token_ids`` rows: never the
+    vectors). Memory: the counts and one block. ``progress(n)``: called with each block's
+    documents."""
+    from embcache.cache.store import SPLIT_NAMES
+
+    if not store.meta.has_token_ids:
+        store.reading_ids()  # raises the one-line "rebuild" error
+    df = DocumentFrequencies(ngrams)
+    c = store.chunk_docs
+    for chunk in plan.chunks.tolist():
+        lo, hi = chunk * c, min((chunk + 1) * c, store.num_docs)
+        offsets, lengths = store.read("offsets", lo, hi), store.read("lengths", lo, hi)
+        first, end = int(offsets[0]), int(offsets[-1] + lengths[-1])
+        ids = store.read("token_ids", first, end) if end > first else np.zeros(0, np.int32)
+        if split is not None:
+            keep = store.read("split", lo, hi) == SPLIT_NAMES.index(split)
+            starts = (offsets - first)[keep]
+            lengths = lengths[keep]
+            ids = np.concatenate([ids[s:s + n] for s, n in zip(starts.tolist(), lengths.tolist())]
+                                 or [np.zeros(0, np.int32)])
+        df.add(ids, lengths)
+        if progress is not None:
+            progress(len(lengths))
+    return df

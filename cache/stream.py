@@ -469,7 +469,7 @@ def bucket_blocks(blocks, bucketer: Bucketer, *, buffer: ShuffleBuffer | None = 
 
 def text_batches(embedder, texts: list[str], *, max_len: int, padding: str, dim: int, dtype: str,
                  batch_size: int, piece: int = 1024, max_wait: int | None = None,
-                 prepare=None):
+                 prepare=None, with_ids: bool = False):
     """Texts -> float32 batches ``(x, lengths, labels, seq)`` in NumPy, without a store: each
     ``piece`` of texts is embedded by the store writer's own embedder
     (:mod:`embcache.cache.embed`) into a ragged block of packed rows, and the blocks are bucketed
@@ -477,21 +477,31 @@ def text_batches(embedder, texts: list[str], *, max_len: int, padding: str, dim:
     batch is made, as the dataset does in its graph. ``seq`` is the text's position.
     ``prepare(piece)``: applied to each piece's texts first (as the corpus readers do).
 
+    ``with_ids``: each batch's ``x`` is ``(vectors, token_ids)``, the ids the store writer
+    would store (the lexical channel), padded as the vectors.
+
     Memory: one piece's kept tokens' packed rows, plus the documents waiting in the buckets
     (bounded by ``max_wait``).
     """
-    from embcache.cache.rows import row_dtype, row_width
+    from embcache.cache.rows import detach_ids, id_columns, row_dtype, row_width
 
     width, rdtype = row_width(dim, dtype), row_dtype(dtype)
+    if with_ids:
+        width += id_columns(dtype)
 
     def make(docs, length):
-        return decode_rows(pad_batch(docs, length, padding, width, rdtype), dim, dtype)
+        rows = pad_batch(docs, length, padding, width, rdtype)
+        if not with_ids:
+            return decode_rows(rows, dim, dtype)
+        rows, ids = detach_ids(rows, dtype)
+        return decode_rows(rows, dim, dtype), ids
 
     def blocks():
         for start in range(0, len(texts), piece):
             part = texts[start:start + piece]
             result = embedder.embed(prepare(part) if prepare else part)
-            yield Block(result.tokens, result.starts(), result.lengths,
+            rows = attach_ids(result.tokens, result.ids, dtype) if with_ids else result.tokens
+            yield Block(rows, result.starts(), result.lengths,
                         np.zeros(len(part), np.int32)).as_docs()
 
     bucketer = Bucketer(bucket_lengths(max_len), batch_size, padding, width, rdtype,

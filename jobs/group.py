@@ -28,6 +28,7 @@ import numpy as np
 from embcache.cache.hooks import pause_point
 from embcache.cache.tfenv import released_custom_gradients
 from embcache.jobs.metrics import Confusion
+from embcache.models.registry import model_features
 
 
 @dataclass
@@ -53,6 +54,12 @@ class Member:
     @property
     def active(self) -> bool:
         return not self.error and not self.done
+
+
+def fed(model, batch):
+    """``(features, labels)`` with only the features ``model`` takes (a group's batch carries
+    ``token_ids`` when any member reads them)."""
+    return (model_features(model, batch[0]), *batch[1:])
 
 
 def _first(values: dict, key: str) -> float:
@@ -81,7 +88,7 @@ class GroupTrainer:
             if m.error:
                 continue
             try:
-                m.model.test_step(sample_batch)
+                m.model.test_step(fed(m.model, sample_batch))
                 m.model.reset_metrics()
                 m.model.optimizer.build(m.model.trainable_variables)
             except Exception as e:  # noqa: BLE001 - one model's failure is that model's alone
@@ -111,7 +118,7 @@ class GroupTrainer:
         if key not in self._fns:
             import tensorflow as tf
 
-            steps_of = [getattr(m.model, step) for m in active]
+            steps_of = [(getattr(m.model, step), m.model) for m in active]
 
             @tf.function(reduce_retracing=True)
             def run(iterator, steps):
@@ -119,8 +126,8 @@ class GroupTrainer:
 
                 def body(i):
                     batch = iterator.get_next()
-                    for one_step in steps_of:
-                        one_step(batch)
+                    for one_step, model in steps_of:
+                        one_step(fed(model, batch))
                     return (i + 1,)
 
                 tf.while_loop(lambda i: i < steps, body, (tf.constant(0),))
@@ -264,7 +271,7 @@ class GroupTrainer:
 
         @tf.function(reduce_retracing=True)
         def predict(features):
-            return [model(features, training=False) for model in models]
+            return [model(model_features(model, features), training=False) for model in models]
 
         confusions = [Confusion([str(i) for i in range(num_classes)]) for _ in done]
         losses = [0.0 for _ in done]

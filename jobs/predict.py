@@ -43,7 +43,8 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
         _check_outputs(model, "model", len(names))
     run = predict_all([model], store.dim)  # one trace whatever the buckets' shapes
     ds = streamed_dataset(store, split, batching=Batching(
-        batch_size=batch_size, with_labels=store.labelled, with_seq=True), plan=plan)
+        batch_size=batch_size, with_labels=store.labelled, with_seq=True,
+        with_ids=any_token_ids([model])), plan=plan)
     probs = np.zeros((plan.num_docs, width), np.float32)
     truth = np.full(plan.num_docs, -1, np.int64)
     with pipeline_errors():
@@ -67,17 +68,30 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
 
 def predict_all(models: list, dim: int):
     """One compiled function running every model on a batch of any size and length: traced once,
-    whatever shapes the length buckets give (``predict_on_batch`` would trace per shape)."""
+    whatever shapes the length buckets give (``predict_on_batch`` would trace per shape). Its
+    features carry ``token_ids`` when any model takes them (:func:`any_token_ids`); each model
+    gets the features it takes."""
     import tensorflow as tf
+
+    from embcache.models.registry import model_features
 
     spec = {"embedded": tf.TensorSpec([None, None, dim], tf.float32),
             "lengths": tf.TensorSpec([None], tf.int32)}
+    if any_token_ids(models):
+        spec["token_ids"] = tf.TensorSpec([None, None], tf.int32)
 
     @tf.function(input_signature=[spec])
     def predict(features):
-        return [m(features, training=False) for m in models]
+        return [m(model_features(m, features), training=False) for m in models]
 
     return predict
+
+
+def any_token_ids(models: list) -> bool:
+    """Whether any of ``models`` reads the lexical channel (then batches must carry it)."""
+    from embcache.models.registry import takes_token_ids
+
+    return any(takes_token_ids(m) for m in models)
 
 
 def doc_ids_in_order(split: str | None, store):

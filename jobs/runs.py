@@ -157,7 +157,8 @@ def load_run(run_dir: str | Path, card: dict[str, Any] | None = None) -> Run:
     shape = model.output_shape
     embedded = next((i for i in model.inputs if i.name.startswith("embedded")), None)
     meta = card_meta(card, run / CARD_FILE)
-    if embedded is None or tuple(embedded.shape[1:]) != (None, meta.dim):
+    lexical_only = embedded is None and any(i.name.startswith("token_ids") for i in model.inputs)
+    if not lexical_only and (embedded is None or tuple(embedded.shape[1:]) != (None, meta.dim)):
         raise ModelError(f"{run / MODEL_FILE} does not take (any length, dim={meta.dim}) "
                          "embedded input as its card says")
     if shape[-1] != len(meta.label_names):

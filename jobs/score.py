@@ -30,7 +30,7 @@ from embcache.jobs.ensemble import ENSEMBLES, check_compatible, ensemble_group, 
 from embcache.jobs.locks import reading
 from embcache.jobs.metrics import Confusion, write_metrics
 from embcache.jobs.outputs import open_writer, output_format
-from embcache.jobs.predict import doc_ids_in_order, predict_all
+from embcache.jobs.predict import any_token_ids, doc_ids_in_order, predict_all
 from embcache.jobs.runs import Run, load_run, read_card
 
 
@@ -334,11 +334,12 @@ class Scorer:
         meta = self.meta
         prepare = ((lambda part: [strip_usenet_header(t) for t in part]) if meta.strip_headers
                    else None)  # as the corpus readers do for the training corpus
+        with_ids = any_token_ids([r.model for r in self.runs])
         batches = text_batches(self._text_embedder(), texts, max_len=meta.max_len,
                                padding=meta.padding, dim=meta.dim, dtype=meta.dtype,
                                batch_size=self.batch_size, piece=_TEXT_PIECE, max_wait=_MAX_WAIT,
-                               prepare=prepare)
-        features = (({"embedded": x, "lengths": n}, None, seq) for x, n, _y, seq in batches)
+                               prepare=prepare, with_ids=with_ids)
+        features = ((_text_features(x, n, with_ids), None, seq) for x, n, _y, seq in batches)
         out: dict[str, list] = {c: [] for c in self.columns(top_k)}
         for part_ids, cols in self._scored(features, iter(ids), top_k, labels=None):
             out["doc_id"] += part_ids
@@ -407,7 +408,8 @@ class Scorer:
         labelled = store.labelled  # the true label is a column; metrics only when asked
         # Batches come bucketed by length; `seq` puts each row back at its place in the input.
         ds = streamed_dataset(store, split, batching=Batching(
-            batch_size=self.batch_size, with_labels=labelled, with_seq=True), plan=plan,
+            batch_size=self.batch_size, with_labels=labelled, with_seq=True,
+            with_ids=any_token_ids([r.model for r in self.runs])), plan=plan,
             max_wait=_MAX_WAIT)
 
         def batches():
@@ -551,6 +553,14 @@ def _remove_stale_partials(out_path: Path) -> None:
 # A bucket's short batch leaves once its oldest document has waited this many documents: rows
 # wait at most that long to be written in input order (memory: that many rows of predictions).
 _MAX_WAIT = 4096
+
+
+def _text_features(x, lengths, with_ids: bool) -> dict:
+    """A batch of :func:`~embcache.cache.stream.text_batches` as the models' features."""
+    if with_ids:
+        x, ids = x
+        return {"embedded": x, "lengths": lengths, "token_ids": ids}
+    return {"embedded": x, "lengths": lengths}
 
 
 class InputOrder:

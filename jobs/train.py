@@ -27,6 +27,7 @@ from embcache.jobs.grid import expand_runs
 from embcache.jobs.group import GroupTrainer, Member
 from embcache.jobs.locks import exclusive, reading
 from embcache.jobs.multiworker import STRATEGIES, MultiWorker
+from embcache.models.registry import takes_token_ids
 from embcache.jobs.runs import CARD_FILE, MODEL_FILE, plot_curves, publish_run, run_card, write_card
 
 
@@ -260,6 +261,28 @@ def _in_memory(store, plans: dict, config: TrainConfig, progress: bool) -> dict:
     return out
 
 
+def adapt_lexical(store, plan, models: list, progress: bool) -> None:
+    """Set every lexical layer's kept features and idf (:class:`~embcache.models.layers.
+    HashedTfidf`) from one counting pass over the train split per n-gram order, shared by the
+    group's models (:func:`embcache.cache.lexical.count_split`)."""
+    from embcache.cache.lexical import count_split
+    from embcache.models.layers import HashedTfidf
+
+    layers = [layer for model in models for layer in model._flatten_layers(include_self=False)
+              if isinstance(layer, HashedTfidf)]
+    counts: dict = {}
+    for layer in layers:
+        if layer.ngrams not in counts:
+            t = time.perf_counter()
+            counts[layer.ngrams] = count_split(store, plan, "train", layer.ngrams)
+            if progress:
+                print(f"document frequencies of {'unigrams and bigrams' if layer.ngrams > 1 else 'unigrams'}"
+                      f" counted over {counts[layer.ngrams].num_docs:,} train documents in "
+                      f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
+        vocab, idf = counts[layer.ngrams].vocabulary(layer.max_features, layer.min_df)
+        layer.adapt(vocab, idf)
+
+
 def build_member(m: Member, store, config: TrainConfig) -> None:
     """Build and compile a member's model for the store, with the callbacks every run has: early
     stopping (best weights restored), CSV history and TensorBoard logs in its stage folder.
@@ -272,7 +295,9 @@ def build_member(m: Member, store, config: TrainConfig) -> None:
     m.model = m.source.make(max_len=store.max_len, dim=store.dim,
                             num_classes=len(store.label_names), padding=store.padding,
                             **m.hparams)
-    m.model.compile(optimizer=keras.optimizers.Adam(m.learning_rate),
+    from embcache.models.optimizers import Adam
+
+    m.model.compile(optimizer=Adam(m.learning_rate),
                     loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     m.timer, m.history = [], keras.callbacks.History()  # timer: the shared epochs' seconds
     m.callbacks = [
@@ -316,6 +341,10 @@ def _fit_members(store_url, store, plans, members: list[Member], config: TrainCo
                 raise
             trainer.fail(m, str(e))
             continue
+    if any(m.model is not None and not m.error and takes_token_ids(m.model) for m in members):
+        store = store.reading_ids()  # refuses a store without them, in one line
+        adapt_lexical(store, plans["train"], [m.model for m in members if m.model is not None
+                                              and not m.error], progress)
     train_ds, val_ds, steps = group_streams(store, plans, config, progress)
     if progress and not lone:
         print(f"Training {len(members)} models from one stream of {store_url}: "
@@ -436,6 +465,10 @@ def _replicated_model(cluster: MultiWorker, source, store, hp: dict, config: Tra
     with cluster.strategy.scope():
         model = source.make(max_len=store.max_len, dim=store.dim,
                             num_classes=len(store.label_names), padding=store.padding, **hp)
+        if takes_token_ids(model):
+            raise ModelError(f"Model {source.ref!r} reads token_ids (the lexical channel), which "
+                             "multi-worker training does not feed; train it with the default "
+                             "strategy")
         # One step per call: the multi-worker workarounds (jobs.multiworker) assume it.
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"],

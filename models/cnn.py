@@ -15,7 +15,7 @@ def receptive_field(kernel_size: int, pool_size: int) -> int:
 @register("cnn")
 def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", filters: int = 128,
           kernel_size: int = 5, pool_size: int = 5, dense: int = 128, dropout: float = 0.0,
-          edge: int = 0):
+          edge: int = 0, wide: bool = False):
     """Three Conv1D(filters, kernel_size) with max pooling, global max pooling, Dense(dense).
 
     Input ``(T, dim)`` for any ``T``: a batch shorter than the receptive field (149 steps for
@@ -31,7 +31,7 @@ def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", fil
     at ``receptive_field - 1`` (148) no window can reach further, so a document's features do
     not depend on its batch's length at all, at the cost of computing over those steps.
     """
-    ins = inputs(dim)
+    ins = inputs(dim, token_ids=wide)
     field = receptive_field(kernel_size, pool_size)
     # Aligned to the poolings' stride (pool_size ** 2): every token reaches the global pooling.
     x = padded = MinLength(field, padding, extra=edge,
@@ -43,4 +43,5 @@ def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", fil
     x = keras.layers.Conv1D(filters, kernel_size, activation="relu")(x)
     x = WindowMaxPool(pool_size * pool_size, field, padding)(x, ins["lengths"], padded)
     x = keras.layers.Dense(dense, activation="relu")(x)
-    return keras.Model(ins, head(x, num_classes, dropout), name="cnn")
+    probs = head(x, num_classes, dropout, wide=ins if wide else None, padding=padding)
+    return keras.Model(ins, probs, name="cnn")

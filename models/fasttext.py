@@ -8,10 +8,11 @@ from embcache.models.registry import register
 
 @register("fasttext")
 def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", hidden: int = 64,
-          dropout: float = 0.0):
-    ins = inputs(dim)
+          dropout: float = 0.0, wide: bool = False):
+    ins = inputs(dim, token_ids=wide)
     mask = LengthMask(padding)(ins["lengths"], ins["embedded"])
     x = MaskedMean()(ins["embedded"], mask)
     if hidden:
         x = keras.layers.Dense(hidden, activation="relu")(x)
-    return keras.Model(ins, head(x, num_classes, dropout), name="fasttext")
+    probs = head(x, num_classes, dropout, wide=ins if wide else None, padding=padding)
+    return keras.Model(ins, probs, name="fasttext")

@@ -8,8 +8,9 @@ from embcache.models.registry import register
 
 @register("gru")
 def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", units: int = 64,
-          dropout: float = 0.3):
-    ins = inputs(dim)
+          dropout: float = 0.3, wide: bool = False):
+    ins = inputs(dim, token_ids=wide)
     mask = LengthMask(padding)(ins["lengths"], ins["embedded"])
     x = keras.layers.GRU(units)(ins["embedded"], mask=mask)
-    return keras.Model(ins, head(x, num_classes, dropout), name="gru")
+    probs = head(x, num_classes, dropout, wide=ins if wide else None, padding=padding)
+    return keras.Model(ins, probs, name="gru")

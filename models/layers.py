@@ -5,12 +5,20 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from embcache.models import optimizers  # noqa: F401 - registers the optimizer runs are saved with
 
-def inputs(dim: int):
-    """The two model inputs every model takes: the embedded sequence, of any length (each batch
-    comes padded to its own length bucket), and each document's true length."""
-    return {"embedded": keras.Input(shape=(None, dim), name="embedded"),
-            "lengths": keras.Input(shape=(), dtype="int32", name="lengths")}
+
+def inputs(dim: int, token_ids: bool = False):
+    """The model inputs: the embedded sequence, of any length (each batch comes padded to its
+    own length bucket), and each document's true length; with ``token_ids``, also each token's
+    id (the lexical channel, ``(T,)`` int32, padded as the vectors are: see
+    :mod:`embcache.cache.lexical`). A model that takes ``token_ids`` is fed them by every job;
+    it needs a store written with them."""
+    ins = {"embedded": keras.Input(shape=(None, dim), name="embedded"),
+           "lengths": keras.Input(shape=(), dtype="int32", name="lengths")}
+    if token_ids:
+        ins["token_ids"] = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+    return ins
 
 
 @keras.saving.register_keras_serializable(package="embcache")
@@ -91,10 +99,19 @@ class MaskedMean(keras.layers.Layer):
         return (input_shape[0], input_shape[-1])
 
 
-def head(x, num_classes: int, dropout: float = 0.0):
+def head(x, num_classes: int, dropout: float = 0.0, *, wide: dict | None = None,
+         padding: str = "pre"):
+    """The class probabilities of features ``x``. ``wide``: the model's inputs (built with
+    ``token_ids=True``): the lexical model's logits (:class:`HashedTfidf`) are added to the
+    dense ones before the softmax, and both train jointly (wide and deep)."""
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    if wide is None:
+        return keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    deep = keras.layers.Dense(num_classes, name="deep_logits")(x)
+    lexical = HashedTfidf(num_classes, padding=padding, name="lexical")(wide["token_ids"],
+                                                                       wide["lengths"])
+    return keras.layers.Softmax(name="probabilities")(keras.layers.Add()([deep, lexical]))
 
 
 @keras.saving.register_keras_serializable(package="embcache")
@@ -147,14 +164,18 @@ class HashedTfidf(keras.layers.Layer):
     1e-3 would take thousands of steps to reach).
 
     ``vocab``, ``idf`` (the training split's document frequencies) are non-trainable weights,
-    saved with the model: a run scores new text with the statistics it was trained with.
+    saved with the model: a run scores new text with the statistics it was trained with. The
+    train job sets them (:meth:`adapt`) from one counting pass over the split before the first
+    epoch; ``min_df`` and ``max_features`` say which features that pass keeps, as scikit-learn's
+    ``TfidfVectorizer`` options of those names do.
     """
 
     def __init__(self, num_classes: int, max_features: int = 1 << 19, ngrams: int = 2,
-                 padding: str = "pre", scale: float = 10.0, **kwargs):
+                 padding: str = "pre", scale: float = 10.0, min_df: int = 2, **kwargs):
         super().__init__(**kwargs)
         self.num_classes, self.max_features = int(num_classes), int(max_features)
         self.ngrams, self.padding, self.scale = int(ngrams), padding, float(scale)
+        self.min_df = int(min_df)
 
     def build(self, ids_shape, lengths_shape=None):
         from embcache.cache.lexical import BUCKETS
@@ -222,4 +243,4 @@ class HashedTfidf(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes,
                 "max_features": self.max_features, "ngrams": self.ngrams,
-                "padding": self.padding, "scale": self.scale}
+                "padding": self.padding, "scale": self.scale, "min_df": self.min_df}

@@ -25,7 +25,7 @@ from embcache.cache.errors import ModelError
 
 ENTRY_POINT_GROUP = "embcache.models"
 STORE_ARGS = ("max_len", "dim", "num_classes", "padding")
-_BUILTINS = ("cnn", "kim_cnn", "bilstm", "gru", "fasttext", "transformer")
+_BUILTINS = ("cnn", "kim_cnn", "bilstm", "gru", "fasttext", "transformer", "tfidf")
 _REGISTRY: dict[str, Callable] = {}
 _loaded = False
 
@@ -141,6 +141,9 @@ def _check_inputs(model, ref: str, dim: int) -> None:
     if not isinstance(model, keras.Model):
         raise ModelError(f"Model {ref!r}: its builder returned {type(model).__name__}, not a "
                          "keras.Model")
+    names = input_names(model)
+    if "embedded" not in names and "token_ids" in names:  # a lexical model: ids only
+        return
     embedded = next((i for i in model.inputs if i.name == "embedded"), None)
     if embedded is None:
         raise ModelError(f"Model {ref!r} has no input named 'embedded'; build its inputs with "
@@ -149,6 +152,23 @@ def _check_inputs(model, ref: str, dim: int) -> None:
     if len(shape) != 2 or shape[-1] != dim:
         raise ModelError(f"Model {ref!r}: input 'embedded' has shape {shape}; it must take "
                          f"(any length, dim={dim}) vectors")
+
+
+def input_names(model) -> tuple[str, ...]:
+    """The names of a model's inputs (``embedded``, ``lengths``, ``token_ids``)."""
+    return tuple(getattr(i, "name", "") for i in model.inputs)
+
+
+def takes_token_ids(model) -> bool:
+    """Whether a model reads the lexical channel (its inputs include ``token_ids``)."""
+    return "token_ids" in input_names(model)
+
+
+def model_features(model, features: dict) -> dict:
+    """The entries of a batch's ``features`` that ``model`` takes: a batch made for a group
+    carries ``token_ids`` when any member reads them, and the others are fed without them."""
+    names = input_names(model)
+    return {k: v for k, v in features.items() if k in names}
 
 
 def resolve(spec: str | Callable) -> ModelSource:

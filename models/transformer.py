@@ -46,8 +46,8 @@ class PairMask(keras.layers.Layer):
 
 @register("transformer")
 def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", d_model: int = 64,
-          heads: int = 2, ff: int = 128, layers: int = 1, dropout: float = 0.1):
-    ins = inputs(dim)
+          heads: int = 2, ff: int = 128, layers: int = 1, dropout: float = 0.1, wide: bool = False):
+    ins = inputs(dim, token_ids=wide)
     mask = LengthMask(padding)(ins["lengths"], ins["embedded"])
     attention_mask = PairMask()(mask)
     x = PositionalEncoding(padding)(keras.layers.Dense(d_model)(ins["embedded"]), ins["lengths"])
@@ -58,4 +58,5 @@ def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre", d_m
         f = keras.layers.Dense(ff, activation="relu")(x)
         x = keras.layers.LayerNormalization()(x + keras.layers.Dense(d_model)(f))
     x = MaskedMean()(x, mask)
-    return keras.Model(ins, head(x, num_classes, dropout), name="transformer")
+    probs = head(x, num_classes, dropout, wide=ins if wide else None, padding=padding)
+    return keras.Model(ins, probs, name="transformer")

@@ -1,0 +1,181 @@
+"""Accuracy against the field's baseline, on the store's own split (make bench-quality).
+
+For 20 Newsgroups (GloVe 50d, headers stripped, max_len 1000) and AG News (the 7,600-row file,
+GloVe 50d, max_len 200, truncating post), both built with the lexical channel:
+- scikit-learn's TF-IDF (sublinear tf, unigrams and bigrams, min_df=2) with LinearSVC(C=0.5)
+  and LogisticRegression(C=10), fitted on the store's train split, scored on its test split
+  (the texts read by embcache's own corpus reader, joined to the store's split by doc id);
+- embcache's models, each over ``--seeds`` seeds with the defaults a user gets (10 epochs, early
+  stopping on val accuracy, patience 3): ``tfidf`` (the lexical model), the dense models named
+  by ``--models``, and each of those with ``wide=true`` (trained as one group with it).
+
+Prints a table per corpus (test accuracy: mean and range over seeds; training seconds) and
+writes bench-out/quality/quality.json and quality.png (accuracy against training time).
+scikit-learn is a benchmark-only dependency (the dev extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+CORPORA = {
+    "news20": dict(corpus="news20.tar.gz", max_len=1000, truncating="pre", strip_headers=True),
+    "ag_news": dict(corpus="ag_news_csv/test.csv", max_len=200, truncating="post",
+                    strip_headers=False),
+}
+
+
+def build_store(name: str, data: Path, out: Path, reuse: bool) -> str:
+    import embcache
+    from embcache.cache.store import store_state
+
+    c = CORPORA[name]
+    url = str(out / f"{name}.zarr")
+    if reuse and store_state(url) == "complete" and embcache.open_store(url).meta.has_token_ids:
+        return url
+    if name == "ag_news":
+        spec = embcache.CorpusSpec(str(data / c["corpus"]), text_columns=("1", "2"),
+                                   label_column="0", header=False,
+                                   label_names_file=str(data / "ag_news_csv" / "classes.txt"))
+    else:
+        spec = embcache.CorpusSpec(str(data / c["corpus"]), strip_headers=True)
+    embcache.embed_corpus(spec, str(data / "glove.6B.50d.txt.gz"), url, overwrite=True,
+                          settings=embcache.EmbedSettings(max_len=c["max_len"],
+                                                          truncating=c["truncating"]))
+    return url
+
+
+def texts_by_split(name: str, data: Path, url: str) -> dict[str, tuple[list[str], list[str]]]:
+    """The corpus's texts and labels per split of the store (joined by doc id)."""
+    import embcache
+    from embcache.cache.corpus import iter_documents, strip_usenet_header
+    from embcache.cache.meta import SPLIT_NAMES
+
+    store = embcache.open_store(url)
+    ids = store.read("doc_ids")
+    split = store.read("split")
+    where = {str(d): SPLIT_NAMES[int(s)] for d, s in zip(ids, split)}
+    spec = embcache.CorpusSpec.from_dict(store.meta.corpus)
+    out: dict[str, tuple[list[str], list[str]]] = {s: ([], []) for s in SPLIT_NAMES}
+    for doc in iter_documents(spec):
+        text = strip_usenet_header(doc.text) if spec.strip_headers else doc.text
+        texts, labels = out[where[doc.doc_id]]
+        texts.append(text)
+        labels.append(str(doc.label))
+    return out
+
+
+def sklearn_baselines(splits) -> dict[str, dict]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
+    out = {}
+    for label, model in (("TF-IDF + LinearSVC (scikit-learn)", LinearSVC(C=0.5)),
+                         ("TF-IDF + LR (scikit-learn)", LogisticRegression(C=10, max_iter=1000))):
+        t = time.perf_counter()
+        vec = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2)
+        model.fit(vec.fit_transform(xtr), ytr)
+        acc = float((model.predict(vec.transform(xte)) == yte).mean())
+        out[label] = {"test": [acc], "seconds": [time.perf_counter() - t]}
+        print(f"  {label}: test {acc:.4f} ({time.perf_counter() - t:.1f} s)", flush=True)
+    return out
+
+
+def embcache_models(url: str, models: list[str], seeds: int, out: Path) -> dict[str, dict]:
+    import embcache
+
+    results: dict[str, dict] = {}
+
+    def add(label, summary):
+        r = results.setdefault(label, {"test": [], "seconds": []})
+        r["test"].append(summary.metrics["test_accuracy"])
+        r["seconds"].append(summary.seconds)
+        print(f"  {label}: test {summary.metrics['test_accuracy']:.4f} "
+              f"({summary.seconds:.0f} s, best epoch {summary.best_epoch})", flush=True)
+
+    for seed in range(seeds):
+        print(f" seed {seed}", flush=True)
+        s = embcache.train(url, "tfidf", str(out / f"tfidf-{seed}"), config={"seed": seed},
+                           overwrite=True)
+        add("tfidf", s)
+        for model in models:
+            group = embcache.train(url, model, str(out / f"{model}-{seed}"),
+                                   grid={"wide": [False, True]}, config={"seed": seed},
+                                   overwrite=True)
+            for run in group.runs:
+                add(f"{model} wide" if "wide=true" in Path(run.out).name.lower()
+                    else model, run)
+    return results
+
+
+def summarize(results: dict[str, dict]) -> list[list]:
+    rows = []
+    for label, r in results.items():
+        t = r["test"]
+        rng = f"{min(t):.4f}-{max(t):.4f}" if len(t) > 1 else "-"
+        rows.append([label, f"{statistics.mean(t):.4f}", rng, len(t),
+                     f"{statistics.median(r['seconds']):.0f}"])
+    return rows
+
+
+def picture(all_results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(all_results), figsize=(6 * len(all_results), 4.5))
+    for ax, (corpus, results) in zip(axes if len(all_results) > 1 else [axes], all_results.items()):
+        for label, r in results.items():
+            x, y = statistics.median(r["seconds"]), statistics.mean(r["test"])
+            ax.scatter([x], [y])
+            ax.annotate(label, (x, y), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("training seconds (median, 2 cores)")
+        ax.set_ylabel("test accuracy (mean of seeds)")
+        ax.set_title(corpus)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    from jobs.bench.common import table
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="../shared/data")
+    p.add_argument("--out", default="bench-out/quality")
+    p.add_argument("--corpora", default="news20,ag_news")
+    p.add_argument("--models", default="kim_cnn", help="dense models, each also with wide=true")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--reuse", action="store_true", help="keep complete stores")
+    a = p.parse_args(argv)
+    data, out = Path(a.data), Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    everything = {}
+    for name in a.corpora.split(","):
+        print(f"{name}: building the store", flush=True)
+        url = build_store(name, data, out, a.reuse)
+        print(f"{name}: baselines", flush=True)
+        results = sklearn_baselines(texts_by_split(name, data, url))
+        print(f"{name}: embcache models", flush=True)
+        results.update(embcache_models(url, [m for m in a.models.split(",") if m], a.seeds,
+                                       out / "runs" / name))
+        everything[name] = results
+        print(f"\n{name} (test accuracy on the store's split)")
+        print(table(["model", "test accuracy (mean)", "range", "seeds", "train s (median)"],
+                    summarize(results)), flush=True)
+    (out / "quality.json").write_text(json.dumps(everything, indent=1))
+    picture(everything, out / "quality.png")
+    print(f"\nresults: {out / 'quality.json'}, picture: {out / 'quality.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

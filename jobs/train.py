@@ -27,8 +27,8 @@ from embcache.jobs.grid import expand_runs
 from embcache.jobs.group import GroupTrainer, Member
 from embcache.jobs.locks import exclusive, reading
 from embcache.jobs.multiworker import STRATEGIES, MultiWorker
-from embcache.models.registry import takes_token_ids
 from embcache.jobs.runs import CARD_FILE, MODEL_FILE, plot_curves, publish_run, run_card, write_card
+from embcache.models.registry import takes_token_ids
 
 
 @dataclass

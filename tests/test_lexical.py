@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,11 +98,10 @@ def test_graph_tfidf_equals_numpy_tfidf(built):
     NumPy from the counting pass (the kernel set to random values)."""
     import keras
 
+    import embcache
     from embcache.cache.lexical import count_split, doc_features
     from embcache.cache.stream import plan_split
     from embcache.models.layers import HashedTfidf
-
-    import embcache
 
     store = embcache.open_store(str(built[1]))
     df = count_split(store, plan_split(store, "train"), "train")

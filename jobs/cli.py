@@ -475,9 +475,13 @@ def runs_cmd(folder, as_json, plot_path):
               help="Predictions file: .csv, .jsonl or .parquet.")
 @click.option("--vectors", "vectors_path", default=None,
               help="The vectors file or static subword table the models were trained with (raw "
-                   "input only).")
+                   "input only); comma-separated for models of several representations.")
 @click.option("--tokenizer", default=None,
               help="With a subword table file: its tokenizer.json (raw input only).")
+@click.option("--stores", default=None,
+              help="Comma-separated stores of the same documents for the models of other "
+                   "representations than --input's (store input; default: the stores their "
+                   "cards name).")
 @click.option("--encoder", default=None,
               help="The transformer encoder the models were trained on, for models trained on an "
                    "encoder's store (raw input only; checked against their cards).")
@@ -489,7 +493,12 @@ def runs_cmd(folder, as_json, plot_path):
 @click.option("--ensemble", default=_SCORE.ensemble, show_default=True,
               type=click.Choice(ENSEMBLES),
               help="Average the models' probabilities weighted by each card's validation "
-                   "accuracy, or equally.")
+                   "accuracy, or equally; or fit a pool on the validation split (a temperature "
+                   "and a weight per model, kept only where cross-fitting shows it beats equal "
+                   "weights and the best model alone), saved to --ensemble-out.")
+@click.option("--ensemble-out", default=None, type=click.Path(file_okay=False),
+              help="With --ensemble fit: the folder of the ensemble card (later: --models "
+                   "FOLDER scores with it) [default: ensemble/ beside the first run].")
 @click.option("--keep-store", default=None,
               help="Keep the scoring store of raw input here (default: a temporary one).")
 @click.option("--metrics-dir", default=None, type=click.Path(file_okay=False),
@@ -502,8 +511,9 @@ def runs_cmd(folder, as_json, plot_path):
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own logs.")
 @_friendly("no predictions were written (an earlier predictions file is unchanged); rerun "
            "the command to score again")
-def score_cmd(model_dirs, input_path, out, vectors_path, tokenizer, encoder, split, top_k, batch_size, ensemble,
-              keep_store, metrics_dir, corpus_format, text_columns, label_column, id_column, header,
+def score_cmd(model_dirs, input_path, out, vectors_path, tokenizer, stores, encoder, split, top_k,
+              batch_size, ensemble, ensemble_out, keep_store, metrics_dir, corpus_format,
+              text_columns, label_column, id_column, header,
               label_names_file, cache_dir, quiet, verbose):
     """Batch-classify documents with many models sharing one embedding pass.
 
@@ -523,12 +533,16 @@ def score_cmd(model_dirs, input_path, out, vectors_path, tokenizer, encoder, spl
     spec = CorpusSpec(path=input_path, format=corpus_format, text_columns=tuple(text_columns),
                       label_column=label_column, id_column=id_column, header=header,
                       label_names_file=label_names_file)
+    vectors = [v for v in vectors_path.split(",") if v] if vectors_path else None
     summary = score([d for d in model_dirs.split(",") if d], input_path, out, corpus=spec,
-                    vectors_path=vectors_path, encoder=encoder, tokenizer=tokenizer, split=split,
-                    top_k=top_k,
-                    batch_size=batch_size,
+                    vectors_path=vectors[0] if vectors and len(vectors) == 1 else vectors,
+                    encoder=encoder, tokenizer=tokenizer, split=split, top_k=top_k,
+                    batch_size=batch_size, stores=[x for x in stores.split(",") if x]
+                    if stores else None, ensemble_out=ensemble_out,
                     keep_store=keep_store, metrics_dir=metrics_dir, progress=not quiet,
                     cache_dir=cache_dir, ensemble=ensemble)
+    if summary.ensemble_card:
+        click.echo(f"Ensemble fitted on the validation split -> {summary.ensemble_card}", err=True)
     if summary.metrics:
         click.echo(metrics_table(summary.metrics))
     click.echo(summary.line())

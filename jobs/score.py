@@ -24,14 +24,25 @@ import numpy as np
 from embcache.cache.corpus import CorpusSpec
 from embcache.cache.errors import EmbcacheError, ModelError, StoreError, writing
 from embcache.cache.hooks import pause_point
-from embcache.cache.store import Store, open_store, store_state
+from embcache.cache.store import SPLIT_NAMES, Store, open_store, store_state
 from embcache.cache.tfenv import quiet_tensorflow
-from embcache.jobs.ensemble import ENSEMBLES, check_compatible, ensemble_group, ensemble_weights, unique_names
+from embcache.jobs.ensemble import (
+    ENSEMBLES,
+    EnsembleFit,
+    ensemble_group,
+    ensemble_weights,
+    expand_ensembles,
+    fit_ensemble,
+    pool,
+    unique_names,
+    write_ensemble,
+)
 from embcache.jobs.locks import reading
 from embcache.jobs.metrics import Confusion, write_metrics
 from embcache.jobs.outputs import open_writer, output_format
-from embcache.jobs.predict import any_token_ids, doc_ids_in_order, predict_all
+from embcache.jobs.predict import doc_ids_in_order
 from embcache.jobs.runs import Run, load_run, read_card
+from embcache.jobs.views import make_views
 
 
 @dataclass
@@ -42,6 +53,7 @@ class ScoreSummary:
     seconds: float
     metrics: dict = field(default_factory=dict)
     kept_store: str | None = None
+    ensemble_card: str | None = None  # the fitted ensemble's card (``ensemble="fit"``)
 
     def line(self) -> str:
         acc = ""
@@ -95,11 +107,12 @@ class Scorer:
             a model module that cannot be imported.
     """
 
-    def __init__(self, runs: Sequence[str | Path], *, vectors: str | None = None,
+    def __init__(self, runs: Sequence[str | Path], *, vectors: str | Sequence[str] | None = None,
                  encoder: str | None = None, tokenizer: str | None = None,
                  cache_dir: str | None = None,
                  batch_size: int = ScoreConfig.batch_size,
-                 ensemble: str = ScoreConfig.ensemble, load: bool = True):
+                 ensemble: str = ScoreConfig.ensemble, load: bool = True,
+                 stores: Sequence[str] | None = None):
         if isinstance(runs, (str, Path)):
             runs = [runs]
         if not runs:
@@ -110,17 +123,25 @@ class Scorer:
                                 f"Received: batch_size={batch_size}")
         # Cheap checks first, from the cards alone: a bad card or incompatible models fail
         # before any model loads or any document is embedded.
+        paths, self.fitted = expand_ensembles(runs)
         self.runs = [Run(path=Path(d), name=Path(d).name, card=read_card(d), model=None)
-                     for d in runs]
+                     for d in paths]
         unique_names(self.runs)
-        self.meta = check_compatible(self.runs)
+        self.views = make_views(self.runs, vectors=vectors, encoder=encoder, tokenizer=tokenizer,
+                                cache_dir=cache_dir)
+        self.meta = self.views[0].meta
+        self.stores = [str(s) for s in (stores or [])]
+        if self.fitted is not None:
+            ensemble = "fit"
         self.group = ensemble_group(self.runs)
-        self.weights = ensemble_weights(self.group, ensemble) if self.group else None
+        # "fit": equal weights until :meth:`fit` has learnt the pool on the validation split.
+        self.weights = (ensemble_weights(self.group, "mean" if ensemble == "fit" else ensemble)
+                        if self.group else None)
+        if self.fitted is not None and [r.name for r in self.group] != self.fitted.members:
+            raise ModelError(f"The ensemble's members ({', '.join(self.fitted.members)}) do not "
+                             "share one label set; fit it again")
         self.ensemble, self.batch_size = ensemble, batch_size
-        self.vectors_path, self.encoder_spec, self.cache_dir = vectors, encoder, cache_dir
-        self.tokenizer_path = tokenizer
-        self._predict = None
-        self._embedder = None
+        self.cache_dir = cache_dir
         if load:
             self.load()
 
@@ -130,12 +151,14 @@ class Scorer:
         return [r.name for r in self.runs]
 
     def load(self) -> None:
-        """Load every model (once) and build the compiled function that runs them all."""
-        if self._predict is None:
-            quiet_tensorflow()
-            for run in self.runs:
+        """Load every model (once) and build, per representation, the compiled function that
+        runs its models."""
+        quiet_tensorflow()
+        for run in self.runs:
+            if run.model is None:
                 run.model = load_run(run.path, card=run.card).model
-            self._predict = predict_all([r.model for r in self.runs], self.meta.dim)
+        for view in self.views:
+            view.load()
 
     def columns(self, top_k: int, truth: bool = False) -> list[str]:
         """The output's columns; ``truth``: a labelled store's true label, after ``doc_id``."""
@@ -156,7 +179,9 @@ class Scorer:
         Args:
             data: a list of strings (``doc_id`` is the position), a store (path, URL or
                 :class:`~embcache.cache.store.Store`; ``split`` picks one of its splits), or a
-                raw document file or folder (embedded into a temporary store first).
+                raw document file or folder (embedded into a temporary store first). With runs
+                of several representations, a store input is joined by doc id to the stores of
+                the others (``stores=``, or those their cards name).
 
         The result is held in memory (a few dozen bytes per document and model); to score a
         corpus of any size into a file with bounded memory, use :func:`score`.
@@ -169,10 +194,10 @@ class Scorer:
                                 "store; to classify one text, pass a list: classify([text])")
         if isinstance(data, (str, os.PathLike, Store)):
             rows = []
-            with self._as_store(data, split) as store:
-                for ids, cols in self._rows(store, split, top_k, progress=progress):
+            with self._as_stores(data, split) as stores:
+                for ids, cols in self._rows(stores, split, top_k, progress=progress):
                     rows.append(pd.DataFrame({"doc_id": ids, **cols}))
-                columns = self.columns(top_k, truth=store.labelled)
+                columns = self.columns(top_k, truth=stores[0].labelled)
             return (pd.concat(rows, ignore_index=True) if rows
                     else pd.DataFrame(columns=columns))[columns]
         if split is not None:
@@ -189,183 +214,176 @@ class Scorer:
 
     # -- inputs ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _as_store(self, data, split: str | None, *, corpus: CorpusSpec | None = None,
-                  keep_store: str | None = None, progress: bool = False):
-        """A complete, compatible store for ``data``: itself, or raw input (read as ``corpus``
-        says) embedded into ``keep_store`` or a temporary store, removed afterwards. The one
-        embedding pass overlaps with loading the models."""
-        if isinstance(data, Store):
-            self._check_store(data)
-            yield data
-            return
-        path = str(data)
-        if store_state(path) in ("complete", "incomplete"):
-            if corpus is not None and corpus != CorpusSpec(corpus.path):
+    def _as_stores(self, data, split: str | None, *, corpus: CorpusSpec | None = None,
+                   keep_store: str | None = None, progress: bool = False):
+        """One complete, compatible store per representation for ``data``, in view order: a
+        store input and, for the other views, their stores joined to it by doc id; or raw
+        input (read as ``corpus`` says) embedded once per view, the first into ``keep_store``
+        or a temporary store, the others into temporary stores, removed afterwards. The
+        embedding overlaps with loading the models."""
+        if isinstance(data, Store) or store_state(str(data)) in ("complete", "incomplete"):
+            if not isinstance(data, Store) and corpus is not None \
+                    and corpus != CorpusSpec(corpus.path):
                 given = sorted(k for k, v in vars(corpus).items()
                                if k != "path" and v != getattr(CorpusSpec(corpus.path), k))
-                raise EmbcacheError(f"{path} is a store; corpus options apply to raw input only "
+                raise EmbcacheError(f"{data} is a store; corpus options apply to raw input only "
                                     f"(given: {', '.join(f'`{k}=`' for k in given)}): leave "
                                     "them out")
-            store = open_store(path, require_complete=True)
-            self._check_store(store)
-            yield store
+            store = data if isinstance(data, Store) else open_store(str(data),
+                                                                    require_complete=True)
+            yield self._joined_stores(store, split)
             return
+        path = str(data)
         if split is not None:
             raise EmbcacheError(f"`split={split}` applies to a store; {path} is raw input, "
                                 "which has no splits")
-        self._require_vectors(f"raw documents ({path})")
-        tmp_dir = None
-        if keep_store is None:
-            tmp_dir = tempfile.mkdtemp(prefix="embcache-score-")
-            keep_store = os.path.join(tmp_dir, "score.zarr")
+        for view in self.views:
+            view.require_source(f"raw documents ({path})")
+        tmp_dir = tempfile.mkdtemp(prefix="embcache-score-")
+        targets = [keep_store or os.path.join(tmp_dir, "score.zarr")]
+        targets += [os.path.join(tmp_dir, f"score-{i}.zarr") for i in range(1, len(self.views))]
+
+        def embed_all():
+            return [v.embed_input(corpus or CorpusSpec(path), t, progress)
+                    for v, t in zip(self.views, targets)]
+
         try:
             with ThreadPoolExecutor(max_workers=1) as pool:
-                embedding = pool.submit(self.embed_input, corpus or CorpusSpec(path), keep_store,
-                                        progress)
+                embedding = pool.submit(embed_all)
                 self.load()  # on failure, the pool waits for the embedding
-                store = embedding.result()
-            yield store
+                stores = embedding.result()
+            yield stores
         finally:
-            if tmp_dir:
-                shutil.rmtree(tmp_dir, ignore_errors=True)
+            shutil.rmtree(tmp_dir, ignore_errors=True)
 
-    def _check_store(self, store) -> None:
-        diff = self.meta.contract_differences(store.meta)
-        if diff:
-            raise StoreError(f"Store {store.url} was embedded differently from what the models "
-                             f"expect ({'; '.join(diff)})")
+    def _joined_stores(self, store, split: str | None) -> list:
+        """``store`` for the view it fits and, for each other view, its store (named in
+        ``stores=`` or, failing that, the store its first run's card names), checked to hold the
+        same documents in the same order.
 
-    def _require_vectors(self, what: str) -> str:
-        if self.meta.encoder is not None:
-            if self.encoder_spec is None:
-                raise EmbcacheError(f"Scoring {what} needs `encoder=`: the encoder the models were "
-                                    f"trained on ({self.meta.encoder.get('source')})")
-            return self.encoder_spec
-        if self.vectors_path is None:
-            raise EmbcacheError(f"Scoring {what} needs `vectors=`: the file the models were "
-                                f"trained with ({self.meta.vectors.source})")
-        return self.vectors_path
-
-    def _encoder(self):
-        """The models' encoder, loaded once and checked against their cards by fingerprint."""
-        from embcache.cache.embed import get_encoder
-        from embcache.cache.encoder import require_keras_hub, resolve
-
-        spec = self._require_vectors("text")
-        require_keras_hub()
-        ref = resolve(spec, max_len=self.meta.max_len, cache_dir=self.cache_dir,
-                      truncating=self.meta.settings.truncating)
-        enc = get_encoder(ref)
-        got, want = enc.identity()["fingerprint"], self.meta.vectors.fingerprint
-        if got != want:
-            raise ModelError(f"Encoder {spec} (fingerprint {got[:12]}) is not the one the models "
-                             f"were trained on ({self.meta.encoder.get('source')}, fingerprint "
-                             f"{want[:12]})")
-        return ref, enc
-
-    def embed_input(self, corpus: CorpusSpec, target: str, progress: bool = False):
-        """Embed raw documents with exactly the models' settings into the store ``target``."""
-        from dataclasses import replace
-
-        from embcache.cache.meta import SplitSettings
-        from embcache.jobs.embed_corpus import embed_corpus
-
-        source = self._require_vectors(f"raw documents ({corpus.path})")
-        corpus = replace(corpus, strip_headers=self.meta.strip_headers)
-        common = dict(settings=self.meta.settings, split=SplitSettings(val_frac=0.0, test_frac=0.0),
-                      overwrite=True, progress=progress, cache_dir=self.cache_dir)
-        if self.meta.encoder is not None:
-            ref, _enc = self._encoder()  # checks the fingerprint before anything is written
-            embed_corpus(corpus, None, target, encoder=source, encoder_batch=ref.batch_size,
-                         **common)
-        else:
-            self._vectors_table()  # checks the fingerprint before anything is written
-            embed_corpus(corpus, source, target, tokenizer=self.tokenizer_path, **common)
-        return open_store(target)
-
-    def _vectors_table(self):
-        """The models' word vectors or subword table, checked against their cards."""
-        from embcache.cache.subword import load_subword
-        from embcache.cache.vectors import load_vectors
-
-        if self.meta.encoder is not None:
-            raise EmbcacheError(f"The models were trained on a transformer encoder's store "
-                                f"({self.meta.encoder.get('source')}): pass `encoder=`, not "
-                                "`vectors=`")
-        vectors = self._require_vectors("text")
-        if self.meta.subword is not None:
-            table = load_subword(vectors, self.tokenizer_path, cache_dir=self.cache_dir)
-        else:
-            if self.tokenizer_path is not None:
-                raise EmbcacheError("`tokenizer=` is for models trained on a static subword "
-                                    f"table; these were trained on word vectors "
-                                    f"({self.meta.vectors.source})")
-            table = load_vectors(vectors, cache_dir=self.cache_dir)
-        if table.fingerprint != self.meta.vectors.fingerprint:
-            raise ModelError(f"Vectors {vectors} (fingerprint {table.fingerprint[:12]}) are not "
-                             f"the ones the models were trained with ({self.meta.vectors.source}, "
-                             f"fingerprint {self.meta.vectors.fingerprint[:12]})")
-        return table
+        Raises:
+            StoreError: no view fits ``store``; another view's store is missing, embedded
+                differently, or holds other documents.
+        """
+        fits = [i for i, v in enumerate(self.views) if not v.meta.contract_differences(store.meta)]
+        if not fits:
+            self.views[0].check_store(store)  # raises, naming the differences
+        out: list = [None] * len(self.views)
+        out[fits[0]] = store
+        named = None
+        for i, view in enumerate(self.views):
+            if out[i] is not None:
+                continue
+            if named is None:
+                named = [open_store(s, require_complete=True) for s in self.stores]
+            match = [s for s in named if not view.meta.contract_differences(s.meta)]
+            if match:
+                other = match[0]
+            else:
+                url = view.runs[0].card.get("store_url")
+                if not url or store_state(str(url)) != "complete":
+                    raise StoreError(f"Models {', '.join(r.name for r in view.runs)} were trained "
+                                     f"on {view.source}; no store of it was given "
+                                     f"(`stores=`, --stores) and the one their card names "
+                                     f"({url}) is not there")
+                other = open_store(str(url), require_complete=True)
+                view.check_store(other)
+            check_same_documents(store, other)
+            out[i] = other
+        return out
 
     # -- the work ----------------------------------------------------------------------------
-    def _text_embedder(self):
-        """The store writer's embedder for the models' vectors, subword table or encoder, built
-        once (checked against the cards by fingerprint)."""
-        from embcache.cache.embed import BlockEmbedder, EncoderEmbedder, SubwordEmbedder, oov_vector
-
-        if self._embedder is None and self.meta.encoder is not None:
-            self._embedder = EncoderEmbedder(self._encoder()[1], self.meta.settings)
-        elif self._embedder is None and self.meta.subword is not None:
-            self._embedder = SubwordEmbedder(self._vectors_table(), self.meta.settings)
-        elif self._embedder is None:
-            table = self._vectors_table()
-            self._embedder = BlockEmbedder(table, self.meta.settings,
-                                           oov_vector(table, self.meta.settings))
-        return self._embedder
-
     def _classify_texts(self, texts: list[str], ids: list, top_k: int) -> dict[str, list]:
-        """Embed in memory (no store), ``_TEXT_PIECE`` texts at a time, and score: the same
-        bucketing (:func:`~embcache.cache.stream.bucket_blocks`) and the same scoring loop as a
-        store's; memory is one piece's rows plus the results."""
+        """Embed in memory (no store), ``_TEXT_PIECE`` texts at a time, once per
+        representation, and score: the same bucketing
+        (:func:`~embcache.cache.stream.bucket_blocks`) and the same scoring loop as a store's;
+        memory is one piece's rows per representation plus the results."""
         from embcache.cache.corpus import strip_usenet_header
         from embcache.cache.stream import text_batches
 
         self.load()
-        meta = self.meta
-        prepare = ((lambda part: [strip_usenet_header(t) for t in part]) if meta.strip_headers
-                   else None)  # as the corpus readers do for the training corpus
-        with_ids = any_token_ids([r.model for r in self.runs])
-        batches = text_batches(self._text_embedder(), texts, max_len=meta.max_len,
-                               padding=meta.padding, dim=meta.dim, dtype=meta.dtype,
-                               batch_size=self.batch_size, piece=_TEXT_PIECE, max_wait=_MAX_WAIT,
-                               prepare=prepare, with_ids=with_ids)
-        features = ((_text_features(x, n, with_ids), None, seq) for x, n, _y, seq in batches)
+
+        def stream(view):
+            meta = view.meta
+            prepare = ((lambda part: [strip_usenet_header(t) for t in part])
+                       if meta.strip_headers else None)  # as the corpus readers do
+            with_ids = view.with_ids
+            batches = text_batches(view.text_embedder(), texts, max_len=meta.max_len,
+                                   padding=meta.padding, dim=meta.dim, dtype=meta.dtype,
+                                   batch_size=self.batch_size, piece=_TEXT_PIECE,
+                                   max_wait=_MAX_WAIT, prepare=prepare, with_ids=with_ids)
+            return ((_text_features(x, n, with_ids), None, seq) for x, n, _y, seq in batches)
+
         out: dict[str, list] = {c: [] for c in self.columns(top_k)}
-        for part_ids, cols in self._scored(features, iter(ids), top_k, labels=None):
+        for part_ids, cols in self._scored([stream(v) for v in self.views], iter(ids), top_k,
+                                           labels=None):
             out["doc_id"] += part_ids
             for c, values in cols.items():
                 out[c] += values
         return out
 
-    def _predict_batch(self, features, top_k: int) -> tuple[dict[str, list], dict[str, np.ndarray]]:
-        cols: dict[str, list] = {}
-        probs: dict[str, np.ndarray] = {}
-        for run, p in zip(self.runs, self._predict(features)):
-            probs[run.name] = p = p.numpy()
-            _add_topk(cols, run.name, p, run.label_names, top_k)
-        if self.group:
-            p = np.tensordot(self.weights, np.stack([probs[r.name] for r in self.group]), axes=1)
-            probs["ensemble"] = p
-            _add_topk(cols, "ensemble", p, self.group[0].label_names, top_k)
-        return cols, probs
+    def ensemble_weights(self) -> dict[str, float]:
+        """Each ensemble member's weight (for a fitted pool, its share of the vote)."""
+        weights = self.fitted.weights if self.fitted is not None else self.weights
+        return {r.name: round(float(w), 6) for r, w in zip(self.group, weights)}
 
-    def _scored(self, batches, ids, top_k: int, *, labels: list[str] | None,
-                confusions: dict | None = None, bar=None):
-        """The one scoring loop, for texts and stores: ``batches`` of ``(features, y, seq)`` (in
-        length buckets) through every model; yields ``(doc_ids, columns)`` in input order as rows
-        become ready (they wait at most ``_MAX_WAIT`` documents: memory, that many rows).
-        ``labels``: a labelled store's label names (``y`` then holds the true labels, written as
-        ``true_label`` and counted into ``confusions``, per model, when given)."""
+    def fit(self, out_dir: str | Path, *, store=None, progress: bool = False) -> EnsembleFit:
+        """Learn the ensemble on the validation split (:func:`embcache.jobs.ensemble.
+        fit_ensemble`: a temperature per member and weights, guarded by cross-fitting) and
+        save it as an ensemble card in ``out_dir``; later scoring with ``out_dir`` among the
+        runs reuses it, and ``embcache runs`` lists it. ``store``: the store whose val split
+        fits it (default: the one the first run's card names), joined by doc id to the other
+        representations' stores as for scoring. Memory: the val split's probabilities, per
+        member.
+
+        Raises:
+            EmbcacheError: fewer than two members sharing a label set.
+            StoreError: the stores cannot be read or joined.
+        """
+        if not self.group:
+            raise EmbcacheError("An ensemble needs two or more models sharing one label set")
+        url = store or self.runs[0].card.get("store_url")
+        source = url if isinstance(url, Store) else open_store(str(url), require_complete=True)
+        collect: dict[str, list] = {}
+        with self._as_stores(source, "val") as stores:
+            for _ in self._rows(stores, "val", 1, progress=progress, collect=collect):
+                pass
+            labels = stores[0].label_names
+        index = {n: i for i, n in enumerate(self.group[0].label_names)}
+        truth = np.array([index.get(labels[i], -1) for i in np.concatenate(collect["_truth"])])
+        probs = {n: np.concatenate(v) for n, v in collect.items() if n != "_truth"}
+        fitted = fit_ensemble([r.name for r in self.group], probs, truth)
+        write_ensemble(Path(out_dir), fitted, self.group)
+        self.fitted, self.ensemble = fitted, "fit"
+        return fitted
+
+    def combine(self, probs: dict[str, np.ndarray]) -> np.ndarray:
+        """The ensemble's probabilities from its members' (``self.group``): a weighted mean, or
+        for a fitted ensemble its log-linear pool (:func:`embcache.jobs.ensemble.pool`)."""
+        stacked = np.stack([probs[r.name] for r in self.group])
+        if self.fitted is not None:
+            return pool(stacked, self.fitted.coefficients)
+        return np.tensordot(self.weights, stacked, axes=1)
+
+    def _columns(self, probs: dict[str, np.ndarray], top_k: int) -> dict[str, list]:
+        cols: dict[str, list] = {}
+        for run in self.runs:
+            _add_topk(cols, run.name, probs[run.name], run.label_names, top_k)
+        if self.group:
+            probs["ensemble"] = p = self.combine(probs)
+            _add_topk(cols, "ensemble", p, self.group[0].label_names, top_k)
+        return cols
+
+    def _scored(self, streams: list, ids, top_k: int, *, labels: list[str] | None,
+                confusions: dict | None = None, bar=None, collect: dict | None = None):
+        """The one scoring loop, for texts and stores: one stream of ``(features, y, seq)``
+        batches (in length buckets) per representation, each through its view's models; the
+        streams advance together (the one behind reads next), and rows are released in input
+        order once every view has scored them (they wait at most ``_MAX_WAIT`` documents per
+        view: memory, that many rows). Yields ``(doc_ids, columns)``. ``labels``: a labelled
+        store's label names (the first stream's ``y`` then holds the true labels, written as
+        ``true_label`` and counted into ``confusions``, per model, when given). ``collect``:
+        gets each run's probabilities and the truth, in input order (fitting an ensemble)."""
         truth_maps = {}
         if labels is not None and confusions is not None:
             for run in self.runs:
@@ -375,56 +393,77 @@ class Scorer:
             if self.group:
                 confusions["ensemble"] = Confusion(self.group[0].label_names)
                 truth_maps["ensemble"] = truth_maps[self.group[0].name]
-        rows = InputOrder(self.columns(top_k, truth=labels is not None)[1:])
-        for features, y, seq in batches:
-            cols, probs = self._predict_batch(features, top_k)
-            if labels is not None:
-                cols["true_label"] = [labels[i] for i in y.tolist()]
-                for name, conf in (confusions or {}).items():
-                    conf.add(truth_maps[name][y], probs[name].argmax(axis=1))
-            rows.add(seq, cols)
-            ready, n = rows.ready()
-            if n:
-                yield [next(ids) for _ in range(n)], ready
-            if bar is not None:
+        rows = JoinedRows(len(streams))
+        iters = [iter(s) for s in streams]
+        live, seen = list(range(len(iters))), [0] * len(iters)
+        while live:
+            k = min(live, key=lambda i: seen[i])
+            try:
+                features, y, seq = next(iters[k])
+            except StopIteration:
+                live.remove(k)
+                continue
+            rows.add(k, seq, self.views[k].probabilities(features), y if k == 0 else None)
+            seen[k] += len(seq)
+            if bar is not None and k == 0:
                 bar.update(len(seq))
+            probs, truth, n = rows.ready()
+            if not n:
+                continue
+            cols = self._columns(probs, top_k)
+            if collect is not None:
+                for name, p in probs.items():
+                    collect.setdefault(name, []).append(p)
+                if truth is not None:
+                    collect.setdefault("_truth", []).append(truth)
+            if labels is not None:
+                cols["true_label"] = [labels[i] for i in truth.tolist()]
+                for name, conf in (confusions or {}).items():
+                    conf.add(truth_maps[name][truth], probs[name].argmax(axis=1))
+            yield [next(ids) for _ in range(n)], cols
         if rows.waiting:
             raise EmbcacheError(f"{rows.waiting} documents were not scored")
 
-    def _rows(self, store, split: str | None, top_k: int, *, confusions: dict | None = None,
-              progress: bool = False):
-        """Stream ``store`` once through :meth:`_scored`: every batch goes through every model
-        before the next is read."""
+    def _rows(self, stores: list, split: str | None, top_k: int, *,
+              confusions: dict | None = None, progress: bool = False,
+              collect: dict | None = None):
+        """Stream every view's store once through :meth:`_scored`: every batch goes through
+        every model of its view before the next is read."""
         from tqdm import tqdm
 
         from embcache.cache.dataset import Batching, pipeline_errors, streamed_dataset
         from embcache.cache.stream import plan_split
 
         self.load()
-        plan = plan_split(store, split)
-        if plan.num_docs == 0:
-            raise StoreError(f"Store {store.url} has no documents"
+        plans = [plan_split(s, split) for s in stores]
+        if plans[0].num_docs == 0:
+            raise StoreError(f"Store {stores[0].url} has no documents"
                              + (f" in the {split} split" if split else ""))
-        labelled = store.labelled  # the true label is a column; metrics only when asked
-        # Batches come bucketed by length; `seq` puts each row back at its place in the input.
-        ds = streamed_dataset(store, split, batching=Batching(
-            batch_size=self.batch_size, with_labels=labelled, with_seq=True,
-            with_ids=any_token_ids([r.model for r in self.runs])), plan=plan,
-            max_wait=_MAX_WAIT)
+        labelled = stores[0].labelled  # the true label is a column; metrics only when asked
 
-        def batches():
+        def batches(view, store, plan, first: bool):
+            with_labels = labelled and first
+            # Batches come bucketed by length; `seq` puts each row back at its place.
+            ds = streamed_dataset(store, split, batching=Batching(
+                batch_size=self.batch_size, with_labels=with_labels, with_seq=True,
+                with_ids=view.with_ids), plan=plan, max_wait=_MAX_WAIT)
             for batch in ds:
-                features, y = batch if labelled else (batch, None)
+                features, y = batch if with_labels else (batch, None)
                 seq = features.pop("seq").numpy()
-                yield features, (y.numpy() if labelled else None), seq
+                yield features, (y.numpy() if with_labels else None), seq
 
-        bar = tqdm(total=plan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
+        bar = tqdm(total=plans[0].num_docs, unit="doc", disable=not progress, file=sys.stderr,
                    desc="score", dynamic_ncols=True)
-        # The store is not replaced while it is streamed (see jobs.locks).
-        with reading(str(store.url)), contextlib.closing(bar), pipeline_errors():
-            yield from self._scored(batches(), doc_ids_in_order(split, store), top_k,
-                                    labels=store.label_names if labelled else None,
-                                    confusions=confusions, bar=bar)
+        with contextlib.ExitStack() as held:
+            for s in stores:  # no store is replaced while it is streamed (see jobs.locks)
+                held.enter_context(reading(str(s.url)))
+            held.enter_context(contextlib.closing(bar))
+            held.enter_context(pipeline_errors())
+            streams = [batches(v, s, p, i == 0)
+                       for i, (v, s, p) in enumerate(zip(self.views, stores, plans))]
+            yield from self._scored(streams, doc_ids_in_order(split, stores[0]), top_k,
+                                    labels=stores[0].label_names if labelled else None,
+                                    confusions=confusions, bar=bar, collect=collect)
 
     def write(self, data, out: str | Path, *, split: str | None = None, top_k: int = 1,
               corpus: CorpusSpec | None = None, keep_store: str | None = None,
@@ -447,12 +486,12 @@ class Scorer:
         tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
         docs = 0
         try:
-            with self._as_store(data, split, corpus=corpus, keep_store=keep_store,
-                                progress=progress) as store, \
+            with self._as_stores(data, split, corpus=corpus, keep_store=keep_store,
+                                 progress=progress) as stores, \
                     writing(f"predictions {out_path}"), \
-                    open_writer(tmp, fmt, self.columns(top_k, truth=store.labelled)) as writer, \
+                    open_writer(tmp, fmt, self.columns(top_k, truth=stores[0].labelled)) as writer, \
                     contextlib.redirect_stdout(sys.stderr):
-                for ids, cols in self._rows(store, split, top_k, confusions=confusions,
+                for ids, cols in self._rows(stores, split, top_k, confusions=confusions,
                                             progress=progress):
                     writer.write({"doc_id": ids, **cols})
                     docs += len(ids)
@@ -466,9 +505,7 @@ class Scorer:
         if confusions:
             how = None
             if self.group:
-                how = {"method": self.ensemble,
-                       "weights": {r.name: round(float(w), 6)
-                                   for r, w in zip(self.group, self.weights)}}
+                how = {"method": self.ensemble, "weights": self.ensemble_weights()}
             metrics = write_metrics(confusions,
                                     Path(metrics_dir) if metrics_dir else out_path.parent,
                                     models=self.names, ensemble=how)
@@ -492,9 +529,11 @@ def score(
     out: str,
     *,
     corpus: CorpusSpec | None = None,
-    vectors_path: str | None = None,
+    vectors_path: str | Sequence[str] | None = None,
     encoder: str | None = None,
     tokenizer: str | None = None,
+    stores: Sequence[str] | None = None,
+    ensemble_out: str | None = None,
     split: str | None = None,
     top_k: int = ScoreConfig.top_k,
     batch_size: int = ScoreConfig.batch_size,
@@ -507,6 +546,13 @@ def score(
     """Score ``input_path`` (a store, or raw documents in ``corpus``'s format) with every model
     into the file ``out``: one embedding pass, one read of the store, memory bounded whatever
     the number of documents. (:class:`Scorer` keeps the models loaded between calls.)
+
+    Runs of several representations (trained on different stores of the same documents) score
+    together: raw input is embedded once per representation (``vectors_path`` may name several
+    files; ``encoder`` serves an encoder's store), and a store input is joined by doc id to the
+    other representations' ``stores`` (default: those their cards name). ``ensemble="fit"``
+    first fits the ensemble on the validation split (:meth:`Scorer.fit`) and saves its card to
+    ``ensemble_out`` (default: ``ensemble/`` beside the first run).
 
     Raises:
         ModelError: missing/tampered cards, unsafe models, incompatible models.
@@ -525,12 +571,19 @@ def score(
             raise EmbcacheError(f"Cannot use `metrics_dir={metrics_dir}`: {e.strerror}") from None
     _check_top_k(top_k)
     scorer = Scorer(model_dirs, vectors=vectors_path, encoder=encoder, tokenizer=tokenizer,
-                    cache_dir=cache_dir,
+                    cache_dir=cache_dir, stores=stores,
                     batch_size=batch_size, ensemble=ensemble, load=False)
+    card = None
+    if ensemble == "fit" and scorer.fitted is None:
+        target = Path(ensemble_out) if ensemble_out else Path(model_dirs[0]).parent / "ensemble"
+        fit_store = input_path if store_state(str(input_path)) == "complete" else None
+        scorer.fit(target, store=fit_store, progress=progress)
+        card = str(target / "ensemble.json")
     summary = scorer.write(input_path, out_path, split=split, top_k=top_k, corpus=corpus,
                            keep_store=keep_store, metrics_dir=metrics_dir, progress=progress)
     summary.seconds = time.perf_counter() - t0
     summary.kept_store = keep_store
+    summary.ensemble_card = card
     return summary
 
 
@@ -563,27 +616,63 @@ def _text_features(x, lengths, with_ids: bool) -> dict:
     return {"embedded": x, "lengths": lengths}
 
 
-class InputOrder:
-    """Prediction rows arrive by length bucket; ``ready()`` releases them in input order."""
+class JoinedRows:
+    """Prediction rows arrive by length bucket, from each representation's stream on its own;
+    ``ready()`` releases, in input order, the rows every stream has scored."""
 
-    def __init__(self, columns: list[str]):
-        self.columns, self.rows, self.next = columns, {}, 0
+    def __init__(self, streams: int):
+        self.streams, self.rows, self.next = streams, {}, 0
 
-    def add(self, seq: np.ndarray, cols: dict[str, list]) -> None:
-        values = [cols[c] for c in self.columns]
+    def add(self, k: int, seq: np.ndarray, probs: dict[str, np.ndarray], y) -> None:
         for j, s in enumerate(seq.tolist()):
-            self.rows[s] = tuple(v[j] for v in values)
+            row = self.rows.setdefault(s, [0, {}, None])
+            row[0] += 1
+            row[1].update({name: p[j] for name, p in probs.items()})
+            if y is not None:
+                row[2] = int(y[j])
 
-    def ready(self) -> tuple[dict[str, list], int]:
-        out: list[tuple] = []
-        while self.next in self.rows:
+    def ready(self) -> tuple[dict[str, np.ndarray], np.ndarray | None, int]:
+        out: list = []
+        while self.rows.get(self.next, (0,))[0] == self.streams:
             out.append(self.rows.pop(self.next))
             self.next += 1
-        return {c: [r[i] for r in out] for i, c in enumerate(self.columns)}, len(out)
+        if not out:
+            return {}, None, 0
+        probs = {name: np.stack([r[1][name] for r in out]) for name in out[0][1]}
+        truth = (np.array([r[2] for r in out], dtype=np.int64) if out[0][2] is not None
+                 else None)
+        return probs, truth, len(out)
 
     @property
     def waiting(self) -> int:
         return len(self.rows)
+
+
+def check_same_documents(a, b, slab: int = 1 << 16) -> None:
+    """Refuse two stores that do not hold the same documents, in the same order and splits:
+    the ensemble joins them by position. Reads ``doc_ids`` and ``split``, ``slab`` documents at
+    a time.
+
+    Raises:
+        StoreError: one line naming both stores and the first document that differs.
+    """
+    if a.num_docs != b.num_docs:
+        raise StoreError(f"Stores {a.url} and {b.url} hold different documents ({a.num_docs:,} "
+                         f"vs {b.num_docs:,}); an ensemble across them needs stores of the same "
+                         "documents: score them separately")
+    for start in range(0, a.num_docs, slab):
+        stop = min(start + slab, a.num_docs)
+        ia, ib = a.read("doc_ids", start, stop), b.read("doc_ids", start, stop)
+        sa, sb = a.read("split", start, stop), b.read("split", start, stop)
+        bad = np.flatnonzero((ia != ib) | (sa != sb))
+        if len(bad):
+            k = int(bad[0])
+            what = (f"{ia[k]!r} vs {ib[k]!r}" if ia[k] != ib[k] else
+                    f"{ia[k]!r} is in the {SPLIT_NAMES[sa[k]]} vs the {SPLIT_NAMES[sb[k]]} split")
+            raise StoreError(f"Stores {a.url} and {b.url} do not hold the same documents in the "
+                             f"same order and splits (document {start + k:,}: {what}); an "
+                             "ensemble across them needs stores of the same corpus and split "
+                             "settings: score them separately")
 
 
 def _add_topk(cols: dict, name: str, probs: np.ndarray, label_names: list[str], k: int) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from embcache.cache.errors import EmbcacheError, ModelError
+from embcache.jobs.ensemble import ENSEMBLE_FILE
 from embcache.jobs.runs import CARD_FILE, read_card
 
 COLUMNS = ("run", "model", "parameters", "val_accuracy", "test_accuracy", "val_macro_f1",
@@ -74,8 +75,29 @@ def list_runs(folder: str | Path) -> Listing:
             rows.append(_row(run, root, read_card(run)))
         except ModelError as e:
             invalid[str(run)] = str(e)
+    for card_path in sorted(root.rglob(ENSEMBLE_FILE)):
+        if card_path.parent.name.startswith("."):
+            continue
+        try:
+            rows.append(_ensemble_row(card_path.parent, root, json.loads(card_path.read_text())))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            invalid[str(card_path.parent)] = f"not an ensemble card written by embcache ({e})"
     rows.sort(key=lambda r: -(r["val_accuracy"] if r["val_accuracy"] is not None else -1))
     return Listing(rows, invalid)
+
+
+def _ensemble_row(path: Path, root: Path, card: dict) -> dict[str, Any]:
+    """A fitted ensemble (``embcache score --ensemble fit``): its validation accuracy is the
+    chosen pool's accuracy held out by cross-fitting (fitting it saw those documents)."""
+    fit = card["fit"]
+    rel = path.relative_to(root) if path != root else Path(path.name)
+    members = ",".join(m["name"] for m in card["members"])
+    return {"run": str(rel), "path": str(path), "model": f"ensemble ({card['chosen']})",
+            "parameters": f"members={members}",
+            "val_accuracy": fit["cross_fit"][card["chosen"]]["accuracy"], "test_accuracy": None,
+            "val_macro_f1": None, "test_macro_f1": None, "best_epoch": None, "epochs": None,
+            "samples_per_s": None, "train_seconds": None, "parameter_count": None,
+            "model_mb": None, "group": None}
 
 
 def _cell(value, digits: int = 4) -> str:

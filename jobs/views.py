@@ -160,9 +160,9 @@ def contract_key(meta: StoreMeta) -> str:
 def make_views(runs: list[Run], *, vectors: str | Sequence[str] | None, encoder: str | None,
                tokenizer: str | None, cache_dir: str | None) -> list[View]:
     """The runs grouped by representation, in order of first appearance, each given its
-    source for raw input: ``encoder`` to a view built on an encoder, and to the others the one
-    of ``vectors`` (a path or several) whose file name is the one their cards record (or the
-    only one given, when one view needs vectors).
+    source for raw input: ``encoder`` to a view built on an encoder, and to the others the
+    one ``vectors`` file given, or of several the one whose file name their cards record
+    (each is checked by fingerprint when it is used).
 
     Raises:
         EmbcacheError: several encoder views (one ``encoder=`` can serve one), or vectors that
@@ -194,7 +194,7 @@ def make_views(runs: list[Run], *, vectors: str | Sequence[str] | None, encoder:
 def _pick_vectors(view: View, given: list[str], views: int) -> str | None:
     if not given:
         return None
-    if len(given) == 1 and views == 1:
+    if len(given) == 1:  # one file for every word view (its fingerprint is checked on use)
         return given[0]
     want = Path(view.meta.vectors.source).name
     matches = [g for g in given if Path(g).name == want]

@@ -7,7 +7,11 @@ GloVe 50d, max_len 200, truncating post), both built with the lexical channel:
   (the texts read by embcache's own corpus reader, joined to the store's split by doc id);
 - embcache's models, each over ``--seeds`` seeds with the defaults a user gets (10 epochs, early
   stopping on val accuracy, patience 3): ``tfidf`` (the lexical model), the dense models named
-  by ``--models``, and each of those with ``wide=true`` (trained as one group with it).
+  by ``--models``, and each of those with ``wide=true`` (trained as one group with it), on the
+  GloVe store; the dense models also on the other representations' stores (``--reps``:
+  WordLlama, MiniLM), built from the same corpus with the same split;
+- per seed, ensembles of those runs across representations through the ``Scorer`` (store
+  input joined by doc id): the default ``weighted`` mean and ``fit`` (fitted on the val split).
 
 Prints a table per corpus (test accuracy: mean and range over seeds; training seconds) and
 writes bench-out/quality/quality.json and quality.png (accuracy against training time).
@@ -30,12 +34,14 @@ CORPORA = {
 }
 
 
-def build_store(name: str, data: Path, out: Path, reuse: bool) -> str:
+def build_store(name: str, data: Path, out: Path, reuse: bool, rep: str = "glove") -> str:
+    """The corpus's store in representation ``rep`` (glove, wordllama or minilm), with the
+    lexical channel and the same split."""
     import embcache
     from embcache.cache.store import store_state
 
     c = CORPORA[name]
-    url = str(out / f"{name}.zarr")
+    url = str(out / (f"{name}.zarr" if rep == "glove" else f"{name}-{rep}.zarr"))
     if reuse and store_state(url) == "complete" and embcache.open_store(url).meta.has_token_ids:
         return url
     if name == "ag_news":
@@ -44,9 +50,21 @@ def build_store(name: str, data: Path, out: Path, reuse: bool) -> str:
                                    label_names_file=str(data / "ag_news_csv" / "classes.txt"))
     else:
         spec = embcache.CorpusSpec(str(data / c["corpus"]), strip_headers=True)
-    embcache.embed_corpus(spec, str(data / "glove.6B.50d.txt.gz"), url, overwrite=True,
-                          settings=embcache.EmbedSettings(max_len=c["max_len"],
-                                                          truncating=c["truncating"]))
+    t = time.perf_counter()
+    if rep == "glove":
+        embcache.embed_corpus(spec, str(data / "glove.6B.50d.txt.gz"), url, overwrite=True,
+                              settings=embcache.EmbedSettings(max_len=c["max_len"],
+                                                              truncating=c["truncating"]))
+    elif rep == "wordllama":
+        w = data / "wordllama-l2-supercat-256"
+        embcache.embed_corpus(spec, str(w / "l2_supercat_256.safetensors"), url, overwrite=True,
+                              tokenizer=str(w / "l2_supercat_tokenizer_config.json"),
+                              settings=embcache.EmbedSettings(max_len=c["max_len"],
+                                                              truncating=c["truncating"]))
+    else:
+        embcache.embed_corpus(spec, None, url, encoder=str(data / "all-MiniLM-L6-v2.zip"),
+                              overwrite=True, workers=1)
+    print(f"  {rep} store {url}: {time.perf_counter() - t:.0f} s", flush=True)
     return url
 
 
@@ -88,31 +106,73 @@ def sklearn_baselines(splits) -> dict[str, dict]:
     return out
 
 
-def embcache_models(url: str, models: list[str], seeds: int, out: Path) -> dict[str, dict]:
+def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
+                   out: Path) -> dict[str, dict]:
+    """Every seed: ``tfidf`` and each dense model plain and wide on the GloVe store, each dense
+    model on the other representations' stores; then the seed's ensembles across them."""
     import embcache
 
     results: dict[str, dict] = {}
 
-    def add(label, summary):
+    def add(label, acc, seconds, note=""):
         r = results.setdefault(label, {"test": [], "seconds": []})
-        r["test"].append(summary.metrics["test_accuracy"])
-        r["seconds"].append(summary.seconds)
-        print(f"  {label}: test {summary.metrics['test_accuracy']:.4f} "
-              f"({summary.seconds:.0f} s, best epoch {summary.best_epoch})", flush=True)
+        r["test"].append(acc)
+        r["seconds"].append(seconds)
+        print(f"  {label}: test {acc:.4f} ({seconds:.0f} s{note})", flush=True)
 
     for seed in range(seeds):
         print(f" seed {seed}", flush=True)
-        s = embcache.train(url, "tfidf", str(out / f"tfidf-{seed}"), config={"seed": seed},
-                           overwrite=True)
-        add("tfidf", s)
+        runs: dict[str, tuple[str, float]] = {}  # label -> (run folder, train seconds)
+        s = embcache.train(stores["glove"], "tfidf", str(out / f"tfidf-{seed}"),
+                           config={"seed": seed}, overwrite=True)
+        runs["tfidf"] = (s.out, s.seconds)
+        add("tfidf", s.metrics["test_accuracy"], s.seconds, f", best epoch {s.best_epoch}")
         for model in models:
-            group = embcache.train(url, model, str(out / f"{model}-{seed}"),
+            group = embcache.train(stores["glove"], model, str(out / f"{model}-{seed}"),
                                    grid={"wide": [False, True]}, config={"seed": seed},
                                    overwrite=True)
             for run in group.runs:
-                add(f"{model} wide" if "wide=true" in Path(run.out).name.lower()
-                    else model, run)
+                label = (f"{model} wide" if "wide=true" in Path(run.out).name.lower()
+                         else model)
+                runs[label] = (run.out, run.seconds)
+                add(label, run.metrics["test_accuracy"], run.seconds,
+                    f", best epoch {run.best_epoch}")
+            for rep, url in stores.items():
+                if rep == "glove":
+                    continue
+                s = embcache.train(url, model, str(out / f"{model}-{rep}-{seed}"),
+                                   config={"seed": seed}, overwrite=True)
+                runs[f"{model} ({rep})"] = (s.out, s.seconds)
+                add(f"{model} ({rep})", s.metrics["test_accuracy"], s.seconds,
+                    f", best epoch {s.best_epoch}")
+        for label, members in ensembles(list(runs), models, list(stores)):
+            paths = [runs[m][0] for m in members]
+            seconds = sum(runs[m][1] for m in members)
+            for how in ("weighted", "fit"):
+                t = time.perf_counter()
+                scorer = embcache.Scorer(paths, ensemble=how, stores=list(stores.values()))
+                if how == "fit":
+                    scorer.fit(out / f"ensemble-{seed}-{len(members)}", store=stores["glove"])
+                rows = scorer.classify(stores["glove"], split="test")
+                acc = float((rows["ensemble_label"] == rows["true_label"]).mean())
+                note = (f", chosen {scorer.fitted.chosen}, weights "
+                        f"{[round(float(w), 2) for w in scorer.fitted.weights]}"
+                        if how == "fit" else "")
+                add(f"ensemble {how}: {label}", acc, seconds + time.perf_counter() - t, note)
     return results
+
+
+def ensembles(labels: list[str], models: list[str], reps: list[str]):
+    """The ensembles measured: the lexical model with the wide model; and every run."""
+    out = []
+    for m in models:
+        if "tfidf" in labels and f"{m} wide" in labels:
+            out.append((f"tfidf + {m} wide", ["tfidf", f"{m} wide"]))
+        others = [f"{m} ({r})" for r in reps if r != "glove" and f"{m} ({r})" in labels]
+        if others:
+            out.append((f"tfidf + {m} wide + " + " + ".join(others),
+                        ["tfidf", f"{m} wide", *others]))
+    return out
 
 
 def summarize(results: dict[str, dict]) -> list[list]:
@@ -155,17 +215,20 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="kim_cnn", help="dense models, each also with wide=true")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--reuse", action="store_true", help="keep complete stores")
+    p.add_argument("--reps", default="glove,wordllama",
+                   help="representations: glove (always) and wordllama, minilm")
     a = p.parse_args(argv)
     data, out = Path(a.data), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     everything = {}
     for name in a.corpora.split(","):
-        print(f"{name}: building the store", flush=True)
-        url = build_store(name, data, out, a.reuse)
+        print(f"{name}: building the stores", flush=True)
+        reps = ["glove"] + [r for r in a.reps.split(",") if r and r != "glove"]
+        stores = {rep: build_store(name, data, out, a.reuse, rep) for rep in reps}
         print(f"{name}: baselines", flush=True)
-        results = sklearn_baselines(texts_by_split(name, data, url))
+        results = sklearn_baselines(texts_by_split(name, data, stores["glove"]))
         print(f"{name}: embcache models", flush=True)
-        results.update(embcache_models(url, [m for m in a.models.split(",") if m], a.seeds,
+        results.update(embcache_models(stores, [m for m in a.models.split(",") if m], a.seeds,
                                        out / "runs" / name))
         everything[name] = results
         print(f"\n{name} (test accuracy on the store's split)")

@@ -16,7 +16,7 @@ WORDLLAMA = $(DATA_DIR)/wordllama-l2-supercat-256/l2_supercat_256.safetensors
 GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
 NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
 
-.PHONY: FORCE install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune data clean help cli-reference
+.PHONY: FORCE install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-lexical bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune data clean help cli-reference
 
 # The editable install is setuptools' "strict" mode: build/__editable__.* holds a tree of links to
 # the package's files laid out as `embcache` (jobs/api -> embcache/, cache/ -> embcache/cache/...),
@@ -133,7 +133,7 @@ help:
 	@echo "make check          the same as make test"
 	@echo "make bench          every benchmark, each also alone: bench-embed, bench-train,"
 	@echo "                    bench-score, bench-scale, bench-encoder, bench-vectors,"
-	@echo "                    bench-integrity, bench-tune; results in BENCHMARKS.md"
+	@echo "                    bench-integrity, bench-tune, bench-lexical; results in BENCHMARKS.md"
 	@echo "make bench-quality  test accuracy against TF-IDF + a linear model (scikit-learn), 3 seeds"
 	@echo "                    (not part of make bench; buckets against padding: bench-train ARGS=--quality)"
 	@echo "make data           fetch news20.tar.gz and glove.6B.50d.txt.gz into DATA_DIR; name"
@@ -153,7 +153,7 @@ test: install
 
 check: test
 
-bench: bench-embed bench-train bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune
+bench: bench-embed bench-train bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune bench-lexical
 
 bench-embed: install
 	$(call need_data,$(CORPUS) $(VECTORS))
@@ -167,6 +167,10 @@ bench-train: store
 
 # Accuracy against TF-IDF + a linear model (scikit-learn) on the stores' own split: 20 Newsgroups
 # and AG News with the lexical channel, tfidf and kim_cnn (also wide) over 3 seeds.
+# What the lexical channel costs: token_ids' bytes, and the pipeline of models that read no ids.
+bench-lexical: store
+	$(BIN)/python -m jobs.bench.lexical --store $(STORE) $(ARGS)
+
 bench-quality: install
 	$(call need_data,$(CORPUS) $(VECTORS) $(DATA_DIR)/ag_news_csv/test.csv)
 	$(BIN)/python -m jobs.bench.quality --data $(DATA_DIR) $(ARGS)

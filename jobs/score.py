@@ -288,7 +288,15 @@ class Scorer:
                                      f"({url}) is not there")
                 other = open_store(str(url), require_complete=True)
                 view.check_store(other)
-            check_same_documents(store, other)
+            try:
+                check_same_documents(store, other)
+            except StoreError as e:
+                first = self.views[fits[0]].runs[0]
+                diff = "; ".join(first.meta.contract_differences(view.meta))
+                text = str(e)
+                raise StoreError(f"Models {first.name} and {view.runs[0].name} were trained on "
+                                 f"differently embedded data ({diff}), and "
+                                 f"{text[0].lower()}{text[1:]}") from None
             out[i] = other
         return out
 
@@ -573,18 +581,26 @@ def score(
     scorer = Scorer(model_dirs, vectors=vectors_path, encoder=encoder, tokenizer=tokenizer,
                     cache_dir=cache_dir, stores=stores,
                     batch_size=batch_size, ensemble=ensemble, load=False)
-    card = None
-    if ensemble == "fit" and scorer.fitted is None:
-        target = Path(ensemble_out) if ensemble_out else Path(model_dirs[0]).parent / "ensemble"
-        fit_store = input_path if store_state(str(input_path)) == "complete" else None
-        scorer.fit(target, store=fit_store, progress=progress)
-        card = str(target / "ensemble.json")
+    card = _fit_first(scorer, ensemble_out, model_dirs, input_path, progress)
     summary = scorer.write(input_path, out_path, split=split, top_k=top_k, corpus=corpus,
                            keep_store=keep_store, metrics_dir=metrics_dir, progress=progress)
     summary.seconds = time.perf_counter() - t0
     summary.kept_store = keep_store
     summary.ensemble_card = card
     return summary
+
+
+def _fit_first(scorer: Scorer, ensemble_out: str | None, model_dirs: list[str], input_path: str,
+               progress: bool) -> str | None:
+    """``ensemble="fit"`` without a fitted ensemble among the runs: fit it on the validation
+    split (of ``input_path`` when it is a store, else of the store the first card names) and
+    save its card; returns the card's path."""
+    if scorer.ensemble != "fit" or scorer.fitted is not None:
+        return None
+    target = Path(ensemble_out) if ensemble_out else Path(model_dirs[0]).parent / "ensemble"
+    fit_store = input_path if store_state(str(input_path)) == "complete" else None
+    scorer.fit(target, store=fit_store, progress=progress)
+    return str(target / "ensemble.json")
 
 
 def _remove_stale_partials(out_path: Path) -> None:

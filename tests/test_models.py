@@ -15,9 +15,33 @@ def batch(n=6, seed=0):
     rng = np.random.default_rng(seed)
     lengths = rng.integers(0, MAX_LEN, n).astype("int32")
     x = rng.normal(size=(n, MAX_LEN, DIM)).astype("float32")
+    ids = rng.integers(0, 50, size=(n, MAX_LEN)).astype("int32")  # a 50-word vocabulary
     for i, k in enumerate(lengths):
         x[i, : MAX_LEN - k] = 0.0  # pre-padding
-    return {"embedded": x, "lengths": lengths}, rng.integers(0, CLASSES, n).astype("int32")
+        ids[i, : MAX_LEN - k] = 0
+    return ({"embedded": x, "lengths": lengths, "token_ids": ids},
+            rng.integers(0, CLASSES, n).astype("int32"))
+
+
+def feed(model, x: dict) -> dict:
+    """The features ``model`` takes (the lexical ones only where it reads ids)."""
+    from embcache.models.registry import model_features
+
+    return model_features(model, x)
+
+
+def adapt(model) -> None:
+    """The lexical layers' vocabulary from the batch's ids (as training counts it)."""
+    from embcache.cache.lexical import DocumentFrequencies
+    from embcache.models.layers import HashedTfidf
+
+    x, _ = batch()
+    df = DocumentFrequencies()
+    df.add(np.concatenate([row[MAX_LEN - k:] for row, k in zip(x["token_ids"], x["lengths"])]),
+           x["lengths"])
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, HashedTfidf):
+            layer.adapt(*df.vocabulary(layer.max_features, min_df=1))
 
 
 @pytest.mark.parametrize("name", models.names())
@@ -25,8 +49,17 @@ def test_model_contract(name, tmp_path):
     keras.utils.set_random_seed(0)
     model = models.build(name, max_len=MAX_LEN, dim=DIM, num_classes=CLASSES)
     assert not any(isinstance(layer, keras.layers.Embedding) for layer in model.layers)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    check_contract(model, tmp_path / f"{name}.keras")
+
+
+def check_contract(model, path):
+    from embcache.models.optimizers import Adam
+
+    assert not any(isinstance(layer, keras.layers.Embedding) for layer in model.layers)
+    adapt(model)
+    model.compile(optimizer=Adam(), loss="sparse_categorical_crossentropy")
     x, y = batch()
+    x = feed(model, x)
     before = [w.copy() for w in model.get_weights()]
     loss = model.train_on_batch(x, y)
     assert np.isfinite(loss)
@@ -34,10 +67,21 @@ def test_model_contract(name, tmp_path):
     probs = model.predict(x, verbose=0)
     assert probs.shape == (6, CLASSES)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    path = tmp_path / f"{name}.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), probs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cnn", "kim_cnn", "bilstm", "gru", "fasttext", "transformer"])
+def test_wide_variants_keep_the_contract(name, tmp_path):
+    """``wide=true``: the lexical logits join the model's own; trained, saved and loaded with
+    its adapted vocabulary and idf."""
+    from embcache.models.registry import takes_token_ids
+
+    keras.utils.set_random_seed(0)
+    model = models.build(name, max_len=MAX_LEN, dim=DIM, num_classes=CLASSES, wide=True)
+    assert takes_token_ids(model) and model.get_layer("lexical") is not None
+    check_contract(model, tmp_path / f"{name}-wide.keras")
 
 
 @pytest.mark.parametrize("name", ["bilstm", "gru", "fasttext", "transformer"])
@@ -49,7 +93,8 @@ def test_padding_does_not_leak(name):
     noisy = {"embedded": x["embedded"].copy(), "lengths": x["lengths"]}
     for i, k in enumerate(x["lengths"]):
         noisy["embedded"][i, : MAX_LEN - k] = 5.0
-    np.testing.assert_allclose(model.predict(x, verbose=0), model.predict(noisy, verbose=0),
+    np.testing.assert_allclose(model.predict(feed(model, x), verbose=0),
+                               model.predict(feed(model, noisy), verbose=0),
                                rtol=1e-4, atol=1e-5)
 
 
@@ -74,7 +119,14 @@ def pad_to(x: dict, length: int, padding: str = "pre") -> dict:
                 out[i, length - k:] = rows
             else:
                 out[i, :k] = rows
-    return {"embedded": out, "lengths": x["lengths"]}
+    ids = np.zeros((n, length), "int32")
+    for i, k in enumerate(x["lengths"]):
+        if k:
+            if padding == "pre":
+                ids[i, length - k:] = x["token_ids"][i, steps - k:]
+            else:
+                ids[i, :k] = x["token_ids"][i, steps - k:]
+    return {"embedded": out, "lengths": x["lengths"], "token_ids": ids}
 
 
 @pytest.mark.parametrize("name", models.names())
@@ -86,7 +138,7 @@ def test_any_batch_length(name):
     x, _ = batch()
     x["lengths"] = np.minimum(x["lengths"], 3)
     for length in (3, 8, 40, 200, 1000):
-        probs = model.predict_on_batch(pad_to(x, length))
+        probs = model.predict_on_batch(feed(model, pad_to(x, length)))
         assert probs.shape == (6, CLASSES) and np.isfinite(probs).all(), length
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
@@ -99,9 +151,9 @@ def test_masked_models_ignore_the_batch_length(name, padding):
     keras.utils.set_random_seed(0)
     model = models.build(name, max_len=MAX_LEN, dim=DIM, num_classes=CLASSES, padding=padding)
     x, _ = batch()
-    want = model.predict_on_batch(pad_to(x, MAX_LEN, padding))
+    want = model.predict_on_batch(feed(model, pad_to(x, MAX_LEN, padding)))
     for length in (int(x["lengths"].max()), 400):
-        np.testing.assert_allclose(model.predict_on_batch(pad_to(x, length, padding)), want,
+        np.testing.assert_allclose(model.predict_on_batch(feed(model, pad_to(x, length, padding))), want,
                                    rtol=1e-4, atol=1e-5)
 
 
@@ -113,9 +165,9 @@ def test_cnn_with_an_edge_ignores_the_batch_length(padding):
     model = models.build("cnn", max_len=MAX_LEN, dim=DIM, num_classes=CLASSES, padding=padding,
                          edge=148)
     x, _ = batch()
-    want = model.predict_on_batch(pad_to(x, MAX_LEN, padding))
+    want = model.predict_on_batch(feed(model, pad_to(x, MAX_LEN, padding)))
     for length in (int(x["lengths"].max()), 173, 400):
-        np.testing.assert_allclose(model.predict_on_batch(pad_to(x, length, padding)), want,
+        np.testing.assert_allclose(model.predict_on_batch(feed(model, pad_to(x, length, padding))), want,
                                    rtol=1e-4, atol=1e-5)
 
 
@@ -130,5 +182,5 @@ def test_cnn_reads_the_last_token_at_every_batch_length():
         a = pad_to(x, length)
         b = {"embedded": a["embedded"].copy(), "lengths": a["lengths"]}
         b["embedded"][:, -1] += 3.0  # pre padding: the last step is each document's last token
-        pa, pb = model.predict_on_batch(a), model.predict_on_batch(b)
+        pa, pb = model.predict_on_batch(feed(model, a)), model.predict_on_batch(feed(model, b))
         assert (np.abs(pa - pb).max(axis=1)[rows] > 1e-6).all(), length

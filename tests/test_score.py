@@ -154,10 +154,12 @@ def test_label_sets_may_differ_but_embedding_may_not(setup, tmp_path):
     code, text = run("--models", f"{root}/runs/fasttext,{root}/runs3/short", "--input", store,
                      "--out", out)
     assert code == 1  # another representation, but of a store split differently: refused
-    assert text.strip() == (f"Error: Stores {store} and {root / 's3.zarr'} do not hold the same "
-                            "documents in the same order and splits (document 1: 'a/001' is in "
-                            "the val vs the train split); an ensemble across them needs stores "
-                            "of the same corpus and split settings: score them separately")
+    assert text.strip() == ("Error: Models fasttext and short were trained on differently embedded "
+                            f"data (max_len 160 vs 40), and stores {store} and {root / 's3.zarr'} "
+                            "do not hold the same documents in the same order and splits "
+                            "(document 1: 'a/001' is in the val vs the train split); an ensemble "
+                            "across them needs stores of the same corpus and split settings: "
+                            "score them separately")
 
 
 def copy_run(src, dst):

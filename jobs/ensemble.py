@@ -72,26 +72,35 @@ ENSEMBLE_FILE = "ensemble.json"
 
 @dataclass
 class EnsembleFit:
-    """A log-linear pool of its members' probabilities: ``p ∝ exp(sum_i a_i log p_i)``. The
-    coefficients ``a_i`` factor as ``sharpness * weight_i / temperature_i``: each member's
-    temperature calibrates it alone, the weights (summing to 1) share the vote."""
+    """How a fitted ensemble pools its members' probabilities. ``chosen`` ``"fit"``,
+    ``"geometric"`` or ``"single"``: a log-linear pool ``p ∝ exp(sum_i a_i log p_i)``, whose
+    coefficients ``a_i`` factor as ``sharpness * weight_i / temperature_i`` (each member's
+    temperature calibrates it alone, the weights share the vote); ``"mean"``: the plain mean of
+    the probabilities (``a_i`` the weights)."""
 
     members: list[str]
     coefficients: np.ndarray
     temperatures: np.ndarray
-    chosen: str  # "fit", "geometric" (equal weights) or "single" (the best member alone)
+    chosen: str  # "fit", "geometric" (equal weights), "mean" (linear) or "single" (the best)
     report: dict
 
     @property
+    def linear(self) -> bool:
+        return self.chosen == "mean"
+
+    @property
     def weights(self) -> np.ndarray:
-        w = self.coefficients * self.temperatures
+        w = self.coefficients * (1.0 if self.linear else self.temperatures)
         return w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
 
 
-def pool(stacked: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
-    """Members' probabilities ``(m, n, C)`` -> the log-linear pool ``(n, C)``."""
-    z = np.tensordot(np.asarray(coefficients, np.float64),
-                     np.log(np.clip(stacked.astype(np.float64), 1e-12, 1.0)), axes=1)
+def pool(stacked: np.ndarray, coefficients: np.ndarray, linear: bool = False) -> np.ndarray:
+    """Members' probabilities ``(m, n, C)`` -> the pool ``(n, C)``: log-linear, or with
+    ``linear`` the weighted mean."""
+    a = np.asarray(coefficients, np.float64)
+    if linear:
+        return np.tensordot(a, stacked.astype(np.float64), axes=1).astype(np.float32)
+    z = np.tensordot(a, np.log(np.clip(stacked.astype(np.float64), 1e-12, 1.0)), axes=1)
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -145,9 +154,9 @@ def temperature(logp: np.ndarray, y: np.ndarray) -> float:
 def fit_ensemble(names: list[str], probs: dict[str, np.ndarray], y: np.ndarray) -> EnsembleFit:
     """Fit the pool on validation probabilities, guarded against overfitting the validation
     split: two-fold cross-fitting (fit on even documents, score the odd ones, and back)
-    compares the fitted pool with two that learn nothing, equal weights (the geometric mean)
-    and the best member alone; the one with the best held-out accuracy (then NLL) is kept,
-    refitted on the whole split if it is the fitted one."""
+    compares the fitted pool with three that learn nothing, equal weights (the geometric mean
+    and the plain mean) and the best member alone; the one with the best held-out accuracy
+    (then NLL) is kept, refitted on the whole split if it is the fitted one."""
     logp = np.log(np.clip(np.stack([probs[n] for n in names]).astype(np.float64), 1e-12, 1.0))
     m = len(names)
     acc = [float((logp[i].argmax(axis=1) == y).mean()) for i in range(m)]
@@ -155,20 +164,21 @@ def fit_ensemble(names: list[str], probs: dict[str, np.ndarray], y: np.ndarray) 
 
     def candidates(part):
         return {"fit": fit_coefficients(logp[:, part], y[part]),
-                "geometric": np.full(m, 1.0 / m), "single": np.eye(m)[best]}
+                "geometric": np.full(m, 1.0 / m), "mean": np.full(m, 1.0 / m),
+                "single": np.eye(m)[best]}
 
-    held: dict[str, list] = {"fit": [], "geometric": [], "single": []}
+    held: dict[str, list] = {"fit": [], "geometric": [], "mean": [], "single": []}
     for train, test in ((slice(0, None, 2), slice(1, None, 2)), (slice(1, None, 2), slice(0, None, 2))):
         for name, a in candidates(train).items():
-            nll = _nll(logp[:, test], a, y[test])[0]
-            p = np.tensordot(a, logp[:, test], axes=1).argmax(axis=1)
-            held[name].append((float((p == y[test]).mean()), nll))
+            p = pool(np.exp(logp[:, test]), a, linear=name == "mean")
+            nll = float(-np.mean(np.log(np.clip(p[np.arange(len(p)), y[test]], 1e-12, 1.0))))
+            held[name].append((float((p.argmax(axis=1) == y[test]).mean()), nll))
     score = {k: (float(np.mean([h[0] for h in v])), float(np.mean([h[1] for h in v])))
              for k, v in held.items()}
     chosen = max(score, key=lambda k: (score[k][0], -score[k][1]))
     a = candidates(slice(None))[chosen]
     temps = np.array([temperature(logp[i], y) for i in range(m)])
-    whole = np.tensordot(a, logp, axes=1).argmax(axis=1)
+    whole = pool(np.exp(logp), a, linear=chosen == "mean").argmax(axis=1)
     report = {"val_docs": int(len(y)), "member_val_accuracy": dict(zip(names, acc)),
               "cross_fit": {k: {"accuracy": round(v[0], 6), "nll": round(v[1], 6)}
                             for k, v in score.items()},

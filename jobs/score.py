@@ -370,7 +370,7 @@ class Scorer:
         for a fitted ensemble its log-linear pool (:func:`embcache.jobs.ensemble.pool`)."""
         stacked = np.stack([probs[r.name] for r in self.group])
         if self.fitted is not None:
-            return pool(stacked, self.fitted.coefficients)
+            return pool(stacked, self.fitted.coefficients, linear=self.fitted.linear)
         return np.tensordot(self.weights, stacked, axes=1)
 
     def _columns(self, probs: dict[str, np.ndarray], top_k: int) -> dict[str, list]:

@@ -76,8 +76,8 @@ def test_fit_saves_a_card_that_scoring_and_runs_reuse(two, tmp_path):
     assert code == 0, text
     card = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
     assert [m["name"] for m in card["members"]] == ["fast160", "tfidf40"]
-    assert card["chosen"] in ("fit", "geometric", "single")
-    assert set(card["fit"]["cross_fit"]) == {"fit", "geometric", "single"}
+    assert card["chosen"] in ("fit", "geometric", "mean", "single")
+    assert set(card["fit"]["cross_fit"]) == {"fit", "geometric", "mean", "single"}
     assert len(card["temperatures"]) == 2 and abs(sum(card["weights"]) - 1) < 1e-5
     code, text = cli("score", "--models", tmp_path / "ens", "--input", a, "--split", "test",
                      "--out", tmp_path / "p2.csv", "-q")

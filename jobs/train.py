@@ -261,16 +261,17 @@ def _in_memory(store, plans: dict, config: TrainConfig, progress: bool) -> dict:
     return out
 
 
-def adapt_lexical(store, plan, models: list, progress: bool) -> None:
+def adapt_lexical(store, plan, models: list, progress: bool, counts: dict | None = None) -> None:
     """Set every lexical layer's kept features and idf (:class:`~embcache.models.layers.
     HashedTfidf`) from one counting pass over the train split per n-gram order, shared by the
-    group's models (:func:`embcache.cache.lexical.count_split`)."""
+    group's models (:func:`embcache.cache.lexical.count_split`); ``counts`` keeps the passes
+    for later calls (``embcache tune``'s trials)."""
     from embcache.cache.lexical import count_split
     from embcache.models.layers import HashedTfidf
 
     layers = [layer for model in models for layer in model._flatten_layers(include_self=False)
               if isinstance(layer, HashedTfidf)]
-    counts: dict = {}
+    counts = {} if counts is None else counts
     for layer in layers:
         if layer.ngrams not in counts:
             t = time.perf_counter()

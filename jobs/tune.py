@@ -44,12 +44,14 @@ from embcache.jobs.config import TrainConfig
 from embcache.jobs.group import GroupTrainer, Member
 from embcache.jobs.locks import reading
 from embcache.jobs.train import (
+    adapt_lexical,
     build_member,
     group_streams,
     model_list,
     open_for_training,
     save_member,
 )
+from embcache.models.registry import takes_token_ids
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -617,6 +619,13 @@ class _Study:
             keras.utils.set_random_seed(self.config.seed + trial.number)
             try:
                 build_member(m, self.store, self.config)
+                if takes_token_ids(m.model):
+                    if not self.store.with_ids:
+                        raise ModelError(f"{source.ref} reads token_ids; store {self.store.url} "
+                                         "has none (rebuild it with its embed-corpus command "
+                                         "and --overwrite)")
+                    adapt_lexical(self.store, self.plans["train"], [m.model], False,
+                                  self.lexical_counts)
             except ModelError as e:
                 self._end(trial, m, "fail", str(e))
                 continue
@@ -633,6 +642,13 @@ class _Study:
                     trainer.members.remove(m)
 
     def run(self) -> None:
+        # Ids are read (for every trial: one stream) only when a trial's model may take them:
+        # tfidf among the models or `wide` in the space; their counts are made once.
+        wide = "wide" in self.space.common or any("wide" in p for p in self.space.per_model.values())
+        lexical = wide or any(src.name == "tfidf" for src in self.sources)
+        if lexical and self.store.meta.has_token_ids:
+            self.store = self.store.reading_ids()
+        self.lexical_counts: dict = {}
         config, store, plans = self.config, self.store, self.plans
         train_ds, val_ds, steps = group_streams(store, plans, config, self.progress)
         trainer = GroupTrainer([], steps_per_execution=config.steps_per_execution,

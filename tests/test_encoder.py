@@ -99,6 +99,9 @@ def test_vectors_equal_the_backbone_alone_whatever_the_batch(encoders, corpus, t
                           "padding_mask": np.ones((1, len(ids)), int)})["sequence_output"]
         got = tokens[int(offsets[i]):int(offsets[i]) + int(lengths[i])]
         assert got.shape == (len(ids), 8)
+        # The lexical channel: the tokenizer's own ids, start and end tokens included.
+        stored = store.read("token_ids", int(offsets[i]), int(offsets[i]) + int(lengths[i]))
+        assert stored.tolist() == ids
         np.testing.assert_allclose(got.astype(np.float32), np.asarray(alone)[0], rtol=2e-3,
                                    atol=2e-3)
 

@@ -176,6 +176,15 @@ def test_table_with_tokenizer_round_trip_cli_and_scorer(tmp_path):
     assert r.returncode == 0, r.stderr
     info = run("info", store).stdout
     assert "static subword table (table)" in info and "tokenizer.json sha256=" in info
+    # The lexical channel holds the tokenizer's ids of each document's kept tokens.
+    from tokenizers import Tokenizer
+
+    opened = embcache.open_store(str(store))
+    first = int(opened.read("offsets", 0, 1)[0])
+    n = int(opened.read("lengths", 0, 1)[0])
+    want = Tokenizer.from_file(str(tok)).encode(texts[0], add_special_tokens=False).ids
+    assert opened.meta.lexical == {"ids": "tokenizer ids"}
+    assert opened.read("token_ids", first, first + n).tolist() == want
     r = run("train", "--store", store, "--model", "fasttext,kim_cnn", "--epochs", "2",
             "--batch-size", "8", "-q", "--out", tmp_path / "runs")
     assert r.returncode == 0, r.stderr

@@ -26,6 +26,16 @@ result: embcache.TrainSummary | embcache.GroupResult = group
 scored: embcache.ScoreSummary = embcache.score(["runs/fasttext"], "news20.zarr", "p.csv",
                                                split="test")
 scorer = embcache.Scorer(["runs/fasttext"], vectors="glove.txt.gz")
+# The lexical channel and ensembles across representations.
+lexical = embcache.dataset(store, "train", token_ids=True)
+across = embcache.Scorer(["runs/tfidf", "runs/kim_cnn-wordllama"], ensemble="fit",
+                         vectors=["glove.txt.gz", "l2_supercat_256.safetensors"],
+                         stores=["news20-wordllama.zarr"])
+fitted = across.fit("runs/ensemble", store="news20.zarr")
+chosen: str = fitted.chosen
+fitted_summary: embcache.ScoreSummary = embcache.score(
+    ["runs/tfidf", "runs/kim_cnn"], "news20.zarr", "p.csv", split="test", ensemble="fit",
+    ensemble_out="runs/ensemble", stores=["news20.zarr"])
 report: embcache.VerifyReport = embcache.verify("news20.zarr")
 ok: bool = report.ok
 study = embcache.tune("news20.zarr", "kim_cnn,fasttext", ["dropout=float:0:0.5"], trials=4,
@@ -40,3 +50,8 @@ version: str = embcache.__version__
 @register("tiny")
 def tiny(*, dim: int, num_classes: int, units: int = 8):
     return inputs(dim)
+
+
+@register("tiny_lexical")
+def tiny_lexical(*, dim: int, num_classes: int):
+    return inputs(dim, token_ids=True)

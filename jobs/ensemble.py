@@ -1,5 +1,6 @@
-"""Which runs score together: their cards' compatibility, unique column names, and the ensemble
-(the models sharing the first one's labels, weighted by validation accuracy or equally)."""
+"""Which runs score together and how: unique column names, the ensemble (the models sharing the
+first one's labels, weighted by validation accuracy or equally, or a pool fitted on the
+validation split and saved as an ensemble card)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from embcache.cache.errors import EmbcacheError, ModelError
-from embcache.cache.meta import StoreMeta
 from embcache.jobs.runs import Run
-
-
-def check_compatible(runs: list[Run]) -> StoreMeta:
-    """All models must expect the same embedded values; returns the first one's store metadata."""
-    first = runs[0].meta
-    for run in runs[1:]:
-        diff = first.contract_differences(run.meta)
-        if diff:
-            raise ModelError(f"Models {runs[0].name} and {run.name} were trained on differently "
-                             f"embedded data ({'; '.join(diff)}); score them separately")
-    return first
 
 
 def unique_names(runs: list[Run]) -> None:

@@ -234,7 +234,10 @@ def main(argv=None) -> int:
         print(f"\n{name} (test accuracy on the store's split)")
         print(table(["model", "test accuracy (mean)", "range", "seeds", "train s (median)"],
                     summarize(results)), flush=True)
-    (out / "quality.json").write_text(json.dumps(everything, indent=1))
+    path = out / "quality.json"  # corpora measured by earlier runs stay (one picture of all)
+    kept = json.loads(path.read_text()) if path.exists() else {}
+    everything = {**kept, **everything}
+    path.write_text(json.dumps(everything, indent=1))
     picture(everything, out / "quality.png")
     print(f"\nresults: {out / 'quality.json'}, picture: {out / 'quality.png'}")
     return 0

@@ -18,7 +18,6 @@ NumPy only.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
 
 import numpy as np
 
@@ -93,11 +92,6 @@ class DocumentFrequencies:
         self.counts += np.bincount(present, minlength=BUCKETS)
         self.num_docs += len(lengths)
 
-    def add_blocks(self, blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> DocumentFrequencies:
-        for ids, lengths in blocks:
-            self.add(ids, lengths)
-        return self
-
     def vocabulary(self, max_features: int, min_df: int = 2) -> tuple[np.ndarray, np.ndarray]:
         """The kept features, as sklearn's ``TfidfVectorizer(min_df=..., max_features=...,
         smooth_idf=True)`` keeps them: buckets seen in at least ``min_df`` documents, the most
@@ -130,11 +124,9 @@ def count_split(store, plan, split: str | None, ngrams: int = 2,
         first, end = int(offsets[0]), int(offsets[-1] + lengths[-1])
         ids = store.read("token_ids", first, end) if end > first else np.zeros(0, np.int32)
         if split is not None:
+            # A block's documents lie back to back from `first`: one mask over its rows.
             keep = store.read("split", lo, hi) == SPLIT_NAMES.index(split)
-            starts = (offsets - first)[keep]
-            lengths = lengths[keep]
-            ids = np.concatenate([ids[s:s + n] for s, n in zip(starts.tolist(), lengths.tolist())]
-                                 or [np.zeros(0, np.int32)])
+            ids, lengths = ids[np.repeat(keep, lengths)], lengths[keep]
         df.add(ids, lengths)
         if progress is not None:
             progress(len(lengths))

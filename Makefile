@@ -49,16 +49,12 @@ define need_data
 	  exit 1; }; done
 endef
 
-# $(call embed,OPTIONS): build $(STORE) unless it is complete (--overwrite among OPTIONS rebuilds).
+# $(call embed,OPTIONS): build $(STORE) unless it is complete (--exist-ok: no chunk is read);
+# --overwrite among OPTIONS rebuilds it, --repair verifies it and rewrites damaged blocks.
 define embed
 	$(call need_data,$(CORPUS) $(VECTORS))
-	@if $(BIN)/embcache info $(STORE) --json 2>/dev/null | grep -q '"complete": true' \
-	    && ! echo "$(1)" | grep -q -- --overwrite; then \
-	  echo "$(STORE) is already built (rebuild: make embed-corpus ARGS=--overwrite)"; \
-	else \
-	  $(BIN)/embcache embed-corpus --corpus $(CORPUS) --vectors $(VECTORS) --strip-headers \
-	    --out $(STORE) $(1); \
-	fi
+	$(BIN)/embcache embed-corpus --corpus $(CORPUS) --vectors $(VECTORS) --strip-headers \
+	    --out $(STORE) $(if $(filter --overwrite --repair,$(1)),,--exist-ok) $(1)
 endef
 
 embed-corpus: install

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embcache.cache.errors import EmbcacheError, StoreError
+from embcache.cache.locks import reading
 from embcache.cache.producer import Producer
 from embcache.cache.store import Store, open_store
 from embcache.cache.stream import (
@@ -162,19 +163,24 @@ def _batch_source(store: Store, plan, split: str | None, b: Batching, pipeline: 
     def batches():
         epoch = next(epochs)
         try:
-            if producer_ref is not None:
-                live = producer_ref()
-                if live is None:
-                    raise StoreError(f"The dataset over {store.url} was released; make a new one")
-                yield from live.batches(epoch, read_log)
-                return
-            rng = np.random.default_rng([b.seed, epoch]) if b.shuffle else None
-            yield from iter_batches(store, plan, split=split, rng=rng, read_log=read_log,
-                                    **pipeline)
+            # No writer replaces the store while a pass reads it (a refused `--overwrite` names
+            # this process); a writer at work refuses the pass. See cache.locks.
+            with reading(store.url):
+                yield from _pass(epoch)
         except EmbcacheError as e:  # seen again by pipeline_errors(), outside TensorFlow
             with _RAISED_LOCK:
                 _RAISED["last"] = e
             raise
+
+    def _pass(epoch: int):
+        if producer_ref is not None:
+            live = producer_ref()
+            if live is None:
+                raise StoreError(f"The dataset over {store.url} was released; make a new one")
+            yield from live.batches(epoch, read_log)
+            return
+        rng = np.random.default_rng([b.seed, epoch]) if b.shuffle else None
+        yield from iter_batches(store, plan, split=split, rng=rng, read_log=read_log, **pipeline)
 
     return batches
 

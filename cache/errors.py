@@ -76,7 +76,8 @@ def leave_if_bootstrapping() -> None:
 # Messages name options as Python arguments, in backticks (`overwrite=True`, `vectors=`): that is
 # what a caller of the Python API passes. The command line rewrites each as its flag
 # (:func:`cli_words`).
-FLAGS = {"overwrite": "--overwrite", "vectors": "--vectors", "vectors_path": "--vectors",
+FLAGS = {"overwrite": "--overwrite", "repair": "--repair", "exist_ok": "--exist-ok",
+         "vectors": "--vectors", "vectors_path": "--vectors",
          "encoder": "--encoder", "tokenizer": "--tokenizer", "oov": "--oov",
          "vectors_member": "--vectors-member", "vectors_format": "--vectors-format",
          "cache_dir": "--cache-dir", "corpus_format": "--corpus-format",

@@ -116,9 +116,9 @@ def _detail(e: Exception) -> str:
 
 
 def what_to_do(url: str) -> str:
-    return (f"run `embcache verify {url}` for every damaged chunk, then rerun the embed-corpus "
-            "command that built the store (same corpus and options): it rewrites only the damaged "
-            "blocks")
+    return (f"run `embcache verify {url}` for every damaged chunk, then the embed-corpus "
+            "command that built the store (same corpus and options) with `repair=True`: it "
+            "rewrites only the damaged blocks")
 
 
 class ChunkError(StoreError):
@@ -128,6 +128,9 @@ class ChunkError(StoreError):
         self.url, self.faults = url, faults
         more = f" (and {len(faults) - 1} more)" if len(faults) > 1 else ""
         super().__init__(f"Store {url} is damaged: {faults[0].line()}{more}; {what_to_do(url)}")
+
+    def __reduce__(self):  # rebuilt with its faults in another process (the producer's pipe)
+        return (type(self), (self.url, self.faults))
 
 
 def read_chunk_stats(group) -> np.ndarray:
@@ -300,8 +303,8 @@ class VerifyReport:
         docs = sum(b - a for a, b in {f.docs for f in self.faults})
         return [head] + [f"  {f.line()}" for f in self.faults] + [
             f"DAMAGED: {len(self.faults)} chunks in {len(self.blocks)} blocks ({docs:,} documents). "
-            "Repair: rerun the embed-corpus command that built the store (same corpus and "
-            "options): it rewrites only these blocks"]
+            "Repair: the embed-corpus command that built the store (same corpus and "
+            "options) with --repair rewrites only these blocks"]
 
 
 def verify_store(store, *, threads: int = 4,

@@ -108,10 +108,22 @@ def _serve(url: str, with_ids: bool, split, chunks, counts, tokens, options: dic
                     break
                 out.send(slots.write(free.recv(), batch))
             out.send((_END, sorted(log)))
-        except EmbcacheError as e:  # a damaged chunk: its one line goes through as it is
-            out.send((_ERROR, str(e), True))
+        except EmbcacheError as e:  # a damaged chunk: the error itself goes through, with its
+            out.send((_ERROR, _portable(e), True))  # type and fields (ChunkError.faults)
         except Exception as e:  # noqa: BLE001 - reported to the training process, which raises
             out.send((_ERROR, f"{type(e).__name__}: {e}", False))
+
+
+def _portable(e: EmbcacheError) -> EmbcacheError | str:
+    """``e`` itself when it survives the pipe (pickled and rebuilt), so the training process
+    raises the same type with the same fields as an in-process read would; else its line."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(e))
+    except Exception:  # noqa: BLE001 - an error that cannot travel goes as its message
+        return str(e)
+    return e
 
 
 class Producer:
@@ -203,6 +215,8 @@ class Producer:
                         done = True
                         self.inflight = None
                         if item[0] == _ERROR:
+                            if isinstance(item[1], EmbcacheError):
+                                raise item[1]
                             raise StoreError(item[1] if item[2] else
                                              f"Reading {self.args[0]} failed: {item[1]}")
                         if self.read_ahead:

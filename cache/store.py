@@ -199,6 +199,7 @@ def store_state(url: str) -> str:
             return "missing"
         if not (p / "zarr.json").exists():
             return "foreign"
+        _read_local_metadata(p / "zarr.json")
     try:
         group = zarr.open_group(store=url, mode="r")
     except FileNotFoundError:
@@ -206,14 +207,34 @@ def store_state(url: str) -> str:
     except ImportError as e:  # e.g. gs:// without gcsfs: fsspec says which package to install
         raise StoreError(f"Cannot open {url}: {e}") from e
     except Exception as e:  # noqa: BLE001
-        if is_local(url):  # unreadable metadata: killed mid-create
-            return "incomplete"
+        if is_local(url):  # zarr.json was read above, so it is not JSON zarr can use
+            raise StoreError(f"Cannot open {url}: {type(e).__name__}: {e}; the store was left "
+                             "as it is (pass `overwrite=True` to replace it)") from None
         # Object storage: no credentials, no such bucket, no network. Say so rather than guess.
         raise StoreError(f"Cannot open {url}: {type(e).__name__}: {e}") from e
     attrs = dict(group.attrs)
     if "embcache_layout" not in attrs:
         return "foreign" if attrs else "incomplete"
     return "complete" if attrs.get("complete") else "incomplete"
+
+
+def _read_local_metadata(path: Path) -> None:
+    """Read a local store's ``zarr.json`` before anything decides the store's fate from it.
+
+    zarr writes it whole (to a temporary file, then renamed), so a store killed while being
+    created has one that opens or none at all. One that cannot be *read* (its permissions, a
+    folder in its place, an I/O error of a network file system) says nothing about the store
+    behind it: the job refuses, and the store is kept, never taken for incomplete and deleted.
+
+    Raises:
+        StoreError: naming the file and the OS error.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.read()
+    except OSError as e:
+        raise StoreError(f"Cannot read {path}: {e.strerror or e}; the store was left as it is: "
+                         "make the file readable and rerun") from None
 
 
 def remove_store(url: str) -> None:
@@ -538,9 +559,11 @@ def _resume(url: str, meta: StoreMeta, what: str = "an incomplete run"):
         group = zarr.open_group(store=url, mode="r+")
         attrs = dict(group.attrs)
     except Exception as e:  # noqa: BLE001
-        if not is_local(url):  # a network or credentials problem says nothing about the store
-            raise StoreError(f"Cannot open {url} to resume it: {type(e).__name__}: {e}") from None
-        attrs = {}
+        # An open error (a network or credentials problem, a file that cannot be read) says
+        # nothing about the store: only one whose attributes were read and lack the layout
+        # tag is removed below.
+        raise StoreError(f"Cannot open {url} to resume it: {type(e).__name__}: {e}; the store "
+                         "was left as it is") from None
     if "embcache_layout" not in attrs:  # killed before its attributes were written
         remove_store(url)
         return None

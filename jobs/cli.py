@@ -159,6 +159,12 @@ def main() -> None:
               help="Run on Dask: local:N (a local cluster of N workers) or a scheduler address "
                    "(tcp://host:8786). Workers need embcache installed and the vectors cache.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing complete store.")
+@click.option("--repair", is_flag=True,
+              help="Verify a complete store (every chunk read) and rewrite only its damaged "
+                   "blocks; give the options that built it.")
+@click.option("--exist-ok", is_flag=True,
+              help="Leave a complete store as it is (exit 0) instead of refusing; its settings "
+                   "are not compared.")
 @click.option("--cache-dir", default=None, envvar="EMBCACHE_CACHE_DIR",
               type=click.Path(file_okay=False),
               help="Where parsed vectors are cached [default: ~/.cache/embcache].")
@@ -170,7 +176,8 @@ def embed_corpus_cmd(corpus_path, vectors_path, tokenizer, encoder, encoder_batc
                      text_columns, label_column,
                      id_column, header, label_names_file, strip_headers, vectors_member,
                      vectors_format, max_len, padding, truncating, oov, dtype, val_frac, test_frac,
-                     seed, chunk_docs, workers, scheduler, overwrite, cache_dir, quiet):
+                     seed, chunk_docs, workers, scheduler, overwrite, repair, exist_ok, cache_dir,
+                     quiet):
     """Tokenize a corpus once and write its embedded sequences to a Zarr v3 store.
 
     \b
@@ -190,7 +197,9 @@ def embed_corpus_cmd(corpus_path, vectors_path, tokenizer, encoder, encoder_batc
       embcache embed-corpus --corpus data/news20.tar.gz \\
           --encoder data/all-MiniLM-L6-v2.zip --strip-headers --out news20-minilm.zarr
 
-    Rerunning an interrupted command resumes it from its last completed chunk.
+    Rerunning an interrupted command resumes it from its last completed chunk. A complete
+    store is refused (no chunk is read) unless --overwrite, --repair or --exist-ok says what to
+    do with it.
     """
     from embcache.cache.corpus import CorpusSpec
     from embcache.jobs.embed_corpus import embed_corpus
@@ -216,7 +225,8 @@ def embed_corpus_cmd(corpus_path, vectors_path, tokenizer, encoder, encoder_batc
                            split=SplitSettings(val_frac=val_frac, test_frac=test_frac, seed=seed),
                            vectors_member=vectors_member, vectors_format=vectors_format,
                            chunk_docs=chunk_docs, workers=workers, overwrite=overwrite,
-                           progress=not quiet, cache_dir=cache_dir, scheduler=scheduler)
+                           repair=repair, exist_ok=exist_ok, progress=not quiet,
+                           cache_dir=cache_dir, scheduler=scheduler)
     click.echo(summary.line())
 
 
@@ -254,8 +264,8 @@ def verify_cmd(store, as_json, quiet):
 
     Checksums (crc32c, on every chunk of stores written by this embcache) find changed bytes;
     the listing, compared with the chunks each block must hold, finds deleted ones. To repair a
-    damaged store, rerun the embed-corpus command that built it (same corpus and options): it
-    rewrites only the damaged blocks.
+    damaged store, rerun the embed-corpus command that built it (same corpus and options) with
+    --repair: it rewrites only the damaged blocks.
 
     \b
     Example:
@@ -428,7 +438,10 @@ def tune_cmd(store, model_name, space, space_file, trials, parallel, study_url, 
                  timeout=timeout, config=config, progress=not quiet)
     click.echo(best_line(study))
     if not quiet:
-        click.echo(f"Picture: {out}/tune.png; every trial: embcache runs {out}", err=True)
+        from pathlib import Path
+
+        picture = f"Picture: {out}/tune.png; " if (Path(out) / "tune.png").exists() else ""
+        click.echo(f"{picture}every trial: embcache runs {out}", err=True)
 
 
 @main.command("runs")
@@ -447,6 +460,7 @@ def runs_cmd(folder, as_json, plot_path):
       tensorboard --logdir runs      # every run's curves side by side
     """
     from embcache.jobs.compare import list_runs, plot, table
+    from embcache.jobs.runs import draw
 
     listing = list_runs(folder)
     if as_json:
@@ -461,8 +475,8 @@ def runs_cmd(folder, as_json, plot_path):
         from pathlib import Path
 
         target = Path(plot_path) if plot_path else Path(folder) / "runs.png"
-        plot(listing.runs, target, title=f"{len(listing.runs)} runs in {folder}")
-        if not as_json:
+        drawn = draw(target, plot, listing.runs, target, title=f"{len(listing.runs)} runs in {folder}")
+        if drawn and not as_json:
             click.echo(f"Picture: {target}", err=True)
 
 

@@ -24,6 +24,7 @@ from embcache.cache.encoder import DEFAULT_BATCH as DEFAULT_ENCODER_BATCH
 from embcache.cache.encoder import DEFAULT_MAX_LEN as DEFAULT_ENCODER_MAX_LEN
 from embcache.cache.errors import CorpusError, EmbcacheError, StoreError, VectorsError, writing
 from embcache.cache.hooks import pause_point
+from embcache.cache.locks import exclusive
 from embcache.cache.meta import SplitSettings, VectorsInfo
 from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
 from embcache.cache.store import (
@@ -33,11 +34,11 @@ from embcache.cache.store import (
     check_target,
     is_local,
     new_meta,
+    open_store,
 )
 from embcache.cache.tokenize import TokenizerSettings
 from embcache.cache.vectors import load_vectors
 from embcache.jobs.executors import Executor, block_executor, parse_scheduler
-from embcache.jobs.locks import exclusive
 
 _POOL_MIN_BYTES = 2 << 20
 
@@ -53,12 +54,15 @@ class EmbedSummary:
     resumed_chunks: int
     num_chunks: int
     repaired_chunks: int = 0
+    kept: str = ""  # why a complete store was left as it is (`exist_ok`, or nothing to repair)
 
     @property
     def oov_rate(self) -> float:
         return self.oov_tokens / self.tokens if self.tokens else 0.0
 
     def line(self) -> str:
+        if self.kept:
+            return f"Store {self.store} ({self.docs:,} documents) {self.kept}"
         size = f"{self.bytes_on_disk / 1e6:,.1f} MB on disk" if self.bytes_on_disk is not None else ""
         resumed = (f", repaired {self.repaired_chunks} damaged of {self.num_chunks} chunks"
                    if self.repaired_chunks else
@@ -120,6 +124,7 @@ def embed_corpus(
     split: SplitSettings = SplitSettings(),
     vectors_member: str | None = None, vectors_format: str = "auto",
     chunk_docs: int | None = None, workers: int | None = None, overwrite: bool = False,
+    repair: bool = False, exist_ok: bool = False,
     progress: bool = False, cache_dir: str | None = None, scheduler: str | None = None,
 ) -> EmbedSummary:
     """Embed ``corpus`` (a :class:`CorpusSpec`, or a path read with its format's defaults)
@@ -133,8 +138,10 @@ def embed_corpus(
     tokens, truncated at the end). ``out`` is a path or a URL (``memory://``, ``s3://``,
     ``gs://``, credentials from the usual environment). ``scheduler`` runs the blocks as Dask
     tasks (``local:N`` or an address); otherwise ``workers`` spawned processes run them. An
-    incomplete store from an earlier run is resumed from its last completed chunk; a complete
-    one is only replaced with ``overwrite`` (a damaged one is repaired).
+    incomplete store from an earlier run is resumed from its last completed chunk. A complete
+    one is refused (after its manifest is checked: no chunk is read), replaced with
+    ``overwrite``, left as it is with ``exist_ok``, or, with ``repair``, verified (every chunk
+    read) and only its damaged blocks rewritten.
 
     Raises:
         EmbcacheError (or a subclass): bad settings, vectors, corpus or output path.
@@ -145,9 +152,11 @@ def embed_corpus(
     with contextlib.ExitStack() as held:
         if is_local(out):  # one writer per store: a second embed-corpus fails here, at once
             held.enter_context(exclusive(out.removeprefix("file://"), f"Store {out}"))
-        # Before the vectors load: a refusal costs nothing.
-        repair = _damaged_blocks(out, progress) if check_target(
-            out, overwrite, complete_ok=True) == "complete" and not overwrite else None
+        # Before the vectors load: a refusal reads no chunk and loads nothing.
+        damaged = _before_loading(out, overwrite=overwrite, repair=repair, exist_ok=exist_ok,
+                                  progress=progress)
+        if isinstance(damaged, EmbedSummary):
+            return damaged
         src = load_source(vectors_path, encoder=encoder, tokenizer=tokenizer, settings=settings,
                           encoder_batch=encoder_batch, vectors_member=vectors_member,
                           vectors_format=vectors_format, cache_dir=cache_dir)
@@ -161,7 +170,7 @@ def embed_corpus(
                         num_docs=scan.num_docs, chunk_docs=chunk_docs, encoder=src.encoder,
                         subword=src.subword, lexical={"ids": src.ids_kind})
         with writing(f"store {out}"):  # disk full, read-only: one line; the rerun resumes
-            store = StoreWriter.open(out, meta, overwrite=overwrite, repair=repair)
+            store = StoreWriter.open(out, meta, overwrite=overwrite, repair=damaged)
             _write_blocks(corpus, store, scan, source, oov, pool, progress)
             final = store.finish(time.perf_counter() - t0)
         return EmbedSummary(store=out, docs=final.num_docs, tokens=final.totals.num_tokens,
@@ -201,18 +210,54 @@ def _use_pool(corpus: CorpusSpec, workers: int, out: str) -> bool:
     return workers > 1 and big and not out.startswith("memory://")
 
 
-def _damaged_blocks(out: str, progress: bool) -> list[int]:
-    """A complete store is only rewritten where it is damaged: verify reads every chunk.
+def _before_loading(out: str, *, overwrite: bool, repair: bool, exist_ok: bool,
+                    progress: bool) -> list[int] | EmbedSummary | None:
+    """What the store at ``out`` asks for, decided before anything loads: ``None`` (build it,
+    resume it, or replace it on ``overwrite``), the damaged blocks to rewrite (``repair``), or
+    the summary of a complete store left as it is.
+
+    Only ``repair`` reads chunks (verify reads them all). A refusal, and ``exist_ok``, check the
+    store's attributes and its manifest (one listing per array): on a large store in a bucket,
+    an accidental rerun costs a listing, not a download.
 
     Raises:
-        StoreError: nothing is damaged (the usual refusal of a complete store).
+        StoreError: a complete store without ``overwrite``, ``repair`` or ``exist_ok`` (or with
+            a chunk its manifest counts missing); ``repair`` of a store that is not there.
     """
+    if sum((overwrite, repair, exist_ok)) > 1:
+        raise StoreError("Give at most one of `overwrite=True`, `repair=True` and `exist_ok=True`")
+    state = check_target(out, overwrite, complete_ok=True)
+    if repair and state == "missing":
+        raise StoreError(f"Store {out} not found: nothing to repair (build it without "
+                         "`repair=True`)")
+    if state != "complete" or overwrite:
+        return None
+    if repair:
+        return _damaged_blocks(out, progress) or _kept(out, "verified: every chunk is intact, "
+                                                            "nothing to repair")
+    # Attributes and manifest only: a missing chunk is a ChunkError naming it (and `repair`).
+    open_store(out, check_chunks=True)
+    if exist_ok:
+        return _kept(out, "is already complete: left as it is")
+    raise StoreError(f"Store {out} already exists and is complete; pass `overwrite=True` to "
+                     "rebuild it, or `repair=True` to verify it and rewrite only damaged blocks")
+
+
+def _kept(out: str, why: str) -> EmbedSummary:
+    meta = open_store(out, check_chunks=False).meta
+    tokens, oov = (meta.totals.num_tokens, meta.totals.oov_tokens) if meta.totals else (0, 0)
+    return EmbedSummary(store=out, docs=meta.num_docs, tokens=tokens, oov_tokens=oov,
+                        bytes_on_disk=None, seconds=0.0,
+                        resumed_chunks=0, num_chunks=meta.num_chunks, kept=why)
+
+
+def _damaged_blocks(out: str, progress: bool) -> list[int]:
+    """The blocks of a complete store that verify (reading every chunk) finds damaged."""
     from embcache.jobs.verify import verify_unlocked
 
     report = verify_unlocked(out, progress=progress)
     if report.ok:
-        raise StoreError(f"Store {out} already exists and is complete (verified: all "
-                         f"{report.chunks_read:,} chunks intact); pass `overwrite=True` to rebuild it")
+        return []
     if progress:
         for line in report.lines()[1:-1]:
             print(f"verify: {line.strip()}", file=sys.stderr)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from embcache.cache.locks import reading
 from embcache.cache.store import bytes_on_disk, open_store, read_chunk_stats
-from embcache.jobs.locks import reading
 
 
 def describe_store(url: str) -> dict[str, Any]:

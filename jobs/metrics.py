@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from embcache.jobs.runs import draw
+
 # At most this many labels get the whole matrix, in metrics.json and in the picture; with more,
 # the picture shows the most confused labels and the JSON lists the most confused pairs.
 MATRIX_LABELS = 50
@@ -134,10 +136,10 @@ def write_metrics(confusions: dict[str, Confusion], folder: Path, models: list[s
     out = {"models": {name: confusions[name].report() for name in models}}
     if "ensemble" in confusions:
         out["ensemble"] = {**confusions["ensemble"].report(), **(ensemble or {})}
-    for name, conf in confusions.items():
-        conf.plot(folder / f"confusion_{name}.png", title=f"{name}: accuracy "
-                  f"{conf.report()['accuracy']:.3f}")
     (folder / "metrics.json").write_text(json.dumps(out, indent=2))
+    for name, conf in confusions.items():
+        path = folder / f"confusion_{name}.png"
+        draw(path, conf.plot, path, title=f"{name}: accuracy {conf.report()['accuracy']:.3f}")
     return out
 
 

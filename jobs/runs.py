@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -196,6 +197,23 @@ def publish_run(stage: Path, final: Path) -> None:
         final.rename(old)
     stage.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def draw(path: Path, picture: Callable[..., None], *args: Any, **kwargs: Any) -> bool:
+    """``picture(*args, **kwargs)``, which draws ``path``, best effort: a failure (matplotlib
+    missing or broken, a full disk) is one warning line on stderr, never an error. Pictures are
+    drawn after the results they show are written and published, and nothing depends on them;
+    returns whether it was drawn."""
+    try:
+        picture(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - a picture never costs a result
+        import logging
+
+        logging.getLogger("embcache").warning(
+            "Warning: could not draw %s (%s: %s); everything else was written", path,
+            type(e).__name__, e)
+        return False
+    return True
 
 
 def plot_curves(history: dict, path: Path, title: str) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from embcache.cache.corpus import CorpusSpec
 from embcache.cache.errors import EmbcacheError, ModelError, StoreError, writing
 from embcache.cache.hooks import pause_point
+from embcache.cache.locks import reading
 from embcache.cache.store import SPLIT_NAMES, Store, open_store, store_state
 from embcache.cache.tfenv import quiet_tensorflow
 from embcache.jobs.ensemble import (
@@ -37,7 +38,6 @@ from embcache.jobs.ensemble import (
     unique_names,
     write_ensemble,
 )
-from embcache.jobs.locks import reading
 from embcache.jobs.metrics import Confusion, write_metrics
 from embcache.jobs.outputs import open_writer, output_format
 from embcache.jobs.predict import doc_ids_in_order
@@ -463,7 +463,7 @@ class Scorer:
         bar = tqdm(total=plans[0].num_docs, unit="doc", disable=not progress, file=sys.stderr,
                    desc="score", dynamic_ncols=True)
         with contextlib.ExitStack() as held:
-            for s in stores:  # no store is replaced while it is streamed (see jobs.locks)
+            for s in stores:  # no store is replaced while it is streamed (see cache.locks)
                 held.enter_context(reading(str(s.url)))
             held.enter_context(contextlib.closing(bar))
             held.enter_context(pipeline_errors())

@@ -19,15 +19,23 @@ from pathlib import Path
 
 from embcache.cache.dataset import memory_dataset, pipeline_errors, streamed_dataset
 from embcache.cache.errors import EmbcacheError, ModelError, StoreError, writing
+from embcache.cache.locks import exclusive, reading
 from embcache.cache.store import open_store
 from embcache.cache.stream import plan_split
 from embcache.cache.tfenv import quiet_tensorflow
 from embcache.jobs.config import TrainConfig
 from embcache.jobs.grid import expand_runs
 from embcache.jobs.group import GroupTrainer, Member
-from embcache.jobs.locks import exclusive, reading
 from embcache.jobs.multiworker import STRATEGIES, MultiWorker
-from embcache.jobs.runs import CARD_FILE, MODEL_FILE, plot_curves, publish_run, run_card, write_card
+from embcache.jobs.runs import (
+    CARD_FILE,
+    MODEL_FILE,
+    draw,
+    plot_curves,
+    publish_run,
+    run_card,
+    write_card,
+)
 from embcache.models.registry import takes_token_ids
 
 
@@ -392,9 +400,9 @@ def save_member(store_url, store, plans, m: Member, config: TrainConfig, group: 
         card["group"] = group
     card.update(extra or {})
     write_card(m.stage, card)
-    plot_curves(m.history.history, m.stage / "curves.png",
-                title=f"{m.name} on {Path(str(store_url)).name}")
-    publish_run(m.stage, m.final)
+    publish_run(m.stage, m.final)  # first: the run is whole without its picture
+    draw(m.final / "curves.png", plot_curves, m.history.history, m.final / "curves.png",
+         title=f"{m.name} on {Path(str(store_url)).name}")
     shown = m.source.ref if m.name == m.source.name else m.name  # grid runs: by their point
     return TrainSummary(out=str(m.final), model=shown, epochs=len(val_acc),
                         best_epoch=best_epoch, metrics=m.metrics, samples_per_s=samples_per_s,
@@ -451,8 +459,8 @@ def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: di
                     samples_per_s=samples_per_s, metrics=metrics, model=model,
                     model_path=model_path)
     write_card(out, card)
-    plot_curves(history.history, out / "curves.png",
-                title=f"{model_name} on {Path(str(store_url)).name}")
+    draw(out / "curves.png", plot_curves, history.history, out / "curves.png",
+         title=f"{model_name} on {Path(str(store_url)).name}")
     return TrainSummary(out=str(out), model=model_name, epochs=len(val_acc), best_epoch=best_epoch,
                         metrics=metrics, samples_per_s=samples_per_s,
                         model_bytes=card["model_bytes"], seconds=seconds)

@@ -39,10 +39,11 @@ from typing import Any
 from embcache.cache.dataset import pipeline_errors
 from embcache.cache.errors import EmbcacheError, ModelError, writing
 from embcache.cache.hooks import pause_point
+from embcache.cache.locks import reading
 from embcache.cache.tfenv import quiet_tensorflow
 from embcache.jobs.config import TrainConfig
 from embcache.jobs.group import GroupTrainer, Member
-from embcache.jobs.locks import reading
+from embcache.jobs.runs import draw
 from embcache.jobs.train import (
     adapt_lexical,
     build_member,
@@ -546,7 +547,7 @@ def tune(store_url: str, model: Any, space: Space | list[str] | dict | str | Pat
         _Study(the_study, storage_url, store_url, store, plans, sources, space, config, out,
                trials=trials, parallel=parallel, timeout=timeout, progress=progress,
                callbacks=callbacks or [], refill=refill).run()
-    plot_study(the_study, out / "tune.png")
+    draw(out / "tune.png", plot_study, the_study, out / "tune.png")
     return the_study
 
 

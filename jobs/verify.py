@@ -1,14 +1,14 @@
 """The verify job: read every chunk of a store, report damaged and missing ones (see
-:mod:`embcache.cache.integrity`). Repair is embed-corpus's: rerunning the command that built the
-store rewrites only the damaged blocks."""
+:mod:`embcache.cache.integrity`). Repair is embed-corpus's: the command that built the store,
+with ``repair=True`` (``--repair``), rewrites only the damaged blocks."""
 
 from __future__ import annotations
 
 import sys
 
 from embcache.cache.integrity import VerifyReport, verify_store
+from embcache.cache.locks import reading
 from embcache.cache.store import open_store
-from embcache.jobs.locks import reading
 
 
 def verify(url: str, *, progress: bool = False, threads: int = 4) -> VerifyReport:

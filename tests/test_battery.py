@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from embcache.cache.locks import exclusive
 from embcache.jobs.cli import main
 from embcache.jobs.config import TrainConfig
-from embcache.jobs.locks import exclusive
 from embcache.jobs.runs import card_digest
 from embcache.jobs.train import train
 from tests.conftest import paused, small_store, write_vectors

@@ -107,9 +107,14 @@ def test_complete_store_is_not_overwritten(tmp_path, folder_corpus, vectors_file
     out = tmp_path / "s.zarr"
     args = (CorpusSpec(str(folder_corpus)), str(vectors_file[0]), str(out))
     embed_corpus(*args, workers=1, progress=False, settings=EmbedSettings(max_len=5))
-    with pytest.raises(StoreError, match=r"already exists and is complete \(verified: all \d+ "
-                                         r"chunks intact\); pass `overwrite=True`"):
+    with pytest.raises(StoreError, match=r"already exists and is complete; pass `overwrite=True`"
+                                         r" to rebuild it, or `repair=True`"):
         embed_corpus(*args, workers=1, progress=False, settings=EmbedSettings(max_len=5))
+    kept = embed_corpus(*args, workers=1, progress=False, exist_ok=True,
+                        settings=EmbedSettings(max_len=5))
+    assert kept.line().endswith("is already complete: left as it is") and kept.docs == 24
+    with pytest.raises(StoreError, match="at most one of `overwrite=True`, `repair=True`"):
+        embed_corpus(*args, workers=1, progress=False, exist_ok=True, overwrite=True)
     embed_corpus(*args, workers=1, progress=False, overwrite=True, settings=EmbedSettings(max_len=6))
     assert open_store(str(out)).max_len == 6
 
@@ -184,8 +189,8 @@ def test_a_second_writer_is_refused_and_the_first_loses_nothing(tmp_path, folder
     same --out exits 1 with one line and touches nothing; once the first is done, it may."""
     from click.testing import CliRunner
 
+    from embcache.cache.locks import exclusive
     from embcache.jobs.cli import main
-    from embcache.jobs.locks import exclusive
 
     out = tmp_path / "s.zarr"
     args = ["embed-corpus", "--corpus", str(folder_corpus), "--vectors", str(vectors_file[0]),

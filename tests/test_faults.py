@@ -135,7 +135,7 @@ def test_lock_files_go_with_their_last_holder(tmp_path):
     """The last holder removes the lock file; a reader among readers leaves it to the others; a
     writer refused while another holds it leaves the holder's file alone."""
     from embcache.cache.errors import EmbcacheError, StoreError
-    from embcache.jobs.locks import exclusive, lock_path, reading
+    from embcache.cache.locks import exclusive, lock_path, reading
 
     target = tmp_path / "s.zarr"
     target.mkdir()

@@ -102,7 +102,10 @@ def test_verify_finds_it_and_embed_corpus_repairs_byte_for_byte(built, copy, how
     assert report["damaged_blocks"] == [1, 5] and report["checksummed"] and not report["ok"]
 
     code, out = cli("embed-corpus", "--corpus", root / "corpus", "--vectors", vectors, "--out",
-                    copy, *EMBED)
+                    copy, *EMBED)  # without --repair: refused, after the listing only
+    assert code == 1 and "--repair" in one_error_line(out)
+    code, out = cli("embed-corpus", "--corpus", root / "corpus", "--vectors", vectors, "--out",
+                    copy, *EMBED, "--repair")
     assert code == 0, out
     assert "repaired 2 damaged of 8 chunks" in out
     assert arrays_bytes(copy) == arrays_bytes(store)
@@ -114,7 +117,7 @@ def test_repair_refuses_other_settings_and_an_intact_store_is_left_alone(built, 
     root, _, vectors = built
     damage(copy / "lengths" / "c" / "3", "garbage")
     code, out = cli("embed-corpus", "--corpus", root / "corpus", "--vectors", vectors,
-                    "--out", copy, *EMBED, "--max-len", "100")
+                    "--out", copy, *EMBED, "--max-len", "100", "--repair")
     assert code == 1
     line = one_error_line(out)
     assert "damaged blocks with different settings" in line and "settings" in line
@@ -123,8 +126,8 @@ def test_repair_refuses_other_settings_and_an_intact_store_is_left_alone(built, 
     intact = copy.parent / "intact.zarr"
     shutil.copytree(built[1], intact)
     code, out = cli("embed-corpus", "--corpus", root / "corpus", "--vectors", vectors,
-                    "--out", intact, *EMBED)
-    assert code == 1 and "verified: all" in one_error_line(out)
+                    "--out", intact, *EMBED, "--repair")
+    assert code == 0 and "verified: every chunk is intact, nothing to repair" in out, out
 
 
 def test_a_lost_commit_marker_and_several_faults(built, copy):

@@ -75,7 +75,7 @@ def test_overwriting_a_store_while_train_streams_it_is_refused(tmp_path, store, 
 
 
 def test_a_store_being_written_is_not_read(tmp_path, store):
-    from embcache.jobs.locks import exclusive
+    from embcache.cache.locks import exclusive
 
     with exclusive(store, "held by this test"):
         code, text = cli("train", "--store", store, "--model", "fasttext", "--out", tmp_path / "r")

@@ -238,7 +238,7 @@ def test_train_never_replaces_a_run_unasked_and_a_killed_run_loses_nothing(store
 
 
 def test_a_second_train_into_the_same_folder_is_refused(store, tmp_path):
-    from embcache.jobs.locks import exclusive
+    from embcache.cache.locks import exclusive
 
     out = tmp_path / "run"
     with exclusive(out, "held by this test"):

@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,9 +126,46 @@ def _live_readers(path: Path) -> list[tuple[int, str]]:
     return out
 
 
+# The shared locks this process holds: lock file -> [descriptor, reader record, holders]. A job
+# that holds a store (train) and the dataset passes inside it (each pass holds it too) share one
+# descriptor and one record, so the inner release never drops the outer hold's record.
+_HELD: dict[Path, list] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def _join(path: Path) -> bool:
+    """Count one more holder of a shared lock this process already holds."""
+    with _HELD_LOCK:
+        if path in _HELD:
+            _HELD[path][2] += 1
+            return True
+    return False
+
+
+def _leave(path: Path) -> None:
+    """One holder fewer; the last one removes the record and releases the lock."""
+    with _HELD_LOCK:
+        held = _HELD[path]
+        held[2] -= 1
+        if held[2]:
+            return
+        del _HELD[path]
+    fd, record = held[0], held[1]
+    if record is not None:
+        with contextlib.suppress(OSError):
+            record.unlink()
+    _unlock(fd, path)
+
+
 @contextlib.contextmanager
 def reading(store_url: str, *, while_written: bool = False) -> Iterator[None]:
-    """Hold a store's lock shared while a job reads it (object storage: no lock).
+    """Hold a store's lock shared while it is read (object storage: no lock).
+
+    The one entry every reader goes through: the jobs (``train``, ``score``, ``verify``,
+    ``info``, ``tune``) for as long as they run, and every pass of a streamed dataset
+    (:func:`embcache.cache.dataset.streamed_dataset`: ``dataset()``, ``predict()``, the
+    ``Scorer``, ``save_run()``) for as long as it iterates. Holds in one process share one
+    lock.
 
     ``while_written``: a writer at work is no error, the caller reads without the lock (``info``
     shows an embed-corpus run's progress this way).
@@ -144,6 +182,12 @@ def reading(store_url: str, *, while_written: bool = False) -> Iterator[None]:
         return
     target = Path(url.removeprefix("file://"))
     path = lock_path(target)
+    if _join(path):
+        try:
+            yield
+        finally:
+            _leave(path)
+        return
     try:
         fd = _lock(path, fcntl.LOCK_SH)
     except BlockingIOError:
@@ -157,17 +201,15 @@ def reading(store_url: str, *, while_written: bool = False) -> Iterator[None]:
         return
     record: Path | None = _record(path, os.getpid())
     try:
-        try:
-            record.write_text(json.dumps({"pid": os.getpid(),
-                                          "command": " ".join(_command())}))
-        except OSError:
-            record = None
+        record.write_text(json.dumps({"pid": os.getpid(), "command": " ".join(_command())}))
+    except OSError:
+        record = None
+    with _HELD_LOCK:
+        _HELD[path] = [fd, record, 1]
+    try:
         yield
     finally:
-        if record is not None:
-            with contextlib.suppress(OSError):
-                record.unlink()
-        _unlock(fd, path)
+        _leave(path)
 
 
 def _command() -> list[str]:

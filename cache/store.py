@@ -450,10 +450,36 @@ def open_store(url: str, *, require_complete: bool = True, require_labels: bool 
     meta = StoreMeta.from_attrs(attrs, f"Store {url}")
     if require_labels and not meta.labelled:
         raise StoreError(f"Store {url} has no labels; training needs a labelled corpus")
+    check_shapes(url, group, meta)
     store = Store(url=str(url), group=group, meta=meta)
     if require_complete and check_chunks:
         check_manifest(store)
     return store
+
+
+def check_shapes(url: str, group, meta: StoreMeta) -> None:
+    """Refuse a store whose attributes disagree with its arrays' shapes (an edited or damaged
+    ``zarr.json``): every attribute that sizes an array is compared with that array's metadata
+    (no chunk is read), so a reader never indexes past an array's end.
+
+    Raises:
+        StoreError: naming the attributes and the array that disagree, in one line.
+    """
+    rows = meta.num_chunks * meta.block_rows
+    docs = ((meta.num_docs,), "`num_docs`")
+    expected = {"offsets": docs, "lengths": docs, "labels": docs, "doc_ids": docs, "split": docs,
+                "chunk_stats": ((meta.num_chunks, len(STATS_COLUMNS)), "`num_docs` and `chunk_docs`"),
+                "tokens": ((rows, meta.dim), "`num_docs`, `chunk_docs`, `block_rows` and `dim`"),
+                "scales": ((rows,), "`num_docs`, `chunk_docs` and `block_rows`"),
+                "token_ids": ((rows,), "`num_docs`, `chunk_docs` and `block_rows`")}
+    for name, (shape, attrs) in expected.items():
+        if name not in group:
+            continue
+        have = tuple(group[name].shape)
+        if have != shape:
+            raise StoreError(f"Store {url}: its attributes {attrs} give array `{name}` the shape "
+                             f"{shape}, but it has {have}: its zarr.json was edited or damaged; "
+                             "rebuild the store with `overwrite=True`")
 
 
 def check_target(url: str, overwrite: bool, *, complete_ok: bool = False) -> str:

@@ -183,6 +183,9 @@ CASES = {
     "store-tampered-attribute": (
         lambda e, t: train_args(e, t, store=copy_store(e, t, lambda a: a.update(max_len="long"))),
         1, "malformed attribute `max_len`"),
+    "store-num-docs-edited": (
+        lambda e, t: train_args(e, t, store=copy_store(e, t, lambda a: a.update(num_docs=10_000_000))),
+        1, "give array `offsets` the shape (10000000,), but it has"),
     "store-tampered-vectors": (
         lambda e, t: train_args(e, t, store=copy_store(e, t, lambda a: a["vectors"].pop("fingerprint"))),
         1, "`vectors.fingerprint` (missing)"),

@@ -35,13 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from embcache.cache.errors import VectorsError
+from embcache.cache.errors import VectorsError, install_hint
 from embcache.cache.vectors import content_key
 
 DEFAULT_MAX_LEN = 256
 # Documents per forward pass: the one home of this default (embed_corpus and the CLI read it).
 DEFAULT_BATCH = 16
-INSTALL = "pip install 'embcache[encoders]'"
 
 
 def require_keras_hub():
@@ -51,8 +50,7 @@ def require_keras_hub():
         import safetensors  # noqa: F401 - keras-hub's converter imports it without declaring it
     except ImportError as e:
         raise VectorsError(f"`encoder=` needs keras-hub and safetensors ({e.name} is not "
-                           f"installed): {INSTALL} (from a checkout: pip install '.[encoders]')"
-                           ) from None
+                           f"installed): {install_hint('encoders')}") from None
     import keras_hub
 
     return keras_hub

@@ -54,6 +54,22 @@ def writing(where: str) -> Iterator[None]:
         raise EmbcacheError(os_error_line(e, where)) from None
 
 
+def install_hint(extra: str) -> str:
+    """The ``pip install`` that adds ``extra`` to *this* installation of embcache: from the
+    folder it was installed from (``-e`` for an editable install: a checkout), else by name."""
+    import json
+    from importlib import metadata
+    from urllib.parse import unquote, urlparse
+
+    for dist in metadata.distributions(name="embcache"):  # a checkout's egg-info comes first
+        info = json.loads(dist.read_text("direct_url.json") or "{}")
+        url = urlparse(info.get("url", ""))
+        if url.scheme == "file":
+            editable = "-e " if info.get("dir_info", {}).get("editable") else ""
+            return f"pip install {editable}'{unquote(url.path)}[{extra}]'"
+    return f"pip install 'embcache[{extra}]'"
+
+
 # A spawned child re-runs the user's main script; one that starts embcache's processes at its top
 # level (no `if __name__ == "__main__":`) would start more of them from every child. The child
 # leaves at once with this exit code, silently, and the parent says what to add.

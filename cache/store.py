@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from embcache.cache.errors import StoreError
+from embcache.cache.errors import StoreError, install_hint
 from embcache.cache.integrity import (
     check_manifest,
     checksum_codec,
@@ -180,7 +180,7 @@ def check_remote(url: str) -> None:
         module, extra = _REMOTE_EXTRAS[scheme]
         if importlib.util.find_spec(module) is None:
             raise StoreError(f"Store {url} needs the {extra!r} extra ({module} is not installed): "
-                             f"pip install 'embcache[{extra}]'")
+                             f"{install_hint(extra)}")
 
 
 def store_state(url: str) -> str:

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from embcache.cache.errors import NO_MAIN_GUARD, EmbcacheError, leave_if_bootstrapping
+from embcache.cache.errors import NO_MAIN_GUARD, EmbcacheError, install_hint, leave_if_bootstrapping
 from embcache.cache.settings import EmbedSettings
 
 
@@ -73,7 +73,7 @@ def _dask(parsed, source, settings: EmbedSettings, oov):
         from distributed import Client, LocalCluster
     except ImportError:
         raise EmbcacheError("`scheduler=` needs the 'dask' extra (dask.distributed is not "
-                            "installed): pip install 'embcache[dask]'") from None
+                            f"installed): {install_hint('dask')}") from None
     from embcache.cache.embed import write_block
 
     kind, arg = parsed

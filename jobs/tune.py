@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from embcache.cache.dataset import pipeline_errors
-from embcache.cache.errors import EmbcacheError, ModelError, writing
+from embcache.cache.errors import EmbcacheError, ModelError, install_hint, writing
 from embcache.cache.hooks import pause_point
 from embcache.cache.locks import reading
 from embcache.cache.tfenv import quiet_tensorflow
@@ -555,7 +555,7 @@ def _import_optuna():
     try:
         import optuna
     except ImportError:
-        raise EmbcacheError("embcache tune needs Optuna: pip install 'embcache[tune]'") from None
+        raise EmbcacheError(f"embcache tune needs Optuna: {install_hint('tune')}") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # constant_liar, heartbeats and fail_stale_trials are marked experimental; tune pins Optuna 4.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -179,7 +179,7 @@ def test_missing_extra_is_one_error_line(tmp_path, corpus):
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
         "Error: --encoder needs keras-hub and safetensors (keras_hub is not installed): pip "
-        "install 'embcache[encoders]' (from a checkout: pip install '.[encoders]')"]
+        f"install -e '{Path(__file__).resolve().parents[1]}[encoders]'"]
     assert not (tmp_path / "x.zarr").exists()
 
 

@@ -73,16 +73,39 @@ def test_missing_extras_are_one_line(tmp_path, monkeypatch, folder_corpus, vecto
                         lambda name, *a: None if name == "s3fs" else real(name, *a))
     r = CliRunner().invoke(main, ["info", "s3://bucket/news20.zarr"])
     assert r.exit_code == 1
+    here = Path(__file__).resolve().parents[1]  # the checkout this test runs in (editable)
     assert r.output.strip() == ("Error: Store s3://bucket/news20.zarr needs the 's3' extra (s3fs "
-                                "is not installed): pip install 'embcache[s3]'")
+                                f"is not installed): pip install -e '{here}[s3]'")
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
     r = CliRunner().invoke(main, ["embed-corpus", "--corpus", str(folder_corpus), "--vectors",
                                   str(vectors_file[0]), "--out", str(tmp_path / "o.zarr"), "-q",
                                   "--scheduler", "local:1"])
     assert r.exit_code == 1
     assert r.output.strip() == ("Error: --scheduler needs the 'dask' extra (dask.distributed is "
-                                "not installed): pip install 'embcache[dask]'")
+                                f"not installed): pip install -e '{here}[dask]'")
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_install_hints_fit_the_installation(monkeypatch):
+    """One helper writes every hint: by name from an index, by folder from a local one."""
+    from importlib import metadata
+
+    from embcache.cache.errors import install_hint
+
+    class Dist:
+        def __init__(self, direct):
+            self.direct = direct
+
+        def read_text(self, name):
+            return self.direct if name == "direct_url.json" else None
+
+    for direct, hint in [(None, "pip install 'embcache[tune]'"),
+                         ('{"url": "file:///src/my%20embcache", "dir_info": {}}',
+                          "pip install '/src/my embcache[tune]'"),
+                         ('{"url": "file:///src/e", "dir_info": {"editable": true}}',
+                          "pip install -e '/src/e[tune]'")]:
+        monkeypatch.setattr(metadata, "distributions", lambda name=None, d=direct: [Dist(d)])
+        assert install_hint("tune") == hint
 
 
 def test_no_function_over_sixty_lines_outside_click_commands():

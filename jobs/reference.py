@@ -18,7 +18,9 @@ def _option(p: click.Parameter) -> str:
     if isinstance(p.type, click.Choice):
         kind = " " + "\\|".join(p.type.choices)
     default = ""
-    if getattr(p, "show_default", False) and p.default not in (None, (), False):
+    # Identity, not `in (None, (), False)`: 0 == False, and a default of 0 must show.
+    if getattr(p, "show_default", False) and not (p.default is None or p.default is False
+                                                  or p.default == ()):
         default = f" (default: {p.default})"
     text = (getattr(p, "help", None) or "").replace("\n", " ").replace("|", "\\|")
     return f"| {names}{kind} | {text}{default} |"

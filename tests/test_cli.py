@@ -2,6 +2,7 @@
 
 import json
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -97,3 +98,20 @@ def test_readme_cli_reference_is_generated_from_the_commands():
             for opt in getattr(p, "opts", []):
                 if opt.startswith("--"):
                     assert f"`{opt}`" in section.group(1), f"{name} {opt}"
+
+
+def test_the_cli_reference_shows_every_default_that_help_shows():
+    """Zero defaults too (`--seed` is 0): `0 in (None, False)` is true in Python."""
+    from click.testing import CliRunner
+
+    from embcache.jobs.reference import _option
+
+    for name, cmd in main.commands.items():
+        shown = [p for p in cmd.params if isinstance(p, click.Option) and p.show_default
+                 and not p.is_flag and p.default is not None and p.default != ()]
+        help_text = " ".join(CliRunner().invoke(main, [name, "--help"]).output.split())
+        for p in shown:
+            assert f"(default: {p.default})" in _option(p), f"{name} {p.opts}"
+            assert f"[default: {p.default}" in help_text, f"{name} {p.opts}"
+    seeds = [_option(p) for p in main.commands["train"].params if "--seed" in p.opts]
+    assert seeds and seeds[0].endswith("(default: 0) |")

@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 
 from embcache.cache.errors import VectorsError, install_hint
+from embcache.cache.settings import ENCODER_MAX_LEN, ENCODER_TRUNCATING
 from embcache.cache.vectors import content_key
 
-DEFAULT_MAX_LEN = 256
+DEFAULT_MAX_LEN = ENCODER_MAX_LEN
 # Documents per forward pass: the one home of this default (embed_corpus and the CLI read it).
 DEFAULT_BATCH = 16
 
@@ -65,7 +66,7 @@ class EncoderRef:
     source: str
     max_len: int = DEFAULT_MAX_LEN
     batch_size: int = DEFAULT_BATCH
-    truncating: str = "post"  # "pre": a long document keeps its end (start/end tokens stay)
+    truncating: str = ENCODER_TRUNCATING  # "pre": a long document keeps its end
     jit_compile: bool = True  # XLA on the forward pass (the benchmark compares both)
 
 
@@ -136,7 +137,7 @@ def _unzip(path: Path, root: Path) -> Path:
 
 
 def resolve(spec: str, *, max_len: int | None = None, batch_size: int = DEFAULT_BATCH,
-            cache_dir: str | os.PathLike | None = None, truncating: str = "post",
+            cache_dir: str | os.PathLike | None = None, truncating: str = ENCODER_TRUNCATING,
             jit_compile: bool = True) -> EncoderRef:
     """Turn ``--encoder`` into what keras-hub loads (see the module docstring); checks nothing
     that needs the weights."""

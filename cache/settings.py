@@ -11,7 +11,11 @@ from embcache.cache.tokenize import TokenizerSettings
 
 PADDINGS = ("pre", "post")
 OOV_POLICIES = ("zero", "unk", "mean")
-__all__ = ["DTYPES", "OOV_POLICIES", "PADDINGS", "EmbedSettings"]
+# An encoder's defaults differ from EmbedSettings' (one home; embed_corpus, the CLI and the
+# encoder read them): 256 of its own tokens, and a long document keeps its start.
+ENCODER_MAX_LEN, ENCODER_TRUNCATING = 256, "post"
+__all__ = ["DTYPES", "ENCODER_MAX_LEN", "ENCODER_TRUNCATING", "OOV_POLICIES", "PADDINGS",
+           "EmbedSettings", "default_settings"]
 
 
 @dataclass(frozen=True)
@@ -30,3 +34,11 @@ class EmbedSettings:
         d = asdict(self)
         d["tokenizer"] = self.tokenizer.to_dict()
         return d
+
+
+def default_settings(encoder: bool, **given: Any) -> EmbedSettings:
+    """:class:`EmbedSettings` with the fields ``given`` (``None``: the default), and an
+    encoder's own defaults (:data:`ENCODER_MAX_LEN`, :data:`ENCODER_TRUNCATING`) for an encoder."""
+    base: dict[str, Any] = ({"max_len": ENCODER_MAX_LEN, "truncating": ENCODER_TRUNCATING}
+                            if encoder else {})
+    return EmbedSettings(**{**base, **{k: v for k, v in given.items() if v is not None}})

@@ -9,10 +9,21 @@ import sys
 
 import click
 
+from embcache.cache.corpus import FORMATS as CORPUS_FORMATS
 from embcache.cache.encoder import DEFAULT_BATCH as DEFAULT_ENCODER_BATCH
 from embcache.cache.errors import EmbcacheError, cli_words, os_error_line
-from embcache.cache.meta import SplitSettings
-from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
+from embcache.cache.meta import SPLIT_NAMES, SplitSettings
+from embcache.cache.settings import (
+    DTYPES,
+    ENCODER_MAX_LEN,
+    ENCODER_TRUNCATING,
+    OOV_POLICIES,
+    PADDINGS,
+    EmbedSettings,
+    default_settings,
+)
+from embcache.cache.vectors import FORMATS as VECTORS_FORMATS
+from embcache.jobs import tune as tune_defaults
 from embcache.jobs.config import TrainConfig
 from embcache.jobs.ensemble import ENSEMBLES
 from embcache.jobs.multiworker import STRATEGIES
@@ -79,8 +90,8 @@ def _importable_cwd() -> None:
 def corpus_options(fn):
     """The corpus-reading options shared by embed-corpus and score."""
     options = [
-        click.option("--corpus-format", default="auto", show_default=True,
-                     type=click.Choice(["auto", "folder", "tar", "csv", "tsv", "jsonl", "lines"])),
+        click.option("--corpus-format", default=CORPUS_FORMATS[0], show_default=True,
+                     type=click.Choice(CORPUS_FORMATS)),
         click.option("--text-column", "text_columns", multiple=True,
                      help="CSV/TSV column (name or 0-based index) or JSON field holding text; "
                           "repeat to join several. JSON default: text."),
@@ -126,16 +137,16 @@ def main() -> None:
               help="Drop everything before the first blank line (Usenet headers), as the Keras "
                    "20 Newsgroups example does.")
 @click.option("--vectors-member", default=None, help="The vectors file inside a .zip.")
-@click.option("--vectors-format", default="auto", show_default=True,
-              type=click.Choice(["auto", "glove", "word2vec", "word2vec-bin", "fasttext"]))
+@click.option("--vectors-format", default=VECTORS_FORMATS[0], show_default=True,
+              type=click.Choice(VECTORS_FORMATS))
 @click.option("--max-len", default=None, type=click.IntRange(min=1),
               help=f"Tokens per sequence; longer documents are truncated [default: "
-                   f"{_EMBED.max_len}; with --encoder 256 of its own tokens, at most its position "
-                   "limit].")
+                   f"{_EMBED.max_len}; with --encoder {ENCODER_MAX_LEN} of its own tokens, at most "
+                   "its position limit].")
 @click.option("--padding", default=_EMBED.padding, show_default=True, type=click.Choice(PADDINGS))
 @click.option("--truncating", default=None, type=click.Choice(PADDINGS),
               help=f"Where long documents lose tokens [default: {_EMBED.truncating}; with "
-                   "--encoder post: the start is kept].")
+                   f"--encoder {ENCODER_TRUNCATING}: the start is kept].")
 @click.option("--oov", default=_EMBED.oov, show_default=True, type=click.Choice(OOV_POLICIES),
               help="Vector for out-of-vocabulary words: zeros, one seeded random vector, or the "
                    "mean vector (word vectors only).")
@@ -211,15 +222,11 @@ def embed_corpus_cmd(corpus_path, vectors_path, tokenizer, encoder, encoder_batc
         raise click.UsageError("Give either --vectors (word vectors or a static subword table) "
                                "or --encoder (a transformer encoder)")
     if encoder is not None:
-        from embcache.cache.encoder import DEFAULT_MAX_LEN
         from embcache.cache.tfenv import quiet_tensorflow
 
         quiet_tensorflow()
-
-        max_len, truncating = max_len or DEFAULT_MAX_LEN, truncating or "post"
-    settings = EmbedSettings(max_len=max_len or _EMBED.max_len, padding=padding,
-                             truncating=truncating or _EMBED.truncating, oov=oov, dtype=dtype,
-                             seed=seed)
+    settings = default_settings(encoder is not None, max_len=max_len, padding=padding,
+                                truncating=truncating, oov=oov, dtype=dtype, seed=seed)
     summary = embed_corpus(spec, vectors_path, out, settings=settings, encoder=encoder,
                            encoder_batch=encoder_batch, tokenizer=tokenizer,
                            split=SplitSettings(val_frac=val_frac, test_frac=test_frac, seed=seed),
@@ -385,21 +392,21 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
 @click.option("--space-file", default=None, type=click.Path(dir_okay=False),
               help="A YAML file of parameters, with each model's own under `models:` (see the "
                    "README's \"Search hyperparameters\").")
-@click.option("--trials", default=32, show_default=True, type=click.IntRange(min=1),
+@click.option("--trials", default=tune_defaults.TRIALS, show_default=True, type=click.IntRange(min=1),
               help="Trials in the study in all (finished and running), shared with other "
                    "processes working on it.")
-@click.option("--parallel", default=8, show_default=True, type=click.IntRange(min=1),
+@click.option("--parallel", default=tune_defaults.PARALLEL, show_default=True, type=click.IntRange(min=1),
               help="Trials trained together, as one group from one stream of the store.")
 @click.option("--study", "study_url", default=None,
               help="Optuna storage: an SQLAlchemy URL (sqlite:///runs/tune.db, "
                    "postgresql://...) or journal:PATH [default: sqlite:///OUT/study.db].")
 @click.option("--study-name", default=None, help="[default: the name of --out]")
-@click.option("--out", default="runs/tune", show_default=True,
+@click.option("--out", default=tune_defaults.OUT, show_default=True,
               help="Parent folder of the trials' run folders (trial-NNNN), tune.png.")
-@click.option("--sampler", default="tpe", show_default=True, type=click.Choice(("tpe", "random",
-                                                                                 "grid")))
-@click.option("--pruner", default="median", show_default=True,
-              type=click.Choice(("median", "hyperband", "none")))
+@click.option("--sampler", default=tune_defaults.SAMPLERS[0], show_default=True,
+              type=click.Choice(tune_defaults.SAMPLERS))
+@click.option("--pruner", default=tune_defaults.PRUNERS[0], show_default=True,
+              type=click.Choice(tune_defaults.PRUNERS))
 @click.option("--timeout", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Seconds after which no new trial starts (running ones finish).")
 @training_options
@@ -499,7 +506,7 @@ def runs_cmd(folder, as_json, plot_path):
 @click.option("--encoder", default=None,
               help="The transformer encoder the models were trained on, for models trained on an "
                    "encoder's store (raw input only; checked against their cards).")
-@click.option("--split", default=None, type=click.Choice(["train", "val", "test"]),
+@click.option("--split", default=None, type=click.Choice(SPLIT_NAMES),
               help="Score only this split of a store [default: every document].")
 @click.option("--top-k", default=_SCORE.top_k, show_default=True, type=click.IntRange(min=1),
               help="Labels and probabilities per model and document.")

@@ -21,12 +21,11 @@ import numpy as np
 from embcache.cache.corpus import CorpusSpec, Document, iter_documents, label_mapper, scan_corpus
 from embcache.cache.embed import BlockWriter, oov_vector
 from embcache.cache.encoder import DEFAULT_BATCH as DEFAULT_ENCODER_BATCH
-from embcache.cache.encoder import DEFAULT_MAX_LEN as DEFAULT_ENCODER_MAX_LEN
 from embcache.cache.errors import CorpusError, EmbcacheError, StoreError, VectorsError, writing
 from embcache.cache.hooks import pause_point
 from embcache.cache.locks import exclusive
 from embcache.cache.meta import SplitSettings, VectorsInfo
-from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings
+from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings, default_settings
 from embcache.cache.store import (
     StoreWriter,
     assign_split,
@@ -188,8 +187,7 @@ def _checked_arguments(corpus, vectors_path, encoder, settings, split, chunk_doc
         raise EmbcacheError("Give either `vectors=` (word vectors or a static subword table) or "
                             "`encoder=` (a transformer encoder), not both and not neither")
     if settings is None:
-        settings = (EmbedSettings(max_len=DEFAULT_ENCODER_MAX_LEN, truncating="post") if encoder
-                    else EmbedSettings())
+        settings = default_settings(encoder is not None)
     # An encoder runs on all cores of one process: more processes would only compete for them.
     workers = workers or (1 if encoder else os.cpu_count() or 1)
     validate_settings(settings, split, chunk_docs, workers)

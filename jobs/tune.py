@@ -54,8 +54,10 @@ from embcache.jobs.train import (
 )
 from embcache.models.registry import takes_token_ids
 
+# The one home of tune's choices and defaults (the CLI reads them): the first choice is the default.
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
+TRIALS, PARALLEL, OUT = 32, 8, "runs/tune"
 KINDS = ("int", "float", "cat")
 # TrainConfig fields a trial cannot change: the group's members share one stream of batches.
 SHARED = ("batch_size", "epochs", "patience", "seed", "shuffle_docs", "steps_per_execution",
@@ -494,9 +496,9 @@ def _space_and_models(space, model) -> tuple[Space, list]:
 
 
 def tune(store_url: str, model: Any, space: Space | list[str] | dict | str | Path, *,
-         trials: int = 32, parallel: int = 8, study: str | None = None,
-         study_name: str | None = None, out: str | Path = "runs/tune", sampler: str = "tpe",
-         pruner: str = "median", timeout: float | None = None,
+         trials: int = TRIALS, parallel: int = PARALLEL, study: str | None = None,
+         study_name: str | None = None, out: str | Path = OUT, sampler: str = SAMPLERS[0],
+         pruner: str = PRUNERS[0], timeout: float | None = None,
          config: TrainConfig | dict | None = None, progress: bool = False,
          callbacks: list | None = None, refill: str = "epoch"):
     """Search hyperparameters with an Optuna study; trials train in groups from one stream.

@@ -115,3 +115,29 @@ def test_the_cli_reference_shows_every_default_that_help_shows():
             assert f"[default: {p.default}" in help_text, f"{name} {p.opts}"
     seeds = [_option(p) for p in main.commands["train"].params if "--seed" in p.opts]
     assert seeds and seeds[0].endswith("(default: 0) |")
+
+
+def test_choices_and_defaults_come_from_the_functions():
+    """The CLI reads its choice lists and defaults from the typed functions' homes."""
+    import inspect
+
+    from embcache.cache import corpus, vectors
+    from embcache.cache.meta import SPLIT_NAMES
+    from embcache.cache.settings import default_settings
+    from embcache.jobs import tune
+
+    def option(cmd, name):
+        return next(p for p in main.commands[cmd].params if name in p.opts)
+
+    assert tuple(option("embed-corpus", "--corpus-format").type.choices) == corpus.FORMATS
+    assert tuple(option("embed-corpus", "--vectors-format").type.choices) == vectors.FORMATS
+    assert tuple(option("score", "--split").type.choices) == SPLIT_NAMES
+    signature = inspect.signature(tune.tune).parameters
+    for flag, arg in [("--trials", "trials"), ("--parallel", "parallel"), ("--out", "out"),
+                      ("--sampler", "sampler"), ("--pruner", "pruner")]:
+        assert option("tune", flag).default == signature[arg].default, flag
+    assert tuple(option("tune", "--sampler").type.choices) == tune.SAMPLERS
+    assert tuple(option("tune", "--pruner").type.choices) == tune.PRUNERS
+    encoder = default_settings(True)
+    assert (encoder.max_len, encoder.truncating) == (256, "post")
+    assert default_settings(False, max_len=None, truncating="post").max_len == 1000

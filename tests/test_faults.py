@@ -160,3 +160,58 @@ def test_lock_files_go_with_their_last_holder(tmp_path):
             with reading(str(target)):
                 pass
     assert not path.exists()
+
+
+def test_a_dead_readers_record_is_ignored(tmp_path):
+    """A reader killed with its record left behind is not named as reading: once its process
+    is gone, a refused writer names only live readers (or the writer that holds the lock)."""
+    import json
+    import os
+    import subprocess
+
+    from embcache.cache.errors import EmbcacheError
+    from embcache.cache.locks import exclusive, lock_path, reading
+
+    target = tmp_path / "s.zarr"
+    target.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = lock_path(target).with_name(f".s.zarr.lock.reader-{dead.pid}")
+    stale.write_text(json.dumps({"pid": dead.pid, "command": "embcache train (killed)"}))
+    with exclusive(target, "Store s.zarr"):
+        with pytest.raises(EmbcacheError, match="being written by another process") as e:
+            with exclusive(target, "Store s.zarr"):
+                pass
+        assert "killed" not in str(e.value)
+    with reading(str(target)):
+        with pytest.raises(EmbcacheError) as e:
+            with exclusive(target, "Store s.zarr"):
+                pass
+        assert f"(pid {os.getpid()}:" in str(e.value) and "more" not in str(e.value)
+        assert "killed" not in str(e.value)
+    with exclusive(target, "Store s.zarr"):  # and nothing holds it now: a writer may go
+        pass
+
+
+def test_a_store_in_a_folder_without_write_access_is_read_without_a_lock(tmp_path, monkeypatch,
+                                                                          vectors_file):
+    """A read-only share: the lock file cannot be created, so the store is read without it
+    (nobody can replace it from here either); reading works and leaves nothing behind."""
+    import errno
+
+    import embcache
+    from embcache.cache import locks
+    from tests.conftest import small_store
+
+    store = small_store(tmp_path, vectors_file[0], docs_per_label=8, val_frac=0.25,
+                        test_frac=0.25)
+
+    def read_only(path, mode):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(locks, "_lock", read_only)
+    batches = list(embcache.dataset(str(store), "train", batch_size=4))
+    assert batches
+    code, out = cli("info", store)
+    assert code == 0, out
+    assert not list(tmp_path.glob(".s.zarr.lock*"))

@@ -133,6 +133,37 @@ def test_lone_model_failure_raises_and_leaves_no_folder(store, tmp_path, monkeyp
     assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.partial"))
 
 
+FIXED_LENGTH_MODEL = '''
+import keras
+from embcache.models import inputs
+
+def build_fixed(*, dim, num_classes, max_len=0, padding="pre"):
+    ins = inputs(dim)
+    # Builds for (None, None, dim), but runs only on batches padded to max_len: length buckets
+    # give shorter ones, so the first batch fails.
+    x = keras.layers.Reshape((max_len * dim,))(ins["embedded"])
+    return keras.Model(ins, keras.layers.Dense(num_classes, activation="softmax")(x))
+'''
+
+
+def test_a_model_that_cannot_run_on_the_batches_stops_alone(store, tmp_path, monkeypatch):
+    """The README's promise: named in one line, no run folder, the others published whole."""
+    from tests.conftest import cli
+
+    (tmp_path / "fixed_models.py").write_text(FIXED_LENGTH_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "runs"
+    code, text = cli("train", "--store", store, "--model", "fasttext,fixed_models:build_fixed",
+                     "--epochs", "1", "--batch-size", "8", "--out", out, "-q")
+    assert code == 1
+    errors = [line for line in text.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "Error: build_fixed failed: cannot run on a batch of the store: "), text
+    assert "Traceback" not in text
+    assert (out / "fasttext" / "model.json").is_file() and not (out / "build_fixed").exists()
+    assert not list(out.glob(".*.partial"))
+
+
 def test_runs_lists_the_cards_and_tensorboard_logs_exist(store, tmp_path):
     out = tmp_path / "runs"
     r = subprocess.run([EMBCACHE, "train", "--store", str(store), "--model", "fasttext",

@@ -63,10 +63,21 @@ def test_memory_store_embeds_trains_and_scores(tmp_path, corpus, vectors_file):
     assert summary.docs == int((open_store(url).array("split")[:] == 2).sum())
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: every socket stays bound until all are chosen (asking for one
+    port at a time, released in between, can give the same port twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +124,7 @@ def test_multi_worker_training_reads_disjoint_chunks(tmp_path, corpus, vectors_f
     store = tmp_path / "s.zarr"
     embed_corpus(CorpusSpec(str(corpus)), str(vectors_file[0]), str(store), chunk_docs=8, workers=1,
                  progress=False, settings=SETTINGS, split=SplitSettings(val_frac=0.2, test_frac=0.2))
-    ports = [free_port(), free_port()]
+    ports = free_ports(2)
     run = tmp_path / "run"
     procs = []
     for index in range(2):

@@ -16,7 +16,7 @@ WORDLLAMA = $(DATA_DIR)/wordllama-l2-supercat-256/l2_supercat_256.safetensors
 GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
 NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
 
-.PHONY: FORCE install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-lexical bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune data clean help cli-reference
+.PHONY: FORCE install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-lexical bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune bench-held data clean help cli-reference
 
 # The editable install is setuptools' "strict" mode: build/__editable__.* holds a tree of links to
 # the package's files laid out as `embcache` (jobs/api -> embcache/, cache/ -> embcache/cache/...),
@@ -149,7 +149,7 @@ test: install
 
 check: test
 
-bench: bench-embed bench-train bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune bench-lexical
+bench: bench-embed bench-train bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune bench-lexical bench-held
 
 bench-embed: install
 	$(call need_data,$(CORPUS) $(VECTORS))
@@ -157,6 +157,10 @@ bench-embed: install
 
 clean:
 	rm -rf $(STORE) $(RUNS) bench-out .pytest_cache
+
+# A held split: peak RSS and samples/s, batches gathered from NumPy rows against the old tensor.
+bench-held: store
+	$(BIN)/python -m jobs.bench.held --store $(STORE) $(ARGS)
 
 bench-train: store
 	$(BIN)/python -m jobs.bench.train --store $(STORE) --vectors $(VECTORS) $(ARGS)

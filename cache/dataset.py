@@ -29,7 +29,6 @@ from embcache.cache.stream import (
     SHUFFLE_DOCS,
     InMemorySplit,
     StreamPlan,
-    bucket_lengths,
     iter_batches,
     plan_split,
 )
@@ -231,56 +230,32 @@ def _finish(ds, make_x, store: Store, b: Batching):
     return ds.map(_to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-# An in-memory split's rows as one TensorFlow tensor, made by the first dataset over it (the
-# NumPy rows are handed over then) and shared by later ones; gone with the split.
-# Memory: tf.constant holds a transient second copy until the tensor is first used, so while it
-# is made the rows are in RAM 3x (NumPy, the tensor, the copy; measured +1,044 MB peak for 512
-# MB, 64-byte aligned or not, under tf.device('/CPU:0') too), settling to 1x. Building it from
-# pieces (tf.concat, a tf.Variable filled by slices) was measured worse: it keeps 2x after the
-# NumPy rows are gone.
-_ROW_TENSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def memory_dataset(held: InMemorySplit, batching: Batching = Batching()):
     """A ``tf.data.Dataset`` like :func:`streamed_dataset`'s, over a split already decoded into
     memory (:class:`embcache.cache.stream.InMemorySplit`): the same batches, in the same order,
     with the same seed, and no reads. Python plans each pass (document ids per batch, a few
-    microseconds per document); ``tf.gather`` in ``tf.data``'s parallel map builds the padded
-    batch from the rows in memory, without the GIL. Memory: the split's rows, once."""
+    microseconds per document) and gathers each padded batch from the NumPy rows
+    (:meth:`InMemorySplit.batch`). Memory: the split's rows, once, plus the batches in flight:
+    the rows never become a TensorFlow tensor (``tf.constant`` would copy them, and hold a
+    transient third copy while it does)."""
     quiet_tensorflow()
     import tensorflow as tf
 
     b, store, plan = batching, held.store, held.plan
     epochs = itertools.count()
-    if held not in _ROW_TENSORS:
-        _ROW_TENSORS[held] = tf.constant(held.take_rows())
-    rows = _ROW_TENSORS[held]
-    offsets = tf.constant(held.offsets)
-    grid = tf.constant(bucket_lengths(store.max_len) if b.buckets else [store.max_len], tf.int32)
-    pre = store.padding == "pre"
 
     def _plan():
         rng = np.random.default_rng([b.seed, next(epochs)]) if b.shuffle else None
         yield from iter_batches(store, plan, split=held.split, rng=rng, batch_size=b.batch_size,
                                 shuffle_docs=b.shuffle_docs, buckets=b.buckets, in_memory=held)
 
-    def gather(ids, lengths):
-        # T: the grid length of the batch's longest document (its bucket).
-        steps = tf.gather(grid, tf.searchsorted(grid, tf.reduce_max(lengths)[None],
-                                                side="left"))[0]
-        t = tf.range(steps)[None, :]
-        n = lengths[:, None]
-        first = steps - n if pre else tf.zeros_like(n)
-        index = tf.gather(offsets, ids)[:, None] + tf.cast(t - first, tf.int64)
-        real = (t >= first) & (t < first + n)
-        return tf.gather(rows, tf.where(real, index, held.pad_row))
-
-    spec = (tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64))
+    spec = (tf.TensorSpec([None, None, store.row_width], tf.as_dtype(store.row_dtype)),
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int64))
     ds = tf.data.Dataset.from_generator(_plan, output_signature=spec)
     ds = ds.repeat() if b.repeat else ds.apply(tf.data.experimental.assert_cardinality(
         plan.num_batches(b.batch_size, b.buckets, merge_tail=b.shuffle)))
-    return _finish(ds, gather, store, b)
+    return _finish(ds, lambda x, lengths: x, store, b)
 
 
 def dataset(store: Store | str, split: str | None = "train", *, batch_size: int = 32,

@@ -1,0 +1,165 @@
+"""A split held in memory: peak RSS and training speed, the batches gathered from the NumPy rows
+(today) against the rows made one TensorFlow tensor and gathered in the graph (before), in one
+run (``make bench-held``).
+
+Each measurement is a child process of its own (``--child``), so its peak RSS is its own:
+it opens the store, builds the model, notes its RSS (the baseline), loads the train split into
+memory (:class:`InMemorySplit`), makes the dataset either way and trains ``--epochs`` epochs.
+It reports the held rows' bytes, peak RSS over the baseline (``ru_maxrss``: the high-water
+mark) as a multiple of them, and samples/s (the median epoch after the first). Variants are
+interleaved over ``--rounds`` rounds; medians and ranges are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+VARIANTS = ("numpy gather (today)", "tensor + graph gather (before)")
+
+
+def say(message: str) -> None:
+    print(f"[bench-held {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def tensor_dataset(held, b):
+    """The way before: the rows as one ``tf.constant``, each batch gathered in the graph (the
+    code memory_dataset had, kept here as the baseline)."""
+    import itertools
+
+    import numpy as np
+    import tensorflow as tf
+
+    from embcache.cache.dataset import _finish
+    from embcache.cache.stream import bucket_lengths, iter_batches
+
+    store, plan = held.store, held.plan
+    epochs = itertools.count()
+    rows = tf.constant(held.rows)
+    offsets = tf.constant(held.offsets)
+    grid = tf.constant(bucket_lengths(store.max_len) if b.buckets else [store.max_len], tf.int32)
+    pre = store.padding == "pre"
+
+    class Ids:  # iter_batches' in-memory source, yielding ids instead of rows
+        def __init__(self, held):
+            self.block, self.lengths = held.block, held.lengths
+
+        def batch(self, ids, length):
+            return np.asarray(ids, np.int64)
+
+    def _plan():
+        rng = np.random.default_rng([b.seed, next(epochs)]) if b.shuffle else None
+        yield from iter_batches(store, plan, split=held.split, rng=rng, batch_size=b.batch_size,
+                                shuffle_docs=b.shuffle_docs, buckets=b.buckets, in_memory=Ids(held))
+
+    def gather(ids, lengths):
+        steps = tf.gather(grid, tf.searchsorted(grid, tf.reduce_max(lengths)[None], side="left"))[0]
+        t = tf.range(steps)[None, :]
+        n = lengths[:, None]
+        first = steps - n if pre else tf.zeros_like(n)
+        index = tf.gather(offsets, ids)[:, None] + tf.cast(t - first, tf.int64)
+        real = (t >= first) & (t < first + n)
+        return tf.gather(rows, tf.where(real, index, held.pad_row))
+
+    spec = (tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64))
+    ds = tf.data.Dataset.from_generator(_plan, output_signature=spec)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(
+        plan.num_batches(b.batch_size, b.buckets, merge_tail=b.shuffle)))
+    return _finish(ds, gather, store, b)
+
+
+def child(store_url: str, model_name: str, variant: str, epochs: int) -> dict:
+    import resource
+
+    from embcache.cache.tfenv import quiet_tensorflow
+
+    quiet_tensorflow()
+    import keras
+
+    from embcache import models
+    from embcache.cache.dataset import memory_dataset
+    from embcache.cache.store import open_store
+    from embcache.cache.stream import InMemorySplit, plan_split
+    from embcache.jobs.config import TrainConfig
+    from embcache.jobs.train import EpochTimer
+
+    store = open_store(store_url, require_labels=True)
+    keras.utils.set_random_seed(0)
+    model = models.build(model_name, max_len=store.max_len, dim=store.dim,
+                         num_classes=len(store.label_names), padding=store.padding)
+    config = TrainConfig()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=config.steps_per_execution)
+    plan = plan_split(store, "train")
+    base = _rss_mb()
+    held = InMemorySplit(store, plan, "train")
+    b = config.batching(train=True)
+    ds = memory_dataset(held, b) if variant == VARIANTS[0] else tensor_dataset(held, b)
+    timer = EpochTimer.make()
+    model.fit(ds, epochs=epochs, verbose=0, callbacks=[timer])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # KB -> MB
+    per_epoch = sorted(timer.seconds[1:])
+    return {"held_mb": held.nbytes / 1e6, "peak_over_base_mb": peak - base,
+            "samples_per_s": plan.num_docs / per_epoch[len(per_epoch) // 2]}
+
+
+def main(argv=None) -> int:
+    from jobs.bench.common import table
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--store", action="append", required=True, help="a labelled store (repeat)")
+    p.add_argument("--model", default="fasttext")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--child", nargs=2, metavar=("STORE", "VARIANT"), help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        print(json.dumps(child(a.child[0], a.model, a.child[1], a.epochs)))
+        return 0
+    results: dict = {}
+    for r in range(a.rounds):
+        for store in a.store:
+            for variant in VARIANTS:
+                say(f"round {r + 1}/{a.rounds}: {store}, {variant} ...")
+                out = subprocess.run([sys.executable, "-m", "jobs.bench.held", "--store", store,
+                                      "--model", a.model, "--epochs", str(a.epochs),
+                                      "--child", store, variant],
+                                     capture_output=True, text=True, check=False)
+                if out.returncode != 0:
+                    sys.exit(f"child failed: {out.stderr[-2000:]}")
+                res = json.loads(out.stdout.strip().splitlines()[-1])
+                say(f"  held {res['held_mb']:,.0f} MB, peak over baseline "
+                    f"{res['peak_over_base_mb']:,.0f} MB, {res['samples_per_s']:,.0f} samples/s")
+                results.setdefault((store, variant), []).append(res)
+
+    def med(xs):
+        return f"{statistics.median(xs):,.2f} ({min(xs):,.2f}-{max(xs):,.2f})"
+
+    rows = []
+    for store in a.store:
+        base_sps = statistics.median(r["samples_per_s"] for r in results[(store, VARIANTS[1])])
+        for variant in VARIANTS:
+            runs = results[(store, variant)]
+            sps = [r["samples_per_s"] for r in runs]
+            rows.append([store, variant, f"{runs[0]['held_mb']:,.0f}",
+                         med([r["peak_over_base_mb"] / r["held_mb"] for r in runs]),
+                         med(sps), f"{statistics.median(sps) / base_sps:.2f}x"])
+    print(table(["store", "held split", "held MB", "peak RSS over baseline / held bytes",
+                 "samples/s", "speed vs before"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,7 @@ from embcache.cache.corpus import FORMATS as CORPUS_FORMATS
 from embcache.cache.encoder import DEFAULT_BATCH as DEFAULT_ENCODER_BATCH
 from embcache.cache.errors import EmbcacheError, cli_words, os_error_line
 from embcache.cache.meta import SPLIT_NAMES, SplitSettings
+from embcache.cache.precision import PRECISIONS
 from embcache.cache.settings import (
     DTYPES,
     ENCODER_MAX_LEN,
@@ -288,6 +289,11 @@ def verify_cmd(store, as_json, quiet):
     sys.exit(0 if report.ok else 1)
 
 
+def precision_option(help_text: str):
+    return click.option("--precision", default=_TRAIN.precision, show_default=True,
+                        type=click.Choice(PRECISIONS), help=help_text)
+
+
 def training_options(fn):
     """The stream and optimiser options that train and tune share (TrainConfig's fields)."""
     options = [
@@ -311,6 +317,9 @@ def training_options(fn):
         click.option("--length-buckets/--no-length-buckets", default=_TRAIN.length_buckets,
                      show_default=True,
                      help="Pad each batch to its length bucket, or every batch to max_len."),
+        precision_option("Arithmetic of the models: auto is bfloat16 (Keras' mixed policy: "
+                         "float32 variables, softmax and loss) where the CPU or GPU runs it "
+                         "natively, else float32; recurrent models stay float32 at auto."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -344,8 +353,8 @@ def training_options(fn):
 @_friendly("training stopped and the run folders are as they were before; training does not "
            "resume: rerun the command to train again from the start")
 def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patience, seed,
-              shuffle_docs, memory_mb, steps_per_execution, length_buckets, strategy, params, grid,
-              overwrite, quiet, verbose):
+              shuffle_docs, memory_mb, steps_per_execution, length_buckets, precision, strategy,
+              params, grid, overwrite, quiet, verbose):
     """Train embedding-free Keras models by streaming a store: one, or a group from one stream.
 
     \b
@@ -369,7 +378,7 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
     config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          patience=patience, seed=seed, shuffle_docs=shuffle_docs,
                          memory_mb=memory_mb, steps_per_execution=steps_per_execution,
-                         length_buckets=length_buckets, strategy=strategy)
+                         length_buckets=length_buckets, strategy=strategy, precision=precision)
     result = train_group(store, models, out, grid=grid_values, config=config, hparams=hparams,
                          progress=not quiet, overwrite=overwrite)
     for line in result.lines():
@@ -416,7 +425,8 @@ def train_cmd(store, model_name, out, epochs, batch_size, learning_rate, patienc
            "rerun the command to go on with the study")
 def tune_cmd(store, model_name, space, space_file, trials, parallel, study_url, study_name, out,
              sampler, pruner, timeout, epochs, batch_size, learning_rate, patience, seed,
-             shuffle_docs, memory_mb, steps_per_execution, length_buckets, quiet, verbose):
+             shuffle_docs, memory_mb, steps_per_execution, length_buckets, precision, quiet,
+             verbose):
     """Search hyperparameters: an Optuna study whose trials train in groups from one stream.
 
     \b
@@ -439,7 +449,7 @@ def tune_cmd(store, model_name, space, space_file, trials, parallel, study_url, 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          patience=patience, seed=seed, shuffle_docs=shuffle_docs,
                          memory_mb=memory_mb, steps_per_execution=steps_per_execution,
-                         length_buckets=length_buckets)
+                         length_buckets=length_buckets, precision=precision)
     study = tune(store, model_name, space_file or list(space), trials=trials, parallel=parallel,
                  study=study_url, study_name=study_name, out=out, sampler=sampler, pruner=pruner,
                  timeout=timeout, config=config, progress=not quiet)
@@ -530,10 +540,13 @@ def runs_cmd(folder, as_json, plot_path):
               help="Where parsed vectors are cached [default: ~/.cache/embcache].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own logs.")
+@precision_option("Arithmetic of the models: auto is bfloat16 where the CPU or GPU runs it "
+                  "natively, else float32 (a model trained in bfloat16 then scores in float32); "
+                  "recurrent models stay float32 at auto.")
 @_friendly("no predictions were written (an earlier predictions file is unchanged); rerun "
            "the command to score again")
 def score_cmd(model_dirs, input_path, out, vectors_path, tokenizer, stores, encoder, split, top_k,
-              batch_size, ensemble, ensemble_out, keep_store, metrics_dir, corpus_format,
+              batch_size, ensemble, ensemble_out, keep_store, metrics_dir, precision, corpus_format,
               text_columns, label_column, id_column, header,
               label_names_file, cache_dir, quiet, verbose):
     """Batch-classify documents with many models sharing one embedding pass.
@@ -561,7 +574,7 @@ def score_cmd(model_dirs, input_path, out, vectors_path, tokenizer, stores, enco
                     batch_size=batch_size, stores=[x for x in stores.split(",") if x]
                     if stores else None, ensemble_out=ensemble_out,
                     keep_store=keep_store, metrics_dir=metrics_dir, progress=not quiet,
-                    cache_dir=cache_dir, ensemble=ensemble)
+                    cache_dir=cache_dir, ensemble=ensemble, precision=precision)
     if summary.ensemble_card:
         click.echo(f"Ensemble fitted on the validation split -> {summary.ensemble_card}", err=True)
     if summary.metrics:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 
 from embcache.cache.dataset import Batching
 from embcache.cache.errors import EmbcacheError
+from embcache.cache.precision import check_precision
 from embcache.cache.stream import SHUFFLE_DOCS
 
 
@@ -25,6 +26,8 @@ class TrainConfig:
     # (InMemorySplit); a split that does not fit streams from the store instead. 0: always stream.
     memory_mb: int = 1024
     strategy: str = "default"  # or "multi-worker": tf.distribute.MultiWorkerMirroredStrategy
+    # "auto": bfloat16 where the device runs it natively (embcache.cache.precision), else float32
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         """Each value checked where it is given: one line naming the argument."""
@@ -39,6 +42,7 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise EmbcacheError(f"Invalid value for `{name}`. Expected an integer >= 0. "
                                     f"Received: {name}={value!r}")
+        check_precision(self.precision)
         lr = self.learning_rate
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
             raise EmbcacheError(f"Invalid value for `learning_rate`. Expected a positive number. "

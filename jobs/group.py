@@ -50,6 +50,7 @@ class Member:
     done: bool = False
     epoch: int = 0  # epochs trained so far (members of one group may differ: embcache tune)
     metrics: dict = field(default_factory=dict)
+    precision: Any = None  # embcache.cache.precision.Precision it trains in, once built
 
     @property
     def active(self) -> bool:

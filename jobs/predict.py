@@ -11,7 +11,7 @@ from embcache.cache.store import Store, open_store
 
 
 def predict(model, store: Store | str, split: str | None = "test", *, batch_size: int = 64,
-            probabilities: bool = False):
+            probabilities: bool = False, precision: str | None = None):
     """Run ``model`` (a Keras model taking ``embedded`` and ``lengths``, as ``dataset()`` feeds
     it) over ``split`` of ``store`` (``None``: every document) and return a ``pandas.DataFrame``
     in store order: ``doc_id``, ``true_label`` (labelled stores), ``predicted_label`` and
@@ -19,6 +19,9 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
 
     Memory: one row per document of the split (its class probabilities only with
     ``probabilities``); batches stream as in training.
+
+    ``precision``: ``None`` runs the model as it is; ``auto``, ``float32`` or ``bfloat16``
+    runs a copy at that precision (:func:`embcache.models.precision.for_scoring`).
 
     Raises:
         StoreError: a missing, incomplete or damaged store, or an empty split.
@@ -36,6 +39,10 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
     if plan.num_docs == 0:
         raise StoreError(f"Store {store.url} has no documents" + (f" in the {split} split"
                                                                   if split else ""))
+    if precision is not None:
+        from embcache.models.precision import for_scoring
+
+        model = for_scoring(model, precision)[0]
     names = store.label_names
     width = model.output_shape[-1]
     _check_inputs(model, "model", store.dim)

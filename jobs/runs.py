@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from embcache.cache.errors import ModelError
 from embcache.cache.meta import StoreMeta
+from embcache.cache.precision import Precision
 
 if TYPE_CHECKING:  # a type only: runs.py stays below the training code
     from embcache.jobs.config import TrainConfig
@@ -170,9 +171,10 @@ def load_run(run_dir: str | Path, card: dict[str, Any] | None = None) -> Run:
 
 def run_card(store, source, hparams: dict, given: dict, config: TrainConfig,
              learning_rate: float, plans: dict, *, epochs_run: int, best_epoch: int,
-             seconds: float, samples_per_s: float, metrics: dict, model, model_path: Path) -> dict:
+             seconds: float, samples_per_s: float, metrics: dict, model, model_path: Path,
+             precision: Precision) -> dict:
     """A trained run's card (before its checksums): the same fields whichever path trained it
-    (a group, a lone model or several workers)."""
+    (a group, a lone model or several workers). ``precision``: what it trained in, and why."""
     return {
         **store_card_fields(store),
         "model": source.ref,
@@ -186,6 +188,7 @@ def run_card(store, source, hparams: dict, given: dict, config: TrainConfig,
         "metrics": metrics,
         "model_bytes": model_path.stat().st_size,
         "parameter_count": int(model.count_params()),
+        "precision": {"name": precision.name, "why": precision.why},
     }
 
 

@@ -25,6 +25,7 @@ from embcache.cache.corpus import CorpusSpec
 from embcache.cache.errors import EmbcacheError, ModelError, StoreError, writing
 from embcache.cache.hooks import pause_point
 from embcache.cache.locks import reading
+from embcache.cache.precision import Precision, check_precision, precision_line
 from embcache.cache.store import SPLIT_NAMES, Store, open_store, store_state
 from embcache.cache.tfenv import quiet_tensorflow
 from embcache.jobs.ensemble import (
@@ -74,6 +75,7 @@ class ScoreConfig:
     batch_size: int = 64
     top_k: int = 1
     ensemble: str = ENSEMBLES[0]
+    precision: str = "auto"  # embcache.cache.precision: bfloat16 where native, else float32
 
 
 class Scorer:
@@ -112,7 +114,7 @@ class Scorer:
                  cache_dir: str | None = None,
                  batch_size: int = ScoreConfig.batch_size,
                  ensemble: str = ScoreConfig.ensemble, load: bool = True,
-                 stores: Sequence[str] | None = None):
+                 stores: Sequence[str] | None = None, precision: str = ScoreConfig.precision):
         if isinstance(runs, (str, Path)):
             runs = [runs]
         if not runs:
@@ -142,8 +144,14 @@ class Scorer:
                              "share one label set; fit it again")
         self.ensemble, self.batch_size = ensemble, batch_size
         self.cache_dir = cache_dir
+        self.precision = check_precision(precision)
+        self.precisions: dict[str, Precision] = {}  # per model, once loaded
         if load:
             self.load()
+
+    def precision_line(self) -> str:
+        """``Precision: ...`` of the loaded models (see :func:`precision_line`)."""
+        return precision_line(list(self.precisions.items()))
 
     @property
     def names(self) -> list[str]:
@@ -154,9 +162,12 @@ class Scorer:
         """Load every model (once) and build, per representation, the compiled function that
         runs its models."""
         quiet_tensorflow()
+        from embcache.models.precision import for_scoring
+
         for run in self.runs:
             if run.model is None:
-                run.model = load_run(run.path, card=run.card).model
+                run.model, self.precisions[run.name] = for_scoring(
+                    load_run(run.path, card=run.card).model, self.precision)
         for view in self.views:
             view.load()
 
@@ -550,6 +561,7 @@ def score(
     progress: bool = False,
     cache_dir: str | None = None,
     ensemble: str = ScoreConfig.ensemble,
+    precision: str = ScoreConfig.precision,
 ) -> ScoreSummary:
     """Score ``input_path`` (a store, or raw documents in ``corpus``'s format) with every model
     into the file ``out``: one embedding pass, one read of the store, memory bounded whatever
@@ -580,7 +592,10 @@ def score(
     _check_top_k(top_k)
     scorer = Scorer(model_dirs, vectors=vectors_path, encoder=encoder, tokenizer=tokenizer,
                     cache_dir=cache_dir, stores=stores,
-                    batch_size=batch_size, ensemble=ensemble, load=False)
+                    batch_size=batch_size, ensemble=ensemble, load=False, precision=precision)
+    scorer.load()
+    if progress:
+        print(scorer.precision_line(), file=sys.stderr)
     card = _fit_first(scorer, ensemble_out, model_dirs, input_path, progress)
     summary = scorer.write(input_path, out_path, split=split, top_k=top_k, corpus=corpus,
                            keep_store=keep_store, metrics_dir=metrics_dir, progress=progress)

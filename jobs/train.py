@@ -20,6 +20,7 @@ from pathlib import Path
 from embcache.cache.dataset import memory_dataset, pipeline_errors, streamed_dataset
 from embcache.cache.errors import EmbcacheError, ModelError, StoreError, writing
 from embcache.cache.locks import exclusive, reading
+from embcache.cache.precision import precision_line, resolve_precision
 from embcache.cache.store import open_store
 from embcache.cache.stream import plan_split
 from embcache.cache.tfenv import quiet_tensorflow
@@ -301,9 +302,13 @@ def build_member(m: Member, store, config: TrainConfig) -> None:
     """
     import keras
 
-    m.model = m.source.make(max_len=store.max_len, dim=store.dim,
-                            num_classes=len(store.label_names), padding=store.padding,
-                            **m.hparams)
+    from embcache.models.precision import build
+
+    m.model, m.precision = build(
+        lambda: m.source.make(max_len=store.max_len, dim=store.dim,
+                              num_classes=len(store.label_names), padding=store.padding,
+                              **m.hparams),
+        resolve_precision(config.precision), config.precision)
     from embcache.models.optimizers import Adam
 
     m.model.compile(optimizer=Adam(m.learning_rate),
@@ -358,6 +363,9 @@ def _fit_members(store_url, store, plans, members: list[Member], config: TrainCo
     if progress and not lone:
         print(f"Training {len(members)} models from one stream of {store_url}: "
               f"{', '.join(m.name for m in members)}", file=sys.stderr)
+    if progress:
+        print(precision_line([(m.name, m.precision) for m in members if m.precision]),
+              file=sys.stderr)
     # Keras writes its progress bar to stdout; stdout is for results, so send it to stderr.
     with contextlib.redirect_stdout(sys.stderr), pipeline_errors():
         trainer.prepare(next(iter(val_ds)))  # a val batch: the train stream's epochs stay as they are
@@ -395,7 +403,7 @@ def save_member(store_url, store, plans, m: Member, config: TrainConfig, group: 
     card = run_card(store, m.source, m.hparams, m.given, config, m.learning_rate, plans,
                     epochs_run=len(val_acc), best_epoch=best_epoch, seconds=seconds,
                     samples_per_s=samples_per_s, metrics=m.metrics, model=m.model,
-                    model_path=model_path)
+                    model_path=model_path, precision=m.precision)
     if group:
         card["group"] = group
     card.update(extra or {})
@@ -423,7 +431,7 @@ def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: di
     except OSError as e:
         raise EmbcacheError(f"Cannot create run folder {out}: {e.strerror}") from None
 
-    model = _replicated_model(cluster, source, store, hp, config)
+    model, precision = _replicated_model(cluster, source, store, hp, config)
     read_log: set[int] = set()
     train_ds, val_ds, fit_steps, plans["train"] = cluster.datasets(store, config, read_log)
     cluster.build(model, train_ds)
@@ -457,7 +465,7 @@ def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: di
     card = run_card(store, source, hp, dict(hparams or {}), config, config.learning_rate, plans,
                     epochs_run=len(val_acc), best_epoch=best_epoch, seconds=seconds,
                     samples_per_s=samples_per_s, metrics=metrics, model=model,
-                    model_path=model_path)
+                    model_path=model_path, precision=precision)
     write_card(out, card)
     draw(out / "curves.png", plot_curves, history.history, out / "curves.png",
          title=f"{model_name} on {Path(str(store_url)).name}")
@@ -467,13 +475,18 @@ def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: di
 
 
 def _replicated_model(cluster: MultiWorker, source, store, hp: dict, config: TrainConfig):
-    """The model built and compiled in the strategy's scope (its variables mirrored)."""
+    """The model built and compiled in the strategy's scope (its variables mirrored), and the
+    precision it trains in."""
     import keras
+
+    from embcache.models.precision import build
 
     keras.utils.set_random_seed(config.seed)
     with cluster.strategy.scope():
-        model = source.make(max_len=store.max_len, dim=store.dim,
-                            num_classes=len(store.label_names), padding=store.padding, **hp)
+        model, precision = build(
+            lambda: source.make(max_len=store.max_len, dim=store.dim,
+                                num_classes=len(store.label_names), padding=store.padding, **hp),
+            resolve_precision(config.precision), config.precision)
         if takes_token_ids(model):
             raise ModelError(f"Model {source.ref!r} reads token_ids (the lexical channel), which "
                              "multi-worker training does not feed; train it with the default "
@@ -482,7 +495,7 @@ def _replicated_model(cluster: MultiWorker, source, store, hp: dict, config: Tra
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                       steps_per_execution=1)
-    return model
+    return model, precision
 
 
 def _fit_callbacks(work_dir: Path, config: TrainConfig) -> list:

@@ -106,12 +106,16 @@ def head(x, num_classes: int, dropout: float = 0.0, *, wide: dict | None = None,
     dense ones before the softmax, and both train jointly (wide and deep)."""
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
+    # The softmax (and the wide models' sum of logits) in float32 under any policy: a bfloat16
+    # model's probabilities and loss stay float32 (embcache.models.precision).
     if wide is None:
-        return keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+        return keras.layers.Dense(num_classes, activation="softmax", name="probabilities",
+                                  dtype="float32")(x)
     deep = keras.layers.Dense(num_classes, name="deep_logits")(x)
     lexical = HashedTfidf(num_classes, padding=padding, name="lexical")(wide["token_ids"],
                                                                        wide["lengths"])
-    return keras.layers.Softmax(name="probabilities")(keras.layers.Add()([deep, lexical]))
+    summed = keras.layers.Add(name="logits", dtype="float32")([deep, lexical])
+    return keras.layers.Softmax(name="probabilities", dtype="float32")(summed)
 
 
 @keras.saving.register_keras_serializable(package="embcache")
@@ -170,8 +174,11 @@ class HashedTfidf(keras.layers.Layer):
     ``TfidfVectorizer`` options of those names do.
     """
 
+    embcache_float32 = True  # float32 under any policy (embcache.models.precision)
+
     def __init__(self, num_classes: int, max_features: int = 1 << 19, ngrams: int = 2,
                  padding: str = "pre", scale: float = 10.0, min_df: int = 2, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # log, idf and the L2 norm want float32's range
         super().__init__(**kwargs)
         self.num_classes, self.max_features = int(num_classes), int(max_features)
         self.ngrams, self.padding, self.scale = int(ngrams), padding, float(scale)

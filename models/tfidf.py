@@ -24,4 +24,4 @@ def build(*, max_len: int, dim: int, num_classes: int, padding: str = "pre",
                           scale=scale, min_df=min_df, name="lexical")
     logits = lexical(ins["token_ids"], ins["lengths"])
     return keras.Model({"token_ids": ins["token_ids"], "lengths": ins["lengths"]},
-                       keras.layers.Softmax(name="probabilities")(logits), name="tfidf")
+                       keras.layers.Softmax(name="probabilities", dtype="float32")(logits), name="tfidf")

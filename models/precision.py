@@ -1,0 +1,128 @@
+"""Models in bfloat16: Keras' ``mixed_bfloat16`` policy where it pays, float32 where it does not.
+
+Under the mixed policy a layer keeps float32 variables and computes in bfloat16. The built-in
+models compute their softmax in float32 (their ``probabilities`` layer, and the wide models'
+sum of logits and the lexical layer, are float32 whatever the policy), so the loss is float32
+too; a model of your own whose output is not float32 gets a float32 ``Activation`` appended.
+
+Per layer kind, from measurements (``make bench-train ARGS=--precision``; the issue's probe:
+a ``kim_cnn``-shaped head 2.26x faster, a BiLSTM 1.00x): recurrent layers (``LSTM``, ``GRU``,
+any ``RNN``, ``Bidirectional``) run no faster in bfloat16 on this CPU's matrix units, so
+``auto`` keeps a model with one in float32. An explicit ``bfloat16`` runs it mixed anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+
+from embcache.cache.precision import Precision, resolve_precision
+
+MIXED = "mixed_bfloat16"
+RECURRENT_WHY = "recurrent layers run no faster in bfloat16"
+
+
+@contextlib.contextmanager
+def policy(name: str) -> Iterator[None]:
+    """Layers made in the block take Keras dtype policy ``name`` (``float32`` or
+    ``mixed_bfloat16``); the previous global policy comes back after."""
+    import keras
+
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+def is_recurrent(model) -> bool:
+    import keras
+
+    kinds = (keras.layers.RNN, keras.layers.LSTM, keras.layers.GRU, keras.layers.Bidirectional)
+    return any(isinstance(layer, kinds) for layer in model._flatten_layers(include_self=False))
+
+
+def precision_of(model) -> str:
+    """``bfloat16`` when any layer computes in bfloat16, else ``float32``."""
+    import keras
+
+    return ("bfloat16" if any(layer.dtype_policy.compute_dtype == "bfloat16"
+                              for layer in model._flatten_layers(include_self=False)
+                              if not isinstance(layer, keras.layers.InputLayer))
+            else "float32")
+
+
+def _float32_output(model):
+    """The model, with a float32 ``Activation`` after an output that is not float32."""
+    import keras
+
+    out = model.outputs[0]
+    if out.dtype == "float32":
+        return model
+    probs = keras.layers.Activation("linear", dtype="float32", name="float32_output")(out)
+    return keras.Model(model.inputs if not isinstance(model.input, dict) else model.input, probs,
+                       name=model.name)
+
+
+def build(make: Callable[[], object], precision: Precision, asked: str) -> tuple[object, Precision]:
+    """``make()`` under ``precision``'s policy; returns the model and the precision it runs in
+    (``auto`` keeps a recurrent model in float32, saying why)."""
+    if not precision.mixed:
+        with policy("float32"):
+            return make(), precision
+    with policy(MIXED):
+        model = make()
+    if asked == "auto" and is_recurrent(model):
+        with policy("float32"):
+            return make(), Precision("float32", f"auto: {RECURRENT_WHY}")
+    return _float32_output(model), precision
+
+
+def _with_policies(config, target: str, keep_float32: set[str]):
+    """A serialized model's config with every layer's dtype policy set to ``target``, but for
+    the layers named in ``keep_float32``."""
+    if isinstance(config, list):
+        return [_with_policies(c, target, keep_float32) for c in config]
+    if not isinstance(config, dict):
+        return config
+    out = {}
+    for key, value in config.items():
+        if (key == "dtype" and isinstance(value, dict) and value.get("class_name") == "DTypePolicy"
+                and config.get("name") not in keep_float32):
+            value = {**value, "config": {**value["config"], "name": target}}
+        out[key] = _with_policies(value, target, keep_float32)
+    return out
+
+
+def converted(model, name: str):
+    """A loaded model, computing in ``name`` (``float32`` or ``bfloat16``): the same layers and
+    weights (variables are float32 under either policy, so they carry over exactly), each
+    layer's dtype policy changed. Going to bfloat16, the output layer and the layers that pin
+    float32 (their policy is float32 in a mixed model: the softmax, the lexical layer) stay
+    float32. Returns ``model`` itself when it already computes in ``name``."""
+    import keras
+
+    if precision_of(model) == name:
+        return model
+    target = MIXED if name == "bfloat16" else "float32"
+    keep = set()
+    if name == "bfloat16":
+        keep = {layer.name for layer in model._flatten_layers(include_self=False)
+                if getattr(layer, "embcache_float32", False)} | {model.layers[-1].name}
+    config = _with_policies(json.loads(json.dumps(keras.saving.serialize_keras_object(model))),
+                            target, keep)
+    new = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    new.set_weights(model.get_weights())
+    return new
+
+
+def for_scoring(model, asked: str) -> tuple[object, Precision]:
+    """A loaded model at the precision scoring runs in: ``asked`` resolved on this machine (so a
+    model trained in bfloat16 scores in float32 where bfloat16 is not native), with ``auto``
+    keeping a recurrent model in float32."""
+    resolved = resolve_precision(asked)
+    if asked == "auto" and resolved.mixed and is_recurrent(model):
+        resolved = Precision("float32", f"auto: {RECURRENT_WHY}")
+    return converted(model, resolved.name), resolved

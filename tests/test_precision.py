@@ -1,0 +1,101 @@
+"""``--precision``: bfloat16 where the machine runs it natively (what ``auto`` sees is simulated
+with ``EMBCACHE_NATIVE_BF16``), float32 elsewhere exactly as before; recurrent models stay
+float32 at ``auto``; a model trained in bfloat16 scores in float32 on a machine without it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from embcache.cache.errors import EmbcacheError
+from embcache.cache.precision import native_bfloat16, resolve_precision
+from tests.conftest import cli, small_store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, vectors_file):
+    return small_store(tmp_path_factory.mktemp("precision"), vectors_file[0], docs_per_label=40,
+                       val_frac=0.2, test_frac=0.3)
+
+
+@pytest.fixture
+def native(monkeypatch):
+    def set_native(on: bool):
+        monkeypatch.setenv("EMBCACHE_NATIVE_BF16", "1" if on else "0")
+    return set_native
+
+
+def test_auto_follows_what_the_machine_runs_natively(native, monkeypatch):
+    native(True)
+    assert resolve_precision("auto").name == "bfloat16"
+    assert resolve_precision("float32").name == "float32"
+    native(False)
+    p = resolve_precision("auto")
+    assert p.name == "float32" and p.why == "auto: EMBCACHE_NATIVE_BF16=0"
+    assert "emulated" in resolve_precision("bfloat16").why
+    monkeypatch.delenv("EMBCACHE_NATIVE_BF16")
+    ok, why = native_bfloat16()  # this machine's own answer names what it read
+    assert ("amx_bf16" in why or "avx512_bf16" in why) if ok else "neither" in why or "GPU" in why
+    with pytest.raises(EmbcacheError, match="Invalid value for `precision`"):
+        resolve_precision("float16")
+
+
+def card(run) -> dict:
+    return json.loads((run / "model.json").read_text())
+
+
+def test_train_records_its_precision_and_recurrent_models_stay_float32(store, tmp_path, native):
+    native(True)
+    code, out = cli("train", "--store", store, "--model", "kim_cnn,gru,fasttext", "--epochs", "1",
+                    "--batch-size", "8", "--out", tmp_path / "runs")
+    assert code == 0, out
+    assert "Precision: bfloat16 (auto: EMBCACHE_NATIVE_BF16=1); gru: float32 (auto: recurrent " \
+           "layers run no faster in bfloat16)" in out
+    assert card(tmp_path / "runs" / "kim_cnn")["precision"]["name"] == "bfloat16"
+    assert card(tmp_path / "runs" / "gru")["precision"]["name"] == "float32"
+    native(False)
+    code, out = cli("train", "--store", store, "--model", "kim_cnn", "--epochs", "1",
+                    "--batch-size", "8", "--out", tmp_path / "f32")
+    assert code == 0 and "Precision: float32 (auto: EMBCACHE_NATIVE_BF16=0)" in out
+    assert card(tmp_path / "f32")["precision"]["name"] == "float32"
+    assert card(tmp_path / "f32")["training"]["precision"] == "auto"
+
+
+def test_a_bfloat16_model_scores_in_float32_without_native_bfloat16(store, tmp_path, native):
+    import embcache
+    from embcache.models.precision import precision_of
+
+    native(True)
+    code, out = cli("train", "--store", store, "--model", "kim_cnn", "--epochs", "3",
+                    "--batch-size", "8", "--out", tmp_path / "run")
+    assert code == 0, out
+    bf16 = embcache.Scorer([tmp_path / "run"])
+    assert precision_of(bf16.runs[0].model) == "bfloat16"
+    native(False)
+    f32 = embcache.Scorer([tmp_path / "run"])
+    assert precision_of(f32.runs[0].model) == "float32"
+    assert f32.precision_line() == "Precision: float32 (auto: EMBCACHE_NATIVE_BF16=0)"
+    a = bf16.classify(str(store))
+    b = f32.classify(str(store))
+    same = float(np.mean(a["run_label"].to_numpy() == b["run_label"].to_numpy()))
+    assert same >= 0.995, same
+    assert np.allclose(a["run_prob"], b["run_prob"], atol=0.05)
+    code, out = cli("score", "--models", tmp_path / "run", "--input", store, "--out",
+                    tmp_path / "p.csv", "--precision", "float32")
+    assert code == 0 and "Precision: float32 (asked for)" in out
+
+
+def test_float32_is_exactly_as_before(store, tmp_path, native):
+    """Without native bfloat16 nothing changes: the same weights as --precision float32."""
+    import embcache
+
+    native(False)
+    runs = {}
+    for precision in ("auto", "float32"):
+        out = tmp_path / precision
+        embcache.train(str(store), "cnn", str(out), config={"epochs": 1, "batch_size": 8,
+                                                            "precision": precision})
+        runs[precision] = embcache.Scorer([out]).runs[0].model.get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(runs["auto"], runs["float32"]))

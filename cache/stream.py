@@ -280,6 +280,10 @@ class Bucketer:
                 np.asarray(seq, np.int64))
 
 
+def _zeros(shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, None]:
+    return np.zeros(shape, dtype=dtype), None
+
+
 class InMemorySplit:
     """One split's documents decoded into memory once, so that every later pass is served from
     RAM instead of reading and decoding the store again (light models are bound by that).
@@ -298,10 +302,15 @@ class InMemorySplit:
     """
 
     def __init__(self, store: Store, plan: StreamPlan, split: str | None, with_labels: bool = True,
-                 parallel_reads: int = 4, read_log: set | None = None):
+                 parallel_reads: int = 4, read_log: set | None = None, allocate=None):
         self.store, self.plan, self.split = store, plan, split
         total = plan.num_tokens
-        self.rows = np.zeros((total + 1, store.row_width), dtype=store.row_dtype)
+        # `allocate(shape, dtype) -> (writable rows, owner)`: where the rows live. By default a
+        # NumPy array (owner None); embcache.cache.dataset.hold_split puts them in a TensorFlow
+        # variable's buffer instead, so that its batches are gathered in the graph, from the one
+        # copy. Zero-filled either way (the last row is the padding row).
+        self.rows, self.buffer = (allocate or _zeros)((total + 1, store.row_width),
+                                                      np.dtype(store.row_dtype))
         n = plan.num_docs
         self.offsets = np.zeros(n, np.int64)
         self.lengths = np.zeros(n, np.int32)
@@ -333,9 +342,7 @@ class InMemorySplit:
         """Documents ``ids`` as one padded batch ``(len(ids), length, row_width)``, padded and
         placed as the store's batches are: a NumPy gather of their rows.
 
-        Memory: one copy of the batch, never of the split. (The split once became a TensorFlow
-        tensor gathered in the graph: ``tf.constant`` copies the rows and holds a transient
-        second copy, so the split was in RAM 3x while it was made.)"""
+        Memory: one copy of the batch, never of the split."""
         ids = np.asarray(ids, np.int64)
         n = self.lengths[ids][:, None].astype(np.int64)
         t = np.arange(length, dtype=np.int64)[None, :]

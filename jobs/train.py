@@ -255,13 +255,14 @@ def _in_memory(store, plans: dict, config: TrainConfig, progress: bool) -> dict:
     """The train and val splits decoded into memory while they fit ``config.memory_mb``
     (train first: it is read every epoch); the rest streams from the store. Sizes come from
     the plans (no second scan of the split)."""
-    from embcache.cache.stream import InMemorySplit, memory_bytes
+    from embcache.cache.dataset import hold_split
+    from embcache.cache.stream import memory_bytes
 
     left, out = config.memory_mb << 20, {}
     for split in ("train", "val"):
         if 0 < memory_bytes(store, plans[split]) <= left:
             t = time.perf_counter()
-            out[split] = InMemorySplit(store, plans[split], split)
+            out[split] = hold_split(store, plans[split], split)
             left -= out[split].nbytes
             if progress:
                 print(f"{split} split decoded into memory: {out[split].nbytes / 1e6:,.1f} MB in "

@@ -198,10 +198,16 @@ def test_runs_of_a_missing_folder_is_one_line(tmp_path):
                                              "train into it with `embcache train --out ...`"]
 
 
-def test_cached_split_gives_the_streamed_batches(store):
+@pytest.mark.parametrize("where", ["variable", "numpy"])
+def test_cached_split_gives_the_streamed_batches(store, where):
+    """Held in a variable's buffer (gathered in the graph) or in NumPy (gathered in Python):
+    the streamed batches, bit for bit."""
+    from embcache.cache.dataset import hold_split
+
     s = open_store(str(store))
     plan = plan_split(s, "train")
-    rows = InMemorySplit(s, plan, "train")
+    rows = (hold_split if where == "variable" else InMemorySplit)(s, plan, "train")
+    assert (rows.buffer is not None) == (where == "variable")
     assert rows.nbytes == (int(rows.lengths.sum()) + 1) * s.dim * 2 == memory_bytes(s, plan)
     for shuffle in (True, False):
         args = dict(split="train", batch_size=5, shuffle=shuffle, seed=4, shuffle_docs=12,

@@ -1,6 +1,8 @@
-"""A split held in memory: peak RSS and training speed, the batches gathered from the NumPy rows
-(today) against the rows made one TensorFlow tensor and gathered in the graph (before), in one
-run (``make bench-held``).
+"""A split held in memory: peak RSS and training speed, three ways in one run (``make
+bench-held``): the rows filled into a TensorFlow variable's buffer and gathered in the graph
+(today, :func:`embcache.cache.dataset.hold_split`); NumPy rows gathered in Python (the fallback
+where that buffer cannot be had); the rows made one ``tf.constant`` and gathered in the graph
+(before).
 
 Each measurement is a child process of its own (``--child``), so its peak RSS is its own:
 it opens the store, builds the model, notes its RSS (the baseline), loads the train split into
@@ -21,7 +23,8 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-VARIANTS = ("numpy gather (today)", "tensor + graph gather (before)")
+VARIANTS = ("variable + graph gather (today)", "numpy gather in Python (fallback)",
+            "tf.constant + graph gather (before)")
 
 
 def say(message: str) -> None:
@@ -89,7 +92,7 @@ def child(store_url: str, model_name: str, variant: str, epochs: int) -> dict:
     import keras
 
     from embcache import models
-    from embcache.cache.dataset import memory_dataset
+    from embcache.cache.dataset import hold_split, memory_dataset
     from embcache.cache.store import open_store
     from embcache.cache.stream import InMemorySplit, plan_split
     from embcache.jobs.config import TrainConfig
@@ -104,9 +107,9 @@ def child(store_url: str, model_name: str, variant: str, epochs: int) -> dict:
                   steps_per_execution=config.steps_per_execution)
     plan = plan_split(store, "train")
     base = _rss_mb()
-    held = InMemorySplit(store, plan, "train")
+    held = (hold_split if variant == VARIANTS[0] else InMemorySplit)(store, plan, "train")
     b = config.batching(train=True)
-    ds = memory_dataset(held, b) if variant == VARIANTS[0] else tensor_dataset(held, b)
+    ds = tensor_dataset(held, b) if variant == VARIANTS[2] else memory_dataset(held, b)
     timer = EpochTimer.make()
     model.fit(ds, epochs=epochs, verbose=0, callbacks=[timer])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # KB -> MB
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
 
     rows = []
     for store in a.store:
-        base_sps = statistics.median(r["samples_per_s"] for r in results[(store, VARIANTS[1])])
+        base_sps = statistics.median(r["samples_per_s"] for r in results[(store, VARIANTS[-1])])
         for variant in VARIANTS:
             runs = results[(store, variant)]
             sps = [r["samples_per_s"] for r in runs]

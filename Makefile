@@ -16,7 +16,7 @@ WORDLLAMA = $(DATA_DIR)/wordllama-l2-supercat-256/l2_supercat_256.safetensors
 GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
 NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
 
-.PHONY: FORCE install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-lexical bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune bench-held data clean help cli-reference
+.PHONY: FORCE install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-lexical bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune bench-held bench-precision data clean help cli-reference
 
 # The editable install is setuptools' "strict" mode: build/__editable__.* holds a tree of links to
 # the package's files laid out as `embcache` (jobs/api -> embcache/, cache/ -> embcache/cache/...),
@@ -129,7 +129,8 @@ help:
 	@echo "make check          the same as make test"
 	@echo "make bench          every benchmark, each also alone: bench-embed, bench-train,"
 	@echo "                    bench-score, bench-scale, bench-encoder, bench-vectors,"
-	@echo "                    bench-integrity, bench-tune, bench-lexical; results in BENCHMARKS.md"
+	@echo "                    bench-integrity, bench-tune, bench-lexical, bench-held (a split held"
+	@echo "                    in memory), bench-precision (float32 and bfloat16); results in BENCHMARKS.md"
 	@echo "make bench-quality  test accuracy against TF-IDF + a linear model (scikit-learn), 3 seeds"
 	@echo "                    (not part of make bench; buckets against padding: bench-train ARGS=--quality)"
 	@echo "make data           fetch news20.tar.gz and glove.6B.50d.txt.gz into DATA_DIR; name"
@@ -149,7 +150,7 @@ test: install
 
 check: test
 
-bench: bench-embed bench-train bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune bench-lexical bench-held
+bench: bench-embed bench-train bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune bench-lexical bench-held bench-precision
 
 bench-embed: install
 	$(call need_data,$(CORPUS) $(VECTORS))
@@ -161,6 +162,10 @@ clean:
 # A held split: peak RSS and samples/s, batches gathered from NumPy rows against the old tensor.
 bench-held: store
 	$(BIN)/python -m jobs.bench.held --store $(STORE) $(ARGS)
+
+# float32 against bfloat16: every built-in model's samples/s, and kim_cnn's accuracy (3 seeds).
+bench-precision: store
+	$(BIN)/python -m jobs.bench.precision --store $(STORE) $(ARGS)
 
 bench-train: store
 	$(BIN)/python -m jobs.bench.train --store $(STORE) --vectors $(VECTORS) $(ARGS)

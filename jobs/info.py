@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from embcache.cache.locks import reading
+from embcache.cache.precision import resolve_precision
 from embcache.cache.store import bytes_on_disk, open_store, read_chunk_stats
 
 
@@ -21,6 +22,8 @@ def describe_store(url: str) -> dict[str, Any]:
     info["chunks_written"] = int((stats[:, 0] >= 0).sum())
     info["bytes_on_disk"] = bytes_on_disk(url)
     info["store"] = str(url)
+    here = resolve_precision("auto")  # this machine's, not the store's: what jobs run in here
+    info["precision_auto"] = {"name": here.name, "why": here.why}
     return info
 
 
@@ -68,6 +71,10 @@ def format_info(info: dict[str, Any]) -> str:
     if "created" in info:
         lines.append(f"created      {info['created']} by embcache {info.get('embcache_version')} "
                      f"in {info.get('seconds', 0):.1f} s")
+    here = info.get("precision_auto")
+    if here:
+        lines.append(f"precision    jobs on this machine run {here['name']} at --precision auto "
+                     f"({here['why'].removeprefix('auto: ')})")
     return "\n".join(lines)
 
 

@@ -636,7 +636,7 @@ class _Study:
             new.append(m)
             if self.progress:
                 shown = " ".join(f"{k}={v}" for k, v in trial.params.items())
-                print(f"Trial {trial.number}: {shown}", file=sys.stderr)
+                print(f"Trial {trial.number}: {shown} ({m.precision.name})", file=sys.stderr)
         if new:
             trainer.add(new, sample_batch)
             for m in new:

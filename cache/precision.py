@@ -26,10 +26,13 @@ CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 @dataclass(frozen=True)
 class Precision:
-    """What a job runs in (``float32`` or ``bfloat16``) and the reason, for its first line."""
+    """What a job runs in (``float32`` or ``bfloat16``) and the reason, for its first line;
+    ``units``: what multiplies bfloat16 here (``amx``, ``avx512``, ``gpu``, ``forced`` or
+    ``none``), which decides the layer kinds ``auto`` keeps in float32."""
 
     name: str
     why: str
+    units: str = "none"
 
     @property
     def mixed(self) -> bool:
@@ -65,19 +68,26 @@ def _gpu_capability() -> tuple[int, int] | None:
     return None
 
 
-def native_bfloat16() -> tuple[bool, str]:
-    """Whether this machine runs bfloat16 natively, and what says so."""
+def bfloat16_units() -> tuple[str, str]:
+    """What runs bfloat16 natively here (``amx``, ``avx512``, ``gpu``, ``forced``; ``none``),
+    and what says so."""
     forced = os.environ.get("EMBCACHE_NATIVE_BF16", "").strip()
     if forced in ("0", "1"):
-        return forced == "1", f"EMBCACHE_NATIVE_BF16={forced}"
+        return ("forced" if forced == "1" else "none"), f"EMBCACHE_NATIVE_BF16={forced}"
     capability = _gpu_capability()
     if capability is not None:
-        ok = capability >= (8, 0)
-        return ok, f"GPU compute capability {capability[0]}.{capability[1]}"
+        return (("gpu" if capability >= (8, 0) else "none"),
+                f"GPU compute capability {capability[0]}.{capability[1]}")
     flags = _cpu_flags() & set(CPU_FLAGS)
     if flags:
-        return True, f"this CPU has {', '.join(sorted(flags))}"
-    return False, "this CPU has neither amx_bf16 nor avx512_bf16"
+        return ("amx" if "amx_bf16" in flags else "avx512"), f"this CPU has {', '.join(sorted(flags))}"
+    return "none", "this CPU has neither amx_bf16 nor avx512_bf16"
+
+
+def native_bfloat16() -> tuple[bool, str]:
+    """Whether this machine runs bfloat16 natively, and what says so."""
+    units, why = bfloat16_units()
+    return units != "none", why
 
 
 def check_precision(precision: str) -> str:
@@ -92,13 +102,14 @@ def check_precision(precision: str) -> str:
 def resolve_precision(precision: str = "auto") -> Precision:
     """``auto``, ``float32`` or ``bfloat16`` -> what runs here, and why."""
     check_precision(precision)
-    native, why = native_bfloat16()
+    units, why = bfloat16_units()
+    native = units != "none"
     if precision == "float32":
-        return Precision("float32", "asked for")
+        return Precision("float32", "asked for", units)
     if precision == "bfloat16":
         return Precision("bfloat16", "asked for" if native else
-                         f"asked for; emulated, expect it slower: {why}")
-    return Precision("bfloat16" if native else "float32", f"auto: {why}")
+                         f"asked for; emulated, expect it slower: {why}", units)
+    return Precision("bfloat16" if native else "float32", f"auto: {why}", units)
 
 
 def precision_line(named: list[tuple[str, Precision]]) -> str:

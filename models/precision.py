@@ -5,10 +5,12 @@ models compute their softmax in float32 (their ``probabilities`` layer, and the 
 sum of logits and the lexical layer, are float32 whatever the policy), so the loss is float32
 too; a model of your own whose output is not float32 gets a float32 ``Activation`` appended.
 
-Per layer kind, from measurements (``make bench-train ARGS=--precision``; the issue's probe:
-a ``kim_cnn``-shaped head 2.26x faster, a BiLSTM 1.00x): recurrent layers (``LSTM``, ``GRU``,
-any ``RNN``, ``Bidirectional``) run no faster in bfloat16 on this CPU's matrix units, so
-``auto`` keeps a model with one in float32. An explicit ``bfloat16`` runs it mixed anyway.
+Per layer kind, from measurements (``make bench-precision``, BENCHMARKS.md), ``auto`` keeps a
+model in float32 when it holds a layer kind that runs no faster in bfloat16: recurrent layers
+(``LSTM``, ``GRU``, any ``RNN``, ``Bidirectional``; the issue's AMX probe 1.00x, 0.48-0.75x in
+this session's AVX-512 BF16 rounds). Attention stays mixed: ``transformer`` measured 0.80x on
+50-wide GloVe inputs but 1.2-1.9x on 256-wide WordLlama ones (and a MiniLM-shaped encoder 1.60x
+with AMX). An explicit ``bfloat16`` runs any model mixed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ def is_recurrent(model) -> bool:
     return any(isinstance(layer, kinds) for layer in model._flatten_layers(include_self=False))
 
 
+def slower_in_bfloat16(model, units: str) -> str:
+    """Why ``auto`` keeps ``model`` in float32 on ``units`` (see the module docstring), or
+    ``""``. ``units`` is where a rule that depends on the hardware would look."""
+    return RECURRENT_WHY if is_recurrent(model) else ""
+
+
 def precision_of(model) -> str:
     """``bfloat16`` when any layer computes in bfloat16, else ``float32``."""
     import keras
@@ -68,15 +76,18 @@ def _float32_output(model):
 
 def build(make: Callable[[], object], precision: Precision, asked: str) -> tuple[object, Precision]:
     """``make()`` under ``precision``'s policy; returns the model and the precision it runs in
-    (``auto`` keeps a recurrent model in float32, saying why)."""
+    (``auto`` keeps a model with a slower layer kind in float32, saying why)."""
     if not precision.mixed:
         with policy("float32"):
             return make(), precision
     with policy(MIXED):
         model = make()
-    if asked == "auto" and is_recurrent(model):
+    slower = slower_in_bfloat16(model, precision.units) if asked == "auto" else ""
+    if slower:
         with policy("float32"):
-            return make(), Precision("float32", f"auto: {RECURRENT_WHY}")
+            return make(), Precision("float32", f"auto: {slower}", precision.units)
+    if precision_of(model) == "float32":  # every layer pins float32 (tfidf): say so
+        return model, Precision("float32", "its layers compute in float32", precision.units)
     return _float32_output(model), precision
 
 
@@ -121,8 +132,9 @@ def converted(model, name: str):
 def for_scoring(model, asked: str) -> tuple[object, Precision]:
     """A loaded model at the precision scoring runs in: ``asked`` resolved on this machine (so a
     model trained in bfloat16 scores in float32 where bfloat16 is not native), with ``auto``
-    keeping a recurrent model in float32."""
+    keeping a model with a slower layer kind in float32."""
     resolved = resolve_precision(asked)
-    if asked == "auto" and resolved.mixed and is_recurrent(model):
-        resolved = Precision("float32", f"auto: {RECURRENT_WHY}")
+    slower = slower_in_bfloat16(model, resolved.units) if asked == "auto" and resolved.mixed else ""
+    if slower:
+        resolved = Precision("float32", f"auto: {slower}", resolved.units)
     return converted(model, resolved.name), resolved

@@ -108,3 +108,36 @@ def test_info_says_what_auto_runs_here(store, native):
     assert code == 0
     assert "precision    jobs on this machine run float32 at --precision auto " \
            "(EMBCACHE_NATIVE_BF16=0)" in out
+
+
+USER_MODEL = '''
+import keras
+from embcache.models import inputs
+
+def build_plain(*, dim, num_classes, max_len=0, padding="pre"):
+    ins = inputs(dim)
+    x = keras.layers.GlobalAveragePooling1D()(ins["embedded"])
+    return keras.Model(ins, keras.layers.Dense(num_classes, activation="softmax")(x))
+'''
+
+
+def test_a_model_of_your_own_gets_a_float32_output(store, tmp_path, native, monkeypatch):
+    """Its softmax ran in bfloat16: a float32 layer is appended, so the loss is float32."""
+    import keras
+
+    from embcache.cache.precision import resolve_precision
+    from embcache.models.precision import build, precision_of
+
+    (tmp_path / "plain_models.py").write_text(USER_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import plain_models
+
+    native(True)
+    model, p = build(lambda: plain_models.build_plain(dim=8, num_classes=3),
+                     resolve_precision("auto"), "auto")
+    assert p.name == "bfloat16" and precision_of(model) == "bfloat16"
+    assert model.outputs[0].dtype == "float32" and model.layers[-1].name == "float32_output"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    tfidf, p = build(lambda: __import__("embcache").models.build(
+        "tfidf", max_len=160, dim=8, num_classes=3), resolve_precision("auto"), "auto")
+    assert p.name == "float32" and p.why == "its layers compute in float32"

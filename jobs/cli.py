@@ -540,9 +540,9 @@ def runs_cmd(folder, as_json, plot_path):
               help="Where parsed vectors are cached [default: ~/.cache/embcache].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own logs.")
-@precision_option("Arithmetic of the models: auto is bfloat16 where the CPU or GPU runs it "
-                  "natively, else float32 (a model trained in bfloat16 then scores in float32); "
-                  "recurrent models stay float32 at auto.")
+@precision_option("Arithmetic of the models: auto runs each as it trained, but a model "
+                  "trained in bfloat16 in float32 where the CPU or GPU lacks native bfloat16; "
+                  "float32 or bfloat16 converts every model.")
 @_friendly("no predictions were written (an earlier predictions file is unchanged); rerun "
            "the command to score again")
 def score_cmd(model_dirs, input_path, out, vectors_path, tokenizer, stores, encoder, split, top_k,

@@ -18,10 +18,8 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
     ``probability``; with ``probabilities``, one ``prob_<label>`` column per label too.
 
     Memory: one row per document of the split (its class probabilities only with
-    ``probabilities``); batches stream as in training.
-
-    ``precision``: ``None`` runs the model as it is; ``auto``, ``float32`` or ``bfloat16``
-    runs a copy at that precision (:func:`embcache.models.precision.for_scoring`).
+    ``probabilities``); batches stream as in training. ``precision``: ``None`` runs the model
+    as it is; else see :func:`embcache.models.precision.for_scoring`.
 
     Raises:
         StoreError: a missing, incomplete or damaged store, or an empty split.

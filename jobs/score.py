@@ -75,7 +75,7 @@ class ScoreConfig:
     batch_size: int = 64
     top_k: int = 1
     ensemble: str = ENSEMBLES[0]
-    precision: str = "auto"  # embcache.cache.precision: bfloat16 where native, else float32
+    precision: str = "auto"  # each model as it trained (see Scorer), float32 where bf16 is not native
 
 
 class Scorer:
@@ -103,6 +103,8 @@ class Scorer:
             .zip or preset name; checked by fingerprint, its weights and vocabulary included).
         ensemble: ``"weighted"`` (by each card's validation accuracy) or ``"mean"``; models sharing
             the first model's labels are averaged into an ``ensemble`` column.
+        precision: ``"auto"`` runs each model as it trained (a bfloat16 one in float32 where
+            bfloat16 is not native); ``"float32"``/``"bfloat16"`` converts every model.
 
     Raises:
         ModelError: a missing, tampered or foreign card, an unsafe model, incompatible models,
@@ -572,7 +574,7 @@ def score(
     files; ``encoder`` serves an encoder's store), and a store input is joined by doc id to the
     other representations' ``stores`` (default: those their cards name). ``ensemble="fit"``
     first fits the ensemble on the validation split (:meth:`Scorer.fit`) and saves its card to
-    ``ensemble_out`` (default: ``ensemble/`` beside the first run).
+    ``ensemble_out`` (default: ``ensemble/`` beside the first run). ``precision``: see Scorer.
 
     Raises:
         ModelError: missing/tampered cards, unsafe models, incompatible models.
@@ -599,8 +601,7 @@ def score(
     card = _fit_first(scorer, ensemble_out, model_dirs, input_path, progress)
     summary = scorer.write(input_path, out_path, split=split, top_k=top_k, corpus=corpus,
                            keep_store=keep_store, metrics_dir=metrics_dir, progress=progress)
-    summary.seconds = time.perf_counter() - t0
-    summary.kept_store = keep_store
+    summary.seconds, summary.kept_store = time.perf_counter() - t0, keep_store
     summary.ensemble_card = card
     return summary
 

@@ -130,11 +130,13 @@ def converted(model, name: str):
 
 
 def for_scoring(model, asked: str) -> tuple[object, Precision]:
-    """A loaded model at the precision scoring runs in: ``asked`` resolved on this machine (so a
-    model trained in bfloat16 scores in float32 where bfloat16 is not native), with ``auto``
-    keeping a model with a slower layer kind in float32."""
+    """A loaded model at the precision scoring runs in. ``auto`` runs a model as it trained,
+    but a bfloat16 model in float32 where bfloat16 is not native (so a float32 model scores
+    exactly as ``predict`` runs it); ``float32`` or ``bfloat16`` converts it to that."""
     resolved = resolve_precision(asked)
-    slower = slower_in_bfloat16(model, resolved.units) if asked == "auto" and resolved.mixed else ""
-    if slower:
-        resolved = Precision("float32", f"auto: {slower}", resolved.units)
+    if asked == "auto":
+        if precision_of(model) == "float32":
+            return model, Precision("float32", "auto: it trained in float32", resolved.units)
+        if resolved.mixed:
+            return model, resolved
     return converted(model, resolved.name), resolved

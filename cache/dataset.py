@@ -276,12 +276,18 @@ def memory_dataset(held: InMemorySplit, batching: Batching = Batching()):
     parallel map from its variable, without the GIL; other splits in Python, from their NumPy
     rows (:meth:`InMemorySplit.batch`). Memory: the split's rows, once, and the batches in
     flight."""
+    return _memory_dataset(held, batching, held.buffer)
+
+
+def _memory_dataset(held: InMemorySplit, b: Batching, rows):
+    """:func:`memory_dataset` with its rows' tensor or variable given (``None``: gathered in
+    Python from the NumPy rows); ``make bench-held`` passes the ``tf.constant`` it replaced."""
     quiet_tensorflow()
     import tensorflow as tf
 
-    b, store, plan = batching, held.store, held.plan
+    store, plan = held.store, held.plan
     epochs = itertools.count()
-    in_graph = held.buffer is not None
+    in_graph = rows is not None
 
     def _plan():
         rng = np.random.default_rng([b.seed, next(epochs)]) if b.shuffle else None
@@ -296,7 +302,8 @@ def memory_dataset(held: InMemorySplit, batching: Batching = Batching()):
     ds = tf.data.Dataset.from_generator(_plan, output_signature=spec)
     ds = ds.repeat() if b.repeat else ds.apply(tf.data.experimental.assert_cardinality(
         plan.num_batches(b.batch_size, b.buckets, merge_tail=b.shuffle)))
-    return _finish(ds, _graph_gather(held, b) if in_graph else (lambda x, lengths: x), store, b)
+    return _finish(ds, _graph_gather(held, b, rows) if in_graph else (lambda x, lengths: x),
+                   store, b)
 
 
 class _Ids:
@@ -311,13 +318,14 @@ class _Ids:
         return np.asarray(ids, np.int64)
 
 
-def _graph_gather(held: InMemorySplit, b: Batching):
-    """``(ids, lengths) -> rows`` in the graph, from the variable that holds the split: each
-    batch padded to its bucket (the grid length of its longest document), as the store pads."""
+def _graph_gather(held: InMemorySplit, b: Batching, rows):
+    """``(ids, lengths) -> rows`` in the graph, from ``rows`` (the variable that holds the
+    split): each batch padded to its bucket (the grid length of its longest document), as the
+    store pads."""
     import tensorflow as tf
 
     store = held.store
-    rows, offsets = held.buffer, tf.constant(held.offsets)
+    offsets = tf.constant(held.offsets)
     grid = tf.constant(bucket_lengths(store.max_len) if b.buckets else [store.max_len], tf.int32)
     pre = store.padding == "pre"
 

@@ -37,50 +37,13 @@ def _rss_mb() -> float:
 
 
 def tensor_dataset(held, b):
-    """The way before: the rows as one ``tf.constant``, each batch gathered in the graph (the
-    code memory_dataset had, kept here as the baseline)."""
-    import itertools
-
-    import numpy as np
+    """The way before: the rows as one ``tf.constant`` (the copy, and its transient third
+    copy), each batch gathered in the graph as today's variable is."""
     import tensorflow as tf
 
-    from embcache.cache.dataset import _finish
-    from embcache.cache.stream import bucket_lengths, iter_batches
+    from embcache.cache.dataset import _memory_dataset
 
-    store, plan = held.store, held.plan
-    epochs = itertools.count()
-    rows = tf.constant(held.rows)
-    offsets = tf.constant(held.offsets)
-    grid = tf.constant(bucket_lengths(store.max_len) if b.buckets else [store.max_len], tf.int32)
-    pre = store.padding == "pre"
-
-    class Ids:  # iter_batches' in-memory source, yielding ids instead of rows
-        def __init__(self, held):
-            self.block, self.lengths = held.block, held.lengths
-
-        def batch(self, ids, length):
-            return np.asarray(ids, np.int64)
-
-    def _plan():
-        rng = np.random.default_rng([b.seed, next(epochs)]) if b.shuffle else None
-        yield from iter_batches(store, plan, split=held.split, rng=rng, batch_size=b.batch_size,
-                                shuffle_docs=b.shuffle_docs, buckets=b.buckets, in_memory=Ids(held))
-
-    def gather(ids, lengths):
-        steps = tf.gather(grid, tf.searchsorted(grid, tf.reduce_max(lengths)[None], side="left"))[0]
-        t = tf.range(steps)[None, :]
-        n = lengths[:, None]
-        first = steps - n if pre else tf.zeros_like(n)
-        index = tf.gather(offsets, ids)[:, None] + tf.cast(t - first, tf.int64)
-        real = (t >= first) & (t < first + n)
-        return tf.gather(rows, tf.where(real, index, held.pad_row))
-
-    spec = (tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64))
-    ds = tf.data.Dataset.from_generator(_plan, output_signature=spec)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(
-        plan.num_batches(b.batch_size, b.buckets, merge_tail=b.shuffle)))
-    return _finish(ds, gather, store, b)
+    return _memory_dataset(held, b, tf.constant(held.rows))
 
 
 def child(store_url: str, model_name: str, variant: str, epochs: int) -> dict:

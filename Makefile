@@ -135,12 +135,12 @@ help:
 	@echo "                    (not part of make bench; buckets against padding: bench-train ARGS=--quality)"
 	@echo "make data           fetch news20.tar.gz and glove.6B.50d.txt.gz into DATA_DIR; name"
 	@echo "                    the other data sets the tests read, and where each goes"
-	@echo "make cli-reference  regenerate the README's CLI reference"
+	@echo "make cli-reference  regenerate docs/cli.md, the CLI reference"
 	@echo "make clean          remove the store, runs and bench-out/"
 
-# The README's CLI reference, from the click commands (test_cli.py fails when it is stale).
+# docs/cli.md, the CLI reference, from the click commands (test_cli.py fails when it is stale).
 cli-reference: install
-	$(BIN)/python -m embcache.jobs.reference README.md
+	$(BIN)/python -m embcache.jobs.reference docs/cli.md
 
 # make test is what CI runs: the linter, then the whole suite (real-data checks included).
 test: install

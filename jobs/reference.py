@@ -1,8 +1,9 @@
-"""The README's CLI reference, generated from the click commands (``make cli-reference`` writes
-it between its markers; a test fails when it is out of date)."""
+"""The CLI reference page (``docs/cli.md``), generated from the click commands (``make
+cli-reference`` writes it between its markers; a test fails when it is out of date)."""
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -22,8 +23,8 @@ def _option(p: click.Parameter) -> str:
     if getattr(p, "show_default", False) and not (p.default is None or p.default is False
                                                   or p.default == ()):
         default = f" (default: {p.default})"
-    text = (getattr(p, "help", None) or "").replace("\n", " ").replace("|", "\\|")
-    return f"| {names}{kind} | {text}{default} |"
+    text = " ".join((getattr(p, "help", None) or "").split()).replace("|", "\\|")
+    return f"| {names}{kind} | {(text + default).strip()} |"
 
 
 def markdown() -> str:
@@ -36,7 +37,7 @@ def markdown() -> str:
         cmd = main.commands[name]
         sub = click.Context(cmd, info_name=name, parent=ctx)
         usage = " ".join(cmd.collect_usage_pieces(sub))
-        first = (cmd.help or "").strip().split("\n\n")[0].replace("\n", " ")
+        first = " ".join(inspect.cleandoc(cmd.help or "").split("\n\n")[0].split())
         out += [f"#### `embcache {name} {usage}`", "", first, "", "| option | meaning |",
                 "|---|---|"]
         out += [_option(p) for p in cmd.params if isinstance(p, click.Option)]
@@ -44,17 +45,18 @@ def markdown() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def update(readme: Path) -> bool:
+def update(page: Path) -> bool:
     """Rewrite the section between the markers; returns whether it changed."""
-    text = readme.read_text()
+    text = page.read_text()
     pattern = re.compile(re.escape(BEGIN) + r"\n.*?" + re.escape(END), re.S)
     if not pattern.search(text):
-        sys.exit(f"{readme} has no {BEGIN} ... {END} section")
+        sys.exit(f"{page} has no {BEGIN} ... {END} section")
     new = pattern.sub(lambda _m: f"{BEGIN}\n{markdown()}{END}", text)
-    readme.write_text(new)
+    page.write_text(new)
     return new != text
 
 
 if __name__ == "__main__":
-    changed = update(Path(sys.argv[1] if len(sys.argv) > 1 else "README.md"))
-    print("README.md CLI reference " + ("updated" if changed else "already up to date"))
+    PAGE = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/cli.md")
+    changed = update(PAGE)
+    print(f"{PAGE} CLI reference " + ("updated" if changed else "already up to date"))

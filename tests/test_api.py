@@ -24,11 +24,12 @@ EMBCACHE = str(Path(sys.executable).with_name("embcache"))
 
 
 def readme_example(name: str) -> str:
-    """The fenced code block after ``<!-- example: NAME -->`` in README.md."""
-    text = (ROOT / "README.md").read_text()
-    m = re.search(rf"<!-- example: {name} -->\n```\w*\n(.*?)```", text, re.S)
-    assert m, f"README has no example {name!r}"
-    return m.group(1)
+    """The fenced code block after ``<!-- example: NAME -->`` in README.md or a page of docs/."""
+    found = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        found += re.findall(rf"<!-- example: {name} -->\n```\w*\n(.*?)```", page.read_text(), re.S)
+    assert len(found) == 1, f"README.md and docs/ hold {len(found)} examples named {name!r}"
+    return found[0]
 
 
 @pytest.fixture(scope="module")
@@ -265,16 +266,18 @@ def test_scorer_needs_vectors_for_text(trained):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["fit", "scorer", "own-model"])
+@pytest.mark.parametrize("name", ["fit", "scorer", "own-model", "first-steps"])
 def test_readme_python_examples_run(name, store, vectors_file, tmp_path):
     code = readme_example(name)
     code = code.replace('"news20.zarr"', repr(str(store)))
-    code = code.replace('"../shared/data/glove.6B.50d.txt.gz"', repr(str(vectors_file[0])))
+    code = code.replace('"data/glove.6B.50d.txt.gz"', repr(str(vectors_file[0])))
     (tmp_path / "example.py").write_text(code)
     r = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     if name == "own-model":
         assert "3 runs" in r.stdout and "mine_label" in r.stdout and "true_label" in r.stdout
+    elif name == "first-steps":
+        assert "fasttext-py_label" in r.stdout and "fasttext-py_prob" in r.stdout
     elif name == "fit":
         assert r.stdout.startswith("60 160 8 ['a', 'b']")
         assert "val_accuracy" in r.stderr + r.stdout
@@ -295,3 +298,37 @@ def test_public_surface_is_small_and_lazy():
         assert getattr(embcache, name) is not None
         if name != "__version__":
             assert getattr(embcache, name).__doc__, name
+
+
+@pytest.mark.slow
+def test_the_readme_quick_start_runs_as_written(tmp_path, vectors_file):
+    """The installed path of the Quick start, command for command, on a tiny corpus in the
+    README's own file names: it embeds, trains a group, scores it and lists the runs."""
+    import gzip
+    import shlex
+    import tarfile
+
+    from tests.conftest import make_folder_corpus
+
+    make_folder_corpus(tmp_path / "src" / "news", docs_per_label=20, labels=("a", "b", "c"))
+    (tmp_path / "data").mkdir()
+    with tarfile.open(tmp_path / "data" / "news20.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src" / "news", arcname="20_newsgroup")
+    with gzip.open(tmp_path / "data" / "glove.6B.50d.txt.gz", "wb") as f:
+        f.write(vectors_file[0].read_bytes())
+    commands = readme_example("quickstart").replace("\\\n", " ").splitlines()
+    assert [c.split()[:2] for c in commands] == [["embcache", "embed-corpus"], ["embcache", "train"],
+                                                 ["embcache", "score"], ["embcache", "runs"]]
+    outputs = []
+    for command in commands:
+        r = subprocess.run([EMBCACHE, *shlex.split(command)[1:]], cwd=tmp_path, capture_output=True,
+                           text=True)
+        assert r.returncode == 0, (command, r.stderr[-3000:])
+        outputs.append(r.stdout)
+    assert outputs[0].startswith("Embedded 60 documents")
+    for model in ("kim_cnn", "tfidf"):
+        assert (tmp_path / "runs" / model / "model.json").is_file()
+        assert model in outputs[3]
+    with open(tmp_path / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {"kim_cnn_label", "tfidf_label", "ensemble_label"} <= set(rows[0])

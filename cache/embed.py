@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,7 +17,10 @@ from embcache.cache.lexical import WordIds
 from embcache.cache.rows import encode_rows, split_rows
 from embcache.cache.settings import EmbedSettings
 from embcache.cache.tokenize import make_tokenizer
-from embcache.cache.vectors import VectorTable, open_cached_table
+from embcache.cache.vectors import VectorTable
+
+if TYPE_CHECKING:
+    from embcache.cache.sources import EmbeddingSource
 
 _OOV = -2  # the row id of an out-of-vocabulary token
 
@@ -149,38 +153,12 @@ class EncoderEmbedder:
         return BlockResult(encode_rows(out, self.dtype), lengths, total, unknown, kept)
 
 
-# Encoders loaded in this process, by reference: loading one takes seconds and its weights
-# hold memory, so each worker process loads each encoder once.
-_ENCODERS: dict = {}
-
-
-def get_encoder(ref):
-    from embcache.cache.encoder import Encoder
-
-    if ref not in _ENCODERS:
-        _ENCODERS[ref] = Encoder(ref)
-    return _ENCODERS[ref]
-
-
-def make_embedder(source, settings: EmbedSettings, oov: np.ndarray | None):
-    """``source``: a parsed vectors table's cache path, a static subword table
-    (:class:`embcache.cache.subword.SubwordRef`) or an encoder
-    (:class:`embcache.cache.encoder.EncoderRef`)."""
-    from embcache.cache.subword import SubwordRef, SubwordTable
-
-    if isinstance(source, str):
-        return BlockEmbedder(open_cached_table(source), settings, oov)
-    if isinstance(source, SubwordRef):
-        return SubwordEmbedder(SubwordTable(source.entry), settings)
-    return EncoderEmbedder(get_encoder(source), settings)
-
-
 class BlockWriter:
     """Embeds blocks and writes them into an existing store (one per process)."""
 
-    def __init__(self, source, settings: EmbedSettings, oov: np.ndarray | None):
-        self.embedder = make_embedder(source, settings, oov)
-        self.dtype = settings.dtype
+    def __init__(self, source: EmbeddingSource):
+        self.embedder = source.embedder()
+        self.dtype = source.settings.dtype
         self._stores: dict[str, tuple[dict, int]] = {}
 
     def _open(self, store_url: str) -> tuple[dict, int]:
@@ -190,7 +168,7 @@ class BlockWriter:
             from embcache.cache.meta import StoreMeta
 
             group = zarr.open_group(store=store_url, mode="r+")
-            from embcache.cache.store import writable_arrays
+            from embcache.cache.layout import writable_arrays
 
             # Open each array once: looking one up re-reads its metadata document.
             arrays = writable_arrays(group)
@@ -230,21 +208,20 @@ class BlockWriter:
 
 # One writer per worker process (spawned, never forked: zarr-python 3 can deadlock after fork).
 _WRITER: BlockWriter | None = None
-_WRITER_KEY: tuple | None = None
+_WRITER_SOURCE: EmbeddingSource | None = None
 
 
-def init_worker(source, settings: EmbedSettings, oov: np.ndarray | None) -> None:
+def init_worker(source: EmbeddingSource) -> None:
     """Load the vectors and tokenizer (or the encoder) once per worker process."""
-    global _WRITER, _WRITER_KEY
-    _WRITER, _WRITER_KEY = BlockWriter(source, settings, oov), (source, settings)
+    global _WRITER, _WRITER_SOURCE
+    _WRITER, _WRITER_SOURCE = BlockWriter(source), source
 
 
-def write_block(source, settings: EmbedSettings, oov: np.ndarray | None, store_url: str,
-                chunk: int, texts: list[str], doc_ids: list[str], labels: list[int] | None,
-                split: np.ndarray) -> np.ndarray:
+def write_block(source: EmbeddingSource, store_url: str, chunk: int, texts: list[str],
+                doc_ids: list[str], labels: list[int] | None, split: np.ndarray) -> np.ndarray:
     """The task every executor runs: embed and write one chunk. The worker's writer (vectors
     memory-mapped from the cache, or the encoder) is built on first use and reused by later
-    tasks. ``source``: a vectors table's cache path or an encoder reference."""
-    if _WRITER is None or _WRITER_KEY != (source, settings):
-        init_worker(source, settings, oov)
+    tasks; ``source`` (:mod:`embcache.cache.sources`) names what to load."""
+    if _WRITER is None or _WRITER_SOURCE != source:
+        init_worker(source)
     return _WRITER.write(store_url, chunk, texts, doc_ids, labels, split)

@@ -36,12 +36,8 @@ from typing import Any
 import numpy as np
 
 from embcache.cache.errors import VectorsError, install_hint
-from embcache.cache.settings import ENCODER_MAX_LEN, ENCODER_TRUNCATING
+from embcache.cache.settings import ENCODER_BATCH, ENCODER_MAX_LEN, ENCODER_TRUNCATING
 from embcache.cache.vectors import content_key
-
-DEFAULT_MAX_LEN = ENCODER_MAX_LEN
-# Documents per forward pass: the one home of this default (embed_corpus and the CLI read it).
-DEFAULT_BATCH = 16
 
 
 def require_keras_hub():
@@ -64,8 +60,8 @@ class EncoderRef:
 
     preset: str
     source: str
-    max_len: int = DEFAULT_MAX_LEN
-    batch_size: int = DEFAULT_BATCH
+    max_len: int = ENCODER_MAX_LEN
+    batch_size: int = ENCODER_BATCH
     truncating: str = ENCODER_TRUNCATING  # "pre": a long document keeps its end
     jit_compile: bool = True  # XLA on the forward pass (the benchmark compares both)
 
@@ -136,7 +132,7 @@ def _unzip(path: Path, root: Path) -> Path:
     return target
 
 
-def resolve(spec: str, *, max_len: int | None = None, batch_size: int = DEFAULT_BATCH,
+def resolve(spec: str, *, max_len: int | None = None, batch_size: int = ENCODER_BATCH,
             cache_dir: str | os.PathLike | None = None, truncating: str = ENCODER_TRUNCATING,
             jit_compile: bool = True) -> EncoderRef:
     """Turn ``--encoder`` into what keras-hub loads (see the module docstring); checks nothing
@@ -167,7 +163,7 @@ def resolve(spec: str, *, max_len: int | None = None, batch_size: int = DEFAULT_
     if max_len is not None and max_len < 3:
         raise VectorsError(f"Invalid value for `max_len`. Expected at least 3 for an encoder (its "
                            f"start and end tokens and one more). Received: max_len={max_len}")
-    return EncoderRef(preset=where, source=spec, max_len=max_len or DEFAULT_MAX_LEN,
+    return EncoderRef(preset=where, source=spec, max_len=max_len or ENCODER_MAX_LEN,
                       batch_size=batch_size, truncating=truncating, jit_compile=jit_compile)
 
 
@@ -189,7 +185,7 @@ class Encoder:
         limit = getattr(self.backbone, "max_sequence_length", None)
         self.max_len = ref.max_len
         if limit is not None and ref.max_len > limit:
-            if ref.max_len != DEFAULT_MAX_LEN:
+            if ref.max_len != ENCODER_MAX_LEN:
                 raise VectorsError(f"Invalid value for `max_len`: encoder {ref.source} reads at "
                                    f"most {limit} tokens. Received: max_len={ref.max_len}")
             self.max_len = int(limit)  # the default, capped by the encoder's position limit

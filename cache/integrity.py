@@ -37,15 +37,11 @@ from typing import Any
 import numpy as np
 
 from embcache.cache.errors import StoreError
+from embcache.cache.layout import ARRAY_NAMES, PER_DOC, ROW_ARRAYS
 
 CHECKSUM = "crc32c"
-# Data arrays in the order verify reads them; `scales` exists in int8 stores, `labels` in
-# labelled ones.
-ARRAYS = ("chunk_stats", "offsets", "lengths", "labels", "doc_ids", "split", "scales", "token_ids",
-          "tokens")
-# Arrays chunked by token rows (``tokens``' rows, block by block), not by documents.
-ROW_ARRAYS = ("tokens", "scales", "token_ids")
-PER_DOC = ("offsets", "lengths", "labels", "doc_ids", "split")
+# The data arrays, in the order verify reads them (the layout's one table).
+ARRAYS = ARRAY_NAMES
 
 
 def checksum_codec():

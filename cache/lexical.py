@@ -112,7 +112,7 @@ def count_split(store, plan, split: str | None, ngrams: int = 2,
     block (``offsets``, ``lengths``, ``split`` and the block's ``token_ids`` rows: never the
     vectors). Memory: the counts and one block. ``progress(n)``: called with each block's
     documents."""
-    from embcache.cache.store import SPLIT_NAMES
+    from embcache.cache.meta import SPLIT_NAMES
 
     if not store.meta.has_token_ids:
         store.reading_ids()  # raises the one-line "rebuild" error

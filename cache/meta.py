@@ -127,6 +127,11 @@ class StoreMeta:
         return self.label_names is not None
 
     @property
+    def quantized(self) -> bool:
+        """Whether token vectors are int8 with a scale each (the ``scales`` array)."""
+        return self.dtype == "int8"
+
+    @property
     def has_token_ids(self) -> bool:
         """Whether the store holds the lexical channel (its ``token_ids`` array)."""
         return self.lexical is not None

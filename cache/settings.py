@@ -14,7 +14,9 @@ OOV_POLICIES = ("zero", "unk", "mean")
 # An encoder's defaults differ from EmbedSettings' (one home; embed_corpus, the CLI and the
 # encoder read them): 256 of its own tokens, and a long document keeps its start.
 ENCODER_MAX_LEN, ENCODER_TRUNCATING = 256, "post"
-__all__ = ["DTYPES", "ENCODER_MAX_LEN", "ENCODER_TRUNCATING", "OOV_POLICIES", "PADDINGS",
+# Documents per forward pass of an encoder (embed-corpus --encoder-batch).
+ENCODER_BATCH = 16
+__all__ = ["DTYPES", "ENCODER_BATCH", "ENCODER_MAX_LEN", "ENCODER_TRUNCATING", "OOV_POLICIES", "PADDINGS",
            "EmbedSettings", "default_settings"]
 
 

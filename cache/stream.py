@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from embcache.cache.errors import StoreError
+from embcache.cache.meta import SPLIT_NAMES
 from embcache.cache.rows import attach_ids, decode_rows, join_rows
-from embcache.cache.store import SPLIT_NAMES, Store
+from embcache.cache.store import Store
 
 # Documents in the in-memory shuffle buffer when training (about 190 MB at 20 Newsgroups' mean
 # length): the one home of this default (TrainConfig and the CLI read it from here).

@@ -10,12 +10,12 @@ import sys
 import click
 
 from embcache.cache.corpus import FORMATS as CORPUS_FORMATS
-from embcache.cache.encoder import DEFAULT_BATCH as DEFAULT_ENCODER_BATCH
 from embcache.cache.errors import EmbcacheError, cli_words, os_error_line
 from embcache.cache.meta import SPLIT_NAMES, SplitSettings
 from embcache.cache.precision import PRECISIONS
 from embcache.cache.settings import (
     DTYPES,
+    ENCODER_BATCH,
     ENCODER_MAX_LEN,
     ENCODER_TRUNCATING,
     OOV_POLICIES,
@@ -130,7 +130,7 @@ def main() -> None:
                    "whose last-layer token vectors are stored: a keras-hub preset folder, a "
                    "Hugging Face folder (config.json + model.safetensors + tokenizer), a .zip of "
                    "one, or a keras-hub preset name. Needs the encoders extra.")
-@click.option("--encoder-batch", default=DEFAULT_ENCODER_BATCH, show_default=True, type=click.IntRange(min=1),
+@click.option("--encoder-batch", default=ENCODER_BATCH, show_default=True, type=click.IntRange(min=1),
               help="Documents per encoder forward pass (documents of similar length together).")
 @click.option("--out", required=True, help="The store to write (a folder, e.g. news20.zarr).")
 @corpus_options

@@ -13,30 +13,27 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from embcache.cache.corpus import CorpusSpec, Document, iter_documents, label_mapper, scan_corpus
-from embcache.cache.embed import BlockWriter, oov_vector
-from embcache.cache.encoder import DEFAULT_BATCH as DEFAULT_ENCODER_BATCH
-from embcache.cache.errors import CorpusError, EmbcacheError, StoreError, VectorsError, writing
+from embcache.cache.embed import BlockWriter
+from embcache.cache.errors import CorpusError, EmbcacheError, StoreError, writing
 from embcache.cache.hooks import pause_point
+from embcache.cache.layout import assign_split, new_meta
 from embcache.cache.locks import exclusive
-from embcache.cache.meta import SplitSettings, VectorsInfo
-from embcache.cache.settings import DTYPES, OOV_POLICIES, PADDINGS, EmbedSettings, default_settings
-from embcache.cache.store import (
-    StoreWriter,
-    assign_split,
-    bytes_on_disk,
-    check_target,
-    is_local,
-    new_meta,
-    open_store,
+from embcache.cache.meta import SplitSettings
+from embcache.cache.settings import (
+    DTYPES,
+    ENCODER_BATCH,
+    OOV_POLICIES,
+    PADDINGS,
+    EmbedSettings,
+    default_settings,
 )
-from embcache.cache.tokenize import TokenizerSettings
-from embcache.cache.vectors import load_vectors
+from embcache.cache.sources import EmbeddingSource, open_source
+from embcache.cache.store import bytes_on_disk, is_local, open_store
+from embcache.cache.writer import StoreWriter, check_target
 from embcache.jobs.executors import Executor, block_executor, parse_scheduler
 
 _POOL_MIN_BYTES = 2 << 20
@@ -119,19 +116,22 @@ def _blocks(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
 def embed_corpus(
     corpus: CorpusSpec | str, vectors_path: str | None, out: str, *,
     settings: EmbedSettings | None = None, encoder: str | None = None,
-    encoder_batch: int = DEFAULT_ENCODER_BATCH, tokenizer: str | None = None,
+    encoder_batch: int = ENCODER_BATCH, tokenizer: str | None = None,
     split: SplitSettings = SplitSettings(),
     vectors_member: str | None = None, vectors_format: str = "auto",
     chunk_docs: int | None = None, workers: int | None = None, overwrite: bool = False,
     repair: bool = False, exist_ok: bool = False,
     progress: bool = False, cache_dir: str | None = None, scheduler: str | None = None,
+    source: EmbeddingSource | None = None,
 ) -> EmbedSummary:
     """Embed ``corpus`` (a :class:`CorpusSpec`, or a path read with its format's defaults)
     into the store ``out`` with ``vectors_path``: a word-vectors file (GloVe, word2vec,
     fastText) or a static subword table (:mod:`embcache.cache.subword`: a model2vec or
     ``StaticEmbedding`` folder, or a ``.safetensors`` table with its ``tokenizer.json``); or,
     with ``encoder`` and ``vectors_path=None``, a frozen transformer encoder's token vectors
-    (:mod:`embcache.cache.encoder`; ``encoder_batch`` documents per forward pass).
+    (:mod:`embcache.cache.encoder`; ``encoder_batch`` documents per forward pass). Or
+    ``source``, an :class:`~embcache.cache.sources.EmbeddingSource` already loaded (its own
+    settings apply; ``vectors_path``, ``encoder`` and their options are then left out).
 
     ``settings`` defaults to :class:`EmbedSettings` (for an encoder: ``max_len`` 256 of its own
     tokens, truncated at the end). ``out`` is a path or a URL (``memory://``, ``s3://``,
@@ -146,8 +146,9 @@ def embed_corpus(
         EmbcacheError (or a subclass): bad settings, vectors, corpus or output path.
     """
     t0 = time.perf_counter()
-    corpus, settings, workers, out = _checked_arguments(corpus, vectors_path, encoder, settings,
-                                                        split, chunk_docs, workers, out, scheduler)
+    corpus, settings, workers, out = _checked_arguments(corpus, vectors_path, encoder, source,
+                                                        settings, split, chunk_docs, workers, out,
+                                                        scheduler)
     with contextlib.ExitStack() as held:
         if is_local(out):  # one writer per store: a second embed-corpus fails here, at once
             held.enter_context(exclusive(out.removeprefix("file://"), f"Store {out}"))
@@ -156,21 +157,22 @@ def embed_corpus(
                                   progress=progress)
         if isinstance(damaged, EmbedSummary):
             return damaged
-        src = load_source(vectors_path, encoder=encoder, tokenizer=tokenizer, settings=settings,
-                          encoder_batch=encoder_batch, vectors_member=vectors_member,
-                          vectors_format=vectors_format, cache_dir=cache_dir)
-        source, vectors_info, oov, settings = src.source, src.info, src.oov, src.settings
+        if not isinstance(source, EmbeddingSource):
+            source = open_source(vectors_path, encoder=encoder, tokenizer=tokenizer,
+                                 settings=settings, encoder_batch=encoder_batch,
+                                 vectors_member=vectors_member, vectors_format=vectors_format,
+                                 cache_dir=cache_dir)
         # Workers start (imports, vocabulary) while this process scans the corpus.
         pool = held.enter_context(block_executor(scheduler, workers, _use_pool(corpus, workers, out),
-                                                 source, settings, oov))
+                                                 source))
         scan = scan_corpus(corpus)
-        meta = new_meta(settings=settings, vectors=vectors_info, split=split,
+        meta = new_meta(settings=source.settings, vectors=source.info, split=split,
                         corpus=_corpus_identity(corpus), label_names=scan.label_names,
-                        num_docs=scan.num_docs, chunk_docs=chunk_docs, encoder=src.encoder,
-                        subword=src.subword, lexical={"ids": src.ids_kind})
+                        num_docs=scan.num_docs, chunk_docs=chunk_docs, **source.record(),
+                        lexical={"ids": source.ids_kind})
         with writing(f"store {out}"):  # disk full, read-only: one line; the rerun resumes
             store = StoreWriter.open(out, meta, overwrite=overwrite, repair=damaged)
-            _write_blocks(corpus, store, scan, source, oov, pool, progress)
+            _write_blocks(corpus, store, scan, source, pool, progress)
             final = store.finish(time.perf_counter() - t0)
         return EmbedSummary(store=out, docs=final.num_docs, tokens=final.totals.num_tokens,
                             oov_tokens=final.totals.oov_tokens, bytes_on_disk=bytes_on_disk(out),
@@ -178,12 +180,17 @@ def embed_corpus(
                             num_chunks=final.num_chunks, repaired_chunks=store.repaired)
 
 
-def _checked_arguments(corpus, vectors_path, encoder, settings, split, chunk_docs, workers, out,
-                       scheduler) -> tuple[CorpusSpec, EmbedSettings, int, str]:
+def _checked_arguments(corpus, vectors_path, encoder, source, settings, split, chunk_docs, workers,
+                       out, scheduler) -> tuple[CorpusSpec, EmbedSettings, int, str]:
     """Every argument checked before anything is read or written; the defaults filled in."""
     if not isinstance(corpus, CorpusSpec):
         corpus = CorpusSpec(str(corpus))
-    if (vectors_path is None) == (encoder is None):
+    if source is not None:
+        if vectors_path is not None or encoder is not None:
+            raise EmbcacheError("Give `source=` alone, without `vectors=` or `encoder=`")
+        encoder = source.kind == "encoder" or None
+        settings = source.settings
+    elif (vectors_path is None) == (encoder is None):
         raise EmbcacheError("Give either `vectors=` (word vectors or a static subword table) or "
                             "`encoder=` (a transformer encoder), not both and not neither")
     if settings is None:
@@ -263,93 +270,8 @@ def _damaged_blocks(out: str, progress: bool) -> list[int]:
     return report.blocks
 
 
-@dataclass
-class Source:
-    """What embeds a store's tokens, loaded once: ``source`` is what workers get (a word table's
-    cache path, a :class:`SubwordRef` or an :class:`EncoderRef`); ``settings`` as they apply to
-    it; ``encoder``/``subword``: the identity the store records."""
-
-    source: object
-    info: VectorsInfo
-    oov: np.ndarray | None
-    settings: EmbedSettings
-    encoder: dict | None = None
-    subword: dict | None = None
-
-    @property
-    def ids_kind(self) -> str:
-        """What the store's ``token_ids`` hold: the tokenizer's ids (subword tables, encoders)
-        or, for word vectors, a hash of each word (:mod:`embcache.cache.lexical`)."""
-        from embcache.cache.lexical import TOKENIZER_IDS, WORD_HASH
-
-        return TOKENIZER_IDS if self.encoder or self.subword else WORD_HASH
-
-
-def load_source(vectors_path: str | None, *, encoder: str | None, tokenizer: str | None,
-                settings: EmbedSettings, encoder_batch: int = DEFAULT_ENCODER_BATCH,
-                vectors_member: str | None = None, vectors_format: str = "auto",
-                cache_dir: str | None = None) -> Source:
-    """Load word vectors, a static subword table (a folder, or a table file with ``tokenizer``)
-    or an encoder, and check that ``settings`` mean something for it.
-
-    Raises:
-        VectorsError: see :func:`load_vectors`, :func:`load_subword`, the encoder's loader;
-            ``--oov`` other than ``zero`` for an encoder or subword table (neither has
-            out-of-vocabulary words to fill), word-file options for another source.
-    """
-    from embcache.cache.subword import TOKENIZER_NAME, is_subword, load_subword
-
-    if (vectors_path is None) == (encoder is None):
-        raise EmbcacheError("Give either `vectors=` (word vectors or a static subword table) or "
-                            "`encoder=` (a transformer encoder), not both and not neither")
-    kind = "encoder" if encoder else ("subword" if is_subword(vectors_path, tokenizer) else "words")
-    if kind != "words":
-        what = ("a transformer encoder" if kind == "encoder"
-                else f"a static subword table ({vectors_path})")
-        if settings.oov != "zero":
-            raise VectorsError(f"`oov={settings.oov}` applies to word vectors; {what} has no "
-                               "out-of-vocabulary words to fill (its tokenizer splits every word "
-                               "into known pieces or an unknown token): leave `oov=` out")
-        if vectors_member is not None or vectors_format != "auto":
-            raise VectorsError(f"`vectors_member=` and `vectors_format=` apply to word-vectors "
-                               f"files, not to {what}")
-    if kind == "encoder" and tokenizer is not None:
-        raise VectorsError("`tokenizer=` is for a static subword table file; an encoder uses "
-                           "its own tokenizer")
-    if kind == "encoder":
-        return _load_encoder(encoder, settings, encoder_batch, cache_dir)
-    if kind == "subword":
-        table = load_subword(vectors_path, tokenizer, cache_dir=cache_dir)
-        settings = replace(settings, tokenizer=TokenizerSettings(filters="", lower=False,
-                                                                 split="", name=TOKENIZER_NAME))
-        return Source(table.ref, VectorsInfo(**table.describe()), None, settings,
-                      subword=table.identity())
-    table = load_vectors(vectors_path, member=vectors_member, fmt=vectors_format,
-                         cache_dir=cache_dir)
-    return Source(table.cache_path, VectorsInfo(**table.describe()), oov_vector(table, settings),
-                  settings)
-
-
-def _load_encoder(spec: str, settings: EmbedSettings, batch: int, cache_dir: str | None) -> Source:
-    """The encoder's reference, its :class:`VectorsInfo`, no OOV vector, and its identity
-    (loaded here once: the identity needs the weights, and in-process writing reuses it)."""
-    from embcache.cache.embed import get_encoder
-    from embcache.cache.encoder import require_keras_hub, resolve
-
-    require_keras_hub()
-    ref = resolve(spec, max_len=settings.max_len, batch_size=batch, cache_dir=cache_dir,
-                  truncating=settings.truncating)
-    enc = get_encoder(ref)
-    identity = enc.identity()
-    name = Path(spec).name or spec
-    info = VectorsInfo(fingerprint=identity["fingerprint"], dim=enc.dim,
-                       vocab_size=enc.vocab_size, source=name)
-    return Source(ref, info, None, replace(settings, max_len=identity["max_len"]),
-                  encoder=identity)
-
-
-def _write_blocks(corpus: CorpusSpec, store: StoreWriter, scan, source, oov, pool: Executor | None,
-                  progress: bool) -> None:
+def _write_blocks(corpus: CorpusSpec, store: StoreWriter, scan, source: EmbeddingSource,
+                  pool: Executor | None, progress: bool) -> None:
     """Embed and write every block not yet committed, in this process or on ``pool``.
 
     Memory: at most ``2 * pool.parallel`` blocks are queued (one block in-process)."""
@@ -359,7 +281,7 @@ def _write_blocks(corpus: CorpusSpec, store: StoreWriter, scan, source, oov, poo
     to_label = label_mapper(corpus, scan.label_names) if scan.label_names else None
     bar = tqdm(total=scan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
                desc="embed-corpus", dynamic_ncols=True)
-    writer = BlockWriter(source, store.meta.settings, oov) if pool is None else None
+    writer = BlockWriter(source) if pool is None else None
     pending: dict[Future, int] = {}
     seen = 0
     t0, kept = time.perf_counter(), 0

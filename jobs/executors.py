@@ -15,7 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from embcache.cache.errors import NO_MAIN_GUARD, EmbcacheError, install_hint, leave_if_bootstrapping
-from embcache.cache.settings import EmbedSettings
+from embcache.cache.sources import EmbeddingSource
 
 
 @dataclass
@@ -42,14 +42,15 @@ def parse_scheduler(value: str | None) -> tuple[str, int | str] | None:
 
 
 @contextlib.contextmanager
-def block_executor(scheduler: str | None, workers: int, use_pool: bool, source,
-                   settings: EmbedSettings, oov) -> Iterator[Executor | None]:
-    """``None`` means: run blocks in this process."""
+def block_executor(scheduler: str | None, workers: int, use_pool: bool,
+                   source: EmbeddingSource) -> Iterator[Executor | None]:
+    """``None`` means: run blocks in this process. ``source`` travels to each worker as a
+    reference (:mod:`embcache.cache.sources`); each worker loads it once."""
     from embcache.cache.embed import init_worker, write_block
 
     parsed = parse_scheduler(scheduler)
     if parsed is not None:
-        yield from _dask(parsed, source, settings, oov)
+        yield from _dask(parsed, source)
         return
     if not use_pool:
         yield None
@@ -57,9 +58,9 @@ def block_executor(scheduler: str | None, workers: int, use_pool: bool, source,
     leave_if_bootstrapping()
     # Spawned, never forked: zarr-python 3 can deadlock in a forked child.
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=init_worker, initargs=(source, settings, oov))
+                               initializer=init_worker, initargs=(source,))
     try:
-        yield Executor(submit=lambda *a: pool.submit(write_block, source, settings, oov, *a),
+        yield Executor(submit=lambda *a: pool.submit(write_block, source, *a),
                        parallel=workers)
     except BrokenProcessPool:
         raise EmbcacheError(f"A worker process of embed-corpus died; if this is your own "
@@ -68,7 +69,7 @@ def block_executor(scheduler: str | None, workers: int, use_pool: bool, source,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _dask(parsed, source, settings: EmbedSettings, oov):
+def _dask(parsed, source: EmbeddingSource):
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -91,7 +92,7 @@ def _dask(parsed, source, settings: EmbedSettings, oov):
         # Each task owns one whole chunk and writes its own region; a failed task is retried.
         executor = client.get_executor(retries=2, pure=False)
         parallel = max(1, sum(client.nthreads().values()))
-        yield Executor(submit=lambda *a: executor.submit(write_block, source, settings, oov, *a),
+        yield Executor(submit=lambda *a: executor.submit(write_block, source, *a),
                        parallel=parallel)
     finally:
         client.close()

@@ -101,7 +101,7 @@ def any_token_ids(models: list) -> bool:
 
 def doc_ids_in_order(split: str | None, store):
     """Document ids in stream order (the store's order, filtered by split), chunk by chunk."""
-    from embcache.cache.store import SPLIT_NAMES
+    from embcache.cache.meta import SPLIT_NAMES
 
     c = store.chunk_docs
     for start in range(0, store.num_docs, c):

@@ -138,12 +138,12 @@ def load_run(run_dir: str | Path, card: dict[str, Any] | None = None) -> Run:
     run = Path(run_dir)
     import keras
 
-    from embcache.models.registry import load_source
+    from embcache.models.registry import reimport_source
 
     # Registers the custom layers safe mode may load: the built-in modules, and the module the
     # card names for a model from elsewhere. Only now, after read_card verified the checksums:
     # importing a module runs its code.
-    load_source(card.get("model_source"), f"Model card {run / CARD_FILE}")
+    reimport_source(card.get("model_source"), f"Model card {run / CARD_FILE}")
 
     try:
         model = keras.saving.load_model(run / MODEL_FILE, safe_mode=True, compile=False)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embcache.cache.errors import EmbcacheError, ModelError, StoreError
+from embcache.cache.errors import EmbcacheError, StoreError
 from embcache.cache.meta import StoreMeta
 from embcache.jobs.predict import any_token_ids, predict_all
 from embcache.jobs.runs import Run
@@ -33,7 +33,7 @@ class View:
     tokenizer: str | None = None
     cache_dir: str | None = None
     predict: Any = field(default=None, repr=False)
-    embedder: Any = field(default=None, repr=False)
+    source_: Any = field(default=None, repr=False)  # the EmbeddingSource, once loaded
 
     @property
     def key(self) -> str:
@@ -59,71 +59,27 @@ class View:
         return {r.name: p.numpy() for r, p in zip(self.runs, self.predict(features))}
 
     # -- embedding raw input ---------------------------------------------------------------
-    def require_source(self, what: str) -> str:
-        if self.meta.encoder is not None:
-            if self.encoder is None:
-                raise EmbcacheError(f"Scoring {what} needs `encoder=`: the encoder the models were "
-                                    f"trained on ({self.meta.encoder.get('source')})")
-            return self.encoder
-        if self.vectors is None:
-            raise EmbcacheError(f"Scoring {what} needs `vectors=`: the file the models were "
-                                f"trained with ({self.meta.vectors.source})")
-        return self.vectors
+    def embedding_source(self, what: str = "text"):
+        """What embedded the view's store (:mod:`embcache.cache.sources`), loaded once from the
+        file or encoder given and checked against the cards by fingerprint."""
+        if self.source_ is None:
+            from embcache.cache.sources import source_for
 
-    def encoder_model(self):
-        """The view's encoder, loaded once and checked against the cards by fingerprint."""
-        from embcache.cache.embed import get_encoder
-        from embcache.cache.encoder import require_keras_hub, resolve
+            self.source_ = source_for(self.meta, vectors=self.vectors, encoder=self.encoder,
+                                      tokenizer=self.tokenizer, cache_dir=self.cache_dir,
+                                      what=what)
+        return self.source_
 
-        spec = self.require_source("text")
-        require_keras_hub()
-        ref = resolve(spec, max_len=self.meta.max_len, cache_dir=self.cache_dir,
-                      truncating=self.meta.settings.truncating)
-        enc = get_encoder(ref)
-        got, want = enc.identity()["fingerprint"], self.meta.vectors.fingerprint
-        if got != want:
-            raise ModelError(f"Encoder {spec} (fingerprint {got[:12]}) is not the one the models "
-                             f"were trained on ({self.meta.encoder.get('source')}, fingerprint "
-                             f"{want[:12]})")
-        return ref, enc
+    def require_source(self, what: str) -> None:
+        """Whether the file or encoder the view needs was given (nothing loads)."""
+        from embcache.cache.sources import require_arguments
 
-    def vectors_table(self):
-        """The view's word vectors or subword table, checked against the cards."""
-        from embcache.cache.subword import load_subword
-        from embcache.cache.vectors import load_vectors
-
-        if self.meta.encoder is not None:
-            raise EmbcacheError(f"The models were trained on a transformer encoder's store "
-                                f"({self.meta.encoder.get('source')}): pass `encoder=`, not "
-                                "`vectors=`")
-        vectors = self.require_source("text")
-        if self.meta.subword is not None:
-            table = load_subword(vectors, self.tokenizer, cache_dir=self.cache_dir)
-        else:
-            if self.tokenizer is not None:
-                raise EmbcacheError("`tokenizer=` is for models trained on a static subword "
-                                    f"table; these were trained on word vectors "
-                                    f"({self.meta.vectors.source})")
-            table = load_vectors(vectors, cache_dir=self.cache_dir)
-        if table.fingerprint != self.meta.vectors.fingerprint:
-            raise ModelError(f"Vectors {vectors} (fingerprint {table.fingerprint[:12]}) are not "
-                             f"the ones the models were trained with ({self.meta.vectors.source}, "
-                             f"fingerprint {self.meta.vectors.fingerprint[:12]})")
-        return table
+        require_arguments(self.meta, vectors=self.vectors, encoder=self.encoder,
+                          tokenizer=self.tokenizer, what=what)
 
     def text_embedder(self):
         """The store writer's embedder for the view's source, built once."""
-        from embcache.cache.embed import BlockEmbedder, EncoderEmbedder, SubwordEmbedder, oov_vector
-
-        if self.embedder is None and self.meta.encoder is not None:
-            self.embedder = EncoderEmbedder(self.encoder_model()[1], self.meta.settings)
-        elif self.embedder is None and self.meta.subword is not None:
-            self.embedder = SubwordEmbedder(self.vectors_table(), self.meta.settings)
-        elif self.embedder is None:
-            table = self.vectors_table()
-            self.embedder = BlockEmbedder(table, self.meta.settings,
-                                          oov_vector(table, self.meta.settings))
-        return self.embedder
+        return self.embedding_source().embedder()
 
     def embed_input(self, corpus, target: str, progress: bool = False):
         """Embed raw documents with exactly the view's settings into the store ``target``."""
@@ -133,17 +89,12 @@ class View:
         from embcache.cache.store import open_store
         from embcache.jobs.embed_corpus import embed_corpus
 
-        source = self.require_source(f"raw documents ({corpus.path})")
+        # loaded and checked by fingerprint before anything is written
+        source = self.embedding_source(f"raw documents ({corpus.path})")
         corpus = replace(corpus, strip_headers=self.meta.strip_headers)
-        common = dict(settings=self.meta.settings, split=SplitSettings(val_frac=0.0, test_frac=0.0),
-                      overwrite=True, progress=progress, cache_dir=self.cache_dir)
-        if self.meta.encoder is not None:
-            ref, _enc = self.encoder_model()  # checks the fingerprint before anything is written
-            embed_corpus(corpus, None, target, encoder=source, encoder_batch=ref.batch_size,
-                         **common)
-        else:
-            self.vectors_table()  # checks the fingerprint before anything is written
-            embed_corpus(corpus, source, target, tokenizer=self.tokenizer, **common)
+        embed_corpus(corpus, None, target, source=source,
+                     split=SplitSettings(val_frac=0.0, test_frac=0.0), overwrite=True,
+                     progress=progress, cache_dir=self.cache_dir)
         return open_store(target)
 
     def check_store(self, store) -> None:
@@ -187,7 +138,7 @@ def make_views(runs: list[Run], *, vectors: str | Sequence[str] | None, encoder:
         v.tokenizer = tokenizer if v.meta.subword is not None else None
         v.vectors = _pick_vectors(v, [str(g) for g in given], len(word_views))
     if tokenizer is not None and len(word_views) == 1:
-        word_views[0].tokenizer = tokenizer  # as before: a wrong one is refused by vectors_table
+        word_views[0].tokenizer = tokenizer  # as before: a wrong one is refused by embedding_source
     return out
 
 
@@ -203,4 +154,4 @@ def _pick_vectors(view: View, given: list[str], views: int) -> str | None:
     if views == 1 and len(given) > 1:
         raise EmbcacheError(f"Several `vectors=` given ({', '.join(given)}) for models trained on "
                             f"one set ({view.meta.vectors.source}): give that one")
-    return None  # refused in one line when text needs it (require_source)
+    return None  # refused in one line when text needs it (embedding_source)

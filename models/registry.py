@@ -8,7 +8,7 @@ returning a Keras model whose inputs are ``{"embedded": (None, dim), "lengths": 
 given by the store, are its hyperparameters: ``--param`` is checked against them by name.
 
 :func:`resolve` turns a model spec into a :class:`ModelSource`, whose ``record()`` the model card
-keeps; :func:`load_source` imports what a card names again, so the model's custom layers are
+keeps; :func:`reimport_source` imports what a card names again, so its custom layers are
 registered before Keras loads the model (in safe mode). Importing a module runs its code: the
 scorer calls it only after the card's checksum has been verified.
 """
@@ -231,7 +231,7 @@ def import_module(module: str, what: str):
                          f"{type(e).__name__}: {e}") from None
 
 
-def load_source(record: dict[str, Any] | None, where: str) -> None:
+def reimport_source(record: dict[str, Any] | None, where: str) -> None:
     """Import the module a model card names (registering its custom layers); built-in models
     need only the built-in modules. Call only on a verified card: the import runs its code."""
     _load_builtins()

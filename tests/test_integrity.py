@@ -144,9 +144,9 @@ def test_a_store_without_checksums_or_manifest_still_trains_scores_and_verifies(
     """As written before this change: no crc32c codec, no ``chunks`` attribute."""
     import zarr
 
-    from embcache.cache import store as store_module
+    from embcache.cache import layout as layout_module
 
-    monkeypatch.setattr(store_module, "CHECKSUM_CHUNKS", False)
+    monkeypatch.setattr(layout_module, "CHECKSUM_CHUNKS", False)
     old = small_store(tmp_path, vectors_file[0], docs_per_label=10, val_frac=0.25, test_frac=0.25)
     group = zarr.open_group(str(old), mode="r+")
     attrs = dict(group.attrs)

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from embcache.cache.errors import EmbcacheError, StoreError
+from embcache.cache.layout import new_meta
 from embcache.cache.meta import SplitSettings, StoreMeta, StoreTotals, VectorsInfo
 from embcache.cache.settings import EmbedSettings
-from embcache.cache.store import StoreWriter, new_meta, open_store
+from embcache.cache.store import open_store
+from embcache.cache.writer import StoreWriter
 from embcache.jobs.cli import main
 
 VECTORS = VectorsInfo(fingerprint="f" * 64, dim=8, vocab_size=20, source="tiny.txt")
@@ -98,10 +100,10 @@ def test_writer_creates_resumes_and_finishes(tmp_path):
 def test_a_remote_store_that_cannot_be_opened_is_never_deleted(monkeypatch):
     import zarr
 
-    import embcache.cache.store as store_mod
+    import embcache.cache.writer as writer_mod
 
     removed = []
-    monkeypatch.setattr(store_mod, "remove_store", removed.append)
+    monkeypatch.setattr(writer_mod, "remove_store", removed.append)
 
     def unreachable(*args, **kwargs):
         raise ConnectionError("no route to host")
@@ -109,7 +111,7 @@ def test_a_remote_store_that_cannot_be_opened_is_never_deleted(monkeypatch):
     monkeypatch.setattr(zarr, "open_group", unreachable)
     with pytest.raises(StoreError, match="Cannot open s3://bucket/s.zarr to resume it: "
                                          "ConnectionError: no route to host"):
-        store_mod._resume("s3://bucket/s.zarr", meta())
+        writer_mod._resume("s3://bucket/s.zarr", meta())
     assert removed == []
 
 

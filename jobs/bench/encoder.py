@@ -62,12 +62,11 @@ def keras_way_child(store_url: str, encoder: str, heads: list[str], epochs: int,
 
     from embcache import models
     from embcache.cache.corpus import CorpusSpec, iter_documents
-    from embcache.cache.embed import get_encoder
-    from embcache.cache.encoder import resolve
+    from embcache.cache.encoder import Encoder, resolve
     from embcache.cache.store import open_store
 
     store = open_store(store_url, require_labels=True)
-    enc = get_encoder(resolve(encoder, max_len=store.max_len))
+    enc = Encoder(resolve(encoder, max_len=store.max_len))
     texts = {d.doc_id: d.text for d in iter_documents(CorpusSpec.from_dict(store.meta.corpus))}
     doc_ids = [str(x) for x in store.array("doc_ids")[:]]
     split, labels = store.array("split")[:], store.array("labels")[:].astype("int32")

@@ -36,7 +36,7 @@ def say(message: str) -> None:
 
 
 def _build(rep: str, data: Path, out: Path, checksums: bool, reuse: bool, workers: int) -> None:
-    from embcache.cache import store as store_module
+    from embcache.cache import layout as layout_module
     from embcache.cache.corpus import CorpusSpec
     from embcache.cache.store import store_state
     from embcache.jobs.embed_corpus import embed_corpus
@@ -49,13 +49,13 @@ def _build(rep: str, data: Path, out: Path, checksums: bool, reuse: bool, worker
     else:
         w = data / "wordllama-l2-supercat-256"
         vectors, tokenizer = w / "l2_supercat_256.safetensors", w / "l2_supercat_tokenizer_config.json"
-    store_module.CHECKSUM_CHUNKS = checksums
+    layout_module.CHECKSUM_CHUNKS = checksums
     try:
         s = embed_corpus(CorpusSpec(str(data / "news20.tar.gz"), strip_headers=True), str(vectors),
                          str(out), tokenizer=str(tokenizer) if tokenizer else None,
                          workers=workers, overwrite=True, progress=False)
     finally:
-        store_module.CHECKSUM_CHUNKS = True
+        layout_module.CHECKSUM_CHUNKS = True
     say(f"  {s.line()}")
 
 

@@ -105,7 +105,8 @@ def _warm_child(work: Path, store_url: str, vectors: str, rounds: int) -> dict:
 def _prepare(work: Path, store_url: str, vectors: str) -> dict:
     """Run folders for embcache, Keras-way model files, the test documents; returns file sizes."""
     from embcache import models
-    from embcache.cache.store import SPLIT_NAMES, open_store
+    from embcache.cache.meta import SPLIT_NAMES
+    from embcache.cache.store import open_store
     from embcache.cache.vectors import load_vectors
     from embcache.jobs.runs import MODEL_FILE, store_card_fields, write_card
     from jobs.bench.keras_way import (

@@ -77,8 +77,10 @@ def _requantize(src: Path, dst: Path) -> None:
     import numpy as np
     import zarr
 
+    from embcache.cache.layout import new_meta, writable_arrays
     from embcache.cache.rows import encode_rows, split_rows
-    from embcache.cache.store import StoreWriter, new_meta, open_store, remove_store, writable_arrays
+    from embcache.cache.store import open_store
+    from embcache.cache.writer import StoreWriter, remove_store
 
     s = open_store(str(src))
     m = s.meta

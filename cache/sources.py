@@ -1,0 +1,287 @@
+"""Embedding sources: what turns text into a store's token vectors.
+
+One class per representation, all answering the same questions:
+
+- **identity**: :attr:`~EmbeddingSource.info` (a :class:`VectorsInfo`: fingerprint, dimension,
+  vocabulary, file name) and :meth:`~EmbeddingSource.record` (what the store's attributes, and so
+  every model card, keep besides it);
+- **how to tokenize**: :attr:`~EmbeddingSource.settings`, the embedding settings as they apply to
+  this source (a subword table brings its own tokenizer, an encoder caps ``max_len``);
+- **how to embed a block**: :meth:`~EmbeddingSource.embedder`, loaded once per process.
+
+:func:`open_source` loads the source a user names, to write a store (``embed-corpus``,
+``verify --repair``). :func:`source_for` loads the one a store's metadata names and checks it by
+fingerprint, to embed raw input for models trained on that store (``score``, the ``Scorer``).
+A source is small and picklable (a cache path or a reference): worker processes receive it and
+load what it names themselves; the loaded part never travels. Adding a representation means
+writing one subclass here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from embcache.cache.errors import EmbcacheError, ModelError, VectorsError
+from embcache.cache.lexical import TOKENIZER_IDS, WORD_HASH
+from embcache.cache.meta import StoreMeta, VectorsInfo
+from embcache.cache.settings import ENCODER_BATCH, EmbedSettings
+from embcache.cache.tokenize import TokenizerSettings
+
+__all__ = ["EmbeddingSource", "EncoderSource", "SubwordSource", "WordVectorsSource", "open_source",
+           "require_arguments", "source_for"]
+
+
+@dataclass(eq=False)
+class EmbeddingSource:
+    """What embeds a store's tokens (see the module docstring). Subclasses set :attr:`kind` and
+    write :meth:`_load`; two sources are equal when they embed identically."""
+
+    kind: ClassVar[str]
+    info: VectorsInfo
+    settings: EmbedSettings
+    _loaded: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def ids_kind(self) -> str:
+        """What the store's ``token_ids`` hold (:mod:`embcache.cache.lexical`): the tokenizer's
+        ids, or for word vectors a hash of each word."""
+        return TOKENIZER_IDS
+
+    @property
+    def name(self) -> str:
+        """The file or preset, for messages."""
+        return self.info.source
+
+    def record(self) -> dict[str, dict | None]:
+        """The store's ``encoder`` and ``subword`` attributes for this source."""
+        return {"encoder": None, "subword": None}
+
+    def embedder(self):
+        """The block embedder (:mod:`embcache.cache.embed`), loaded on first use in this process:
+        a memory-mapped table, or an encoder's weights (seconds to load, so loaded once)."""
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
+
+    def _load(self):
+        raise NotImplementedError
+
+    def _key(self) -> tuple:
+        return (self.kind, self.info.fingerprint, self.settings)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EmbeddingSource) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __getstate__(self) -> dict:  # a worker gets the reference, never the loaded weights
+        return {**self.__dict__, "_loaded": None}
+
+
+@dataclass(eq=False)
+class WordVectorsSource(EmbeddingSource):
+    """A word-vectors file (GloVe, word2vec, fastText), parsed once into the vectors cache."""
+
+    kind: ClassVar[str] = "words"
+    cache_path: str = ""
+    oov: np.ndarray | None = None  # the out-of-vocabulary vector; None: zeros
+
+    @classmethod
+    def load(cls, path: str, settings: EmbedSettings, *, member: str | None = None,
+             fmt: str = "auto", cache_dir: str | None = None) -> WordVectorsSource:
+        from embcache.cache.vectors import load_vectors
+
+        return cls._of(load_vectors(path, member=member, fmt=fmt, cache_dir=cache_dir), settings)
+
+    @classmethod
+    def _of(cls, table, settings: EmbedSettings) -> WordVectorsSource:
+        from embcache.cache.embed import oov_vector
+
+        return cls(VectorsInfo(**table.describe()), settings, table.cache_path,
+                   oov_vector(table, settings))
+
+    @property
+    def ids_kind(self) -> str:
+        return WORD_HASH
+
+    def _load(self):
+        from embcache.cache.embed import BlockEmbedder
+        from embcache.cache.vectors import open_cached_table
+
+        return BlockEmbedder(open_cached_table(self.cache_path), self.settings, self.oov)
+
+
+@dataclass(eq=False)
+class SubwordSource(EmbeddingSource):
+    """A static subword table with its Hugging Face tokenizer (:mod:`embcache.cache.subword`)."""
+
+    kind: ClassVar[str] = "subword"
+    entry: str = ""
+    identity: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str, tokenizer: str | None, settings: EmbedSettings, *,
+             cache_dir: str | None = None) -> SubwordSource:
+        from embcache.cache.subword import TOKENIZER_NAME, load_subword
+
+        table = load_subword(path, tokenizer, cache_dir=cache_dir)
+        own = TokenizerSettings(filters="", lower=False, split="", name=TOKENIZER_NAME)
+        return cls(VectorsInfo(**table.describe()), replace(settings, tokenizer=own),
+                   str(table.entry), table.identity())
+
+    def record(self) -> dict[str, dict | None]:
+        return {"encoder": None, "subword": self.identity}
+
+    def _load(self):
+        from embcache.cache.embed import SubwordEmbedder
+        from embcache.cache.subword import SubwordTable
+
+        return SubwordEmbedder(SubwordTable(self.entry), self.settings)
+
+
+@dataclass(eq=False)
+class EncoderSource(EmbeddingSource):
+    """A frozen transformer encoder through keras-hub (:mod:`embcache.cache.encoder`). Loading
+    it reads the weights (its identity needs them); the process that loaded it keeps it."""
+
+    kind: ClassVar[str] = "encoder"
+    ref: Any = None  # embcache.cache.encoder.EncoderRef
+    identity: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, spec: str, settings: EmbedSettings, *, batch: int = ENCODER_BATCH,
+             cache_dir: str | None = None) -> EncoderSource:
+        from embcache.cache.encoder import Encoder, require_keras_hub, resolve
+
+        require_keras_hub()
+        ref = resolve(spec, max_len=settings.max_len, batch_size=batch, cache_dir=cache_dir,
+                      truncating=settings.truncating)
+        enc = Encoder(ref)
+        identity = enc.identity()
+        info = VectorsInfo(fingerprint=identity["fingerprint"], dim=enc.dim,
+                           vocab_size=enc.vocab_size, source=Path(spec).name or spec)
+        source = cls(info, replace(settings, max_len=identity["max_len"]), ref, identity)
+        source._loaded = source._embedder(enc)
+        return source
+
+    @property
+    def name(self) -> str:
+        return str(self.identity.get("source", self.info.source))
+
+    def record(self) -> dict[str, dict | None]:
+        return {"encoder": self.identity, "subword": None}
+
+    def _load(self):
+        from embcache.cache.encoder import Encoder
+
+        return self._embedder(Encoder(self.ref))
+
+    def _embedder(self, enc):
+        from embcache.cache.embed import EncoderEmbedder
+
+        return EncoderEmbedder(enc, self.settings)
+
+
+def open_source(vectors: str | None = None, *, encoder: str | None = None,
+                tokenizer: str | None = None, settings: EmbedSettings,
+                encoder_batch: int = ENCODER_BATCH, vectors_member: str | None = None,
+                vectors_format: str = "auto", cache_dir: str | None = None) -> EmbeddingSource:
+    """Load word vectors, a static subword table (a folder, or a table file with ``tokenizer``)
+    or an encoder, to write a store, and check that ``settings`` mean something for it.
+
+    Raises:
+        EmbcacheError: neither or both of ``vectors`` and ``encoder``.
+        VectorsError: the loader's (a file missing or malformed); ``oov`` other than ``zero``
+            for an encoder or subword table (neither has out-of-vocabulary words to fill),
+            word-file options for another source.
+    """
+    from embcache.cache.subword import is_subword
+
+    if (vectors is None) == (encoder is None):
+        raise EmbcacheError("Give either `vectors=` (word vectors or a static subword table) or "
+                            "`encoder=` (a transformer encoder), not both and not neither")
+    if encoder is None and not is_subword(str(vectors), tokenizer):
+        return WordVectorsSource.load(str(vectors), settings, member=vectors_member,
+                                      fmt=vectors_format, cache_dir=cache_dir)
+    what = "a transformer encoder" if encoder else f"a static subword table ({vectors})"
+    if settings.oov != "zero":
+        raise VectorsError(f"`oov={settings.oov}` applies to word vectors; {what} has no "
+                           "out-of-vocabulary words to fill (its tokenizer splits every word "
+                           "into known pieces or an unknown token): leave `oov=` out")
+    if vectors_member is not None or vectors_format != "auto":
+        raise VectorsError(f"`vectors_member=` and `vectors_format=` apply to word-vectors "
+                           f"files, not to {what}")
+    if encoder is None:
+        return SubwordSource.load(str(vectors), tokenizer, settings, cache_dir=cache_dir)
+    if tokenizer is not None:
+        raise VectorsError("`tokenizer=` is for a static subword table file; an encoder uses "
+                           "its own tokenizer")
+    return EncoderSource.load(encoder, settings, batch=encoder_batch, cache_dir=cache_dir)
+
+
+def source_for(meta: StoreMeta, *, vectors: str | None = None, encoder: str | None = None,
+               tokenizer: str | None = None, cache_dir: str | None = None,
+               what: str = "text") -> EmbeddingSource:
+    """The source that embedded a store (``meta``), loaded from the file or encoder given and
+    checked by fingerprint, with the store's own settings: raw input embedded with it matches
+    what models trained on that store saw.
+
+    Raises:
+        EmbcacheError: see :func:`require_arguments`.
+        ModelError: the file or encoder given is not the one the store was embedded with.
+    """
+    require_arguments(meta, vectors=vectors, encoder=encoder, tokenizer=tokenizer, what=what)
+    if meta.encoder is not None:
+        source: EmbeddingSource = EncoderSource.load(str(encoder), meta.settings,
+                                                     cache_dir=cache_dir)
+    else:
+        source = _table_for(meta, str(vectors), tokenizer, cache_dir)
+    got, want = source.info.fingerprint, meta.vectors.fingerprint
+    if got != want and meta.encoder is not None:
+        raise ModelError(f"Encoder {encoder} (fingerprint {got[:12]}) is not the one the models "
+                         f"were trained on ({_trained_on(meta)}, fingerprint {want[:12]})")
+    if got != want:
+        raise ModelError(f"Vectors {vectors} (fingerprint {got[:12]}) are not the ones the models "
+                         f"were trained with ({meta.vectors.source}, fingerprint {want[:12]})")
+    return source
+
+
+def _trained_on(meta: StoreMeta) -> str:
+    return str(meta.encoder.get("source")) if meta.encoder is not None else meta.vectors.source
+
+
+def require_arguments(meta: StoreMeta, *, vectors: str | None, encoder: str | None,
+                      tokenizer: str | None, what: str = "text") -> None:
+    """Whether the arguments name what the store needs, checked before anything loads.
+
+    Raises:
+        EmbcacheError: the argument the store needs is missing, or one it cannot use is given.
+    """
+    if meta.encoder is not None and encoder is None:
+        hint = " (pass `encoder=`, not `vectors=`)" if vectors is not None else ""
+        raise EmbcacheError(f"Scoring {what} needs `encoder=`: the encoder the models were "
+                            f"trained on ({_trained_on(meta)}){hint}")
+    if meta.encoder is None and vectors is None:
+        raise EmbcacheError(f"Scoring {what} needs `vectors=`: the file the models were "
+                            f"trained with ({meta.vectors.source})")
+    if meta.encoder is None and meta.subword is None and tokenizer is not None:
+        raise EmbcacheError("`tokenizer=` is for models trained on a static subword table; these "
+                            f"were trained on word vectors ({meta.vectors.source})")
+
+
+def _table_for(meta: StoreMeta, vectors: str, tokenizer: str | None,
+               cache_dir: str | None) -> EmbeddingSource:
+    if meta.subword is not None:
+        from embcache.cache.subword import load_subword
+
+        table = load_subword(vectors, tokenizer, cache_dir=cache_dir)
+        return SubwordSource(VectorsInfo(**table.describe()), meta.settings, str(table.entry),
+                             table.identity())
+    from embcache.cache.vectors import load_vectors
+
+    return WordVectorsSource._of(load_vectors(vectors, cache_dir=cache_dir), meta.settings)

@@ -16,7 +16,7 @@ WORDLLAMA = $(DATA_DIR)/wordllama-l2-supercat-256/l2_supercat_256.safetensors
 GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
 NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
 
-.PHONY: FORCE install store embed-corpus info train runs score test check bench bench-embed bench-train bench-quality bench-lexical bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune bench-held bench-precision data clean help cli-reference
+.PHONY: FORCE install store embed-corpus info train runs score test test-fast check bench bench-embed bench-train bench-quality bench-lexical bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune bench-held bench-precision data clean help cli-reference
 
 # The editable install is setuptools' "strict" mode: build/__editable__.* holds a tree of links to
 # the package's files laid out as `embcache` (jobs/api -> embcache/, cache/ -> embcache/cache/...),
@@ -126,6 +126,7 @@ help:
 	@echo "make runs           compare the trained runs"
 	@echo "make score          score the store's test split with the trained runs"
 	@echo "make test           the linter and the whole suite (CI=true: real-data checks too)"
+	@echo "make test-fast      the linter and the quick tests (not slow, not realdata): the edit loop"
 	@echo "make check          the same as make test"
 	@echo "make bench          every benchmark, each also alone: bench-embed, bench-train,"
 	@echo "                    bench-score, bench-scale, bench-encoder, bench-vectors,"
@@ -147,6 +148,11 @@ test: install
 	$(BIN)/ruff check cache jobs models tests
 	$(BIN)/mypy
 	DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest $(ARGS)
+
+# The edit-run loop: the linter and the tests not marked slow or realdata (about 2 minutes here).
+test-fast: install
+	$(BIN)/ruff check cache jobs models tests
+	DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -q -m "not slow and not realdata" $(ARGS)
 
 check: test
 

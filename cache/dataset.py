@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from embcache.cache.errors import EmbcacheError, StoreError
+from embcache.cache.held import InMemorySplit
 from embcache.cache.locks import reading
 from embcache.cache.producer import Producer
 from embcache.cache.store import Store, open_store
 from embcache.cache.stream import (
     SHUFFLE_DOCS,
-    InMemorySplit,
     StreamPlan,
     bucket_lengths,
     iter_batches,

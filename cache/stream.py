@@ -21,102 +21,25 @@ import collections
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embcache.cache.errors import StoreError
 from embcache.cache.meta import SPLIT_NAMES
+from embcache.cache.plan import StreamPlan, bucket_lengths, plan_split
 from embcache.cache.rows import attach_ids, decode_rows, join_rows
 from embcache.cache.store import Store
+
+if TYPE_CHECKING:
+    from embcache.cache.held import InMemorySplit
+
+__all__ = ["SHUFFLE_DOCS", "Block", "BlockReader", "Bucketer", "ShuffleBuffer", "StreamPlan",
+           "bucket_blocks", "bucket_lengths", "iter_batches", "pad_batch", "plan_split",
+           "read_ahead", "read_padded", "read_rows", "text_batches"]
 
 # Documents in the in-memory shuffle buffer when training (about 190 MB at 20 Newsgroups' mean
 # length): the one home of this default (TrainConfig and the CLI read it from here).
 SHUFFLE_DOCS = 8192
-
-
-@dataclass(frozen=True)
-class StreamPlan:
-    """Which chunks hold documents of the requested split, how many, and in which length buckets."""
-
-    chunks: np.ndarray  # chunk indices, ascending
-    counts: np.ndarray  # (len(chunks), buckets) int32: the split's documents per length bucket
-    tokens: np.ndarray  # (len(chunks),) int64: the split's kept tokens per chunk
-
-    @property
-    def num_docs(self) -> int:
-        return int(self.counts.sum())
-
-    @property
-    def num_tokens(self) -> int:
-        """Kept tokens of the plan's documents: what :class:`InMemorySplit` holds in rows."""
-        return int(self.tokens.sum())
-
-    def head(self, n_chunks: int) -> StreamPlan:
-        """The first ``n_chunks`` chunks only (benchmarks take a sample this way)."""
-        return StreamPlan(self.chunks[:n_chunks], self.counts[:n_chunks], self.tokens[:n_chunks])
-
-    def num_batches(self, batch_size: int, buckets: bool = True, merge_tail: bool = False) -> int:
-        """Batches in one pass when short batches leave only at the end (no ``max_wait``): every
-        bucket gives ``ceil(count / batch_size)``, whatever the order the documents come in;
-        with ``merge_tail`` (shuffled passes) its full batches, and the buckets' remainders
-        together make ``ceil(sum / batch_size)`` (see :meth:`Bucketer.flush`)."""
-        per_bucket = self.counts.sum(axis=0) if buckets else self.counts.sum(keepdims=True)
-        if merge_tail:
-            return int((per_bucket // batch_size).sum() + -(-(per_bucket % batch_size).sum()
-                                                           // batch_size))
-        return int((-(-per_bucket // batch_size)).sum())
-
-
-def plan_split(store: Store, split: str | None, shard: tuple[int, int] | None = None) -> StreamPlan:
-    """Chunks with at least one document of ``split`` (``None``: all documents).
-
-    ``shard=(index, count)`` keeps every ``count``-th of those chunks starting at ``index``
-    (explicit sharding by chunk, for multi-worker training). Reads ``split`` and ``lengths``
-    (5 bytes per document) a slab of about a million documents at a time: the one scan of the
-    split a job makes (its documents per bucket and kept tokens per chunk both come from it).
-    """
-    if split is not None and split not in SPLIT_NAMES:
-        raise StoreError(f"Invalid value for `split`. Expected one of {SPLIT_NAMES}. "
-                         f"Received: split={split!r}")
-    c, n_chunks = store.chunk_docs, store.num_chunks
-    buckets = bucket_lengths(store.max_len)
-    counts = np.zeros(n_chunks * len(buckets), dtype=np.int64)  # (chunk, bucket), flat
-    tokens = np.zeros(n_chunks, dtype=np.int64)
-    slab = max(1, (1 << 20) // c) * c
-    for start in range(0, store.num_docs, slab):
-        stop = min(start + slab, store.num_docs)
-        lengths = store.read("lengths", start, stop)
-        chunk = np.arange(start, stop) // c
-        if split is not None:
-            keep = store.read("split", start, stop) == SPLIT_NAMES.index(split)
-            lengths, chunk = lengths[keep], chunk[keep]
-        index = chunk * len(buckets) + np.searchsorted(buckets, lengths)
-        counts += np.bincount(index, minlength=len(counts))
-        np.add.at(tokens, chunk, lengths.astype(np.int64))
-    counts = counts.reshape(n_chunks, len(buckets))
-    chunks = np.flatnonzero(counts.sum(axis=1) > 0)
-    if shard is not None:
-        index, count = shard
-        chunks = chunks[index::count]
-    return StreamPlan(chunks=chunks, counts=counts[chunks].astype(np.int32), tokens=tokens[chunks])
-
-
-def bucket_lengths(max_len: int, granule: int = 8, per_octave: int = 4) -> np.ndarray:
-    """The lengths a batch is padded to: multiples of ``granule``, ``per_octave`` per doubling,
-    ending at ``max_len`` (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, ... 864, 1000 for 1000).
-
-    Fixed by ``max_len`` alone, so a document gets the same padded length in every store and job;
-    a quarter octave bounds the padding at about a fifth of a batch; ~24 lengths keep the
-    number of shapes a model sees small (one trace each where shapes are static, as on XLA).
-    """
-    out = set()
-    for i in itertools.count():
-        b = -(-int(np.ceil(granule * 2 ** (i / per_octave))) // granule) * granule
-        if b >= max_len:
-            out.add(max_len)
-            break
-        out.add(b)
-    return np.array(sorted(out), dtype=np.int64)
 
 
 @dataclass
@@ -281,89 +204,6 @@ class Bucketer:
                 np.asarray(seq, np.int64))
 
 
-def _zeros(shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, None]:
-    return np.zeros(shape, dtype=dtype), None
-
-
-class InMemorySplit:
-    """One split's documents decoded into memory once, so that every later pass is served from
-    RAM instead of reading and decoding the store again (light models are bound by that).
-    NumPy only: :func:`embcache.cache.dataset.memory_dataset` makes batches of it.
-
-    ``rows`` holds the documents' kept token vectors back to back in the store's dtype, plus one
-    zero row at the end (the padding row); ``offsets``/``lengths``/``labels`` are per document, in
-    plan order. Batches are planned by :func:`iter_batches` over document *ids* with exactly the
-    same chunk permutation, shuffle buffer and buckets as a streamed pass, so an in-memory pass
-    with a seed gives the same batches, in the same order, as the streamed pass with that seed.
-
-    Memory: ``nbytes`` (the split's kept tokens x row bytes, e.g. 367 MB for the 20 Newsgroups
-    train split at 50d float16: :func:`memory_bytes`, known from the plan before anything is
-    read), built only when that fits the caller's budget. Loading reads ``parallel_reads``
-    blocks at a time, each copied in and freed.
-    """
-
-    def __init__(self, store: Store, plan: StreamPlan, split: str | None, with_labels: bool = True,
-                 parallel_reads: int = 4, read_log: set | None = None, allocate=None):
-        self.store, self.plan, self.split = store, plan, split
-        total = plan.num_tokens
-        # `allocate(shape, dtype) -> (writable rows, owner)`: where the rows live. By default a
-        # NumPy array (owner None); embcache.cache.dataset.hold_split puts them in a TensorFlow
-        # variable's buffer instead, so that its batches are gathered in the graph, from the one
-        # copy. Zero-filled either way (the last row is the padding row).
-        self.rows, self.buffer = (allocate or _zeros)((total + 1, store.row_width),
-                                                      np.dtype(store.row_dtype))
-        n = plan.num_docs
-        self.offsets = np.zeros(n, np.int64)
-        self.lengths = np.zeros(n, np.int32)
-        self.labels = np.zeros(n, np.int32)
-        self.first: dict[int, tuple[int, int]] = {}  # chunk -> (first id, documents)
-        reader = BlockReader(store, with_labels)
-        doc, row = 0, 0
-        # At most `parallel_reads` blocks in flight (pool.map would read every block ahead of
-        # the copy: measured +0.37x of the split's bytes at the peak).
-        with ThreadPoolExecutor(max_workers=parallel_reads) as pool:
-            blocks = _read_ahead(pool, lambda c: reader.read(int(c), split), plan.chunks,
-                                 parallel_reads)
-            for chunk, b in zip(plan.chunks.tolist(), blocks):
-                if read_log is not None:
-                    read_log.add(chunk)
-                k, m = len(b.lengths), int(b.lengths.sum())
-                self.first[chunk] = (doc, k)
-                self.lengths[doc:doc + k], self.labels[doc:doc + k] = b.lengths, b.labels
-                within = np.cumsum(b.lengths, dtype=np.int64) - b.lengths  # each doc's first row
-                self.offsets[doc:doc + k] = row + within
-                # The split's documents' rows of the block, back to back (one gather).
-                self.rows[row:row + m] = b.tokens[np.arange(m) + np.repeat(b.starts - within,
-                                                                           b.lengths)]
-                doc, row = doc + k, row + m
-        self.pad_row = total
-        self.nbytes = self.rows.nbytes
-
-    def batch(self, ids, length: int) -> np.ndarray:
-        """Documents ``ids`` as one padded batch ``(len(ids), length, row_width)``, padded and
-        placed as the store's batches are: a NumPy gather of their rows.
-
-        Memory: one copy of the batch, never of the split."""
-        ids = np.asarray(ids, np.int64)
-        n = self.lengths[ids][:, None].astype(np.int64)
-        t = np.arange(length, dtype=np.int64)[None, :]
-        first = length - n if self.store.padding == "pre" else np.zeros_like(n)
-        real = (t >= first) & (t < first + n)
-        index = np.where(real, self.offsets[ids][:, None] + (t - first), self.pad_row)
-        return self.rows[index]
-
-    def block(self, chunk: int):
-        """A chunk's documents as ids, with their lengths and labels (what a block read gives)."""
-        first, k = self.first[int(chunk)]
-        ids = np.arange(first, first + k, dtype=np.int64)
-        return ids, self.lengths[first:first + k], self.labels[first:first + k]
-
-
-def memory_bytes(store: Store, plan: StreamPlan) -> int:
-    """Bytes an :class:`InMemorySplit` of ``plan`` holds (its rows plus the padding row)."""
-    return (plan.num_tokens + 1) * store.row_width * store.row_dtype.itemsize
-
-
 class ShuffleBuffer:
     """A shuffle buffer over whole chunks, in NumPy: tf.data's ``shuffle`` semantics (every
     document leaves from a uniformly random slot of a full buffer) at a fraction of the cost.
@@ -450,11 +290,11 @@ def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_siz
     buffer = ShuffleBuffer(min(shuffle_docs, plan.num_docs), rng) if shuffle else None
 
     with ThreadPoolExecutor(max_workers=parallel_reads) as pool:
-        yield from bucket_blocks(_read_ahead(pool, read, chunks, parallel_reads), bucketer,
+        yield from bucket_blocks(read_ahead(pool, read, chunks, parallel_reads), bucketer,
                                  buffer=buffer, drain_piece=store.chunk_docs)
 
 
-def _read_ahead(pool: ThreadPoolExecutor, read, chunks, depth: int):
+def read_ahead(pool: ThreadPoolExecutor, read, chunks, depth: int):
     """``read(chunk)`` for each chunk, in order, ``depth`` reads in flight (memory stays flat)."""
     ahead: collections.deque = collections.deque()
     for chunk in itertools.chain(chunks, [None] * depth):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 
 import click
 
 from embcache.cache.corpus import FORMATS as CORPUS_FORMATS
-from embcache.cache.errors import EmbcacheError, cli_words, os_error_line
+from embcache.cache.errors import EmbcacheError, os_error_line
 from embcache.cache.meta import SPLIT_NAMES, SplitSettings
 from embcache.cache.precision import PRECISIONS
 from embcache.cache.settings import (
@@ -33,6 +34,36 @@ from embcache.jobs.score import ScoreConfig
 # Every option's default has one home, in the typed settings the jobs take (importing them loads
 # no TensorFlow): the CLI only reads them.
 _EMBED, _SPLIT, _TRAIN, _SCORE = EmbedSettings(), SplitSettings(), TrainConfig(), ScoreConfig()
+
+
+# Messages name options as Python arguments, in backticks (`overwrite=True`, `vectors=`): that is
+# what a caller of the Python API passes. The command line rewrites each as its flag
+# (:func:`cli_words`).
+FLAGS = {"overwrite": "--overwrite", "repair": "--repair", "exist_ok": "--exist-ok",
+         "vectors": "--vectors", "vectors_path": "--vectors",
+         "encoder": "--encoder", "tokenizer": "--tokenizer", "oov": "--oov",
+         "vectors_member": "--vectors-member", "vectors_format": "--vectors-format",
+         "cache_dir": "--cache-dir", "corpus_format": "--corpus-format",
+         "text_columns": "--text-column", "out": "--out", "out_dir": "--out",
+         "val_frac": "--val-frac", "test_frac": "--test-frac", "ensemble": "--ensemble",
+         "split": "--split", "metrics_dir": "--metrics-dir", "memory_mb": "--memory-mb",
+         "runs": "--models", "scheduler": "--scheduler", "strategy": "--strategy",
+         "hparams": "--param", "grid": "--grid", "format": "--corpus-format",
+         "label_column": "--label-column", "id_column": "--id-column", "header": "--no-header",
+         "strip_headers": "--strip-headers", "label_names_file": "--label-names"}
+
+
+def cli_words(message: str) -> str:
+    """``pass `overwrite=True` `` -> ``pass --overwrite``; ``needs `vectors=` `` -> ``needs
+    --vectors``; ``leave `oov='unk'` out`` -> ``leave --oov unk out``."""
+    def flag(m):
+        name, value = m.group(1), m.group(2)
+        if name not in FLAGS:
+            return m.group(0)
+        value = value.strip("'\"")
+        return FLAGS[name] if value in ("", "True", "...") else f"{FLAGS[name]} {value}"
+
+    return re.sub(r"`(\w+)=([^`]*)`", flag, message)
 
 
 _REMOTE_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "gcsfs", "adlfs")

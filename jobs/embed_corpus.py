@@ -113,7 +113,7 @@ def _blocks(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
         yield block
 
 
-def embed_corpus(
+def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its command's)
     corpus: CorpusSpec | str, vectors_path: str | None, out: str, *,
     settings: EmbedSettings | None = None, encoder: str | None = None,
     encoder_batch: int = ENCODER_BATCH, tokenizer: str | None = None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 from pathlib import Path
 
 from embcache.cache.errors import EmbcacheError
@@ -64,3 +65,19 @@ def open_writer(path: Path, fmt: str, columns: list[str]):
                         f.write(json.dumps(dict(zip(columns, values))) + "\n")
 
             yield JsonlWriter()
+
+
+def remove_stale_partials(out_path: Path) -> None:
+    """Delete hidden partial files of ``out_path`` left by runs that were killed (their process
+    is gone); a live concurrent run's file is left alone."""
+    for tmp in out_path.parent.glob(f".{out_path.name}.*.tmp"):
+        pid = tmp.name[len(out_path.name) + 2:-len(".tmp")]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        except PermissionError:  # another user's live process
+            pass

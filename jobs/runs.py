@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from embcache.cache.errors import ModelError
 from embcache.cache.meta import StoreMeta
-from embcache.cache.precision import Precision
 
 if TYPE_CHECKING:  # a type only: runs.py stays below the training code
     from embcache.jobs.config import TrainConfig
@@ -169,25 +168,26 @@ def load_run(run_dir: str | Path, card: dict[str, Any] | None = None) -> Run:
     return Run(path=run, name=run.name, card=card, model=model)
 
 
-def run_card(store, source, hparams: dict, given: dict, config: TrainConfig,
-             learning_rate: float, plans: dict, *, epochs_run: int, best_epoch: int,
-             seconds: float, samples_per_s: float, metrics: dict, model, model_path: Path,
-             precision: Precision) -> dict:
+def run_card(store, m, config: TrainConfig, plans: dict, *, epochs_run: int, best_epoch: int,
+             seconds: float, samples_per_s: float, model_path: Path) -> dict:
     """A trained run's card (before its checksums): the same fields whichever path trained it
-    (a group, a lone model or several workers). ``precision``: what it trained in, and why."""
+    (a group, a lone model or several workers). ``m``: the run's
+    :class:`~embcache.jobs.group.Member` (its model source, hyperparameters, learning rate,
+    model, metrics and the precision it trained in)."""
+    source, precision = m.source, m.precision
     return {
         **store_card_fields(store),
         "model": source.ref,
         "model_source": source.record(),
-        "hyperparameters": hparams,
-        "hyperparameters_given": given,
-        "training": {**asdict(config), "learning_rate": learning_rate, "epochs_run": epochs_run,
+        "hyperparameters": m.hparams,
+        "hyperparameters_given": m.given,
+        "training": {**asdict(config), "learning_rate": m.learning_rate, "epochs_run": epochs_run,
                      "best_epoch": best_epoch, "seconds": round(seconds, 2),
                      "samples_per_s": round(samples_per_s, 1),
                      "train_docs": plans["train"].num_docs, "val_docs": plans["val"].num_docs},
-        "metrics": metrics,
+        "metrics": m.metrics,
         "model_bytes": model_path.stat().st_size,
-        "parameter_count": int(model.count_params()),
+        "parameter_count": int(m.model.count_params()),
         "precision": {"name": precision.name, "why": precision.why},
     }
 

@@ -35,7 +35,7 @@ from embcache.jobs.ensemble import (
     write_ensemble,
 )
 from embcache.jobs.metrics import write_metrics
-from embcache.jobs.outputs import open_writer, output_format
+from embcache.jobs.outputs import open_writer, output_format, remove_stale_partials
 from embcache.jobs.runs import Run, load_run, read_card
 from embcache.jobs.score_input import InputMixin
 from embcache.jobs.score_loop import LoopMixin
@@ -273,7 +273,7 @@ class Scorer(InputMixin, LoopMixin):
         fmt = output_format(out_path)
         _check_top_k(top_k)
         confusions: dict = {}
-        _remove_stale_partials(out_path)
+        remove_stale_partials(out_path)
         tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
         docs = 0
         try:
@@ -309,7 +309,7 @@ def _check_top_k(top_k: int) -> None:
         raise EmbcacheError(f"Invalid value for `top_k`. Expected a positive integer. Received: top_k={top_k}")
 
 
-def score(
+def score(  # noqa: PLR0913 - a job's options, one keyword each (as its command's)
     model_dirs: list[str],
     input_path: str,
     out: str,
@@ -382,21 +382,3 @@ def _fit_first(scorer: Scorer, ensemble_out: str | None, model_dirs: list[str], 
     fit_store = input_path if store_state(str(input_path)) == "complete" else None
     scorer.fit(target, store=fit_store, progress=progress)
     return str(target / "ensemble.json")
-
-
-def _remove_stale_partials(out_path: Path) -> None:
-    """Delete hidden partial files of ``out_path`` left by runs that were killed (their process
-    is gone); a live concurrent run's file is left alone."""
-    for tmp in out_path.parent.glob(f".{out_path.name}.*.tmp"):
-        pid = tmp.name[len(out_path.name) + 2:-len(".tmp")]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        except PermissionError:  # another user's live process
-            pass
-
-

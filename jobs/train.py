@@ -17,17 +17,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embcache.cache.dataset import memory_dataset, pipeline_errors, streamed_dataset
-from embcache.cache.errors import EmbcacheError, ModelError, StoreError, writing
+from embcache.cache.dataset import pipeline_errors, streamed_dataset
+from embcache.cache.errors import EmbcacheError, ModelError, writing
 from embcache.cache.locks import exclusive, reading
 from embcache.cache.precision import precision_line, resolve_precision
-from embcache.cache.store import open_store
-from embcache.cache.stream import plan_split
 from embcache.cache.tfenv import quiet_tensorflow
 from embcache.jobs.config import TrainConfig
 from embcache.jobs.grid import expand_runs
 from embcache.jobs.group import GroupTrainer, Member
-from embcache.jobs.multiworker import STRATEGIES, MultiWorker
+from embcache.jobs.multiworker import STRATEGIES
 from embcache.jobs.runs import (
     CARD_FILE,
     MODEL_FILE,
@@ -37,6 +35,7 @@ from embcache.jobs.runs import (
     run_card,
     write_card,
 )
+from embcache.jobs.train_data import adapt_lexical, group_streams, open_for_training
 from embcache.models.registry import takes_token_ids
 
 
@@ -199,8 +198,10 @@ def train_group(store_url: str, models: list, out: str | None = None, *,
     with reading(store_url):
         if config.strategy != "default":  # every worker runs this; worker 0 writes the folder
             p = plans[0]
-            return GroupResult([_train(store_url, p.source, finals[0], config, p.hparams,
-                                       progress)])
+            from embcache.jobs.train_workers import train_multiworker
+
+            return GroupResult([train_multiworker(store_url, p.source, finals[0], config,
+                                                  p.hparams, progress)])
         members = [Member(name=p.name, source=p.source,
                           hparams={**p.source.hyperparameters(), **p.hparams}, given=p.hparams,
                           learning_rate=p.learning_rate, final=f,
@@ -211,25 +212,6 @@ def train_group(store_url: str, models: list, out: str | None = None, *,
                 stack.enter_context(exclusive(f, f"Run folder {f}"))
             stack.enter_context(writing(where))
             return _train_members(store_url, members, config, progress, lone)
-
-
-def open_for_training(store_url: str) -> tuple:
-    """The store, checked for training (complete, labelled, two classes or more, train and val
-    documents), and its split plans: what both training paths start from.
-
-    Raises:
-        StoreError: any of those checks, in one line.
-    """
-    store = open_store(store_url, require_complete=True, require_labels=True)
-    if len(store.label_names) < 2:
-        raise StoreError(f"Store {store_url} has a single class ({store.label_names[0]!r}): a "
-                         "classifier needs at least two; embed a corpus with two or more labels")
-    plans = {s: plan_split(store, s) for s in ("train", "val", "test")}
-    for s in ("train", "val"):
-        if plans[s].num_docs == 0:
-            raise StoreError(f"Store {store_url} has no {s} documents; rebuild it with "
-                             "`val_frac=`/`test_frac=` above 0")
-    return store, plans
 
 
 def _train_members(store_url: str, members: list[Member], config: TrainConfig, progress: bool,
@@ -251,93 +233,54 @@ def _train_members(store_url: str, members: list[Member], config: TrainConfig, p
     return result
 
 
-def _in_memory(store, plans: dict, config: TrainConfig, progress: bool) -> dict:
-    """The train and val splits decoded into memory while they fit ``config.memory_mb``
-    (train first: it is read every epoch); the rest streams from the store. Sizes come from
-    the plans (no second scan of the split)."""
-    from embcache.cache.dataset import hold_split
-    from embcache.cache.stream import memory_bytes
-
-    left, out = config.memory_mb << 20, {}
-    for split in ("train", "val"):
-        if 0 < memory_bytes(store, plans[split]) <= left:
-            t = time.perf_counter()
-            out[split] = hold_split(store, plans[split], split)
-            left -= out[split].nbytes
-            if progress:
-                print(f"{split} split decoded into memory: {out[split].nbytes / 1e6:,.1f} MB in "
-                      f"{time.perf_counter() - t:.1f} s (--memory-mb {config.memory_mb})",
-                      file=sys.stderr)
-    return out
-
-
-def adapt_lexical(store, plan, models: list, progress: bool, counts: dict | None = None) -> None:
-    """Set every lexical layer's kept features and idf (:class:`~embcache.models.layers.
-    HashedTfidf`) from one counting pass over the train split per n-gram order, shared by the
-    group's models (:func:`embcache.cache.lexical.count_split`); ``counts`` keeps the passes
-    for later calls (``embcache tune``'s trials)."""
-    from embcache.cache.lexical import count_split
-    from embcache.models.layers import HashedTfidf
-
-    layers = [layer for model in models for layer in model._flatten_layers(include_self=False)
-              if isinstance(layer, HashedTfidf)]
-    counts = {} if counts is None else counts
-    for layer in layers:
-        if layer.ngrams not in counts:
-            t = time.perf_counter()
-            counts[layer.ngrams] = count_split(store, plan, "train", layer.ngrams)
-            if progress:
-                print(f"document frequencies of {'unigrams and bigrams' if layer.ngrams > 1 else 'unigrams'}"
-                      f" counted over {counts[layer.ngrams].num_docs:,} train documents in "
-                      f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
-        vocab, idf = counts[layer.ngrams].vocabulary(layer.max_features, layer.min_df)
-        layer.adapt(vocab, idf)
-
-
 def build_member(m: Member, store, config: TrainConfig) -> None:
-    """Build and compile a member's model for the store, with the callbacks every run has: early
-    stopping (best weights restored), CSV history and TensorBoard logs in its stage folder.
+    """Build and compile a member's model for the store, with the callbacks every run has
+    (:func:`fit_callbacks`) and its History.
 
     Raises:
         ModelError: the model cannot be built (its builder, or unknown hyperparameters).
     """
     import keras
 
+    m.model, m.precision = make_model(m.source, store, m.hparams, config)
+    compile_model(m.model, m.learning_rate)
+    m.timer, m.history = [], keras.callbacks.History()  # timer: the shared epochs' seconds
+    m.callbacks = fit_callbacks(m.stage, config) + [m.history]
+
+
+def make_model(source, store, hparams: dict, config: TrainConfig):
+    """The model built for the store in the precision ``config`` asks for: ``(model,
+    precision)``. Both training paths build through here (multi-worker: in its strategy's
+    scope)."""
     from embcache.models.precision import build
 
-    m.model, m.precision = build(
-        lambda: m.source.make(max_len=store.max_len, dim=store.dim,
-                              num_classes=len(store.label_names), padding=store.padding,
-                              **m.hparams),
-        resolve_precision(config.precision), config.precision)
+    return build(lambda: source.make(max_len=store.max_len, dim=store.dim,
+                                     num_classes=len(store.label_names), padding=store.padding,
+                                     **hparams),
+                 resolve_precision(config.precision), config.precision)
+
+
+def compile_model(model, learning_rate: float) -> None:
+    """Adam (:mod:`embcache.models.optimizers`: lazy row-sparse updates), sparse categorical
+    cross-entropy, accuracy; one step per call (the group trainer runs its own loop, and the
+    multi-worker workarounds of :mod:`embcache.jobs.multiworker` assume it)."""
     from embcache.models.optimizers import Adam
 
-    m.model.compile(optimizer=Adam(m.learning_rate),
-                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    m.timer, m.history = [], keras.callbacks.History()  # timer: the shared epochs' seconds
-    m.callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
-                                      patience=config.patience, restore_best_weights=True),
-        keras.callbacks.CSVLogger(m.stage / "history.csv"),
-        keras.callbacks.TensorBoard(m.stage / "logs", write_graph=False, profile_batch=0),
-        m.history,
+    model.compile(optimizer=Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+
+def fit_callbacks(work_dir: Path, config: TrainConfig) -> list:
+    """What every run folder gets: early stopping on validation accuracy (best weights
+    restored), ``history.csv`` and TensorBoard logs."""
+    import keras
+
+    return [
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
+                                      restore_best_weights=True),
+        keras.callbacks.CSVLogger(work_dir / "history.csv"),
+        keras.callbacks.TensorBoard(work_dir / "logs", write_graph=False, profile_batch=0),
     ]
-
-
-def group_streams(store, plans: dict, config: TrainConfig, progress: bool) -> tuple:
-    """The train and val datasets a group shares (each split in memory while it fits
-    ``config.memory_mb``), and the steps of a pass over each: ``(train_ds, val_ds, steps)``."""
-    held = _in_memory(store, plans, config, progress)
-
-    def pass_over(split: str):
-        b = config.batching(train=split == "train")
-        return (memory_dataset(held[split], b) if split in held
-                else streamed_dataset(store, split, batching=b, plan=plans[split]))
-
-    train_ds, val_ds = pass_over("train"), pass_over("val")
-    steps = {s: plans[s].num_batches(config.batch_size, config.length_buckets,
-                                     merge_tail=s == "train") for s in plans}
-    return train_ds, val_ds, steps
 
 
 def _fit_members(store_url, store, plans, members: list[Member], config: TrainConfig,
@@ -392,136 +335,35 @@ def _fit_members(store_url, store, plans, members: list[Member], config: TrainCo
 
 
 def save_member(store_url, store, plans, m: Member, config: TrainConfig, group: dict | None,
-                 t0: float, extra: dict | None = None) -> TrainSummary:
-    """Save a finished member's best model, card (with ``extra`` fields: a tune trial's study)
-    and curves, and publish its run folder."""
+                t0: float, extra: dict | None = None) -> TrainSummary:
+    """Save a finished member's best model, then finish its run (:func:`finish_run`)."""
+    m.model.save(m.stage / MODEL_FILE)
+    return finish_run(store_url, store, plans, m, config, t0, group=group, extra=extra)
+
+
+def finish_run(store_url, store, plans, m: Member, config: TrainConfig, t0: float, *,
+               group: dict | None = None, extra: dict | None = None,
+               samples_per_epoch: int | None = None) -> TrainSummary:
+    """A trained run's card (with ``extra`` fields: a tune trial's study), its folder published
+    (``m.stage`` to ``m.final``, unless built in place) and its curves: both training paths end
+    here. ``samples_per_epoch``: the train documents an epoch reads (default: the split's)."""
     model_path = m.stage / MODEL_FILE
-    m.model.save(model_path)
     val_acc = m.history.history["val_accuracy"]
     best_epoch = int(max(range(len(val_acc)), key=val_acc.__getitem__)) + 1
-    samples_per_s = sorted(plans["train"].num_docs / s for s in m.timer)[len(m.timer) // 2]
+    per_epoch = samples_per_epoch or plans["train"].num_docs
+    samples_per_s = sorted(per_epoch / s for s in m.timer)[len(m.timer) // 2]
     seconds = time.perf_counter() - t0
-    card = run_card(store, m.source, m.hparams, m.given, config, m.learning_rate, plans,
-                    epochs_run=len(val_acc), best_epoch=best_epoch, seconds=seconds,
-                    samples_per_s=samples_per_s, metrics=m.metrics, model=m.model,
-                    model_path=model_path, precision=m.precision)
+    card = run_card(store, m, config, plans, epochs_run=len(val_acc), best_epoch=best_epoch,
+                    seconds=seconds, samples_per_s=samples_per_s, model_path=model_path)
     if group:
         card["group"] = group
     card.update(extra or {})
     write_card(m.stage, card)
-    publish_run(m.stage, m.final)  # first: the run is whole without its picture
+    if m.stage != m.final:
+        publish_run(m.stage, m.final)  # first: the run is whole without its picture
     draw(m.final / "curves.png", plot_curves, m.history.history, m.final / "curves.png",
          title=f"{m.name} on {Path(str(store_url)).name}")
     shown = m.source.ref if m.name == m.source.name else m.name  # grid runs: by their point
     return TrainSummary(out=str(m.final), model=shown, epochs=len(val_acc),
                         best_epoch=best_epoch, metrics=m.metrics, samples_per_s=samples_per_s,
                         model_bytes=card["model_bytes"], seconds=seconds)
-
-
-def _train(store_url: str, source, final: Path, config: TrainConfig, hparams: dict | None,
-           progress: bool) -> TrainSummary:
-    """Multi-worker training (``tf.distribute``): one model through ``model.fit``; every worker
-    runs this and worker 0 writes the run folder (``final``, built in place)."""
-    out, model_name, t0 = final, source.ref, time.perf_counter()
-    # A multi-worker strategy must exist before any other TensorFlow op (it reads TF_CONFIG).
-    cluster = MultiWorker.start()
-    store, plans = open_for_training(store_url)
-    hp = {**source.hyperparameters(), **(hparams or {})}
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise EmbcacheError(f"Cannot create run folder {out}: {e.strerror}") from None
-
-    model, precision = _replicated_model(cluster, source, store, hp, config)
-    read_log: set[int] = set()
-    train_ds, val_ds, fit_steps, plans["train"] = cluster.datasets(store, config, read_log)
-    cluster.build(model, train_ds)
-    timer = EpochTimer.make()
-    # Every worker saves (saving may need collective ops); only the chief saves into the run folder.
-    work_dir = out if cluster.is_chief else out / f".worker-{cluster.index}"
-    work_dir.mkdir(parents=True, exist_ok=True)
-    model_path = work_dir / MODEL_FILE
-    callbacks = _fit_callbacks(work_dir, config) + [timer]
-    # Keras's progress bar: stdout is for results
-    with contextlib.redirect_stdout(sys.stderr), pipeline_errors():
-        history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                            callbacks=callbacks, verbose=1 if progress else 0,
-                            shuffle=False, **fit_steps)  # the dataset shuffles itself
-    val_acc = history.history["val_accuracy"]
-    best_epoch = int(max(range(len(val_acc)), key=val_acc.__getitem__)) + 1
-    model.save(model_path)  # EarlyStopping restored the best epoch's weights
-    cluster.record(out, read_log)
-    if not cluster.is_chief:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        return TrainSummary(
-            out=str(out), model=model_name, epochs=len(val_acc), best_epoch=best_epoch,
-            metrics={"val_accuracy": max(val_acc)},
-            worker_note=f"Worker {cluster.index} of {cluster.count} trained {model_name} on its "
-                        f"{len(cluster.shard_chunks)} train chunks for {len(val_acc)} epochs; "
-                        f"worker 0 wrote the run folder {out}")
-    metrics = _final_metrics(store, plans, config, source, model)
-    per_epoch = fit_steps["steps_per_epoch"] * config.batch_size * cluster.count
-    samples_per_s = sorted(per_epoch / s for s in timer.seconds)[len(timer.seconds) // 2]
-    seconds = time.perf_counter() - t0
-    card = run_card(store, source, hp, dict(hparams or {}), config, config.learning_rate, plans,
-                    epochs_run=len(val_acc), best_epoch=best_epoch, seconds=seconds,
-                    samples_per_s=samples_per_s, metrics=metrics, model=model,
-                    model_path=model_path, precision=precision)
-    write_card(out, card)
-    draw(out / "curves.png", plot_curves, history.history, out / "curves.png",
-         title=f"{model_name} on {Path(str(store_url)).name}")
-    return TrainSummary(out=str(out), model=model_name, epochs=len(val_acc), best_epoch=best_epoch,
-                        metrics=metrics, samples_per_s=samples_per_s,
-                        model_bytes=card["model_bytes"], seconds=seconds)
-
-
-def _replicated_model(cluster: MultiWorker, source, store, hp: dict, config: TrainConfig):
-    """The model built and compiled in the strategy's scope (its variables mirrored), and the
-    precision it trains in."""
-    import keras
-
-    from embcache.models.precision import build
-
-    keras.utils.set_random_seed(config.seed)
-    with cluster.strategy.scope():
-        model, precision = build(
-            lambda: source.make(max_len=store.max_len, dim=store.dim,
-                                num_classes=len(store.label_names), padding=store.padding, **hp),
-            resolve_precision(config.precision), config.precision)
-        if takes_token_ids(model):
-            raise ModelError(f"Model {source.ref!r} reads token_ids (the lexical channel), which "
-                             "multi-worker training does not feed; train it with the default "
-                             "strategy")
-        # One step per call: the multi-worker workarounds (jobs.multiworker) assume it.
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                      steps_per_execution=1)
-    return model, precision
-
-
-def _fit_callbacks(work_dir: Path, config: TrainConfig) -> list:
-    """Early stopping on validation accuracy (best weights restored), history.csv and
-    TensorBoard logs: what a group member's run folder gets (jobs.group), through Keras."""
-    import keras
-
-    return [
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
-                                      restore_best_weights=True),
-        keras.callbacks.CSVLogger(work_dir / "history.csv"),
-        keras.callbacks.TensorBoard(work_dir / "logs", write_graph=False, profile_batch=0),
-    ]
-
-
-def _final_metrics(store, plans: dict, config: TrainConfig, source, model) -> dict:
-    """The chief's val/test accuracy, loss and macro-F1 of the restored best model: the same
-    figures, by the same code (``GroupTrainer.evaluate``), as a single-process card's."""
-    m = Member(name=source.name, source=source, hparams={}, learning_rate=config.learning_rate,
-               final=Path("."), stage=Path("."), model=model, done=True)
-    evaluator = GroupTrainer([m], steps_per_execution=1, progress=False)
-    for split in ("val", "test"):
-        steps = plans[split].num_batches(config.batch_size, config.length_buckets)
-        ds = streamed_dataset(store, split, batching=config.batching(), plan=plans[split])
-        evaluator.evaluate(ds, steps, split, len(store.label_names))
-    return m.metrics
-
-

@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,7 @@ def _space_and_models(space, model) -> tuple[Space, list]:
     return space, sources
 
 
-def tune(store_url: str, model: Any, space: Space | list[str] | dict | str | Path, *,
+def tune(store_url: str, model: Any, space: Space | list[str] | dict | str | Path, *,  # noqa: PLR0913 - options
          trials: int = TRIALS, parallel: int = PARALLEL, study: str | None = None,
          study_name: str | None = None, out: str | Path = OUT, sampler: str = SAMPLERS[0],
          pruner: str = PRUNERS[0], timeout: float | None = None,
@@ -199,17 +199,29 @@ def _clear_stale(the_study, out: Path, progress: bool) -> None:
               "that was stopped", file=sys.stderr)
 
 
+@dataclass
 class _Study:
     """One process's part of a study: ask, train in groups, report, prune, tell."""
 
-    def __init__(self, study, storage_url, store_url, store, plans, sources, space, config, out,
-                 *, trials, parallel, timeout, progress, callbacks, refill):
-        self.study, self.storage_url, self.store_url = study, storage_url, store_url
-        self.store, self.plans, self.sources, self.space = store, plans, sources, space
-        self.config, self.out, self.trials, self.parallel = config, out, trials, parallel
-        self.deadline = time.monotonic() + timeout if timeout else None
-        self.progress, self.callbacks, self.refill = progress, callbacks, refill
-        self.running: dict[int, TrialRun] = {}  # id(member) -> its trial
+    study: Any
+    storage_url: str
+    store_url: str
+    store: Any
+    plans: dict
+    sources: list
+    space: Space
+    config: TrainConfig
+    out: Path
+    trials: int
+    parallel: int
+    timeout: float | None
+    progress: bool
+    callbacks: list
+    refill: str
+    running: dict[int, TrialRun] = field(default_factory=dict, init=False)  # id(member) -> trial
+
+    def __post_init__(self) -> None:
+        self.deadline = time.monotonic() + self.timeout if self.timeout else None
         self.t0 = time.perf_counter()
 
     def _room(self) -> bool:
@@ -337,10 +349,10 @@ class _Study:
         from optuna.trial import TrialState
 
         if state == "complete":
-            self.study.tell(trial, value)
+            frozen = self.study.tell(trial, value)
         else:
-            self.study.tell(trial, state=TrialState.PRUNED if state == "pruned" else
-                            TrialState.FAIL)
+            frozen = self.study.tell(trial, state=TrialState.PRUNED if state == "pruned" else
+                                     TrialState.FAIL)
             if state == "pruned" and (m.stage / "history.csv").exists():
                 keep = self.out / f"{m.name}.pruned"
                 shutil.rmtree(keep, ignore_errors=True)
@@ -356,7 +368,5 @@ class _Study:
         if self.progress:
             print(f"Trial {trial.number} {state}{': ' + note if note else ''}", file=sys.stderr)
         pause_point("tune:trial-ended")
-        if self.callbacks:
-            frozen = self.study._storage.get_trial(trial._trial_id)
-            for cb in self.callbacks:
-                cb(self.study, frozen)
+        for cb in self.callbacks:
+            cb(self.study, frozen)

@@ -44,12 +44,16 @@ def _storage(url: str):
 
 
 def redact(url: str) -> str:
-    """A storage URL without its password (it goes into cards and messages)."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        auth, _, host = rest.rpartition("@")
-        return f"{scheme}://{auth.partition(':')[0]}:***@{host}"
-    return url
+    """A storage URL without its password (it goes into cards and messages): SQLAlchemy's own
+    rendering for its URLs; a journal path or anything it cannot parse as it is."""
+    if "://" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL: it holds no password to hide
+        return url
 
 
 def store_fingerprint(store) -> str:
@@ -123,9 +127,9 @@ def fail_stale(study) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = t.user_attrs.get("embcache_owner") or {}
         if owner.get("host") == host and owner.get("pid") and not _alive(owner["pid"]):
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-                failed.append(t.number)
+            # skip_if_finished: another process may have failed it meanwhile
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            failed.append(t.number)
     optuna.storages.fail_stale_trials(study)
     return failed
 
@@ -140,6 +144,42 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# Optuna internals tune relies on (everything else is Optuna's public API): the heartbeat
+# (recorded for trials tune runs itself, outside Study.optimize) needs the study's storage and a
+# trial's storage id. tests/test_tune.py fails on an Optuna that moves them.
+OPTUNA_PRIVATE = ("optuna.storages._heartbeat.BaseHeartbeat",
+                  "optuna.storages._heartbeat.is_heartbeat_enabled", "Study._storage",
+                  "Trial._trial_id")
+
+
+def missing_private_optuna() -> list[str]:
+    """The names of :data:`OPTUNA_PRIVATE` this Optuna lacks (checked on an in-memory study)."""
+    import importlib
+
+    import optuna
+
+    missing = []
+    for name in OPTUNA_PRIVATE[:2]:
+        module, _, attr = name.rpartition(".")
+        try:
+            if not hasattr(importlib.import_module(module), attr):
+                missing.append(name)
+        except ImportError:
+            missing.append(name)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line
+    try:
+        study = optuna.create_study()
+        trial = study.ask()
+        for name, obj in (("Study._storage", study), ("Trial._trial_id", trial)):
+            if not hasattr(obj, name.partition(".")[2]):
+                missing.append(name)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return missing
 
 
 class Heartbeat:
@@ -194,55 +234,29 @@ def best_line(study) -> str:
 
 
 def plot_study(study, path: Path) -> None:
-    """Optimisation history and, where Optuna can compute them, parameter importances."""
+    """Optuna's own plots (``optuna.visualization.matplotlib``): the optimisation history in
+    ``path`` and, where Optuna can compute them, the parameter importances (PED-ANOVA: NumPy
+    only, where fANOVA needs scikit-learn) beside it, in ``<name>-importances.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from optuna.importance import PedAnovaImportanceEvaluator
     from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as plots
 
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not done:
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    xs = [t.number for t in done]
-    ys = [t.value for t in done]
-    order = sorted(range(len(xs)), key=xs.__getitem__)
-    axes[0].plot([xs[i] for i in order], [ys[i] for i in order], "o", alpha=0.6,
-                 label="completed trial")
-    axes[0].step([xs[i] for i in order], [max(ys[j] for j in order[: k + 1])
-                                          for k in range(len(order))], where="post",
-                 label="best so far")
-    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
-    if pruned:
-        axes[0].plot([t.number for t in pruned],
-                     [max(t.intermediate_values.values(), default=float("nan")) for t in pruned],
-                     "x", color="grey", label="pruned (best epoch)")
-    axes[0].set_xlabel("trial")
-    axes[0].set_ylabel("validation accuracy")
-    axes[0].set_title("Optimisation history")
-    axes[0].grid(alpha=0.3)
-    axes[0].legend()
-    try:
-        import optuna
-        from optuna.importance import PedAnovaImportanceEvaluator
-
-        # PED-ANOVA: NumPy only (fANOVA, Optuna's default, needs scikit-learn). Over the
-        # parameters every completed trial has (a model's own parameters are left out when
-        # several models are tuned).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            imp = optuna.importance.get_param_importances(
-                study, evaluator=PedAnovaImportanceEvaluator())
-        names = list(imp)[::-1]
-        axes[1].barh(names, [imp[n] for n in names])
-        axes[1].set_title("Parameter importances (PED-ANOVA)")
-        axes[1].set_xlabel("importance")
-    except Exception as e:  # noqa: BLE001 - too few trials, or a conditional space
-        axes[1].text(0.5, 0.5, f"importances not available:\n{str(e).splitlines()[0][:80]}",
-                     ha="center", va="center", wrap=True)
-        axes[1].set_axis_off()
-    fig.suptitle(f"Study {study.study_name}: {len(done)} completed, {len(pruned)} pruned")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        ax = plots.plot_optimization_history(study, target_name="validation accuracy")
+        ax.figure.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(ax.figure)
+        try:  # over the parameters every completed trial has
+            ax = plots.plot_param_importances(study, evaluator=PedAnovaImportanceEvaluator(),
+                                              target_name="validation accuracy")
+        except Exception:  # noqa: BLE001 - too few trials, or a conditional space: no picture
+            return
+        ax.figure.savefig(path.with_name(f"{path.stem}-importances.png"), dpi=100,
+                          bbox_inches="tight")
+        plt.close(ax.figure)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import embcache
 from embcache import models
 from embcache.jobs.cli import main
-from tests.conftest import small_store
+from tests.helpers import small_store
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBCACHE = str(Path(sys.executable).with_name("embcache"))
@@ -308,7 +308,7 @@ def test_the_readme_quick_start_runs_as_written(tmp_path, vectors_file):
     import shlex
     import tarfile
 
-    from tests.conftest import make_folder_corpus
+    from tests.helpers import make_folder_corpus
 
     make_folder_corpus(tmp_path / "src" / "news", docs_per_label=20, labels=("a", "b", "c"))
     (tmp_path / "data").mkdir()
@@ -332,3 +332,15 @@ def test_the_readme_quick_start_runs_as_written(tmp_path, vectors_file):
     with open(tmp_path / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows and {"kim_cnn_label", "tfidf_label", "ensemble_label"} <= set(rows[0])
+
+
+def test_every_figure_of_the_readme_benchmark_summary_is_in_benchmarks_md():
+    """The README's summary quotes BENCHMARKS.md: a figure changed or dropped there (a re-run,
+    a section removed) fails here until the README says the same."""
+    readme = (ROOT / "README.md").read_text()
+    summary = readme.split("<!-- benchmark-summary -->")[1].split("<!-- /benchmark-summary -->")[0]
+    report = (ROOT / "BENCHMARKS.md").read_text()
+    figures = re.findall(r"(?<![\w.])\d[\d,]*\.\d+|(?<![\w.,])\d{1,3}(?:,\d{3})+(?![\d,])", summary)
+    assert len(figures) > 30  # the summary's rows hold figures, not only words
+    missing = [f for f in figures if not re.search(rf"(?<![\d.,]){re.escape(f)}(?![\d])", report)]
+    assert missing == []

@@ -27,7 +27,7 @@ from embcache.jobs.cli import main
 from embcache.jobs.config import TrainConfig
 from embcache.jobs.runs import card_digest
 from embcache.jobs.train import train
-from tests.conftest import paused, small_store, write_vectors
+from tests.helpers import paused, small_store, write_vectors
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 
 from embcache.cache.corpus import CorpusSpec, iter_documents, scan_corpus
 from embcache.cache.errors import CorpusError
-from tests.conftest import make_folder_corpus
+from tests.helpers import make_folder_corpus
 
 
 def docs(spec):
@@ -113,7 +113,7 @@ def test_a_tar_gz_cut_anywhere_is_an_error(tmp_path):
 
     from embcache.cache.corpus import CorpusSpec, iter_documents
     from embcache.cache.errors import CorpusError
-    from tests.conftest import make_folder_corpus
+    from tests.helpers import make_folder_corpus
 
     make_folder_corpus(tmp_path / "corpus", docs_per_label=12)
     with tarfile.open(tmp_path / "c.tar.gz", "w:gz") as tar:

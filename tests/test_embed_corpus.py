@@ -1,8 +1,5 @@
-import os
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +9,11 @@ from embcache.cache.corpus import CorpusSpec
 from embcache.cache.errors import StoreError
 from embcache.cache.meta import StoreMeta
 from embcache.cache.settings import EmbedSettings
-from embcache.cache.store import open_store, read_chunk_stats, store_state
+from embcache.cache.store import open_store, store_state
 from embcache.cache.stream import read_padded
 from embcache.cache.tokenize import make_tokenizer
 from embcache.jobs.embed_corpus import embed_corpus
-from tests.conftest import make_folder_corpus, paused
+from tests.helpers import assert_same_store, kill_after_chunks, make_folder_corpus, read_all
 
 
 def expected_sequence(text, table, max_len, padding="pre", truncating="pre", oov=None):
@@ -119,25 +116,6 @@ def test_complete_store_is_not_overwritten(tmp_path, folder_corpus, vectors_file
     assert open_store(str(out)).max_len == 6
 
 
-def read_all(url):
-    """Every array; ``tokens`` as the documents' rows (never read whole: it is an address space)
-    plus the chunk files it wrote."""
-    g = zarr.open_group(str(url), mode="r")
-    out = {name: g[name][:] for name in g.array_keys() if name != "tokens"}
-    tokens = g["tokens"]
-    out["tokens"] = np.concatenate([tokens[o:o + n] for o, n in zip(out["offsets"], out["lengths"])])
-    out["token_chunks"] = np.array(sorted(str(p.relative_to(url)) for p in (url / "tokens").rglob("*")
-                                          if p.is_file()))
-    return out
-
-
-def assert_same_store(a, b):
-    ra, rb = read_all(a), read_all(b)
-    assert ra.keys() == rb.keys()
-    for k in ra:
-        np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
-
-
 @pytest.fixture(scope="module")
 def big_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("big") / "corpus"
@@ -153,16 +131,6 @@ def test_worker_count_does_not_change_the_store(tmp_path, big_corpus, vectors_fi
                      chunk_docs=50, progress=False, settings=EmbedSettings(max_len=20))
         stores.append(out)
     assert_same_store(*stores)
-
-
-def kill_after_chunks(cmd: list[str], out, chunks: int, timeout: float) -> None:
-    """Run ``cmd`` (an embed-corpus into ``out``) and ``kill -9`` it right after its
-    ``chunks``-th block committed (it waits there: embcache.cache.hooks)."""
-    proc, _flag = paused(cmd, f"embed:block-committed:{chunks}", Path(str(out)).parent, timeout)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    stats = read_chunk_stats(zarr.open_group(str(out), mode="r"))
-    assert int((stats[:, 0] >= 0).sum()) >= chunks
 
 
 def test_kill_and_resume_gives_the_uninterrupted_store(tmp_path, big_corpus, vectors_file):
@@ -213,7 +181,6 @@ def test_resume_removes_temporary_chunk_files_of_a_killed_write(tmp_path, folder
                                                                  vectors_file):
     """A kill in the middle of a chunk write leaves zarr's `<chunk>.<uuid>.partial`; resuming
     removes it (the block is written again), so the store ends as an uninterrupted one."""
-    import zarr
 
     args = dict(chunk_docs=4, progress=False, settings=EmbedSettings(max_len=20), workers=1)
     reference, out = tmp_path / "ref.zarr", tmp_path / "s.zarr"

@@ -16,8 +16,7 @@ from embcache.cache.corpus import CorpusSpec
 from embcache.cache.errors import ModelError
 from embcache.cache.store import open_store, store_state
 from embcache.jobs.embed_corpus import embed_corpus
-from tests.conftest import WORDS, make_folder_corpus
-from tests.test_embed_corpus import assert_same_store, kill_after_chunks
+from tests.helpers import WORDS, assert_same_store, kill_after_chunks, make_folder_corpus
 
 EMBCACHE = str(Path(sys.executable).with_name("embcache"))
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "caf", "##e", "##s", "super",
@@ -209,7 +208,7 @@ def save_tiny_hf_bert(folder: Path, vocab=VOCAB, table_rows: int | None = None, 
     its tokenizer.json lower-cases and strips accents as BERT's own does."""
     from safetensors.numpy import save_file
 
-    from tests.test_subword import wordpiece
+    from tests.helpers import wordpiece
 
     rng = np.random.default_rng(seed)
     h, inter, rows = 8, 16, table_rows or len(vocab)
@@ -247,7 +246,7 @@ def save_tiny_hf_bert(folder: Path, vocab=VOCAB, table_rows: int | None = None, 
 
 def test_the_folders_own_tokenizer_json_decides_the_ids(encoders, tmp_path):
     from embcache.cache.encoder import Encoder, resolve
-    from tests.test_subword import wordpiece
+    from tests.helpers import wordpiece
 
     folder = save_tiny_hf_bert(tmp_path / "hf")
     enc = Encoder(resolve(str(folder), max_len=32, cache_dir=tmp_path / "cache"))

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import cli, small_store
+from tests.helpers import cli, small_store
 
 
 @pytest.fixture(scope="module")

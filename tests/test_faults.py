@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import cli, one_error_line, paused, small_store
+from tests.helpers import cli, one_error_line, paused, small_store
 
 CLI = [sys.executable, "-m", "embcache.jobs.cli"]
 
@@ -29,7 +29,7 @@ def store(tmp_path_factory, vectors_file):
 def test_ten_thousand_labels_train_and_score(tmp_path, vectors_file):
     """20,000 documents over 10,000 labels: the scores, metrics.json and a readable picture of
     the most confused labels, without a 10,000 x 10,000 matrix anywhere."""
-    from tests.conftest import WORDS
+    from tests.helpers import WORDS
 
     corpus = tmp_path / "many.jsonl"
     with corpus.open("w") as f:
@@ -112,7 +112,7 @@ def test_a_store_cut_in_its_first_kilobytes_is_recreated_on_rerun(tmp_path, vect
                                                                     limit):
     """A file-size limit of ``limit`` bytes cuts the store's metadata documents (the group's is
     about 1.7 KB once complete): the rerun recreates or resumes it, never calls it malformed."""
-    from tests.conftest import make_folder_corpus
+    from tests.helpers import make_folder_corpus
 
     make_folder_corpus(tmp_path / "corpus", docs_per_label=20)
     out = tmp_path / "s.zarr"
@@ -201,7 +201,7 @@ def test_a_store_in_a_folder_without_write_access_is_read_without_a_lock(tmp_pat
 
     import embcache
     from embcache.cache import locks
-    from tests.conftest import small_store
+    from tests.helpers import small_store
 
     store = small_store(tmp_path, vectors_file[0], docs_per_label=8, val_frac=0.25,
                         test_frac=0.25)

@@ -13,12 +13,13 @@ import pytest
 
 from embcache.cache.dataset import Batching, memory_dataset
 from embcache.cache.errors import EmbcacheError, ModelError
+from embcache.cache.held import InMemorySplit, memory_bytes
 from embcache.cache.store import open_store
-from embcache.cache.stream import Bucketer, InMemorySplit, memory_bytes, plan_split
+from embcache.cache.stream import Bucketer, plan_split
 from embcache.jobs.config import TrainConfig
 from embcache.jobs.grid import expand_runs, parse_grid
 from embcache.jobs.train import train, train_group
-from tests.conftest import small_store, stream
+from tests.helpers import small_store, stream
 
 EMBCACHE = str(Path(sys.executable).with_name("embcache"))
 CFG = TrainConfig(epochs=2, batch_size=8, patience=5, seed=3)
@@ -148,7 +149,7 @@ def build_fixed(*, dim, num_classes, max_len=0, padding="pre"):
 
 def test_a_model_that_cannot_run_on_the_batches_stops_alone(store, tmp_path, monkeypatch):
     """The README's promise: named in one line, no run folder, the others published whole."""
-    from tests.conftest import cli
+    from tests.helpers import cli
 
     (tmp_path / "fixed_models.py").write_text(FIXED_LENGTH_MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))

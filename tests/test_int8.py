@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from embcache.cache.dataset import Batching, memory_dataset
+from embcache.cache.held import InMemorySplit
 from embcache.cache.rows import decode_rows, encode_rows, join_rows, split_rows
 from embcache.cache.store import open_store
-from embcache.cache.stream import InMemorySplit, plan_split, read_padded
-from tests.conftest import make_folder_corpus, stream
+from embcache.cache.stream import plan_split, read_padded
+from tests.helpers import make_folder_corpus, stream
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli, one_error_line, small_store
+from tests.helpers import cli, one_error_line, small_store
 
 DAMAGE = ("deleted", "garbage", "truncated")
 # The embed-corpus options small_store uses (the repair must be the same command).

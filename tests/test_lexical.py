@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.conftest import cli, one_error_line, small_store
+from tests.helpers import cli, one_error_line, small_store
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 
 from embcache.cache.errors import EmbcacheError
 from embcache.cache.precision import native_bfloat16, resolve_precision
-from tests.conftest import cli, small_store
+from tests.helpers import cli, small_store
 
 
 @pytest.fixture(scope="module")

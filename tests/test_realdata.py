@@ -8,7 +8,7 @@ from embcache.cache.settings import EmbedSettings
 from embcache.cache.store import open_store
 from embcache.cache.vectors import load_vectors
 from embcache.jobs.embed_corpus import embed_corpus
-from tests.conftest import real_data_dir
+from tests.helpers import real_data_dir
 
 pytestmark = pytest.mark.realdata
 

@@ -17,7 +17,7 @@ from embcache.jobs.config import TrainConfig
 from embcache.jobs.embed_corpus import SplitSettings, embed_corpus
 from embcache.jobs.score import score
 from embcache.jobs.train import train
-from tests.conftest import make_folder_corpus
+from tests.helpers import make_folder_corpus
 
 SETTINGS = EmbedSettings(max_len=160)
 

@@ -17,7 +17,7 @@ from embcache.jobs.config import TrainConfig
 from embcache.jobs.embed_corpus import embed_corpus
 from embcache.jobs.runs import write_card
 from embcache.jobs.train import train
-from tests.conftest import make_folder_corpus, small_store
+from tests.helpers import make_folder_corpus, small_store
 
 
 @pytest.fixture(scope="module")

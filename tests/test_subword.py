@@ -17,23 +17,11 @@ from embcache.cache.errors import ModelError, VectorsError
 from embcache.cache.settings import EmbedSettings
 from embcache.cache.store import open_store
 from embcache.jobs.embed_corpus import embed_corpus
-from tests.conftest import WORDS
+from tests.helpers import PIECES, WORDS, wordpiece
 
 EMBCACHE = str(Path(sys.executable).with_name("embcache"))
-PIECES = ["[PAD]", "[UNK]", *WORDS, "caf", "##e", "##s", "hello", "world", "super", "##cal", "##i",
-          ",", "!", "."]
 TEXTS = ["Héllo wörld, café!", "", "The Cat SAT on the mat.", "supercali " * 60,
          "zzz qqq unknown", "ÀÉÎ õü çñ dog", "a good day, a bad night!"]
-
-
-def wordpiece(vocab=PIECES):
-    """A BERT-style tokenizer (lower-cases, strips accents) over ``vocab``."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-
-    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    return tok
 
 
 def write_corpus(path: Path, texts=TEXTS, labels=("a", "b")) -> Path:
@@ -218,8 +206,7 @@ def test_table_with_tokenizer_round_trip_cli_and_scorer(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
 def test_workers_dask_and_a_killed_run_resumed_write_the_single_process_store(tmp_path, dtype):
-    from tests.conftest import make_folder_corpus
-    from tests.test_embed_corpus import assert_same_store, kill_after_chunks
+    from tests.helpers import assert_same_store, kill_after_chunks, make_folder_corpus
 
     corpus = tmp_path / "corpus"
     make_folder_corpus(corpus, docs_per_label=150, labels=("a", "b"))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import embcache
-from tests.conftest import WORDS
+from tests.helpers import WORDS
 
 
 def build_mean(*, dim, num_classes, padding="pre", hidden=8):
@@ -153,7 +153,7 @@ def test_a_script_without_the_main_guard_is_told_what_to_add(tmp_path, vectors_f
 
 
 def test_corpus_options_with_a_store_input_are_refused(csv_store, tmp_path):
-    from tests.conftest import cli, one_error_line
+    from tests.helpers import cli, one_error_line
 
     run = _run(str(csv_store), tmp_path)
     code, out = cli("score", "--models", run, "--input", csv_store, "--out", tmp_path / "p.csv",

@@ -11,7 +11,7 @@ from embcache.cache.store import open_store
 from embcache.cache.stream import ShuffleBuffer, plan_split
 from embcache.jobs.cli import main
 from embcache.jobs.embed_corpus import embed_corpus
-from tests.conftest import paused, small_store, stream
+from tests.helpers import paused, small_store, stream
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 
 from embcache.cache.errors import EmbcacheError, ModelError
 from embcache.jobs.config import TrainConfig
-from tests.conftest import cli, one_error_line, paused, small_store, stream, write_vectors
+from tests.helpers import cli, one_error_line, paused, small_store, stream, write_vectors
 
 optuna = pytest.importorskip("optuna")
 
@@ -287,3 +287,20 @@ def test_ctrl_c_marks_the_running_trials_failed(store, tmp_path):
     states = _states(db, "t")
     assert "RUNNING" not in states and states.count("COMPLETE") == 1
     assert not list((tmp_path / "t").glob(".*.partial"))
+
+
+def test_the_optuna_internals_tune_relies_on_are_there():
+    """Fails loudly on an Optuna upgrade that moves what the heartbeat needs (the rest of tune
+    is Optuna's public API)."""
+    from embcache.jobs.tune_study import missing_private_optuna
+
+    assert missing_private_optuna() == [], f"Optuna {optuna.__version__} moved them"
+
+
+def test_a_storage_url_loses_its_password_and_nothing_else():
+    from embcache.jobs.tune_study import redact
+
+    assert redact("postgresql+psycopg2://ann:s3cr%40t@db:5432/study") == \
+        "postgresql+psycopg2://ann:***@db:5432/study"
+    assert redact("sqlite:///runs/tune/study.db") == "sqlite:///runs/tune/study.db"
+    assert redact("runs/tune.journal") == "runs/tune.journal"

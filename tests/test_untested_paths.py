@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli, make_folder_corpus, one_error_line, small_store
+from tests.helpers import cli, make_folder_corpus, one_error_line, small_store
 
 # The embed-corpus options small_store uses (a rerun must be the same command).
 EMBED = ["--max-len", "160", "--chunk-docs", "16", "--val-frac", "0.25", "--test-frac", "0.25",

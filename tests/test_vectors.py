@@ -7,7 +7,7 @@ import pytest
 
 from embcache.cache.errors import VectorsError
 from embcache.cache.vectors import load_vectors
-from tests.conftest import DIM, WORDS, write_vectors
+from tests.helpers import DIM, WORDS, write_vectors
 
 
 def check_table(table, expected):

@@ -56,8 +56,9 @@ def child(store_url: str, model_name: str, variant: str, epochs: int) -> dict:
 
     from embcache import models
     from embcache.cache.dataset import hold_split, memory_dataset, streamed_dataset
+    from embcache.cache.held import InMemorySplit
     from embcache.cache.store import open_store
-    from embcache.cache.stream import InMemorySplit, plan_split
+    from embcache.cache.stream import plan_split
     from embcache.jobs.config import TrainConfig
     from embcache.jobs.train import EpochTimer
 

@@ -153,8 +153,9 @@ def _train(store: Path, runs: Path, reuse: bool) -> dict:
 
 def _fits(store: Path, memory_mb: int) -> bool:
     """Whether ``train`` served the train split from memory (it fits ``--memory-mb``)."""
+    from embcache.cache.held import memory_bytes
     from embcache.cache.store import open_store
-    from embcache.cache.stream import memory_bytes, plan_split
+    from embcache.cache.stream import plan_split
 
     s = open_store(str(store))
     plan = plan_split(s, "train")

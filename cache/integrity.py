@@ -44,14 +44,6 @@ CHECKSUM = "crc32c"
 ARRAYS = ARRAY_NAMES
 
 
-def checksum_codec():
-    """The codec that ends every array's chain in new stores (appended after the compressor, so
-    it checks the bytes as stored)."""
-    from zarr.codecs import Crc32cCodec
-
-    return Crc32cCodec()
-
-
 def is_checksummed(array) -> bool:
     from zarr.codecs import Crc32cCodec
 

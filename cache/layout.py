@@ -111,12 +111,18 @@ PER_DOC = tuple(a.name for a in ARRAYS if a.axis == "docs")
 CHECKSUM_CHUNKS = True
 
 
+def checksum_codec():
+    """The codec that ends every array's chain in new stores (appended after the compressor, so
+    it checks the bytes as stored)."""
+    from zarr.codecs import Crc32cCodec
+
+    return Crc32cCodec()
+
+
 def _codecs(compressor) -> dict[str, Any]:
     """``create_array`` keywords: the compressor, then the checksum of the compressed bytes, and
     every chunk stored even when it holds only the fill value, so that a complete store's chunks
     are exactly what its layout says (a missing one is damage, never "all fill")."""
-    from embcache.cache.integrity import checksum_codec
-
     chain = [compressor] + ([checksum_codec()] if CHECKSUM_CHUNKS else [])
     return {"compressors": chain, "config": {"write_empty_chunks": True}}
 
@@ -245,7 +251,8 @@ def check_shapes(url: str, group, meta: StoreMeta) -> None:
     """
     from embcache.cache.errors import StoreError
 
-    for spec in ARRAYS:
+    # Per-document arrays first: an edited `num_docs` is named where it shows most directly.
+    for spec in sorted(ARRAYS, key=lambda a: ("docs", "blocks", "rows").index(a.axis)):
         if spec.name not in group:
             continue
         shape, have = spec.shape(meta), tuple(group[spec.name].shape)

@@ -328,13 +328,16 @@ def precision_option(help_text: str):
 def training_options(fn):
     """The stream and optimiser options that train and tune share (TrainConfig's fields)."""
     options = [
-        click.option("--epochs", default=_TRAIN.epochs, show_default=True, type=click.IntRange(min=1)),
-        click.option("--batch-size", default=_TRAIN.batch_size, show_default=True, type=click.IntRange(min=1)),
+        click.option("--epochs", default=_TRAIN.epochs, show_default=True, type=click.IntRange(min=1),
+                     help="Most epochs to train (early stopping may end sooner)."),
+        click.option("--batch-size", default=_TRAIN.batch_size, show_default=True, type=click.IntRange(min=1),
+                     help="Documents per batch."),
         click.option("--learning-rate", default=_TRAIN.learning_rate, show_default=True,
-                     type=click.FloatRange(min=0, min_open=True)),
+                     type=click.FloatRange(min=0, min_open=True), help="Adam's learning rate."),
         click.option("--patience", default=_TRAIN.patience, show_default=True, type=click.IntRange(min=1),
                      help="Epochs without a better validation accuracy before stopping."),
-        click.option("--seed", default=_TRAIN.seed, show_default=True, type=click.IntRange(min=0)),
+        click.option("--seed", default=_TRAIN.seed, show_default=True, type=click.IntRange(min=0),
+                     help="Seed of the initial weights, dropout and batch order."),
         click.option("--shuffle-docs", default=_TRAIN.shuffle_docs, show_default=True,
                      type=click.IntRange(min=1),
                      help="Shuffle buffer (documents; about 190 MB at 20 Newsgroups' mean length when "

@@ -20,68 +20,25 @@ from pathlib import Path
 from embcache.cache.dataset import pipeline_errors, streamed_dataset
 from embcache.cache.errors import EmbcacheError, ModelError, writing
 from embcache.cache.locks import exclusive, reading
-from embcache.cache.precision import precision_line, resolve_precision
+from embcache.cache.precision import precision_line
 from embcache.cache.tfenv import quiet_tensorflow
 from embcache.jobs.config import TrainConfig
+from embcache.jobs.fit import (
+    TrainSummary,
+    compile_model,
+    finish_run,
+    fit_callbacks,
+    make_model,
+)
 from embcache.jobs.grid import expand_runs
 from embcache.jobs.group import GroupTrainer, Member
 from embcache.jobs.multiworker import STRATEGIES
 from embcache.jobs.runs import (
     CARD_FILE,
     MODEL_FILE,
-    draw,
-    plot_curves,
-    publish_run,
-    run_card,
-    write_card,
 )
 from embcache.jobs.train_data import adapt_lexical, group_streams, open_for_training
 from embcache.models.registry import takes_token_ids
-
-
-@dataclass
-class TrainSummary:
-    out: str
-    model: str
-    epochs: int
-    best_epoch: int
-    metrics: dict = field(default_factory=dict)
-    samples_per_s: float = 0.0
-    model_bytes: int = 0
-    seconds: float = 0.0
-    worker_note: str = ""  # set on non-chief workers of a multi-worker run
-
-    def line(self) -> str:
-        if self.worker_note:
-            return self.worker_note
-        m = self.metrics
-        test = f", test accuracy {m['test_accuracy']:.3f}" if "test_accuracy" in m else ""
-        return (f"Trained {self.model} for {self.epochs} epochs (best {self.best_epoch}): val "
-                f"accuracy {m['val_accuracy']:.3f}{test}, {self.samples_per_s:,.0f} samples/s, "
-                f"model {self.model_bytes / 1e6:.2f} MB (no word vectors) -> {self.out} "
-                f"({self.seconds:.0f} s)")
-
-
-class EpochTimer:
-    """Per-epoch wall times as a Keras callback; ``make()`` builds it lazily, so importing this
-    module does not import Keras (also used by ``jobs.bench.train``)."""
-
-    @staticmethod
-    def make():
-        import keras
-
-        class Timer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.seconds: list[float] = []
-
-            def on_epoch_begin(self, epoch, logs=None):
-                self._t = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                self.seconds.append(time.perf_counter() - self._t)
-
-        return Timer()
 
 
 @dataclass
@@ -248,41 +205,6 @@ def build_member(m: Member, store, config: TrainConfig) -> None:
     m.callbacks = fit_callbacks(m.stage, config) + [m.history]
 
 
-def make_model(source, store, hparams: dict, config: TrainConfig):
-    """The model built for the store in the precision ``config`` asks for: ``(model,
-    precision)``. Both training paths build through here (multi-worker: in its strategy's
-    scope)."""
-    from embcache.models.precision import build
-
-    return build(lambda: source.make(max_len=store.max_len, dim=store.dim,
-                                     num_classes=len(store.label_names), padding=store.padding,
-                                     **hparams),
-                 resolve_precision(config.precision), config.precision)
-
-
-def compile_model(model, learning_rate: float) -> None:
-    """Adam (:mod:`embcache.models.optimizers`: lazy row-sparse updates), sparse categorical
-    cross-entropy, accuracy; one step per call (the group trainer runs its own loop, and the
-    multi-worker workarounds of :mod:`embcache.jobs.multiworker` assume it)."""
-    from embcache.models.optimizers import Adam
-
-    model.compile(optimizer=Adam(learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-
-
-def fit_callbacks(work_dir: Path, config: TrainConfig) -> list:
-    """What every run folder gets: early stopping on validation accuracy (best weights
-    restored), ``history.csv`` and TensorBoard logs."""
-    import keras
-
-    return [
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
-                                      restore_best_weights=True),
-        keras.callbacks.CSVLogger(work_dir / "history.csv"),
-        keras.callbacks.TensorBoard(work_dir / "logs", write_graph=False, profile_batch=0),
-    ]
-
-
 def _fit_members(store_url, store, plans, members: list[Member], config: TrainConfig,
                  progress: bool, lone: bool, t0: float) -> GroupResult:
     import keras
@@ -339,31 +261,3 @@ def save_member(store_url, store, plans, m: Member, config: TrainConfig, group: 
     """Save a finished member's best model, then finish its run (:func:`finish_run`)."""
     m.model.save(m.stage / MODEL_FILE)
     return finish_run(store_url, store, plans, m, config, t0, group=group, extra=extra)
-
-
-def finish_run(store_url, store, plans, m: Member, config: TrainConfig, t0: float, *,
-               group: dict | None = None, extra: dict | None = None,
-               samples_per_epoch: int | None = None) -> TrainSummary:
-    """A trained run's card (with ``extra`` fields: a tune trial's study), its folder published
-    (``m.stage`` to ``m.final``, unless built in place) and its curves: both training paths end
-    here. ``samples_per_epoch``: the train documents an epoch reads (default: the split's)."""
-    model_path = m.stage / MODEL_FILE
-    val_acc = m.history.history["val_accuracy"]
-    best_epoch = int(max(range(len(val_acc)), key=val_acc.__getitem__)) + 1
-    per_epoch = samples_per_epoch or plans["train"].num_docs
-    samples_per_s = sorted(per_epoch / s for s in m.timer)[len(m.timer) // 2]
-    seconds = time.perf_counter() - t0
-    card = run_card(store, m, config, plans, epochs_run=len(val_acc), best_epoch=best_epoch,
-                    seconds=seconds, samples_per_s=samples_per_s, model_path=model_path)
-    if group:
-        card["group"] = group
-    card.update(extra or {})
-    write_card(m.stage, card)
-    if m.stage != m.final:
-        publish_run(m.stage, m.final)  # first: the run is whole without its picture
-    draw(m.final / "curves.png", plot_curves, m.history.history, m.final / "curves.png",
-         title=f"{m.name} on {Path(str(store_url)).name}")
-    shown = m.source.ref if m.name == m.source.name else m.name  # grid runs: by their point
-    return TrainSummary(out=str(m.final), model=shown, epochs=len(val_acc),
-                        best_epoch=best_epoch, metrics=m.metrics, samples_per_s=samples_per_s,
-                        model_bytes=card["model_bytes"], seconds=seconds)

@@ -2,7 +2,7 @@
 ``model.fit``, its train split sharded by chunks over the workers (:mod:`embcache.jobs.multiworker`
 holds the strategy and its workarounds). Every worker runs :func:`train_multiworker`; worker 0
 writes the run folder. The model is built, compiled and given its callbacks, and the run is
-finished, by the same functions as the main path (:mod:`embcache.jobs.train`), so its card and
+finished, by the same functions as the main path (:mod:`embcache.jobs.fit`), so its card and
 folder are the same.
 """
 
@@ -17,10 +17,7 @@ from pathlib import Path
 from embcache.cache.dataset import pipeline_errors, streamed_dataset
 from embcache.cache.errors import EmbcacheError, ModelError
 from embcache.jobs.config import TrainConfig
-from embcache.jobs.group import GroupTrainer, Member
-from embcache.jobs.multiworker import MultiWorker
-from embcache.jobs.runs import MODEL_FILE
-from embcache.jobs.train import (
+from embcache.jobs.fit import (
     EpochTimer,
     TrainSummary,
     compile_model,
@@ -28,6 +25,9 @@ from embcache.jobs.train import (
     fit_callbacks,
     make_model,
 )
+from embcache.jobs.group import GroupTrainer, Member
+from embcache.jobs.multiworker import MultiWorker
+from embcache.jobs.runs import MODEL_FILE
 from embcache.jobs.train_data import open_for_training
 from embcache.models.registry import takes_token_ids
 

@@ -114,6 +114,7 @@ def build_tiny(*, dim, num_classes, padding="pre", hidden=8):
     return keras.Model(ins, keras.layers.Dense(num_classes, activation="softmax")(x))
 
 
+@pytest.mark.slow
 def test_plugins_register_and_functions_resolve(tmp_path, monkeypatch, store):
     # An installed distribution declaring an entry point (a dist-info folder on the path).
     site = tmp_path / "site"
@@ -175,6 +176,7 @@ def trained(store, tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_scorer_loads_once_and_agrees_with_score(trained, store, vectors_file, tmp_path,
                                                  monkeypatch):
     import embcache.jobs.score as score_mod
@@ -221,6 +223,7 @@ def test_scorer_loads_once_and_agrees_with_score(trained, store, vectors_file, t
         scorer.classify(["fine", 3])
 
 
+@pytest.mark.slow
 def test_texts_files_and_stores_take_one_scoring_path(trained, vectors_file, tmp_path,
                                                       monkeypatch):
     """Texts (in memory), a raw file (through a store) and a store are all bucketed by
@@ -259,6 +262,7 @@ def test_texts_files_and_stores_take_one_scoring_path(trained, vectors_file, tmp
     assert private == []
 
 
+@pytest.mark.slow
 def test_scorer_needs_vectors_for_text(trained):
     scorer = embcache.Scorer([trained / "fasttext"], load=False)
     with pytest.raises(embcache.EmbcacheError, match="Scoring text needs `vectors=`"):

@@ -236,6 +236,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_gives_one_error_line(env, tmp_path, case):
     make, code, fragment = CASES[case]
@@ -268,6 +269,7 @@ def test_the_battery_is_large_enough():
     assert len(CASES) >= 20
 
 
+@pytest.mark.slow
 def test_kill_9_during_score_keeps_the_previous_predictions(env, tmp_path):
     """A score killed mid-run leaves the earlier predictions file as it was and no partial one
     in its place; the next run removes the dead run's hidden temporary file."""

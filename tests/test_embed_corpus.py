@@ -123,6 +123,7 @@ def big_corpus(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_worker_count_does_not_change_the_store(tmp_path, big_corpus, vectors_file):
     stores = []
     for workers in (1, 2):
@@ -133,6 +134,7 @@ def test_worker_count_does_not_change_the_store(tmp_path, big_corpus, vectors_fi
     assert_same_store(*stores)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_uninterrupted_store(tmp_path, big_corpus, vectors_file):
     reference = tmp_path / "ref.zarr"
     cmd = [sys.executable, "-m", "embcache.jobs.cli", "embed-corpus", "--corpus", str(big_corpus),
@@ -152,6 +154,7 @@ def test_kill_and_resume_gives_the_uninterrupted_store(tmp_path, big_corpus, vec
                 == getattr(open_store(str(reference)).meta.totals, key))
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_the_first_loses_nothing(tmp_path, folder_corpus, vectors_file):
     """While one process writes a store (it holds the store's lock), another embed-corpus into the
     same --out exits 1 with one line and touches nothing; once the first is done, it may."""

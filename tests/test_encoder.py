@@ -53,6 +53,7 @@ TEXTS = ["Héllo wörld, café!", "", "supercalifragilistic " * 40, "The cat sat
          "ÀÉÎ õü çñ", "dog"]
 
 
+@pytest.mark.slow
 def test_token_ids_equal_keras_hubs_own_tokenizer(encoders):
     import keras_hub
 
@@ -72,6 +73,7 @@ def test_token_ids_equal_keras_hubs_own_tokenizer(encoders):
                           for t in TEXTS) > 0
 
 
+@pytest.mark.slow
 def test_vectors_equal_the_backbone_alone_whatever_the_batch(encoders, corpus, tmp_path):
     import keras_hub
 
@@ -105,6 +107,7 @@ def test_vectors_equal_the_backbone_alone_whatever_the_batch(encoders, corpus, t
                                    atol=2e-3)
 
 
+@pytest.mark.slow
 def test_embed_train_score_round_trip_and_another_encoder_is_refused(encoders, corpus, tmp_path):
     store = tmp_path / "e.zarr"
     r = subprocess.run([EMBCACHE, "embed-corpus", "--corpus", str(corpus), "--encoder",
@@ -151,6 +154,7 @@ def test_embed_train_score_round_trip_and_another_encoder_is_refused(encoders, c
     assert r.returncode == 1 and "needs --encoder" in r.stderr
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_uninterrupted_store(encoders, tmp_path):
     corpus = tmp_path / "corpus"
     make_folder_corpus(corpus, docs_per_label=200, labels=("a", "b"))
@@ -166,6 +170,7 @@ def test_kill_and_resume_gives_the_uninterrupted_store(encoders, tmp_path):
     assert_same_store(reference, out)
 
 
+@pytest.mark.slow
 def test_missing_extra_is_one_error_line(tmp_path, corpus):
     fake = tmp_path / "fake"
     (fake / "keras_hub").mkdir(parents=True)
@@ -182,6 +187,7 @@ def test_missing_extra_is_one_error_line(tmp_path, corpus):
     assert not (tmp_path / "x.zarr").exists()
 
 
+@pytest.mark.slow
 def test_bad_encoder_paths_are_one_line(tmp_path, corpus):
     (tmp_path / "empty").mkdir()
     for spec, message in [(str(tmp_path / "nope" / "x"), "Encoder not found"),
@@ -193,6 +199,7 @@ def test_bad_encoder_paths_are_one_line(tmp_path, corpus):
         assert message in r.stderr
 
 
+@pytest.mark.slow
 def test_dask_workers_write_the_single_process_store(encoders, corpus, tmp_path):
     pytest.importorskip("dask.distributed")  # the dask extra (installed by the Makefile)
     single, dask = tmp_path / "single.zarr", tmp_path / "dask.zarr"
@@ -269,6 +276,7 @@ def test_the_folders_own_tokenizer_json_decides_the_ids(encoders, tmp_path):
     assert pre.identity()["fingerprint"] != enc.identity()["fingerprint"]
 
 
+@pytest.mark.slow
 def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tmp_path, corpus):
     folder = save_tiny_hf_bert(tmp_path / "big", [*VOCAB, *(f"w{i}" for i in range(9))],
                                table_rows=len(VOCAB))
@@ -280,6 +288,7 @@ def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tmp_path, corpus
         f"embedding table has {len(VOCAB)} rows: the tokenizer belongs to another model"]
 
 
+@pytest.mark.slow
 def test_oov_is_refused_and_truncating_recorded_truthfully(encoders, corpus, tmp_path):
     r = subprocess.run([EMBCACHE, "embed-corpus", "--corpus", str(corpus), "--encoder",
                         str(encoders[0]), "--oov", "mean", "--out", str(tmp_path / "x.zarr"), "-q"],
@@ -294,6 +303,7 @@ def test_oov_is_refused_and_truncating_recorded_truthfully(encoders, corpus, tmp
     assert meta.settings.truncating == "pre" and meta.encoder["truncating"] == "pre"
 
 
+@pytest.mark.slow
 def test_compiled_forward_pass_equals_the_plain_one(encoders):
     from embcache.cache.encoder import Encoder, resolve
 

@@ -34,6 +34,7 @@ def two(tmp_path_factory, vectors_file):
     return root, a, b, vectors_file[0]
 
 
+@pytest.mark.slow
 def test_a_store_input_joins_the_other_representations_store(two):
     import embcache
 
@@ -51,6 +52,7 @@ def test_a_store_input_joins_the_other_representations_store(two):
     np.testing.assert_allclose(named["ensemble_prob"], both["ensemble_prob"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_raw_text_is_embedded_once_per_representation(two):
     import embcache
     from embcache.cache.corpus import CorpusSpec, iter_documents
@@ -67,6 +69,7 @@ def test_raw_text_is_embedded_once_per_representation(two):
                                    rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fit_saves_a_card_that_scoring_and_runs_reuse(two, tmp_path):
     root, a, _b, _ = two
     models = f"{root}/runs/fast160,{root}/runs/tfidf40"

@@ -26,6 +26,7 @@ def store(tmp_path_factory, vectors_file):
 
 
 # -- many labels -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ten_thousand_labels_train_and_score(tmp_path, vectors_file):
     """20,000 documents over 10,000 labels: the scores, metrics.json and a readable picture of
     the most confused labels, without a 10,000 x 10,000 matrix anywhere."""
@@ -90,6 +91,7 @@ def test_a_model_of_the_wrong_output_width_is_refused_before_training(store, tmp
 
 
 # -- Ctrl-C at any moment of train -------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["train:tracing-train_step", "train:tracing-test_step",
                                    "train:epoch-end"])
 def test_ctrl_c_ends_train_within_seconds_at_every_moment(store, tmp_path, point):
@@ -107,6 +109,7 @@ def test_ctrl_c_ends_train_within_seconds_at_every_moment(store, tmp_path, point
 
 
 # -- a store cut while its metadata was written -------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", [600, 1200, 1600])
 def test_a_store_cut_in_its_first_kilobytes_is_recreated_on_rerun(tmp_path, vectors_file,
                                                                     limit):

@@ -43,6 +43,7 @@ def _card(run: Path) -> dict:
     return json.loads((run / "model.json").read_text())
 
 
+@pytest.mark.slow
 def test_group_member_equals_the_model_trained_alone(store, tmp_path):
     params = {"kim_cnn": {"filters": 4, "widths": [2, 3]}, "fasttext": {"hidden": 8}}
     group = train_group(str(store), ["kim_cnn", "fasttext"], str(tmp_path / "g"), config=CFG,
@@ -107,6 +108,7 @@ def build_nan(*, dim, num_classes, max_len=0, padding="pre"):
 '''
 
 
+@pytest.mark.slow
 def test_one_failing_model_stops_alone(store, tmp_path):
     (tmp_path / "nan_models.py").write_text(NAN_MODEL)
     out = tmp_path / "runs"
@@ -126,6 +128,7 @@ def test_one_failing_model_stops_alone(store, tmp_path):
     read_card(out / "fasttext")
 
 
+@pytest.mark.slow
 def test_lone_model_failure_raises_and_leaves_no_folder(store, tmp_path, monkeypatch):
     (tmp_path / "nan_models2.py").write_text(NAN_MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -147,6 +150,7 @@ def build_fixed(*, dim, num_classes, max_len=0, padding="pre"):
 '''
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_run_on_the_batches_stops_alone(store, tmp_path, monkeypatch):
     """The README's promise: named in one line, no run folder, the others published whole."""
     from tests.helpers import cli
@@ -165,6 +169,7 @@ def test_a_model_that_cannot_run_on_the_batches_stops_alone(store, tmp_path, mon
     assert not list(out.glob(".*.partial"))
 
 
+@pytest.mark.slow
 def test_runs_lists_the_cards_and_tensorboard_logs_exist(store, tmp_path):
     out = tmp_path / "runs"
     r = subprocess.run([EMBCACHE, "train", "--store", str(store), "--model", "fasttext",
@@ -237,6 +242,7 @@ def test_merged_tail_leaves_one_short_batch():
     assert tail[1][1].tolist() == [20, 30] and tail[1][0].shape == (2, 32, 1)
 
 
+@pytest.mark.slow
 def test_memory_budget_zero_streams(store, tmp_path, capsys):
     cfg = TrainConfig(epochs=1, batch_size=8, memory_mb=0)
     train(str(store), "fasttext", str(tmp_path / "r0"), config=cfg, progress=True)
@@ -246,6 +252,7 @@ def test_memory_budget_zero_streams(store, tmp_path, capsys):
     assert "train split decoded into memory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_training_again_and_again_leaves_no_graphs_behind(store, tmp_path):
     """TensorFlow keeps the gradient function of every traced train step's custom gradient (the
     optimizer's all-reduce) in a process-wide registry, and with it the traced graph; a tune

@@ -59,6 +59,7 @@ def test_int8_store_holds_the_quantised_vectors_and_a_scale_each(stores):
     # (store bytes on real data: make bench-vectors; tiny stores are all metadata)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["in-process", "producer", "in-memory"])
 def test_batches_are_dequantised_in_the_graph_identically_on_every_path(stores, path):
     f32, q = open_store(str(stores["float32"])), open_store(str(stores["int8"]))
@@ -82,6 +83,7 @@ def test_batches_are_dequantised_in_the_graph_identically_on_every_path(stores, 
     assert n == plan.num_batches(6, merge_tail=True)
 
 
+@pytest.mark.slow
 def test_int8_trains_and_scores_text_as_its_store(stores, tmp_path, vectors_file):
     import embcache
     from embcache.cache.corpus import iter_documents

@@ -55,6 +55,7 @@ def arrays_bytes(store: Path) -> dict[str, bytes]:
             if p.is_file() and p.relative_to(store) != Path("zarr.json")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", DAMAGE)
 def test_train_score_scorer_and_dataset_name_the_damaged_chunk(built, copy, how):
     import embcache
@@ -86,6 +87,7 @@ def test_train_score_scorer_and_dataset_name_the_damaged_chunk(built, copy, how)
                 pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", DAMAGE)
 def test_verify_finds_it_and_embed_corpus_repairs_byte_for_byte(built, copy, how):
     root, store, vectors = built
@@ -113,6 +115,7 @@ def test_verify_finds_it_and_embed_corpus_repairs_byte_for_byte(built, copy, how
     assert code == 0 and "OK: every chunk is present and intact" in out
 
 
+@pytest.mark.slow
 def test_repair_refuses_other_settings_and_an_intact_store_is_left_alone(built, copy):
     root, _, vectors = built
     damage(copy / "lengths" / "c" / "3", "garbage")
@@ -130,6 +133,7 @@ def test_repair_refuses_other_settings_and_an_intact_store_is_left_alone(built, 
     assert code == 0 and "verified: every chunk is intact, nothing to repair" in out, out
 
 
+@pytest.mark.slow
 def test_a_lost_commit_marker_and_several_faults(built, copy):
     damage(copy / "chunk_stats" / "c" / "6" / "0", "garbage")
     damage(copy / "split" / "c" / "0", "deleted")
@@ -139,6 +143,7 @@ def test_a_lost_commit_marker_and_several_faults(built, copy):
     assert "2 chunks in 2 blocks (32 documents)" in out
 
 
+@pytest.mark.slow
 def test_a_store_without_checksums_or_manifest_still_trains_scores_and_verifies(
         tmp_path, vectors_file, monkeypatch):
     """As written before this change: no crc32c codec, no ``chunks`` attribute."""
@@ -167,6 +172,7 @@ def test_a_store_without_checksums_or_manifest_still_trains_scores_and_verifies(
     assert code == 1 and "chunk tokens/c/0/0 is damaged" in out
 
 
+@pytest.mark.slow
 def test_info_says_what_is_checked(built):
     code, out = cli("info", built[1])
     assert code == 0 and "checksums    crc32c on every chunk" in out, out

@@ -29,6 +29,7 @@ def _store_ids(store, doc: int) -> np.ndarray:
     return store.read("token_ids", first, first + n)
 
 
+@pytest.mark.slow
 def test_store_holds_each_kept_words_hash_and_verifies(built):
     import embcache
     from embcache.cache.corpus import CorpusSpec, iter_documents
@@ -48,6 +49,7 @@ def test_store_holds_each_kept_words_hash_and_verifies(built):
     assert embcache.verify(str(url)).ok
 
 
+@pytest.mark.slow
 def test_a_damaged_token_ids_chunk_is_named_and_repaired(built, tmp_path):
     import embcache
 
@@ -60,6 +62,7 @@ def test_a_damaged_token_ids_chunk_is_named_and_repaired(built, tmp_path):
     assert "token_ids/c/1 is damaged" in report.faults[0].line()
 
 
+@pytest.mark.slow
 def test_models_without_ids_never_read_them(built, tmp_path):
     """With every token_ids chunk garbled, a vectors-only pass runs as before (it reads none of
     them: no cost for models without ids); a pass with ids names the damage."""
@@ -78,6 +81,7 @@ def test_models_without_ids_never_read_them(built, tmp_path):
         list(embcache.dataset(store, "train", batch_size=8, token_ids=True))
 
 
+@pytest.mark.slow
 def test_dataset_ids_are_the_stored_ids_padded_as_the_vectors(built):
     import embcache
 
@@ -93,6 +97,7 @@ def test_dataset_ids_are_the_stored_ids_padded_as_the_vectors(built):
     assert seen == store.split_counts["val"]
 
 
+@pytest.mark.slow
 def test_graph_tfidf_equals_numpy_tfidf(built):
     """HashedTfidf's logits equal sublinear TF-IDF over the same hashed features, computed in
     NumPy from the counting pass (the kernel set to random values)."""
@@ -129,6 +134,7 @@ def test_graph_tfidf_equals_numpy_tfidf(built):
         np.testing.assert_allclose(got[i], w @ kernel[row[hit]], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tfidf_run_scores_raw_text_as_its_store(built, tmp_path):
     """Raw text gets the same ids as the store: the Scorer's probabilities for the corpus's
     texts equal those for the store's documents."""
@@ -156,6 +162,7 @@ def test_tfidf_run_scores_raw_text_as_its_store(built, tmp_path):
     assert (from_text["tfidf_label"].to_numpy() == from_store.loc[ids, "tfidf_label"]).all()
 
 
+@pytest.mark.slow
 def test_wide_kim_cnn_trains_with_a_plain_model_and_says_so(built, tmp_path):
     root, url, _ = built
     code, out = cli("train", "--store", url, "--model", "kim_cnn", "--grid", "wide=[false,true]",
@@ -170,6 +177,7 @@ def test_wide_kim_cnn_trains_with_a_plain_model_and_says_so(built, tmp_path):
     assert code == 0, out
 
 
+@pytest.mark.slow
 def test_a_store_without_ids_is_refused_by_id_models_only(built, tmp_path):
     """A store written before the lexical channel: id models refuse it in one line saying how
     to rebuild; the others train from it as before."""

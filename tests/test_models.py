@@ -44,6 +44,7 @@ def adapt(model) -> None:
             layer.adapt(*df.vocabulary(layer.max_features, min_df=1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", models.names())
 def test_model_contract(name, tmp_path):
     keras.utils.set_random_seed(0)
@@ -72,6 +73,7 @@ def check_contract(model, path):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), probs, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cnn", "kim_cnn", "bilstm", "gru", "fasttext", "transformer"])
 def test_wide_variants_keep_the_contract(name, tmp_path):
     """``wide=true``: the lexical logits join the model's own; trained, saved and loaded with
@@ -129,6 +131,7 @@ def pad_to(x: dict, length: int, padding: str = "pre") -> dict:
     return {"embedded": out, "lengths": x["lengths"], "token_ids": ids}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", models.names())
 def test_any_batch_length(name):
     """Every model takes batches of any length, shorter than its receptive field too (the cnn
@@ -143,6 +146,7 @@ def test_any_batch_length(name):
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("padding", ["pre", "post"])
 @pytest.mark.parametrize("name", ["bilstm", "gru", "fasttext", "transformer", "kim_cnn"])
 def test_masked_models_ignore_the_batch_length(name, padding):

@@ -51,6 +51,7 @@ def _shadowing_project(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_jobs_run_beside_a_users_own_models_package(tmp_path, vectors_file):
     store = small_store(tmp_path, vectors_file[0], docs_per_label=6, val_frac=0.3, test_frac=0.2)
     proj = _shadowing_project(tmp_path / "proj")

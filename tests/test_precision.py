@@ -47,6 +47,7 @@ def card(run) -> dict:
     return json.loads((run / "model.json").read_text())
 
 
+@pytest.mark.slow
 def test_train_records_its_precision_and_recurrent_models_stay_float32(store, tmp_path, native):
     native(True)
     code, out = cli("train", "--store", store, "--model", "kim_cnn,gru,fasttext", "--epochs", "1",
@@ -64,6 +65,7 @@ def test_train_records_its_precision_and_recurrent_models_stay_float32(store, tm
     assert card(tmp_path / "f32")["training"]["precision"] == "auto"
 
 
+@pytest.mark.slow
 def test_a_bfloat16_model_scores_in_float32_without_native_bfloat16(store, tmp_path, native):
     import embcache
     from embcache.models.precision import precision_of
@@ -88,6 +90,7 @@ def test_a_bfloat16_model_scores_in_float32_without_native_bfloat16(store, tmp_p
     assert code == 0 and "Precision: float32 (asked for)" in out
 
 
+@pytest.mark.slow
 def test_float32_is_exactly_as_before(store, tmp_path, native):
     """Without native bfloat16 nothing changes: the same weights as --precision float32."""
     import embcache

@@ -25,6 +25,7 @@ def glove(data, tmp_path_factory):
     return table, cache
 
 
+@pytest.mark.slow
 def test_full_glove_parses(glove):
     table, _ = glove
     assert (table.size, table.dim, table.duplicates) == (400_000, 50, 0)
@@ -32,6 +33,7 @@ def test_full_glove_parses(glove):
     np.testing.assert_allclose(table.vectors[0][:3], [0.418, 0.24968, -0.41242], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_news20_store(data, glove, tmp_path):
     _, cache = glove
     out = tmp_path / "news20.zarr"
@@ -52,6 +54,7 @@ def test_news20_store(data, glove, tmp_path):
     assert len(written) == per_block.sum()
 
 
+@pytest.mark.slow
 def test_ag_news_csv_store(data, glove, tmp_path):
     _, cache = glove
     out = tmp_path / "ag.zarr"
@@ -66,6 +69,7 @@ def test_ag_news_csv_store(data, glove, tmp_path):
     assert np.bincount(store.array("labels")[:]).tolist() == [1900] * 4
 
 
+@pytest.mark.slow
 def test_minilm_sentence_transformers_folder_as_distributed(data, tmp_path):
     """all-MiniLM-L6-v2 as distributed (tokenizer.json, no vocab.txt): embcache derives what
     keras-hub needs without writing into the folder; ids are BERT uncased's; the vectors of a
@@ -108,6 +112,7 @@ TRICKY = ["Café naïve résumé, Ångström and Øresund", "CamelCase WORDS and
           "an over-long text " * 400, "emoji 🙂 and CJK 漢字 and tabs\tand\nnewlines"]
 
 
+@pytest.mark.slow
 def test_minilm_ids_are_the_models_own_tokenizer_json(data, tmp_path):
     """The encoder tokenizes with the folder's own tokenizer.json (accents stripped: `café` is
     `cafe`, not [UNK] as keras-hub's WordPiece tokenizer makes it)."""
@@ -129,6 +134,7 @@ def test_minilm_ids_are_the_models_own_tokenizer_json(data, tmp_path):
     assert own.token_to_id("cafe") in ids[0].tolist() and 100 not in ids[0].tolist()
 
 
+@pytest.mark.slow
 def test_wordllama_table_ids_and_vectors(data, tmp_path):
     """WordLlama as shipped (a table file and its tokenizer.json): ids equal `tokenizers`' own
     (no special tokens added), each token's vector is its table row."""

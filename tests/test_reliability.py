@@ -40,6 +40,7 @@ def store(tmp_path_factory, vectors_file):
     return small_store(root, vectors_file[0], docs_per_label=20, val_frac=0.25, test_frac=0.25)
 
 
+@pytest.mark.slow
 def test_overwriting_a_store_while_train_streams_it_is_refused(tmp_path, store, vectors_file):
     """train waits at the end of its first epoch (a pause point) while the overwrite is tried:
     the refusal is checked with the reader certainly there, then training goes on."""
@@ -215,6 +216,7 @@ def test_single_class_store_is_not_trained(tmp_path, vectors_file):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_split_on_raw_input_is_refused(tmp_path, store, vectors_file):
     run = tmp_path / "run"
     assert cli("train", "--store", store, "--model", "fasttext", "--out", run, "-q",

@@ -43,6 +43,7 @@ def assert_same_store(a, b):
     assert attrs_a == attrs_b
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_writes_the_single_process_store(tmp_path, corpus, vectors_file):
     single, dask = tmp_path / "single.zarr", tmp_path / "dask.zarr"
     common = dict(chunk_docs=16, progress=False, settings=SETTINGS)
@@ -52,6 +53,7 @@ def test_dask_local_cluster_writes_the_single_process_store(tmp_path, corpus, ve
     assert_same_store(single, dask)
 
 
+@pytest.mark.slow
 def test_memory_store_embeds_trains_and_scores(tmp_path, corpus, vectors_file):
     url = "memory://embcache-test/s.zarr"
     embed_corpus(CorpusSpec(str(corpus)), str(vectors_file[0]), url, chunk_docs=16, workers=2,
@@ -104,6 +106,7 @@ def s3(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.mark.slow
 def test_s3_store_embeds_trains_and_scores(tmp_path, corpus, vectors_file, s3):
     url = f"{s3}/news.zarr"
     local = tmp_path / "local.zarr"
@@ -120,6 +123,7 @@ def test_s3_store_embeds_trains_and_scores(tmp_path, corpus, vectors_file, s3):
     assert summary.docs == card["training"]["val_docs"]
 
 
+@pytest.mark.slow
 def test_multi_worker_training_reads_disjoint_chunks(tmp_path, corpus, vectors_file):
     store = tmp_path / "s.zarr"
     embed_corpus(CorpusSpec(str(corpus)), str(vectors_file[0]), str(store), chunk_docs=8, workers=1,

@@ -51,6 +51,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_scores_a_store_split_with_metrics_and_ensemble(setup, tmp_path):
     root, store = setup
     out = tmp_path / "p.csv"
@@ -75,6 +76,7 @@ def test_scores_a_store_split_with_metrics_and_ensemble(setup, tmp_path):
     assert "macro-F1" in text and text.strip().splitlines()[-1].startswith(f"Scored {len(rows)} documents")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [7, 64])
 def test_probabilities_equal_the_models_own(setup, tmp_path, batch_size):
     """Scores equal the model's own predictions of each document padded to its length bucket,
@@ -106,6 +108,7 @@ def predictions(path):
     return [{k: (float(v) if k.endswith("prob") else v) for k, v in r.items()} for r in read_csv(path)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
 def test_raw_folder_input_matches_scoring_the_store(setup, tmp_path, vectors_file, ext):
     root, store = setup
@@ -124,6 +127,7 @@ def test_raw_folder_input_matches_scoring_the_store(setup, tmp_path, vectors_fil
     assert (tmp_path / "kept.zarr" / "zarr.json").exists()
 
 
+@pytest.mark.slow
 def test_every_raw_input_format(setup, tmp_path, vectors_file):
     root, _ = setup
     archive = tmp_path / "c.tar.gz"
@@ -142,6 +146,7 @@ def test_every_raw_input_format(setup, tmp_path, vectors_file):
         assert len(read_csv(out)) == {"c.tar.gz": 90}.get(path.name, 2)
 
 
+@pytest.mark.slow
 def test_label_sets_may_differ_but_embedding_may_not(setup, tmp_path):
     root, store = setup
     out = tmp_path / "p.csv"
@@ -169,6 +174,7 @@ def copy_run(src, dst):
     return dst
 
 
+@pytest.mark.slow
 def test_bad_inputs(setup, tmp_path, vectors_file):
     root, store = setup
     good = root / "runs" / "fasttext"
@@ -193,6 +199,7 @@ def test_bad_inputs(setup, tmp_path, vectors_file):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_unsafe_model_is_refused(setup, tmp_path):
     root, store = setup
     run_dir = copy_run(root / "runs" / "fasttext", tmp_path / "unsafe")
@@ -207,14 +214,16 @@ def test_unsafe_model_is_refused(setup, tmp_path):
     assert code == 1 and "needs unsafe deserialization" in text, text
 
 
+@pytest.mark.slow
 def test_failed_run_leaves_no_predictions(setup, tmp_path, monkeypatch):
     root, store = setup
     import embcache.jobs.score as score_mod
+    import embcache.jobs.score_loop as loop_mod
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(score_mod, "_add_topk", boom)
+    monkeypatch.setattr(loop_mod, "_add_topk", boom)  # fails mid-way through the rows
     out = tmp_path / "p.csv"
     with pytest.raises(RuntimeError):
         score_mod.score([str(root / "runs" / "fasttext")], str(store), str(out), progress=False)
@@ -222,6 +231,7 @@ def test_failed_run_leaves_no_predictions(setup, tmp_path, monkeypatch):
     np.testing.assert_equal(out.exists(), False)
 
 
+@pytest.mark.slow
 def test_score_in_a_fresh_process_loads_custom_layers(setup, tmp_path):
     """A new interpreter has imported no model module: loading must still find the layers."""
     import subprocess
@@ -236,6 +246,7 @@ def test_score_in_a_fresh_process_loads_custom_layers(setup, tmp_path):
     assert len(out.read_text().splitlines()) == 90
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["weighted", "mean"])
 def test_ensemble_is_the_exact_weighted_mean(setup, tmp_path, how):
     """Every ensemble probability equals the mean of the models' probabilities, weighted by
@@ -262,6 +273,7 @@ def test_ensemble_is_the_exact_weighted_mean(setup, tmp_path, how):
     assert metrics["weights"] == pytest.approx({"fasttext": w[0], "kim_cnn": w[1]}, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_weighted_ensemble_needs_validation_accuracies(setup, tmp_path):
     root, store = setup
     run_dir = tmp_path / "noval"

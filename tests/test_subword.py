@@ -130,6 +130,7 @@ def run(*args, **kw):
     return subprocess.run([EMBCACHE, *map(str, args)], capture_output=True, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_bad_tables_and_options_are_one_line(tmp_path):
     corpus = write_corpus(tmp_path / "c.jsonl")
     table, tok = save_table(tmp_path, len(PIECES))
@@ -150,6 +151,7 @@ def test_bad_tables_and_options_are_one_line(tmp_path):
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_table_with_tokenizer_round_trip_cli_and_scorer(tmp_path):
     import pandas as pd
 
@@ -204,6 +206,7 @@ def test_table_with_tokenizer_round_trip_cli_and_scorer(tmp_path):
     assert r.returncode == 1 and "needs --vectors" in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
 def test_workers_dask_and_a_killed_run_resumed_write_the_single_process_store(tmp_path, dtype):
     from tests.helpers import assert_same_store, kill_after_chunks, make_folder_corpus

@@ -41,6 +41,7 @@ def csv_store(tmp_path_factory, vectors_file):
     return store
 
 
+@pytest.mark.slow
 def test_the_notebook_script(csv_store, tmp_path, vectors_file):
     import keras
 
@@ -91,6 +92,7 @@ def _run(store: str, tmp) -> str:
     return str(tmp / "ft")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("call, message", [
     (lambda s, t: embcache.train(s, "fasttext", str(t / "r"), config={"epochs": 0}),
      r"Invalid value for `epochs`. Expected a positive integer. Received: epochs=0"),
@@ -112,6 +114,7 @@ def test_bad_python_calls_are_one_line_naming_the_argument(csv_store, tmp_path, 
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_python_is_quiet_by_default(csv_store, tmp_path):
     """Importing prints nothing even with warnings as errors; a train with default arguments
     prints nothing at all, TensorFlow's start-up logs included."""
@@ -130,6 +133,7 @@ def test_python_is_quiet_by_default(csv_store, tmp_path):
     assert (tmp_path / "r" / "model.json").exists()
 
 
+@pytest.mark.slow
 def test_a_script_without_the_main_guard_is_told_what_to_add(tmp_path, vectors_file):
     """dataset() streams a split of 2,048 documents or more from a spawned process."""
     import subprocess
@@ -152,6 +156,7 @@ def test_a_script_without_the_main_guard_is_told_what_to_add(tmp_path, vectors_f
     assert "bootstrapping phase" not in r.stderr  # the children left silently
 
 
+@pytest.mark.slow
 def test_corpus_options_with_a_store_input_are_refused(csv_store, tmp_path):
     from tests.helpers import cli, one_error_line
 

@@ -1,3 +1,4 @@
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,6 +36,7 @@ def test_settings_are_recorded_and_respected():
 REFERENCE = keras_reference()
 
 
+@pytest.mark.slow
 @settings(deadline=None, max_examples=300)
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=200))
 def test_parity_with_keras(text):

@@ -20,6 +20,7 @@ def store(tmp_path_factory, vectors_file):
                        val_frac=0.2, test_frac=0.2)
 
 
+@pytest.mark.slow
 def test_stream_covers_each_split_exactly_once(store):
     s = open_store(str(store))
     splits, ids = s.array("split")[:], s.array("lengths")[:]
@@ -82,6 +83,7 @@ def test_shuffle_buffer_emits_every_document_once_with_its_fields(size):
         assert not np.array_equal(ids, np.arange(59))  # and the order is mixed
 
 
+@pytest.mark.slow
 def test_train_leaves_a_run_folder(store, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--store", str(store), "--model", "fasttext",
@@ -168,6 +170,7 @@ def batches_of(ds):
             for f, y in ds]
 
 
+@pytest.mark.slow
 def test_producer_process_gives_the_in_process_batches(store):
     """The spawned producer yields exactly the seeded in-process batches, epoch after epoch, and
     a pass abandoned half-way does not leak into the next."""
@@ -208,6 +211,7 @@ def test_producer_reports_a_broken_store_and_stops_with_its_owner(store, tmp_pat
     assert not process.is_alive()
 
 
+@pytest.mark.slow
 def test_train_never_replaces_a_run_unasked_and_a_killed_run_loses_nothing(store, tmp_path):
     import os
     import signal
@@ -250,6 +254,7 @@ def test_a_second_train_into_the_same_folder_is_refused(store, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_tensorflow_stays_quiet_unless_verbose(store, tmp_path):
     import subprocess
     import sys

@@ -136,6 +136,7 @@ def _members(store_obj, names: list[str], tmp_path: Path):
     return out
 
 
+@pytest.mark.slow
 def test_a_pruned_member_leaves_the_others_bit_identical(store, tmp_path):
     from embcache.cache.store import open_store
     from embcache.cache.stream import plan_split
@@ -169,6 +170,7 @@ def test_a_pruned_member_leaves_the_others_bit_identical(store, tmp_path):
 
 
 # -- the study ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_tune_runs_trials_in_groups_and_the_best_run_scores(store, tmp_path):
     from embcache.jobs.compare import list_runs
     from embcache.jobs.score import score
@@ -202,6 +204,7 @@ def test_tune_runs_trials_in_groups_and_the_best_run_scores(store, tmp_path):
                 if s in ("COMPLETE", "PRUNED")]) == 8
 
 
+@pytest.mark.slow
 def test_a_study_from_another_store_is_refused(store, tmp_path):
     write_vectors(tmp_path / "v2.txt", seed=9)
     other = small_store(tmp_path / "o", tmp_path / "v2.txt", docs_per_label=12, val_frac=0.25, test_frac=0.25)
@@ -215,6 +218,7 @@ def test_a_study_from_another_store_is_refused(store, tmp_path):
     assert code == 1 and "Study 'x' in sqlite:///" in line and "was made for another store" in line
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_study(store, tmp_path):
     """Two processes on one journal study complete N trials between them, none counted twice."""
     journal = tmp_path / "study.journal"
@@ -251,6 +255,7 @@ def _tune_paused_after_first_trial(store, tmp_path):
     return cmd, tmp_path / "t" / "study.db", proc, flag
 
 
+@pytest.mark.slow
 def test_kill_9_and_rerun_resume_the_study(store, tmp_path):
     cmd, db, proc, flag = _tune_paused_after_first_trial(store, tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
@@ -278,6 +283,7 @@ def test_train_config_fields_pass_through(store, tmp_path):
     assert TrainConfig.of(CFG).epochs == 2
 
 
+@pytest.mark.slow
 def test_ctrl_c_marks_the_running_trials_failed(store, tmp_path):
     _cmd, db, proc, _flag = _tune_paused_after_first_trial(store, tmp_path)
     os.kill(proc.pid, signal.SIGINT)

@@ -67,15 +67,16 @@ def test_a_store_whose_metadata_cannot_be_read_is_kept(built, copy):
 
 # -- item 3: a run is published before its pictures, which are best effort ------------------------
 
+@pytest.mark.slow
 def test_a_plotting_failure_leaves_both_runs_of_a_group_published(built, tmp_path, monkeypatch,
                                                                    caplog):
     import embcache
-    from embcache.jobs import train as train_mod
+    from embcache.jobs import fit as fit_mod
 
     def broken(*args, **kwargs):
         raise RuntimeError("no display")
 
-    monkeypatch.setattr(train_mod, "plot_curves", broken)
+    monkeypatch.setattr(fit_mod, "plot_curves", broken)
     with caplog.at_level(logging.WARNING, logger="embcache"):
         result = embcache.train(str(built[1]), ["fasttext", "cnn"], str(tmp_path / "runs"),
                                 config={"epochs": 1})
@@ -176,6 +177,7 @@ def large(tmp_path_factory, vectors_file):
     return root, store
 
 
+@pytest.mark.slow
 def test_a_damaged_chunk_is_a_chunk_error_through_the_producer(large, tmp_path, monkeypatch):
     import embcache
     from embcache.cache import dataset as dataset_mod

@@ -44,69 +44,63 @@ def _embcache(corpus, vectors, out, cache, max_len, workers=None):
     return wall, rss, size
 
 
+def _say(text: str) -> None:
+    click.echo(f"[{time.strftime('%H:%M:%S')}] {text}", err=True)
+
+
 @click.command()
 @click.option("--corpus", required=True)
 @click.option("--vectors", required=True)
 @click.option("--max-len", default=EmbedSettings().max_len, show_default=True)
-@click.option("--repeats", default=3, show_default=True, help="Runs per embcache row (median).")
-@click.option("--seed-repeats", default=1, show_default=True, help="Runs of the seed approach.")
-def main(corpus, vectors, max_len, repeats, seed_repeats):
+@click.option("--repeats", default=3, show_default=True,
+              help="Rounds; each runs every row once, interleaved (medians over rounds).")
+def main(corpus, vectors, max_len, repeats):
     """Benchmark embed-corpus against the seed approach on a real corpus."""
     work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    names = ["seed (dict + float32 array in RAM)", "embcache, cold vectors cache (parse + embed)",
+             f"embcache, warm vectors cache, {os.cpu_count()} workers",
+             "embcache, warm vectors cache, 1 worker", "embcache, warm, 1/4 of the corpus"]
+    runs: dict[str, list] = {n: [] for n in names}
     try:
-        rows, docs = [], 19_997
-        seeds = []
-        for _ in range(seed_repeats):
+        warm_cache = work / "warm-cache"
+        _embcache(corpus, vectors, work / "s.zarr", warm_cache, max_len)  # fills the warm cache
+        quarter = work / "quarter.tar.gz"
+        _subset_tar(corpus, quarter, 19_997 // 4)
+        for r in range(repeats):  # interleaved: every row once per round
             wall, rss, out = run_measured([sys.executable, "-m", "jobs.bench.seed_embed", corpus,
                                            vectors, str(max_len)])
-            seeds.append((wall, rss, json.loads(out)))
-        seed_wall = median([s[0] for s in seeds])
-        info = seeds[0][2]
-        docs = info["docs"]
-        rows.append(["seed (dict + float32 array in RAM)", seed_wall, max(s[1] for s in seeds),
-                     info["bytes"], f"vectors {info['vectors_s']:.1f} s + embed {info['embed_s']:.1f} s"])
-
-        cold = []
-        for i in range(repeats):
-            cache = work / f"cold-cache-{i}"
-            cold.append(_embcache(corpus, vectors, work / "s.zarr", cache, max_len))
-        rows.append(["embcache, cold vectors cache (parse + embed)", median([c[0] for c in cold]),
-                     max(c[1] for c in cold), cold[0][2], f"{os.cpu_count()} workers"])
-        warm_cache = work / "cold-cache-0"
-        for workers, label in ((None, f"{os.cpu_count()} workers"), (1, "1 worker")):
-            runs = [_embcache(corpus, vectors, work / "s.zarr", warm_cache, max_len, workers)
-                    for _ in range(repeats)]
-            rows.append([f"embcache, warm vectors cache, {label}", median([r[0] for r in runs]),
-                         max(r[1] for r in runs), runs[0][2], ""])
-        quarter = work / "quarter.tar.gz"
-        _subset_tar(corpus, quarter, docs // 4)
-        runs = [_embcache(quarter, vectors, work / "q.zarr", warm_cache, max_len)
-                for _ in range(repeats)]
-        quarter_row = ["embcache, warm, 1/4 of the corpus", median([r[0] for r in runs]),
-                       max(r[1] for r in runs), runs[0][2], f"{docs // 4:,} docs"]
-
+            info = json.loads(out)
+            runs[names[0]].append((wall, rss, info["bytes"], info))
+            runs[names[1]].append(_embcache(corpus, vectors, work / "s.zarr", work / f"cold-{r}",
+                                            max_len))
+            runs[names[2]].append(_embcache(corpus, vectors, work / "s.zarr", warm_cache, max_len))
+            runs[names[3]].append(_embcache(corpus, vectors, work / "s.zarr", warm_cache, max_len, 1))
+            runs[names[4]].append(_embcache(quarter, vectors, work / "q.zarr", warm_cache, max_len))
+            _say(f"round {r + 1}/{repeats}: " + ", ".join(f"{runs[n][-1][0]:.1f} s" for n in names))
         from embcache.cache.vectors import load_vectors
 
         loads = []
         for _ in range(5):
             t = time.perf_counter()
-            table_ = load_vectors(vectors, cache_dir=warm_cache)
-            _ = table_.index
+            _ = load_vectors(vectors, cache_dir=warm_cache).index
             loads.append(time.perf_counter() - t)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    out_rows = []
-    for name, wall, rss, nbytes, note in rows + [quarter_row]:
-        n = docs // 4 if "1/4" in name else docs
-        out_rows.append([name, f"{wall:.1f}", f"{n / wall:,.0f}", f"{rss:,.0f}",
-                         f"{nbytes / 1e6:,.0f}", f"{seed_wall / wall:.2f}x" if n == docs else "",
-                         note])
+    docs = runs[names[0]][0][3]["docs"]
+    seed_wall = median([x[0] for x in runs[names[0]]])
+    rows = []
+    for name in names:
+        walls = [x[0] for x in runs[name]]
+        wall, n = median(walls), docs // 4 if "1/4" in name else docs
+        rows.append([name, f"{wall:.1f} ({min(walls):.1f}-{max(walls):.1f})", f"{n / wall:,.0f}",
+                     f"{max(x[1] for x in runs[name]):,.0f}", f"{runs[name][0][2] / 1e6:,.0f}",
+                     f"{seed_wall / wall:.2f}x" if n == docs else ""])
     click.echo(f"embed-corpus benchmark: {Path(corpus).name}, {Path(vectors).name}, "
-               f"max_len={max_len}, {docs:,} docs, {os.cpu_count()} cores; median of {repeats} "
-               f"(seed: {seed_repeats})")
+               f"max_len={max_len}, {docs:,} docs, {os.cpu_count()} cores; median (range) of "
+               f"{repeats} interleaved rounds")
     click.echo(table(["approach", "wall s", "docs/s", "peak RSS MB", "MB produced",
-                      "speed-up vs seed", "note"], out_rows))
+                      "speed-up vs seed"], rows))
     click.echo(f"\ncached vectors load (words -> index dict + memory-mapped table): median "
                f"{median(loads) * 1000:.0f} ms of 5")
 

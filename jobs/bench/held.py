@@ -60,7 +60,7 @@ def child(store_url: str, model_name: str, variant: str, epochs: int) -> dict:
     from embcache.cache.store import open_store
     from embcache.cache.stream import plan_split
     from embcache.jobs.config import TrainConfig
-    from embcache.jobs.train import EpochTimer
+    from embcache.jobs.fit import EpochTimer
 
     store = open_store(store_url, require_labels=True)
     keras.utils.set_random_seed(0)

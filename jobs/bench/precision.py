@@ -39,7 +39,7 @@ def child(store_url: str, model_name: str, precision: str, docs: int, epochs: in
     from embcache.cache.store import open_store
     from embcache.cache.stream import plan_split
     from embcache.jobs.config import TrainConfig
-    from embcache.jobs.train import EpochTimer
+    from embcache.jobs.fit import EpochTimer
     from embcache.models.precision import build, precision_of
 
     store = open_store(store_url, require_labels=True)

@@ -22,8 +22,9 @@ def _embed(corpus, vectors, out, extra, env=None):
     return run_measured(argv, env=env)[:2]
 
 
-def _read_throughput(url: str, repeats: int) -> float:
-    """Documents per second streamed through streamed_dataset (all documents, no model)."""
+def _read_throughput(url: str, repeats: int) -> list[float]:
+    """Documents per second of each pass streamed through streamed_dataset (all documents, no
+    model)."""
     from embcache.cache.dataset import Batching, streamed_dataset
     from embcache.cache.store import open_store
 
@@ -34,7 +35,7 @@ def _read_throughput(url: str, repeats: int) -> float:
         n = sum(int(f["lengths"].shape[0]) for f, _ in streamed_dataset(
             store, None, batching=Batching(batch_size=64)))
         rates.append(n / (time.perf_counter() - t))
-    return median(rates)
+    return rates
 
 
 @click.command()
@@ -53,14 +54,22 @@ def main(corpus, vectors, repeats):
                     ("2 spawned processes (default)", []),
                     ("Dask local cluster, 1 worker (--scheduler local:1)", ["--scheduler", "local:1"]),
                     ("Dask local cluster, 2 workers (--scheduler local:2)", ["--scheduler", "local:2"])]
-        base = None
-        for name, extra in variants:
-            runs = [_embed(corpus, vectors, out, extra) for _ in range(repeats)]
-            wall = median([w for w, _ in runs])
-            base = base or wall
-            rows.append([name, f"{wall:.1f}", f"{max(r for _, r in runs):,.0f}", f"{base / wall:.2f}x"])
-        click.echo(f"embed-corpus on Dask: {Path(corpus).name}, median of {repeats}, "
-                   f"{os.cpu_count()} cores (cluster start-up included)")
+        walls: dict[str, list[float]] = {name: [] for name, _ in variants}
+        peaks: dict[str, list[float]] = {name: [] for name, _ in variants}
+        for r in range(repeats):  # interleaved: each round runs every variant once
+            for name, extra in variants:
+                wall, peak = _embed(corpus, vectors, out, extra)
+                walls[name].append(wall)
+                peaks[name].append(peak)
+                click.echo(f"[{time.strftime('%H:%M:%S')}] round {r + 1}/{repeats}: {name} "
+                           f"{wall:.1f} s", err=True)
+        base = median(walls[variants[0][0]])
+        for name, _ in variants:
+            wall = median(walls[name])
+            rows.append([name, f"{wall:.1f} ({min(walls[name]):.1f}-{max(walls[name]):.1f})",
+                         f"{max(peaks[name]):,.0f}", f"{base / wall:.2f}x"])
+        click.echo(f"embed-corpus on Dask: {Path(corpus).name}, median (range) of {repeats} "
+                   f"interleaved rounds, {os.cpu_count()} cores (cluster start-up included)")
         click.echo(table(["run", "wall s", "peak RSS MB", "speed-up vs single process"], rows))
 
         import logging
@@ -82,15 +91,21 @@ def main(corpus, vectors, repeats):
         boto3.client("s3").create_bucket(Bucket="bench")
         s3_url = "s3://bench/news20.zarr"
         s3_wall, _ = _embed(corpus, vectors, s3_url, [], env=env)
-        local_rate = _read_throughput(out, repeats)
-        s3_rate = _read_throughput(s3_url, repeats)
+        local, s3 = [], []
+        for r in range(repeats):  # interleaved: local disk, then S3, each round
+            local += _read_throughput(out, 1)
+            s3 += _read_throughput(s3_url, 1)
+            click.echo(f"[{time.strftime('%H:%M:%S')}] read round {r + 1}/{repeats}: local "
+                       f"{local[-1]:,.0f}, S3 {s3[-1]:,.0f} docs/s", err=True)
         server.stop()
+        local_rate, s3_rate = median(local), median(s3)
         click.echo("")
         click.echo("store read throughput (tf.data stream of every document, no model), median "
-                   f"of {repeats}; writing the store to S3 took {s3_wall:.1f} s")
+                   f"(range) of {repeats}; writing the store to S3 took {s3_wall:.1f} s")
         click.echo(table(["store", "docs/s", "vs local disk"], [
-            ["local disk", f"{local_rate:,.0f}", "1.00x"],
-            ["S3 (moto server on localhost)", f"{s3_rate:,.0f}", f"{s3_rate / local_rate:.2f}x"]]))
+            ["local disk", f"{local_rate:,.0f} ({min(local):,.0f}-{max(local):,.0f})", "1.00x"],
+            ["S3 (moto server on localhost)", f"{s3_rate:,.0f} ({min(s3):,.0f}-{max(s3):,.0f})",
+             f"{s3_rate / local_rate:.2f}x"]]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -27,7 +27,7 @@ import click
 import numpy as np
 
 from embcache.jobs.config import TrainConfig
-from embcache.jobs.train import EpochTimer
+from embcache.jobs.fit import EpochTimer
 from jobs.bench.keras_way import with_frozen_embedding
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -31,19 +31,67 @@ from embcache.cache.meta import StoreMeta, VectorsInfo
 from embcache.cache.settings import ENCODER_BATCH, EmbedSettings
 from embcache.cache.tokenize import TokenizerSettings
 
-__all__ = ["EmbeddingSource", "EncoderSource", "SubwordSource", "WordVectorsSource", "open_source",
-           "require_arguments", "source_for"]
+__all__ = ["SOURCES", "EmbeddingSource", "EncoderSource", "SourceArgs", "SubwordSource",
+           "WordVectorsSource", "open_source", "require_arguments", "source_for"]
+
+
+@dataclass(frozen=True)
+class SourceArgs:
+    """What a caller names for a source (``embed_corpus``'s and ``score``'s arguments)."""
+
+    vectors: str | None = None
+    encoder: str | None = None
+    tokenizer: str | None = None
+    vectors_member: str | None = None
+    vectors_format: str = "auto"
+    encoder_batch: int = ENCODER_BATCH
+    cache_dir: str | None = None
+
+
+# Every representation, in the order they are asked whether arguments or a store are theirs:
+# each subclass adds itself at the front, so one defined later (a user's) is asked before the
+# built-in ones, and word vectors, which take any other file, are asked last.
+SOURCES: list[type[EmbeddingSource]] = []
 
 
 @dataclass(eq=False)
 class EmbeddingSource:
-    """What embeds a store's tokens (see the module docstring). Subclasses set :attr:`kind` and
-    write :meth:`_load`; two sources are equal when they embed identically."""
+    """What embeds a store's tokens (see the module docstring); two sources are equal when they
+    embed identically. A subclass is a representation: it says which arguments
+    (:meth:`claims`) and which stores (:meth:`wrote`) are its own, loads itself to write a store
+    (:meth:`open`) or to embed raw input for one (:meth:`reopen`), and makes its block embedder
+    (:meth:`_load`). Defining it registers it in :data:`SOURCES`."""
 
     kind: ClassVar[str]
+    argument: ClassVar[str] = "vectors"  # the argument that names it
     info: VectorsInfo
     settings: EmbedSettings
     _loaded: Any = field(default=None, init=False, repr=False)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        SOURCES.insert(0, cls)
+
+    @classmethod
+    def claims(cls, args: SourceArgs) -> bool:
+        """Whether ``args`` name a source of this kind."""
+        raise NotImplementedError
+
+    @classmethod
+    def wrote(cls, meta: StoreMeta) -> bool:
+        """Whether the store ``meta`` describes was embedded by a source of this kind."""
+        raise NotImplementedError
+
+    @classmethod
+    def open(cls, args: SourceArgs, settings: EmbedSettings) -> EmbeddingSource:
+        """Load it to write a store with ``settings``, refusing options that do not apply."""
+        raise NotImplementedError
+
+    @classmethod
+    def reopen(cls, meta: StoreMeta, args: SourceArgs) -> EmbeddingSource:
+        """Load it, with the store's own settings, to embed raw input for that store's models
+        (the fingerprint is checked by :func:`source_for`)."""
+        raise NotImplementedError
 
     @property
     def ids_kind(self) -> str:
@@ -92,6 +140,30 @@ class WordVectorsSource(EmbeddingSource):
     oov: np.ndarray | None = None  # the out-of-vocabulary vector; None: zeros
 
     @classmethod
+    def claims(cls, args: SourceArgs) -> bool:
+        from embcache.cache.subword import is_subword
+
+        return args.encoder is None and not is_subword(str(args.vectors), args.tokenizer)
+
+    @classmethod
+    def wrote(cls, meta: StoreMeta) -> bool:
+        return meta.encoder is None and meta.subword is None
+
+    @classmethod
+    def open(cls, args: SourceArgs, settings: EmbedSettings) -> WordVectorsSource:
+        return cls.load(str(args.vectors), settings, member=args.vectors_member,
+                        fmt=args.vectors_format, cache_dir=args.cache_dir)
+
+    @classmethod
+    def reopen(cls, meta: StoreMeta, args: SourceArgs) -> WordVectorsSource:
+        if args.tokenizer is not None:
+            raise EmbcacheError("`tokenizer=` is for models trained on a static subword table; "
+                                f"these were trained on word vectors ({meta.vectors.source})")
+        from embcache.cache.vectors import load_vectors
+
+        return cls._of(load_vectors(str(args.vectors), cache_dir=args.cache_dir), meta.settings)
+
+    @classmethod
     def load(cls, path: str, settings: EmbedSettings, *, member: str | None = None,
              fmt: str = "auto", cache_dir: str | None = None) -> WordVectorsSource:
         from embcache.cache.vectors import load_vectors
@@ -125,6 +197,29 @@ class SubwordSource(EmbeddingSource):
     identity: dict = field(default_factory=dict)
 
     @classmethod
+    def claims(cls, args: SourceArgs) -> bool:
+        from embcache.cache.subword import is_subword
+
+        return args.encoder is None and is_subword(str(args.vectors), args.tokenizer)
+
+    @classmethod
+    def wrote(cls, meta: StoreMeta) -> bool:
+        return meta.subword is not None
+
+    @classmethod
+    def open(cls, args: SourceArgs, settings: EmbedSettings) -> SubwordSource:
+        _no_word_options(args, settings, f"a static subword table ({args.vectors})")
+        return cls.load(str(args.vectors), args.tokenizer, settings, cache_dir=args.cache_dir)
+
+    @classmethod
+    def reopen(cls, meta: StoreMeta, args: SourceArgs) -> SubwordSource:
+        from embcache.cache.subword import load_subword
+
+        table = load_subword(str(args.vectors), args.tokenizer, cache_dir=args.cache_dir)
+        return cls(VectorsInfo(**table.describe()), meta.settings, str(table.entry),
+                   table.identity())
+
+    @classmethod
     def load(cls, path: str, tokenizer: str | None, settings: EmbedSettings, *,
              cache_dir: str | None = None) -> SubwordSource:
         from embcache.cache.subword import TOKENIZER_NAME, load_subword
@@ -150,8 +245,30 @@ class EncoderSource(EmbeddingSource):
     it reads the weights (its identity needs them); the process that loaded it keeps it."""
 
     kind: ClassVar[str] = "encoder"
+    argument: ClassVar[str] = "encoder"
     ref: Any = None  # embcache.cache.encoder.EncoderRef
     identity: dict = field(default_factory=dict)
+
+    @classmethod
+    def claims(cls, args: SourceArgs) -> bool:
+        return args.encoder is not None
+
+    @classmethod
+    def wrote(cls, meta: StoreMeta) -> bool:
+        return meta.encoder is not None
+
+    @classmethod
+    def open(cls, args: SourceArgs, settings: EmbedSettings) -> EncoderSource:
+        _no_word_options(args, settings, "a transformer encoder")
+        if args.tokenizer is not None:
+            raise VectorsError("`tokenizer=` is for a static subword table file; an encoder uses "
+                               "its own tokenizer")
+        return cls.load(str(args.encoder), settings, batch=args.encoder_batch,
+                        cache_dir=args.cache_dir)
+
+    @classmethod
+    def reopen(cls, meta: StoreMeta, args: SourceArgs) -> EncoderSource:
+        return cls.load(str(args.encoder), meta.settings, cache_dir=args.cache_dir)
 
     @classmethod
     def load(cls, spec: str, settings: EmbedSettings, *, batch: int = ENCODER_BATCH,
@@ -187,12 +304,24 @@ class EncoderSource(EmbeddingSource):
         return EncoderEmbedder(enc, self.settings)
 
 
+def _no_word_options(args: SourceArgs, settings: EmbedSettings, what: str) -> None:
+    """Refuse the options that only word vectors have, for a source without them."""
+    if settings.oov != "zero":
+        raise VectorsError(f"`oov={settings.oov}` applies to word vectors; {what} has no "
+                           "out-of-vocabulary words to fill (its tokenizer splits every word "
+                           "into known pieces or an unknown token): leave `oov=` out")
+    if args.vectors_member is not None or args.vectors_format != "auto":
+        raise VectorsError(f"`vectors_member=` and `vectors_format=` apply to word-vectors "
+                           f"files, not to {what}")
+
+
 def open_source(vectors: str | None = None, *, encoder: str | None = None,
                 tokenizer: str | None = None, settings: EmbedSettings,
                 encoder_batch: int = ENCODER_BATCH, vectors_member: str | None = None,
                 vectors_format: str = "auto", cache_dir: str | None = None) -> EmbeddingSource:
     """Load word vectors, a static subword table (a folder, or a table file with ``tokenizer``)
-    or an encoder, to write a store, and check that ``settings`` mean something for it.
+    or an encoder, to write a store, and check that ``settings`` mean something for it: the
+    first of :data:`SOURCES` that claims the arguments opens them.
 
     Raises:
         EmbcacheError: neither or both of ``vectors`` and ``encoder``.
@@ -200,55 +329,43 @@ def open_source(vectors: str | None = None, *, encoder: str | None = None,
             for an encoder or subword table (neither has out-of-vocabulary words to fill),
             word-file options for another source.
     """
-    from embcache.cache.subword import is_subword
-
     if (vectors is None) == (encoder is None):
         raise EmbcacheError("Give either `vectors=` (word vectors or a static subword table) or "
                             "`encoder=` (a transformer encoder), not both and not neither")
-    if encoder is None and not is_subword(str(vectors), tokenizer):
-        return WordVectorsSource.load(str(vectors), settings, member=vectors_member,
-                                      fmt=vectors_format, cache_dir=cache_dir)
-    what = "a transformer encoder" if encoder else f"a static subword table ({vectors})"
-    if settings.oov != "zero":
-        raise VectorsError(f"`oov={settings.oov}` applies to word vectors; {what} has no "
-                           "out-of-vocabulary words to fill (its tokenizer splits every word "
-                           "into known pieces or an unknown token): leave `oov=` out")
-    if vectors_member is not None or vectors_format != "auto":
-        raise VectorsError(f"`vectors_member=` and `vectors_format=` apply to word-vectors "
-                           f"files, not to {what}")
-    if encoder is None:
-        return SubwordSource.load(str(vectors), tokenizer, settings, cache_dir=cache_dir)
-    if tokenizer is not None:
-        raise VectorsError("`tokenizer=` is for a static subword table file; an encoder uses "
-                           "its own tokenizer")
-    return EncoderSource.load(encoder, settings, batch=encoder_batch, cache_dir=cache_dir)
+    args = SourceArgs(vectors=None if vectors is None else str(vectors), encoder=encoder,
+                      tokenizer=tokenizer, vectors_member=vectors_member,
+                      vectors_format=vectors_format, encoder_batch=encoder_batch,
+                      cache_dir=cache_dir)
+    return next(kind for kind in SOURCES if kind.claims(args)).open(args, settings)
 
 
 def source_for(meta: StoreMeta, *, vectors: str | None = None, encoder: str | None = None,
                tokenizer: str | None = None, cache_dir: str | None = None,
                what: str = "text") -> EmbeddingSource:
-    """The source that embedded a store (``meta``), loaded from the file or encoder given and
-    checked by fingerprint, with the store's own settings: raw input embedded with it matches
-    what models trained on that store saw.
+    """The source that embedded a store (``meta``: the one of :data:`SOURCES` that wrote it),
+    loaded from the file or encoder given and checked by fingerprint, with the store's own
+    settings: raw input embedded with it matches what models trained on that store saw.
 
     Raises:
         EmbcacheError: see :func:`require_arguments`.
         ModelError: the file or encoder given is not the one the store was embedded with.
     """
     require_arguments(meta, vectors=vectors, encoder=encoder, tokenizer=tokenizer, what=what)
-    if meta.encoder is not None:
-        source: EmbeddingSource = EncoderSource.load(str(encoder), meta.settings,
-                                                     cache_dir=cache_dir)
-    else:
-        source = _table_for(meta, str(vectors), tokenizer, cache_dir)
+    kind = _kind_of(meta)
+    source = kind.reopen(meta, SourceArgs(vectors=vectors, encoder=encoder, tokenizer=tokenizer,
+                                          cache_dir=cache_dir))
     got, want = source.info.fingerprint, meta.vectors.fingerprint
-    if got != want and meta.encoder is not None:
+    if got != want and kind.argument == "encoder":
         raise ModelError(f"Encoder {encoder} (fingerprint {got[:12]}) is not the one the models "
                          f"were trained on ({_trained_on(meta)}, fingerprint {want[:12]})")
     if got != want:
         raise ModelError(f"Vectors {vectors} (fingerprint {got[:12]}) are not the ones the models "
                          f"were trained with ({meta.vectors.source}, fingerprint {want[:12]})")
     return source
+
+
+def _kind_of(meta: StoreMeta) -> type[EmbeddingSource]:
+    return next(kind for kind in SOURCES if kind.wrote(meta))
 
 
 def _trained_on(meta: StoreMeta) -> str:
@@ -262,26 +379,14 @@ def require_arguments(meta: StoreMeta, *, vectors: str | None, encoder: str | No
     Raises:
         EmbcacheError: the argument the store needs is missing, or one it cannot use is given.
     """
-    if meta.encoder is not None and encoder is None:
+    given = {"vectors": vectors, "encoder": encoder}
+    if _kind_of(meta).argument == "encoder" and encoder is None:
         hint = " (pass `encoder=`, not `vectors=`)" if vectors is not None else ""
         raise EmbcacheError(f"Scoring {what} needs `encoder=`: the encoder the models were "
                             f"trained on ({_trained_on(meta)}){hint}")
-    if meta.encoder is None and vectors is None:
+    if given[_kind_of(meta).argument] is None:
         raise EmbcacheError(f"Scoring {what} needs `vectors=`: the file the models were "
                             f"trained with ({meta.vectors.source})")
-    if meta.encoder is None and meta.subword is None and tokenizer is not None:
+    if _kind_of(meta) is WordVectorsSource and tokenizer is not None:
         raise EmbcacheError("`tokenizer=` is for models trained on a static subword table; these "
                             f"were trained on word vectors ({meta.vectors.source})")
-
-
-def _table_for(meta: StoreMeta, vectors: str, tokenizer: str | None,
-               cache_dir: str | None) -> EmbeddingSource:
-    if meta.subword is not None:
-        from embcache.cache.subword import load_subword
-
-        table = load_subword(vectors, tokenizer, cache_dir=cache_dir)
-        return SubwordSource(VectorsInfo(**table.describe()), meta.settings, str(table.entry),
-                             table.identity())
-    from embcache.cache.vectors import load_vectors
-
-    return WordVectorsSource._of(load_vectors(vectors, cache_dir=cache_dir), meta.settings)

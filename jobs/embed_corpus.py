@@ -117,34 +117,29 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
     corpus: CorpusSpec | str, vectors_path: str | None, out: str, *,
     settings: EmbedSettings | None = None, encoder: str | None = None,
     encoder_batch: int = ENCODER_BATCH, tokenizer: str | None = None,
-    split: SplitSettings = SplitSettings(),
-    vectors_member: str | None = None, vectors_format: str = "auto",
-    chunk_docs: int | None = None, workers: int | None = None, overwrite: bool = False,
-    repair: bool = False, exist_ok: bool = False,
-    progress: bool = False, cache_dir: str | None = None, scheduler: str | None = None,
-    source: EmbeddingSource | None = None,
-) -> EmbedSummary:
+    split: SplitSettings = SplitSettings(), vectors_member: str | None = None,
+    vectors_format: str = "auto", chunk_docs: int | None = None, workers: int | None = None,
+    overwrite: bool = False, repair: bool = False, exist_ok: bool = False, progress: bool = False,
+    cache_dir: str | None = None, scheduler: str | None = None,
+    source: EmbeddingSource | None = None) -> EmbedSummary:
     """Embed ``corpus`` (a :class:`CorpusSpec`, or a path read with its format's defaults)
     into the store ``out`` with ``vectors_path``: a word-vectors file (GloVe, word2vec,
     fastText) or a static subword table (:mod:`embcache.cache.subword`: a model2vec or
     ``StaticEmbedding`` folder, or a ``.safetensors`` table with its ``tokenizer.json``); or,
     with ``encoder`` and ``vectors_path=None``, a frozen transformer encoder's token vectors
-    (:mod:`embcache.cache.encoder`; ``encoder_batch`` documents per forward pass). Or
-    ``source``, an :class:`~embcache.cache.sources.EmbeddingSource` already loaded (its own
-    settings apply; ``vectors_path``, ``encoder`` and their options are then left out).
+    (:mod:`embcache.cache.encoder`; ``encoder_batch`` documents per forward pass); or with
+    ``source`` alone, an :class:`~embcache.cache.sources.EmbeddingSource` already loaded.
 
     ``settings`` defaults to :class:`EmbedSettings` (for an encoder: ``max_len`` 256 of its own
     tokens, truncated at the end). ``out`` is a path or a URL (``memory://``, ``s3://``,
     ``gs://``, credentials from the usual environment). ``scheduler`` runs the blocks as Dask
     tasks (``local:N`` or an address); otherwise ``workers`` spawned processes run them. An
-    incomplete store from an earlier run is resumed from its last completed chunk. A complete
-    one is refused (after its manifest is checked: no chunk is read), replaced with
-    ``overwrite``, left as it is with ``exist_ok``, or, with ``repair``, verified (every chunk
-    read) and only its damaged blocks rewritten.
+    incomplete store is resumed from its last completed chunk. A complete one is refused (its
+    manifest checked, no chunk read), replaced with ``overwrite``, kept with ``exist_ok``, or
+    with ``repair`` verified (every chunk read) and only its damaged blocks rewritten.
 
     Raises:
-        EmbcacheError (or a subclass): bad settings, vectors, corpus or output path.
-    """
+        EmbcacheError (or a subclass): bad settings, vectors, corpus or output path."""
     t0 = time.perf_counter()
     corpus, settings, workers, out = _checked_arguments(corpus, vectors_path, encoder, source,
                                                         settings, split, chunk_docs, workers, out,

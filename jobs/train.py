@@ -121,9 +121,8 @@ def train_group(store_url: str, models: list, out: str | None = None, *,
     ``out``: for a lone model its run folder (default ``runs/<name>``); for a group the parent
     folder of the runs (default ``runs``), each named ``model`` or ``model-key=value-...``.
 
-    A model that fails (its loss turns NaN or infinite, or it cannot run on the store's batches)
-    is stopped alone: it is listed in ``failed`` and its run folder is left as it was; the others'
-    runs are published whole. A lone model's failure raises instead.
+    A model that fails (a NaN or infinite loss, or it cannot run on the store's batches) stops
+    alone, listed in ``failed``, its run folder as it was; a lone model's failure raises.
 
     Raises:
         EmbcacheError: a run folder holds a trained model and ``overwrite`` is false, or another
@@ -154,11 +153,10 @@ def train_group(store_url: str, models: list, out: str | None = None, *,
     # The store is read for the whole run: an embed-corpus --overwrite of it is refused meanwhile.
     with reading(store_url):
         if config.strategy != "default":  # every worker runs this; worker 0 writes the folder
-            p = plans[0]
             from embcache.jobs.train_workers import train_multiworker
 
-            return GroupResult([train_multiworker(store_url, p.source, finals[0], config,
-                                                  p.hparams, progress)])
+            return GroupResult([train_multiworker(store_url, plans[0].source, finals[0], config,
+                                                  plans[0].hparams, progress)])
         members = [Member(name=p.name, source=p.source,
                           hparams={**p.source.hyperparameters(), **p.hparams}, given=p.hparams,
                           learning_rate=p.learning_rate, final=f,

@@ -99,11 +99,6 @@ class EmbeddingSource:
         ids, or for word vectors a hash of each word."""
         return TOKENIZER_IDS
 
-    @property
-    def name(self) -> str:
-        """The file or preset, for messages."""
-        return self.info.source
-
     def record(self) -> dict[str, dict | None]:
         """The store's ``encoder`` and ``subword`` attributes for this source."""
         return {"encoder": None, "subword": None}
@@ -156,9 +151,6 @@ class WordVectorsSource(EmbeddingSource):
 
     @classmethod
     def reopen(cls, meta: StoreMeta, args: SourceArgs) -> WordVectorsSource:
-        if args.tokenizer is not None:
-            raise EmbcacheError("`tokenizer=` is for models trained on a static subword table; "
-                                f"these were trained on word vectors ({meta.vectors.source})")
         from embcache.cache.vectors import load_vectors
 
         return cls._of(load_vectors(str(args.vectors), cache_dir=args.cache_dir), meta.settings)
@@ -286,10 +278,6 @@ class EncoderSource(EmbeddingSource):
         source._loaded = source._embedder(enc)
         return source
 
-    @property
-    def name(self) -> str:
-        return str(self.identity.get("source", self.info.source))
-
     def record(self) -> dict[str, dict | None]:
         return {"encoder": self.identity, "subword": None}
 
@@ -379,14 +367,14 @@ def require_arguments(meta: StoreMeta, *, vectors: str | None, encoder: str | No
     Raises:
         EmbcacheError: the argument the store needs is missing, or one it cannot use is given.
     """
-    given = {"vectors": vectors, "encoder": encoder}
-    if _kind_of(meta).argument == "encoder" and encoder is None:
+    kind = _kind_of(meta)
+    if kind.argument == "encoder" and encoder is None:
         hint = " (pass `encoder=`, not `vectors=`)" if vectors is not None else ""
         raise EmbcacheError(f"Scoring {what} needs `encoder=`: the encoder the models were "
                             f"trained on ({_trained_on(meta)}){hint}")
-    if given[_kind_of(meta).argument] is None:
+    if kind.argument == "vectors" and vectors is None:
         raise EmbcacheError(f"Scoring {what} needs `vectors=`: the file the models were "
                             f"trained with ({meta.vectors.source})")
-    if _kind_of(meta) is WordVectorsSource and tokenizer is not None:
+    if kind is WordVectorsSource and tokenizer is not None:
         raise EmbcacheError("`tokenizer=` is for models trained on a static subword table; these "
                             f"were trained on word vectors ({meta.vectors.source})")

@@ -87,12 +87,12 @@ class Slots:
         return tuple(v.copy() for v in self._views(slot, shape, np.dtype(dtype)))
 
 
-def _serve(url: str, with_ids: bool, split, chunks, counts, tokens, options: dict, slots_spec,
+def _serve(url: str, reading: tuple[bool, bool], split, chunks, counts, tokens, options: dict, slots_spec,
            requests, out, free, cancel) -> None:
     """The producer's loop: one pass of :func:`embcache.cache.stream.iter_batches` per request."""
     store = open_store(url, check_chunks=False)  # the opening process listed its chunks already
-    if with_ids:
-        store = store.reading_ids()
+    if reading[0]:  # (with ids, with vectors): as the opening process reads the store
+        store = store.reading_ids(vectors=reading[1])
     plan = StreamPlan(chunks, counts, tokens)
     slots = Slots(*slots_spec)
     seed = options.pop("seed")  # None: unshuffled passes
@@ -140,7 +140,7 @@ class Producer:
     def __init__(self, store, plan, split, *, seed: int, shuffle: bool, queue_batches: int = 8,
                  **options):
         leave_if_bootstrapping()
-        self.args = (store.url, store.with_ids, split, plan.chunks, plan.counts, plan.tokens,
+        self.args = (store.url, (store.with_ids, store.vectors), split, plan.chunks, plan.counts, plan.tokens,
                      {**options, "seed": seed if shuffle else None})
         self.read_ahead = shuffle
         rows = options["batch_size"]

@@ -113,9 +113,13 @@ class Store:
     # by :meth:`reading_ids` for readers that feed a model taking the lexical channel; others
     # never read ``token_ids``.
     with_ids: bool = False
+    # False: rows carry the ids alone, for readers whose every model takes only the lexical
+    # channel (``tokens`` is then never read, nor decoded, nor held).
+    vectors: bool = True
 
-    def reading_ids(self) -> Store:
-        """This store, its rows read with their token ids.
+    def reading_ids(self, vectors: bool = True) -> Store:
+        """This store, its rows read with their token ids (and without the vectors where
+        ``vectors`` is False: the batches' ``embedded`` is then ``(b, T, 0)``).
 
         Raises:
             StoreError: the store has no lexical channel (written before it existed).
@@ -125,7 +129,7 @@ class Store:
                              f"{self.meta.embcache_version or 'before 0.1'}, before the lexical "
                              "channel); a model that takes token_ids needs them: rebuild it with "
                              "its embed-corpus command and --overwrite")
-        return Store(self.url, self.group, self.meta, with_ids=True)
+        return Store(self.url, self.group, self.meta, with_ids=True, vectors=vectors)
 
     @property
     def num_docs(self) -> int:
@@ -150,10 +154,11 @@ class Store:
     @property
     def row_width(self) -> int:
         """Columns of the packed rows batches carry (``dim``; ``dim + 2`` for int8; and the
-        token id's columns when reading ids)."""
+        token id's columns when reading ids; those alone without the vectors)."""
         from embcache.cache.rows import id_columns
 
-        return self.meta.row_width + (id_columns(self.meta.dtype) if self.with_ids else 0)
+        ids = id_columns(self.meta.dtype) if self.with_ids else 0
+        return self.meta.row_width + ids if self.vectors else ids
 
     @property
     def row_dtype(self) -> np.dtype:

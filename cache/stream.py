@@ -99,10 +99,12 @@ class BlockReader:
 def read_rows(store: Store, first: int, end: int) -> np.ndarray:
     """Rows ``first:end`` of ``tokens`` as packed rows (joined with ``scales`` for int8, and
     with ``token_ids`` for a store :meth:`~embcache.cache.store.Store.reading_ids`; a store read
-    without them never reads that array)."""
+    without them never reads that array, and one read for ids alone never reads ``tokens``)."""
     def get(name):
         return store.read(name, first, end) if end > first else store.array(name)[0:0]
 
+    if not store.vectors:  # the ids alone: ``tokens`` is never read
+        return attach_ids(np.zeros((end - first, 0), store.row_dtype), get("token_ids"), store.dtype)
     rows = get("tokens") if store.dtype != "int8" else join_rows(get("tokens"), get("scales"))
     return attach_ids(rows, get("token_ids"), store.dtype) if store.with_ids else rows
 

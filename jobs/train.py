@@ -38,7 +38,7 @@ from embcache.jobs.runs import (
     MODEL_FILE,
 )
 from embcache.jobs.train_data import adapt_lexical, group_streams, open_for_training
-from embcache.models.registry import takes_token_ids
+from embcache.models.registry import takes_token_ids, takes_vectors
 
 
 @dataclass
@@ -219,10 +219,12 @@ def _fit_members(store_url, store, plans, members: list[Member], config: TrainCo
                 raise
             trainer.fail(m, str(e))
             continue
-    if any(m.model is not None and not m.error and takes_token_ids(m.model) for m in members):
-        store = store.reading_ids()  # refuses a store without them, in one line
-        adapt_lexical(store, plans["train"], [m.model for m in members if m.model is not None
-                                              and not m.error], progress)
+    live = [m.model for m in members if m.model is not None and not m.error]
+    if any(takes_token_ids(model) for model in live):
+        # Refuses a store without ids, in one line. A group of lexical models alone reads no
+        # vectors: its batches (and a held split) are the ids' 4 bytes a token.
+        store = store.reading_ids(vectors=any(takes_vectors(model) for model in live))
+        adapt_lexical(store, plans["train"], live, progress)
     train_ds, val_ds, steps = group_streams(store, plans, config, progress)
     if progress and not lone:
         print(f"Training {len(members)} models from one stream of {store_url}: "

@@ -126,6 +126,9 @@ def converted(model, name: str):
                             target, keep)
     new = keras.saving.deserialize_keras_object(config, safe_mode=True)
     new.set_weights(model.get_weights())
+    for layer in new._flatten_layers(include_self=False):
+        if hasattr(layer, "refresh"):  # state derived from weights (HashedTfidf's table)
+            layer.refresh()
     return new
 
 

@@ -164,6 +164,11 @@ def takes_token_ids(model) -> bool:
     return "token_ids" in input_names(model)
 
 
+def takes_vectors(model) -> bool:
+    """Whether a model reads the vectors (its inputs include ``embedded``)."""
+    return "embedded" in input_names(model)
+
+
 def model_features(model, features: dict) -> dict:
     """The entries of a batch's ``features`` that ``model`` takes: a batch made for a group
     carries ``token_ids`` when any member reads them, and the others are fed without them."""

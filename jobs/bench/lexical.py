@@ -9,6 +9,14 @@ process, as training reads it) three ways, interleaved over ``--rounds`` rounds:
   before it existed): the baseline;
 - ``with ids``: a model that reads ids (``token_ids=True``).
 Prints documents/s (median and range) and the ratios to the baseline.
+
+With ``--train-rounds N``, also the lexical model's training speed (``tfidf``, ``--train-epochs``
+epochs, samples/s as the train job reports it), three ways interleaved over N rounds:
+- ``dense reads``: the kernel and Adam's moments read whole on every step (``tf.gather`` of the
+  variable, as before the fix; a variable updated by a scatter is copied whole by every such
+  read) and the vectors read with the ids: the baseline, reproduced by patching both back in;
+- ``sparse reads``: only the touched rows read (``ResourceGather``), vectors still read;
+- ``ids only``: sparse reads, and a group of lexical models reads the ids alone (today's path).
 """
 
 from __future__ import annotations
@@ -50,13 +58,81 @@ def one_pass(store: str, ids: bool) -> float:
     return n / (time.perf_counter() - t)
 
 
-def main(argv=None) -> int:
+def pipeline_ways(store: Path, rounds: int, out: Path) -> None:
     from jobs.bench.common import table
+
+    old = out / "no-ids.zarr"
+    without_ids(store, old)
+    ways = {"old store": (str(old), False), "no ids": (str(store), False),
+            "with ids": (str(store), True)}
+    rates: dict[str, list[float]] = {k: [] for k in ways}
+    one_pass(str(store), False)  # warm: the OS cache and TensorFlow's first trace
+    for r in range(rounds):
+        order = list(ways) if r % 2 == 0 else list(reversed(ways))
+        for k in order:
+            rates[k].append(one_pass(*ways[k]))
+        say(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()))
+    base = statistics.median(rates["old store"])
+    rows = [[k, f"{statistics.median(v):,.0f}", f"{min(v):,.0f}-{max(v):,.0f}",
+             f"{statistics.median(v) / base:.3f}"] for k, v in rates.items()]
+    print(table(["train split pass", "docs/s (median)", "range", "vs old store"], rows))
+
+
+def _train_way(store: str, way: str, epochs: int, out: Path) -> float:
+    """Samples/s of one ``tfidf`` training run in ``way`` (see the module docstring)."""
+    from unittest import mock
+
+    import embcache
+    from embcache.jobs import train as train_job
+    from embcache.models import layers, optimizers
+
+    def dense_rows(variable, rows):  # the code before the fix: a whole read, then a gather
+        import tensorflow as tf
+
+        return tf.gather(tf.convert_to_tensor(variable), rows)
+
+    patches = []
+    if way == "dense reads":
+        patches += [mock.patch.object(layers, "sparse_rows", dense_rows),
+                    mock.patch.object(optimizers, "sparse_rows", dense_rows)]
+    if way in ("dense reads", "sparse reads"):
+        patches.append(mock.patch.object(train_job, "takes_vectors", lambda model: True))
+    for patch in patches:
+        patch.start()
+    try:
+        s = embcache.train(store, "tfidf", str(out / "tfidf"), overwrite=True, progress=False,
+                           config={"epochs": epochs, "patience": epochs})
+    finally:
+        for patch in patches:
+            patch.stop()
+    return s.samples_per_s
+
+
+def train_ways(store: str, rounds: int, epochs: int, out: Path) -> None:
+    from jobs.bench.common import table
+
+    ways = ("dense reads", "sparse reads", "ids only")
+    rates: dict[str, list[float]] = {k: [] for k in ways}
+    for r in range(rounds):
+        for k in (ways if r % 2 == 0 else reversed(ways)):
+            rates[k].append(_train_way(store, k, epochs, out))
+            say(f"train round {r + 1}/{rounds}: {k} {rates[k][-1]:,.0f} samples/s")
+    base = statistics.median(rates["dense reads"])
+    rows = [[k, f"{statistics.median(v):,.0f}", f"{min(v):,.0f}-{max(v):,.0f}",
+             f"{statistics.median(v) / base:.2f}x"] for k, v in rates.items()]
+    print(table([f"tfidf training, {epochs} epochs", "samples/s (median)", "range",
+                 "vs dense reads"], rows))
+
+
+def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", required=True, help="a GloVe store with the lexical channel")
     p.add_argument("--out", default="bench-out/lexical")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--train-rounds", type=int, default=0,
+                   help="also time tfidf training three ways over this many rounds")
+    p.add_argument("--train-epochs", type=int, default=2)
     a = p.parse_args(argv)
     store, out = Path(a.store), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,21 +140,10 @@ def main(argv=None) -> int:
     ids_bytes, tok_bytes = array_bytes(store, "token_ids"), array_bytes(store, "tokens")
     print(f"token_ids: {ids_bytes / 1e6:.1f} MB = {100 * ids_bytes / total:.2f}% of the store "
           f"({total / 1e6:.1f} MB; tokens {tok_bytes / 1e6:.1f} MB)")
-    old = out / "no-ids.zarr"
-    without_ids(store, old)
-    ways = {"old store": (str(old), False), "no ids": (str(store), False),
-            "with ids": (str(store), True)}
-    rates: dict[str, list[float]] = {k: [] for k in ways}
-    one_pass(str(store), False)  # warm: the OS cache and TensorFlow's first trace
-    for r in range(a.rounds):
-        order = list(ways) if r % 2 == 0 else list(reversed(ways))
-        for k in order:
-            rates[k].append(one_pass(*ways[k]))
-        say(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()))
-    base = statistics.median(rates["old store"])
-    rows = [[k, f"{statistics.median(v):,.0f}", f"{min(v):,.0f}-{max(v):,.0f}",
-             f"{statistics.median(v) / base:.3f}"] for k, v in rates.items()]
-    print(table(["train split pass", "docs/s (median)", "range", "vs old store"], rows))
+    if a.rounds:
+        pipeline_ways(store, a.rounds, out)
+    if a.train_rounds:
+        train_ways(str(store), a.train_rounds, a.train_epochs, out)
     return 0
 
 

@@ -554,6 +554,9 @@ def runs_cmd(folder, as_json, plot_path):
               help="Score only this split of a store [default: every document].")
 @click.option("--top-k", default=_SCORE.top_k, show_default=True, type=click.IntRange(min=1),
               help="Labels and probabilities per model and document.")
+@click.option("--probabilities", is_flag=True,
+              help="Also every label's probability, per model and for the ensemble: columns "
+                   "<model>_p_<label>.")
 @click.option("--batch-size", default=_SCORE.batch_size, show_default=True, type=click.IntRange(min=1))
 @click.option("--ensemble", default=_SCORE.ensemble, show_default=True,
               type=click.Choice(ENSEMBLES),
@@ -580,8 +583,8 @@ def runs_cmd(folder, as_json, plot_path):
 @_friendly("no predictions were written (an earlier predictions file is unchanged); rerun "
            "the command to score again")
 def score_cmd(model_dirs, input_path, out, vectors_path, tokenizer, stores, encoder, split, top_k,
-              batch_size, ensemble, ensemble_out, keep_store, metrics_dir, precision, corpus_format,
-              text_columns, label_column, id_column, header,
+              probabilities, batch_size, ensemble, ensemble_out, keep_store, metrics_dir, precision,
+              corpus_format, text_columns, label_column, id_column, header,
               label_names_file, cache_dir, quiet, verbose):
     """Batch-classify documents with many models sharing one embedding pass.
 
@@ -605,8 +608,8 @@ def score_cmd(model_dirs, input_path, out, vectors_path, tokenizer, stores, enco
     summary = score([d for d in model_dirs.split(",") if d], input_path, out, corpus=spec,
                     vectors_path=vectors[0] if vectors and len(vectors) == 1 else vectors,
                     encoder=encoder, tokenizer=tokenizer, split=split, top_k=top_k,
-                    batch_size=batch_size, stores=[x for x in stores.split(",") if x]
-                    if stores else None, ensemble_out=ensemble_out,
+                    probabilities=probabilities, batch_size=batch_size,
+                    stores=[x for x in stores.split(",") if x] if stores else None, ensemble_out=ensemble_out,
                     keep_store=keep_store, metrics_dir=metrics_dir, progress=not quiet,
                     cache_dir=cache_dir, ensemble=ensemble, precision=precision)
     if summary.ensemble_card:

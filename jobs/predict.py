@@ -13,7 +13,8 @@ from embcache.cache.store import Store, open_store
 def predict(model, store: Store | str, split: str | None = "test", *, batch_size: int = 64,
             probabilities: bool = False, precision: str | None = None):
     """Run ``model`` (a Keras model taking ``embedded`` and ``lengths``, as ``dataset()`` feeds
-    it) over ``split`` of ``store`` (``None``: every document) and return a ``pandas.DataFrame``
+    it; or a run folder, or a :class:`~embcache.jobs.runs.Run` from :func:`load_run`) over
+    ``split`` of ``store`` (``None``: every document) and return a ``pandas.DataFrame``
     in store order: ``doc_id``, ``true_label`` (labelled stores), ``predicted_label`` and
     ``probability``; with ``probabilities``, one ``prob_<label>`` column per label too.
 
@@ -29,8 +30,10 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
 
     from embcache.cache.dataset import Batching, pipeline_errors, streamed_dataset
     from embcache.cache.stream import plan_split
+    from embcache.jobs.runs import as_model
     from embcache.models.registry import _check_inputs, _check_outputs
 
+    model = as_model(model)  # a run folder, a loaded Run, or the Keras model itself
     if not isinstance(store, Store):
         store = open_store(str(store))
     plan = plan_split(store, split)

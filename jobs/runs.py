@@ -168,6 +168,20 @@ def load_run(run_dir: str | Path, card: dict[str, Any] | None = None) -> Run:
     return Run(path=run, name=run.name, card=card, model=model)
 
 
+def as_model(model: Any) -> Any:
+    """A Keras model from what a caller passed: the model itself, a :class:`Run`, or a run
+    folder's path (read, verified and loaded by :func:`load_run`).
+
+    Raises:
+        ModelError: a path that is not a run folder (see :func:`load_run`).
+    """
+    if isinstance(model, Run):
+        return model.model
+    if isinstance(model, (str, os.PathLike)):
+        return load_run(model).model
+    return model
+
+
 def run_card(store, m, config: TrainConfig, plans: dict, *, epochs_run: int, best_epoch: int,
              seconds: float, samples_per_s: float, model_path: Path) -> dict:
     """A trained run's card (before its checksums): the same fields whichever path trained it

@@ -12,9 +12,10 @@ from embcache.cache.store import Store, open_store
 
 def save_run(model, store: Store | str, out: str | Path, *, module: str | None = None,
              overwrite: bool = False) -> Path:
-    """Save ``model`` (a Keras model trained on ``store``'s vectors: inputs ``embedded`` and
-    ``lengths``, one probability per label) into the run folder ``out``, with a card recording
-    the store's metadata, so that scoring embeds new text as the store did and checks it.
+    """Save ``model`` (a Keras model, a run folder or a loaded run, trained on ``store``'s
+    vectors: inputs ``embedded`` and ``lengths``, one probability per label) into the run
+    folder ``out``, with a card recording the store's metadata, so that scoring embeds new
+    text as the store did and checks it.
 
     The card's metrics are the model's accuracy on the store's val and test splits (measured
     here, one pass each); the Scorer's weighted ensemble uses the val accuracy. ``module``: the
@@ -27,9 +28,17 @@ def save_run(model, store: Store | str, out: str | Path, *, module: str | None =
         EmbcacheError: ``out`` holds a run and ``overwrite`` is false.
     """
     from embcache.jobs.predict import predict
-    from embcache.jobs.runs import CARD_FILE, MODEL_FILE, publish_run, store_card_fields, write_card
+    from embcache.jobs.runs import (
+        CARD_FILE,
+        MODEL_FILE,
+        as_model,
+        publish_run,
+        store_card_fields,
+        write_card,
+    )
     from embcache.models.registry import _check_inputs, _check_outputs
 
+    model = as_model(model)  # a run folder or a loaded Run: its model, saved anew
     if module is not None and not isinstance(module, str):
         raise ModelError(f"Invalid value for `module`. Expected a module name. Received: {module!r}")
     if not isinstance(store, Store):

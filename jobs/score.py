@@ -38,7 +38,7 @@ from embcache.jobs.metrics import write_metrics
 from embcache.jobs.outputs import open_writer, output_format, remove_stale_partials
 from embcache.jobs.runs import Run, load_run, read_card
 from embcache.jobs.score_input import InputMixin
-from embcache.jobs.score_loop import LoopMixin
+from embcache.jobs.score_loop import LoopMixin, Output
 from embcache.jobs.views import make_views
 
 
@@ -169,21 +169,22 @@ class Scorer(InputMixin, LoopMixin):
         for view in self.views:
             view.load()
 
-    def columns(self, top_k: int, truth: bool = False) -> list[str]:
+    def columns(self, output: Output, truth: bool = False) -> list[str]:
         """The output's columns; ``truth``: a labelled store's true label, after ``doc_id``."""
         cols = ["doc_id"] + (["true_label"] if truth else [])
-        for name in self.names + (["ensemble"] if self.group else []):
-            for k in range(1, top_k + 1):
-                suffix = "" if k == 1 else f"_{k}"
-                cols += [f"{name}_label{suffix}", f"{name}_prob{suffix}"]
+        for run in self.runs:
+            cols += output.columns(run.name, run.label_names)
+        if self.group:
+            cols += output.columns("ensemble", self.group[0].label_names)
         return cols
 
     def classify(self, data, *, split: str | None = None, top_k: int = 1,
-                 progress: bool = False):
+                 probabilities: bool = False, progress: bool = False):
         """Classify ``data`` and return a ``pandas.DataFrame``, one row per document in input
         order: ``doc_id`` (a Series' index is kept as it), ``true_label`` for a labelled store,
         then ``<model>_label`` and ``<model>_prob`` for each model (and ``_2``... up to
-        ``top_k``), and the ``ensemble`` columns.
+        ``top_k``), and the ``ensemble`` columns. With ``probabilities``, also every label's
+        probability: ``<model>_p_<label>`` (and ``ensemble_p_<label>``).
 
         Args:
             data: a list of strings (``doc_id`` is the position), a store (path, URL or
@@ -197,16 +198,16 @@ class Scorer(InputMixin, LoopMixin):
         """
         import pandas as pd
 
-        _check_top_k(top_k)
+        output = _output(top_k, probabilities)
         if isinstance(data, str) and "://" not in data and not Path(data).exists():
             raise EmbcacheError(f"Invalid value for `data`: {data[:60]!r} is not a file, folder or "
                                 "store; to classify one text, pass a list: classify([text])")
         if isinstance(data, (str, os.PathLike, Store)):
             rows = []
             with self._as_stores(data, split) as stores:
-                for ids, cols in self._rows(stores, split, top_k, progress=progress):
+                for ids, cols in self._rows(stores, split, output, progress=progress):
                     rows.append(pd.DataFrame({"doc_id": ids, **cols}))
-                columns = self.columns(top_k, truth=stores[0].labelled)
+                columns = self.columns(output, truth=stores[0].labelled)
             return (pd.concat(rows, ignore_index=True) if rows
                     else pd.DataFrame(columns=columns))[columns]
         if split is not None:
@@ -219,7 +220,7 @@ class Scorer(InputMixin, LoopMixin):
                                 f"list holds a {bad}")
         # A pandas Series keeps its index as the documents' ids; a list numbers them.
         ids = list(data.index) if isinstance(data, pd.Series) else list(range(len(texts)))
-        return pd.DataFrame(self._classify_texts(texts, ids, top_k))[self.columns(top_k)]
+        return pd.DataFrame(self._classify_texts(texts, ids, output))[self.columns(output)]
 
     def ensemble_weights(self) -> dict[str, float]:
         """Each ensemble member's weight (for a fitted pool, its share of the vote)."""
@@ -245,7 +246,7 @@ class Scorer(InputMixin, LoopMixin):
         source = url if isinstance(url, Store) else open_store(str(url), require_complete=True)
         collect: dict[str, list] = {}
         with self._as_stores(source, "val") as stores:
-            for _ in self._rows(stores, "val", 1, progress=progress, collect=collect):
+            for _ in self._rows(stores, "val", Output(), progress=progress, collect=collect):
                 pass
             labels = stores[0].label_names
         index = {n: i for i, n in enumerate(self.group[0].label_names)}
@@ -257,8 +258,9 @@ class Scorer(InputMixin, LoopMixin):
         return fitted
 
     def write(self, data, out: str | Path, *, split: str | None = None, top_k: int = 1,
-              corpus: CorpusSpec | None = None, keep_store: str | None = None,
-              metrics_dir: str | None = None, progress: bool = False) -> ScoreSummary:
+              probabilities: bool = False, corpus: CorpusSpec | None = None,
+              keep_store: str | None = None, metrics_dir: str | None = None,
+              progress: bool = False) -> ScoreSummary:
         """Score ``data`` into the file ``out`` (.csv, .jsonl or .parquet; written aside and
         renamed, so it is whole or absent), with memory bounded whatever its size; with labels,
         metrics.json and confusion plots go to ``metrics_dir`` (default: beside ``out``).
@@ -271,7 +273,7 @@ class Scorer(InputMixin, LoopMixin):
         t0 = time.perf_counter()
         out_path = Path(out)
         fmt = output_format(out_path)
-        _check_top_k(top_k)
+        output = _output(top_k, probabilities)
         confusions: dict = {}
         remove_stale_partials(out_path)
         tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
@@ -280,9 +282,9 @@ class Scorer(InputMixin, LoopMixin):
             with self._as_stores(data, split, corpus=corpus, keep_store=keep_store,
                                  progress=progress) as stores, \
                     writing(f"predictions {out_path}"), \
-                    open_writer(tmp, fmt, self.columns(top_k, truth=stores[0].labelled)) as writer, \
+                    open_writer(tmp, fmt, self.columns(output, truth=stores[0].labelled)) as writer, \
                     contextlib.redirect_stdout(sys.stderr):
-                for ids, cols in self._rows(stores, split, top_k, confusions=confusions,
+                for ids, cols in self._rows(stores, split, output, confusions=confusions,
                                             progress=progress):
                     writer.write({"doc_id": ids, **cols})
                     docs += len(ids)
@@ -304,9 +306,15 @@ class Scorer(InputMixin, LoopMixin):
                             seconds=time.perf_counter() - t0, metrics=metrics)
 
 
-def _check_top_k(top_k: int) -> None:
-    if top_k < 1:
-        raise EmbcacheError(f"Invalid value for `top_k`. Expected a positive integer. Received: top_k={top_k}")
+def _output(top_k: int, probabilities: bool) -> Output:
+    """The columns asked for, checked."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise EmbcacheError("Invalid value for `top_k`. Expected a positive integer. "
+                            f"Received: top_k={top_k!r}")
+    if not isinstance(probabilities, bool):
+        raise EmbcacheError("Invalid value for `probabilities`. Expected True or False. "
+                            f"Received: probabilities={probabilities!r}")
+    return Output(top_k, probabilities)
 
 
 def score(  # noqa: PLR0913 - a job's options, one keyword each (as its command's)
@@ -322,6 +330,7 @@ def score(  # noqa: PLR0913 - a job's options, one keyword each (as its command'
     ensemble_out: str | None = None,
     split: str | None = None,
     top_k: int = ScoreConfig.top_k,
+    probabilities: bool = False,
     batch_size: int = ScoreConfig.batch_size,
     keep_store: str | None = None,
     metrics_dir: str | None = None,
@@ -356,7 +365,7 @@ def score(  # noqa: PLR0913 - a job's options, one keyword each (as its command'
             Path(metrics_dir).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise EmbcacheError(f"Cannot use `metrics_dir={metrics_dir}`: {e.strerror}") from None
-    _check_top_k(top_k)
+    _output(top_k, probabilities)
     scorer = Scorer(model_dirs, vectors=vectors_path, encoder=encoder, tokenizer=tokenizer,
                     cache_dir=cache_dir, stores=stores,
                     batch_size=batch_size, ensemble=ensemble, load=False, precision=precision)
@@ -364,7 +373,8 @@ def score(  # noqa: PLR0913 - a job's options, one keyword each (as its command'
     if progress:
         print(scorer.precision_line(), file=sys.stderr)
     card = _fit_first(scorer, ensemble_out, model_dirs, input_path, progress)
-    summary = scorer.write(input_path, out_path, split=split, top_k=top_k, corpus=corpus,
+    summary = scorer.write(input_path, out_path, split=split, top_k=top_k,
+                           probabilities=probabilities, corpus=corpus,
                            keep_store=keep_store, metrics_dir=metrics_dir, progress=progress)
     summary.seconds, summary.kept_store = time.perf_counter() - t0, keep_store
     summary.ensemble_card = card

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,6 +24,33 @@ _TEXT_PIECE = 1024
 # A bucket's short batch leaves once its oldest document has waited this many documents: rows
 # wait at most that long to be written in input order (memory: that many rows of predictions).
 _MAX_WAIT = 4096
+
+
+@dataclass(frozen=True)
+class Output:
+    """What each model and the ensemble write per document: their ``top_k`` labels, each with
+    its probability (``<name>_label``, ``<name>_prob``, then ``_2``...), and with
+    ``probabilities`` every label's probability (``<name>_p_<label>``, in the run's label
+    order)."""
+
+    top_k: int = 1
+    probabilities: bool = False
+
+    def columns(self, name: str, label_names: list[str]) -> list[str]:
+        cols = []
+        for k in range(1, self.top_k + 1):
+            suffix = "" if k == 1 else f"_{k}"
+            cols += [f"{name}_label{suffix}", f"{name}_prob{suffix}"]
+        if self.probabilities:
+            cols += [f"{name}_p_{label}" for label in label_names]
+        return cols
+
+    def add(self, cols: dict, name: str, probs: np.ndarray, label_names: list[str]) -> None:
+        _add_topk(cols, name, probs, label_names, self.top_k)
+        if self.probabilities:
+            rounded = np.round(probs, 6)
+            for j, label in enumerate(label_names):
+                cols[f"{name}_p_{label}"] = rounded[:, j].tolist()
 
 
 def _text_features(x, lengths, with_ids: bool) -> dict:
@@ -47,10 +75,10 @@ class LoopMixin:
     def load(self) -> None:
         raise NotImplementedError
 
-    def columns(self, top_k: int, truth: bool = False) -> list[str]:
+    def columns(self, output: Output, truth: bool = False) -> list[str]:
         raise NotImplementedError
 
-    def _classify_texts(self, texts: list[str], ids: list, top_k: int) -> dict[str, list]:
+    def _classify_texts(self, texts: list[str], ids: list, output: Output) -> dict[str, list]:
         """Embed in memory (no store), ``_TEXT_PIECE`` texts at a time, once per
         representation, and score: the same bucketing
         (:func:`~embcache.cache.stream.bucket_blocks`) and the same scoring loop as a store's;
@@ -71,8 +99,8 @@ class LoopMixin:
                                    max_wait=_MAX_WAIT, prepare=prepare, with_ids=with_ids)
             return ((_text_features(x, n, with_ids), None, seq) for x, n, _y, seq in batches)
 
-        out: dict[str, list] = {c: [] for c in self.columns(top_k)}
-        for part_ids, cols in self._scored([stream(v) for v in self.views], iter(ids), top_k,
+        out: dict[str, list] = {c: [] for c in self.columns(output)}
+        for part_ids, cols in self._scored([stream(v) for v in self.views], iter(ids), output,
                                            labels=None):
             out["doc_id"] += part_ids
             for c, values in cols.items():
@@ -87,16 +115,16 @@ class LoopMixin:
             return pool(stacked, self.fitted.coefficients, linear=self.fitted.linear)
         return np.tensordot(self.weights, stacked, axes=1)
 
-    def _columns(self, probs: dict[str, np.ndarray], top_k: int) -> dict[str, list]:
+    def _columns(self, probs: dict[str, np.ndarray], output: Output) -> dict[str, list]:
         cols: dict[str, list] = {}
         for run in self.runs:
-            _add_topk(cols, run.name, probs[run.name], run.label_names, top_k)
+            output.add(cols, run.name, probs[run.name], run.label_names)
         if self.group:
             probs["ensemble"] = p = self.combine(probs)
-            _add_topk(cols, "ensemble", p, self.group[0].label_names, top_k)
+            output.add(cols, "ensemble", p, self.group[0].label_names)
         return cols
 
-    def _scored(self, streams: list, ids, top_k: int, *, labels: list[str] | None,
+    def _scored(self, streams: list, ids, output: Output, *, labels: list[str] | None,
                 confusions: dict | None = None, bar=None, collect: dict | None = None):
         """The one scoring loop, for texts and stores: one stream of ``(features, y, seq)``
         batches (in length buckets) per representation, each through its view's models; the
@@ -132,7 +160,7 @@ class LoopMixin:
             probs, truth, n = rows.ready()
             if not n:
                 continue
-            cols = self._columns(probs, top_k)
+            cols = self._columns(probs, output)
             if collect is not None:
                 for name, p in probs.items():
                     collect.setdefault(name, []).append(p)
@@ -146,7 +174,7 @@ class LoopMixin:
         if rows.waiting:
             raise EmbcacheError(f"{rows.waiting} documents were not scored")
 
-    def _rows(self, stores: list, split: str | None, top_k: int, *,
+    def _rows(self, stores: list, split: str | None, output: Output, *,
               confusions: dict | None = None, progress: bool = False,
               collect: dict | None = None):
         """Stream every view's store once through :meth:`_scored`: every batch goes through
@@ -183,7 +211,7 @@ class LoopMixin:
             held.enter_context(pipeline_errors())
             streams = [batches(v, s, p, i == 0)
                        for i, (v, s, p) in enumerate(zip(self.views, stores, plans))]
-            yield from self._scored(streams, doc_ids_in_order(split, stores[0]), top_k,
+            yield from self._scored(streams, doc_ids_in_order(split, stores[0]), output,
                                     labels=stores[0].label_names if labelled else None,
                                     confusions=confusions, bar=bar, collect=collect)
 

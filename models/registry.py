@@ -50,7 +50,9 @@ def register(name: str | Callable | None = None):
     return deco
 
 
-def _load_builtins() -> None:
+def load_builtins() -> None:
+    """Import every built-in model's module (once): registers their names and, with Keras,
+    their layers."""
     global _loaded
     if not _loaded:
         for mod in _BUILTINS:  # imported on demand: importing the registry loads no Keras
@@ -66,7 +68,7 @@ def _entry_points() -> dict[str, Any]:
 
 def names() -> list[str]:
     """Every model name ``--model`` accepts: built-in, registered and installed plugins."""
-    _load_builtins()
+    load_builtins()
     return sorted(set(_REGISTRY) | set(_entry_points()))
 
 
@@ -205,7 +207,7 @@ def resolve(spec: str | Callable) -> ModelSource:
             raise ModelError(f"{spec} is not a function (a model builder)")
         return ModelSource(name=attr.split(".")[-1], build=fn, kind="import", ref=spec,
                            module=module)
-    _load_builtins()
+    load_builtins()
     if spec in _REGISTRY:
         fn = _REGISTRY[spec]
         builtin = spec in _BUILTINS and fn.__module__ == f"embcache.models.{spec}"
@@ -239,7 +241,7 @@ def import_module(module: str, what: str):
 def reimport_source(record: dict[str, Any] | None, where: str) -> None:
     """Import the module a model card names (registering its custom layers); built-in models
     need only the built-in modules. Call only on a verified card: the import runs its code."""
-    _load_builtins()
+    load_builtins()
     if not record or record.get("kind") == "builtin":
         return
     if record.get("kind") == "user" and record.get("module") is None:  # save_run, Keras layers only

@@ -305,6 +305,54 @@ def test_public_surface_is_small_and_lazy():
 
 
 @pytest.mark.slow
+def test_every_labels_probability_per_model_and_ensemble(trained, store, tmp_path):
+    """``classify(probabilities=True)`` and ``score --probabilities``: one column per label per
+    model and for the ensemble, summing to 1 and agreeing with the top label and ``predict``."""
+    import pandas as pd
+
+    runs = [str(trained / "fasttext"), str(trained / "kim_cnn")]
+    df = embcache.Scorer(runs).classify(str(store), split="test", probabilities=True)
+    labels = embcache.open_store(str(store)).label_names
+    for name in ("fasttext", "kim_cnn", "ensemble"):
+        p = df[[f"{name}_p_{label}" for label in labels]].to_numpy()
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-4)
+        top = [labels.index(x) for x in df[f"{name}_label"]]
+        assert (p[np.arange(len(p)), top] >= p.max(axis=1) - 1e-6).all()
+    alone = embcache.predict(runs[1], str(store), "test", probabilities=True)
+    np.testing.assert_allclose(df[[f"kim_cnn_p_{x}" for x in labels]].to_numpy(),
+                               alone[[f"prob_{x}" for x in labels]].to_numpy(), atol=1e-5)
+    out = tmp_path / "p.csv"
+    r = CliRunner().invoke(main, ["score", "--models", ",".join(runs), "--input", str(store),
+                                  "--split", "test", "--out", str(out), "--probabilities", "-q"])
+    assert r.exit_code == 0, r.output
+    written = pd.read_csv(out)
+    assert list(written.columns) == list(df.columns)
+    np.testing.assert_allclose(written["ensemble_p_" + labels[0]], df["ensemble_p_" + labels[0]],
+                               atol=1e-6)
+    with pytest.raises(embcache.EmbcacheError, match="`probabilities`"):
+        embcache.Scorer(runs).classify(["a"], probabilities="yes")
+
+
+@pytest.mark.slow
+def test_a_run_folder_loads_with_keras_after_import_embcache_and_predicts(trained, store):
+    """``import embcache`` alone lets Keras load a run's model (its layers register when Keras
+    is imported, whichever comes first); ``load_run`` and ``predict`` take the folder."""
+    folder = trained / "kim_cnn"
+    for order in ("import embcache, keras", "import keras, embcache"):
+        r = subprocess.run([sys.executable, "-c", f"{order}; m = keras.saving.load_model("
+                            f"{str(folder / 'model.keras')!r}); print(m.name)"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.strip() == "kim_cnn", r.stderr[-2000:]
+    run = embcache.load_run(folder)
+    assert isinstance(run, embcache.Run) and run.card["model"] == "kim_cnn"
+    by_folder = embcache.predict(str(folder), str(store), "test")
+    by_model = embcache.predict(run.model, str(store), "test")
+    assert by_folder.equals(by_model) and len(by_folder) > 0
+    with pytest.raises(embcache.ModelError, match="Run folder not found"):
+        embcache.predict(str(trained / "nothing"), str(store), "test")
+
+
+@pytest.mark.slow
 def test_the_readme_quick_start_runs_as_written(tmp_path, vectors_file):
     """The installed path of the Quick start, command for command, on a tiny corpus in the
     README's own file names: it embeds, trains a group, scores it and lists the runs."""

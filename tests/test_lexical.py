@@ -82,6 +82,42 @@ def test_models_without_ids_never_read_them(built, tmp_path):
 
 
 @pytest.mark.slow
+def test_lexical_models_alone_never_read_the_vectors(built, tmp_path):
+    """A group of lexical models reads the ids alone: with every ``tokens`` chunk garbled,
+    ``tfidf`` trains to the same weights as on the intact store."""
+    import embcache
+
+    copy = tmp_path / "s.zarr"
+    shutil.copytree(built[1], copy)
+    for chunk in (copy / "tokens" / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.write_bytes(b"garbage" * 10)
+    runs = [embcache.train(str(store), "tfidf", str(tmp_path / name), progress=False,
+                           config={"epochs": 2, "seed": 3})
+            for name, store in (("intact", built[1]), ("garbled", copy))]
+    assert runs[0].metrics == runs[1].metrics
+    weights = [embcache.load_run(r.out).model.get_layer("lexical").kernel.numpy() for r in runs]
+    np.testing.assert_array_equal(*weights)
+
+
+def test_lexical_gathers_read_only_the_rows_they_need():
+    """``sparse_rows`` reads a variable's rows with ``ResourceGather``: no whole read
+    (``ReadVariableOp``), which TensorFlow copies whole once a scatter has updated the variable
+    (the lexical kernel and its Adam moments: that copy was most of a training step)."""
+    import keras
+    import tensorflow as tf
+
+    from embcache.models.optimizers import sparse_rows
+
+    var = keras.Variable(np.arange(12, dtype=np.float32).reshape(6, 2))
+    fn = tf.function(lambda rows: sparse_rows(var, rows))
+    np.testing.assert_array_equal(fn(tf.constant([4, 1])).numpy(), [[8, 9], [2, 3]])
+    ops = {op.type for op in fn.get_concrete_function(tf.TensorSpec([None], tf.int32)).graph
+           .get_operations()}
+    assert "ResourceGather" in ops and "ReadVariableOp" not in ops
+
+
+@pytest.mark.slow
 def test_dataset_ids_are_the_stored_ids_padded_as_the_vectors(built):
     import embcache
 

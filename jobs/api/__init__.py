@@ -13,6 +13,7 @@ The public Python API (everything else is private and may change)::
     scorer.classify(["a text", "another text"])          # models loaded once, reused
     embcache.predict(my_model, "news20.zarr", "test")    # store order, doc ids, true labels
     embcache.save_run(my_model, "news20.zarr", "runs/mine")  # a run score and Scorer load
+    run = embcache.load_run("runs/cnn")                  # verified: run.model, run.card
     embcache.verify("news20.zarr").ok                    # every chunk read and checked
     study = embcache.tune("news20.zarr", "kim_cnn,fasttext",  # an Optuna study (extra: tune)
                           ["dropout=float:0:0.5"], trials=16, out="runs/tune")
@@ -22,7 +23,10 @@ raises an :class:`EmbcacheError` subclass with a one-line message.
 
 This package is the ``jobs/api`` folder of the repository (the packaging maps ``cache/``,
 ``models/`` and ``jobs/`` to ``embcache.cache``, ``embcache.models`` and ``embcache.jobs``).
-Importing it loads nothing heavy: each name is imported on first use.
+Importing it loads nothing heavy: each name is imported on first use. It does ask to be told
+when Keras is imported (now, if it already is), to register embcache's layers and optimizer
+with Keras then: ``keras.saving.load_model("runs/cnn/model.keras")`` works after ``import
+embcache`` alone.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ _EXPORTS = {
     "tune": "embcache.jobs.tune",
     "predict": "embcache.jobs.predict",
     "save_run": "embcache.jobs.save_run",
+    "load_run": "embcache.jobs.runs",
+    "Run": "embcache.jobs.runs",
     "GroupResult": "embcache.jobs.train",
     "TrainSummary": "embcache.jobs.train",
     "ScoreSummary": "embcache.jobs.score",
@@ -73,6 +79,7 @@ __all__ = [
     "EmbedSettings",
     "GroupResult",
     "ModelError",
+    "Run",
     "ScoreSummary",
     "Scorer",
     "SplitSettings",
@@ -85,6 +92,7 @@ __all__ = [
     "VerifyReport",
     "dataset",
     "embed_corpus",
+    "load_run",
     "open_store",
     "pipeline_errors",
     "predict",
@@ -112,6 +120,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily (
     from embcache.jobs.config import TrainConfig
     from embcache.jobs.embed_corpus import EmbedSummary, embed_corpus
     from embcache.jobs.predict import predict
+    from embcache.jobs.runs import Run, load_run
     from embcache.jobs.save_run import save_run
     from embcache.jobs.score import Scorer, ScoreSummary, score
     from embcache.jobs.train import GroupResult, TrainSummary, train
@@ -120,6 +129,25 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily (
 
 
 _SUBPACKAGES = ("cache", "jobs", "models")
+
+
+def _register_with_keras(_keras: Any = None) -> None:
+    """Import the built-in models' modules, which register every embcache layer (and the
+    optimizer runs are saved with) with Keras's serialization."""
+    from embcache.models.registry import load_builtins
+
+    load_builtins()
+
+
+def _when_keras_loads() -> None:
+    # wrapt (a dependency of TensorFlow's, and of ours) calls the hook after `import keras`
+    # finishes, or at once if Keras is already imported: importing embcache imports no Keras.
+    import wrapt
+
+    wrapt.register_post_import_hook(_register_with_keras, "keras")
+
+
+_when_keras_loads()
 
 
 def __getattr__(name: str) -> Any:

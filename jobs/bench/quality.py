@@ -163,7 +163,9 @@ def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
 
 
 def ensembles(labels: list[str], models: list[str], reps: list[str]):
-    """The ensembles measured: the lexical model with the wide model; and every run."""
+    """The ensembles measured: the lexical model with each wide model; that with the model on
+    the other representations; and, with several dense models, every run but the plain GloVe
+    ones (the wide variants carry them)."""
     out = []
     for m in models:
         if "tfidf" in labels and f"{m} wide" in labels:
@@ -172,6 +174,9 @@ def ensembles(labels: list[str], models: list[str], reps: list[str]):
         if others:
             out.append((f"tfidf + {m} wide + " + " + ".join(others),
                         ["tfidf", f"{m} wide", *others]))
+    if len(models) > 1:
+        every = [label for label in labels if label not in models]
+        out.append((f"every run but plain GloVe ({len(every)})", every))
     return out
 
 

@@ -17,6 +17,7 @@ producer's pipeline (see :mod:`embcache.cache.stream`) plus ``queue_batches`` sl
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -37,15 +38,24 @@ from embcache.cache.stream import StreamPlan, iter_batches
 _END, _ERROR = "end", "error"
 
 
-def _quiet_resource_tracker() -> None:
+@contextlib.contextmanager
+def _quiet_resource_tracker():
     """Python's resource tracker unlinks the slots if this process is killed (``kill -9``), and
     then warns "leaked shared_memory objects" to the terminal: the cleanup is what we want, the
-    warning is noise. The tracker starts on the first shared-memory block and inherits the
-    environment: filter its warning there."""
+    warning is noise. The tracker starts with the first shared-memory block and inherits the
+    environment: its warning is filtered in ``PYTHONWARNINGS`` while the block is made, and the
+    variable is put back as it was (the tracker, once started, keeps what it was given)."""
     rule = "ignore::UserWarning:multiprocessing.resource_tracker"
-    current = os.environ.get("PYTHONWARNINGS", "")
-    if rule not in current:
+    current = os.environ.get("PYTHONWARNINGS")
+    if rule not in (current or ""):
         os.environ["PYTHONWARNINGS"] = f"{current},{rule}" if current else rule
+    try:
+        yield
+    finally:
+        if current is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = current
 
 
 class Slots:
@@ -59,8 +69,8 @@ class Slots:
         self.count, self.x_bytes, self.rows = count, x_bytes, rows
         self.slot_bytes = x_bytes + rows * (4 + 4 + 8)
         if name is None:
-            _quiet_resource_tracker()
-            self.shm = shared_memory.SharedMemory(create=True, size=count * self.slot_bytes)
+            with _quiet_resource_tracker():
+                self.shm = shared_memory.SharedMemory(create=True, size=count * self.slot_bytes)
         else:  # the creating process owns it and unlinks it
             self.shm = shared_memory.SharedMemory(name=name)
 

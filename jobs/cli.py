@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -479,6 +480,11 @@ def tune_cmd(store, model_name, space, space_file, trials, parallel, study_url, 
     quiet_tensorflow(verbose)
     _importable_cwd()
     from embcache.jobs.tune import best_line, tune
+
+    with contextlib.suppress(ImportError):  # no "study created" lines: the CLI's choice only
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          patience=patience, seed=seed, shuffle_docs=shuffle_docs,

@@ -131,13 +131,11 @@ def table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
     """Validation accuracy against training time, one labelled point per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: nothing process-wide (backend, figures)
 
     points = [r for r in rows if r["val_accuracy"] is not None and r["train_seconds"]]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
     for r in points:
         ax.scatter(r["train_seconds"], r["val_accuracy"], s=30)
         ax.annotate(r["run"], (r["train_seconds"], r["val_accuracy"]), fontsize=7,
@@ -149,4 +147,3 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -88,10 +88,7 @@ class Confusion:
         """The matrix; with more than :data:`MATRIX_LABELS` labels, only the rows and columns of
         the labels most involved in confusions (a 10,000-label picture is unreadable and would
         not fit in memory)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: nothing process-wide
 
         n = len(self.label_names)
         if n <= MATRIX_LABELS:
@@ -113,7 +110,8 @@ class Confusion:
             title = f"{title}\n(the {len(keep)} most confused of {n:,} labels)"
         names = [self.label_names[i] for i in keep]
         k = len(keep)
-        fig, ax = plt.subplots(figsize=(max(5, 0.45 * k + 3), max(4, 0.45 * k + 2)))
+        fig = Figure(figsize=(max(5, 0.45 * k + 3), max(4, 0.45 * k + 2)))
+        ax = fig.subplots()
         im = ax.imshow(matrix, cmap="Blues")
         ax.set_xticks(range(k), names, rotation=90, fontsize=7)
         ax.set_yticks(range(k), names, fontsize=7)
@@ -123,7 +121,6 @@ class Confusion:
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
 
 
 def write_metrics(confusions: dict[str, Confusion], folder: Path, models: list[str],

@@ -235,13 +235,11 @@ def draw(path: Path, picture: Callable[..., None], *args: Any, **kwargs: Any) ->
 
 def plot_curves(history: dict, path: Path, title: str) -> None:
     """Loss and accuracy for train and validation, one panel each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: nothing process-wide (backend, figures)
 
     epochs = range(1, len(history["loss"]) + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, history[key], "o-", label="train")
         ax.plot(epochs, history[f"val_{key}"], "o-", label="validation")
@@ -252,4 +250,3 @@ def plot_curves(history: dict, path: Path, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -161,8 +161,7 @@ def tune(store_url: str, model: Any, space: Space | list[str] | dict | str | Pat
     out = Path(out)
     study_name = study_name or out.resolve().name
     storage_url = study or f"sqlite:///{out / 'study.db'}"
-    _import_optuna()
-    with reading(store_url), writing(f"run folders in {out}"):
+    with _optuna_warnings(), reading(store_url), writing(f"run folders in {out}"):
         store, plans = open_for_training(store_url)
         the_study = open_study(storage_url, study_name,
                                store, sampler=make_sampler(sampler, config.seed, parallel, space,
@@ -178,15 +177,21 @@ def tune(store_url: str, model: Any, space: Space | list[str] | dict | str | Pat
     return the_study
 
 
-def _import_optuna():
+@contextlib.contextmanager
+def _optuna_warnings():
+    """Optuna imported (one line if it is missing), and, for this call only, the warnings of
+    the features tune uses on purpose silenced: constant_liar, heartbeats and
+    fail_stale_trials are marked experimental (tune pins Optuna 4), and Optuna warns that
+    heartbeats are meant for ``Study.optimize`` (tune records them itself). Optuna's own log
+    level is the caller's: the CLI sets it, the library does not."""
     try:
         import optuna
     except ImportError:
         raise EmbcacheError(f"embcache tune needs Optuna: {install_hint('tune')}") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # constant_liar, heartbeats and fail_stale_trials are marked experimental; tune pins Optuna 4.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        yield
 
 
 def _clear_stale(the_study, out: Path, progress: bool) -> None:

@@ -97,8 +97,6 @@ def open_study(storage_url: str, name: str, store, *, sampler, pruner):
     import optuna
 
     storage = _storage(storage_url)
-    # Optuna warns that heartbeats are meant for Study.optimize; tune records them itself.
-    warnings.filterwarnings("ignore", message="Heartbeat of storage")
     try:
         study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
                                     pruner=pruner, direction="maximize", load_if_exists=True)
@@ -237,9 +235,7 @@ def plot_study(study, path: Path) -> None:
     """Optuna's own plots (``optuna.visualization.matplotlib``): the optimisation history in
     ``path`` and, where Optuna can compute them, the parameter importances (PED-ANOVA: NumPy
     only, where fANOVA needs scikit-learn) beside it, in ``<name>-importances.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    # Optuna draws with pyplot; the backend stays the caller's (each figure is closed here).
     import matplotlib.pyplot as plt
     from optuna.importance import PedAnovaImportanceEvaluator
     from optuna.trial import TrialState

@@ -5,6 +5,7 @@ swapped for tiny data), import-string models train and score through the CLI, pl
 from __future__ import annotations
 
 import csv
+import os
 import re
 import subprocess
 import sys
@@ -331,6 +332,33 @@ def test_every_labels_probability_per_model_and_ensemble(trained, store, tmp_pat
                                atol=1e-6)
     with pytest.raises(embcache.EmbcacheError, match="`probabilities`"):
         embcache.Scorer(runs).classify(["a"], probabilities="yes")
+
+
+@pytest.mark.slow
+def test_library_calls_leave_process_wide_state_alone(store, tmp_path):
+    """Training (which draws its curves) leaves the caller's matplotlib backend as it was (a
+    notebook's stays its own); the producer's shared memory leaves ``PYTHONWARNINGS`` as it
+    was."""
+    code = ("import matplotlib, embcache\n"
+            "if __name__ == '__main__':\n"
+            f"    embcache.train({str(store)!r}, 'fasttext', {str(tmp_path / 'r')!r}, "
+            "config={'epochs': 1}, progress=False)\n"
+            "    print(matplotlib.get_backend())\n")
+    script = tmp_path / "s.py"
+    script.write_text(code)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       env={**os.environ, "MPLBACKEND": "svg"})
+    assert r.returncode == 0 and r.stdout.split() == ["svg"], r.stderr[-2000:]
+    assert (tmp_path / "r" / "curves.png").stat().st_size > 0
+    from embcache.cache.producer import Slots
+
+    before = os.environ.get("PYTHONWARNINGS")
+    slots = Slots(2, 1024, 4)
+    try:
+        assert os.environ.get("PYTHONWARNINGS") == before
+    finally:
+        slots.shm.close()
+        slots.shm.unlink()
 
 
 @pytest.mark.slow

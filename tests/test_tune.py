@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -176,11 +177,18 @@ def test_tune_runs_trials_in_groups_and_the_best_run_scores(store, tmp_path):
     from embcache.jobs.score import score
 
     ended = []
+    def optuna_filters():
+        return [f for f in warnings.filters if f[2] is optuna.exceptions.ExperimentalWarning
+                or "Heartbeat" in str(f[1] and f[1].pattern)]
+
+    verbosity, filters = optuna.logging.get_verbosity(), optuna_filters()
     both = ["filters=int:2:6", "hidden=cat:0,8", "learning_rate=float:1e-3:1e-2:log",
             "widths=cat:[2],[2,3]"]
     study = tune(str(store), "kim_cnn,fasttext", both, trials=6, parallel=3, out=tmp_path / "t", config=CFG,
                  callbacks=[lambda st, t: ended.append(t.number)])
     assert isinstance(study, optuna.Study)
+    # the library leaves Optuna's log level and the warning filters as they were
+    assert optuna.logging.get_verbosity() == verbosity and optuna_filters() == filters
     done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(done) == 6 and sorted(ended) == list(range(6))
     first_end = min(t.datetime_complete for t in study.trials)

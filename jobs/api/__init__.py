@@ -56,6 +56,7 @@ _EXPORTS = {
     "VectorsError": "embcache.cache.errors",
     "ChunkError": "embcache.cache.integrity",
     "pipeline_errors": "embcache.cache.dataset",
+    "quiet_tensorflow": "embcache.cache.tfenv",
     "verify": "embcache.jobs.verify",
     "tune": "embcache.jobs.tune",
     "predict": "embcache.jobs.predict",
@@ -96,6 +97,7 @@ __all__ = [
     "open_store",
     "pipeline_errors",
     "predict",
+    "quiet_tensorflow",
     "save_run",
     "score",
     "train",
@@ -117,6 +119,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily (
     from embcache.cache.meta import SplitSettings, StoreMeta
     from embcache.cache.settings import EmbedSettings
     from embcache.cache.store import Store, open_store
+    from embcache.cache.tfenv import quiet_tensorflow
     from embcache.jobs.config import TrainConfig
     from embcache.jobs.embed_corpus import EmbedSummary, embed_corpus
     from embcache.jobs.predict import predict

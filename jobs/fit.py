@@ -16,6 +16,10 @@ from embcache.jobs.runs import MODEL_FILE, draw, plot_curves, publish_run, run_c
 
 @dataclass
 class TrainSummary:
+    """One trained run: its folder, model, epochs, metrics (``val_accuracy``,
+    ``test_accuracy``, ...), speed and size. ``to_frame()`` is the same as one table row;
+    ``history`` the per-epoch losses and accuracies (the run's ``history.csv``)."""
+
     out: str
     model: str
     epochs: int
@@ -35,6 +39,27 @@ class TrainSummary:
                 f"accuracy {m['val_accuracy']:.3f}{test}, {self.samples_per_s:,.0f} samples/s, "
                 f"model {self.model_bytes / 1e6:.2f} MB (no word vectors) -> {self.out} "
                 f"({self.seconds:.0f} s)")
+
+    def row(self) -> dict:
+        """The run as one flat record (the columns of :meth:`to_frame`)."""
+        return {"run": Path(self.out).name, "model": self.model, "out": self.out,
+                "epochs": self.epochs, "best_epoch": self.best_epoch, **self.metrics,
+                "samples_per_s": self.samples_per_s, "model_bytes": self.model_bytes,
+                "seconds": self.seconds}
+
+    def to_frame(self):
+        """A one-row ``pandas.DataFrame`` of :meth:`row`."""
+        import pandas as pd
+
+        return pd.DataFrame([self.row()])
+
+    @property
+    def history(self):
+        """Per-epoch ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``, as a
+        ``pandas.DataFrame`` (one row per epoch run, the best one restored at the end)."""
+        import pandas as pd
+
+        return pd.read_csv(Path(self.out) / "history.csv")
 
 
 class EpochTimer:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
 from embcache.cache.dataset import pipeline_errors, streamed_dataset
 from embcache.cache.errors import EmbcacheError, ModelError, writing
@@ -43,13 +44,41 @@ from embcache.models.registry import takes_token_ids, takes_vectors
 
 @dataclass
 class GroupResult:
-    """What ``train_group`` did: a summary per finished run, and each failed run's reason."""
+    """What ``train_group`` did: a summary per finished run, and each failed run's reason.
+    ``to_frame()``: one row per run (failed runs with their ``error``)."""
 
     runs: list[TrainSummary]
     failed: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         return [r.line() for r in self.runs]
+
+    def to_frame(self):
+        import pandas as pd
+
+        rows = [r.row() for r in self.runs]
+        rows += [{"run": name, "error": why} for name, why in self.failed.items()]
+        return pd.DataFrame(rows)
+
+
+@overload
+def train(store_url: str, model: list[str | Callable] | tuple[str | Callable, ...],
+          out_dir: str | None = None, *, grid: dict | None = None,
+          config: TrainConfig | dict | None = None, hparams: dict | None = None,
+          progress: bool = False, overwrite: bool = False) -> GroupResult: ...
+
+
+@overload
+def train(store_url: str, model: Callable, out_dir: str | None = None, *, grid: None = None,
+          config: TrainConfig | dict | None = None, hparams: dict | None = None,
+          progress: bool = False, overwrite: bool = False) -> TrainSummary: ...
+
+
+@overload
+def train(store_url: str, model: str | Callable, out_dir: str | None = None, *,
+          grid: dict | None = None, config: TrainConfig | dict | None = None,
+          hparams: dict | None = None, progress: bool = False,
+          overwrite: bool = False) -> TrainSummary | GroupResult: ...
 
 
 def train(store_url: str, model: str | Callable | Sequence[str | Callable],
@@ -66,7 +95,8 @@ def train(store_url: str, model: str | Callable | Sequence[str | Callable],
     Several models (a list, or names joined by commas as on the command line) or a ``grid``
     (``{"filters": [64, 128]}``) train as one group from one stream (:func:`train_group`):
     ``out_dir`` is then the parent folder of their runs (default ``runs``) and the result a
-    :class:`GroupResult`; one model alone gives its :class:`TrainSummary`.
+    :class:`GroupResult`, even for a list of one; one model (a name or a function) gives its
+    :class:`TrainSummary`.
 
     ``config``: a :class:`TrainConfig` or a dict of its fields (default: the defaults).
 
@@ -83,7 +113,14 @@ def train(store_url: str, model: str | Callable | Sequence[str | Callable],
     models = model_list(model)
     result = train_group(store_url, models, out_dir, grid=grid, config=TrainConfig.of(config),
                          hparams=hparams, progress=progress, overwrite=overwrite)
-    return result.runs[0] if len(models) == 1 and not grid else result
+    # The type follows what was asked, never how many models it turned out to be.
+    return result if grid or not _one_spec(model) else result.runs[0]
+
+
+def _one_spec(model) -> bool:
+    """One model asked for: a builder function, or a name without commas (a list, even of one,
+    asks for a group)."""
+    return callable(model) or (isinstance(model, str) and "," not in model)
 
 
 def model_list(model) -> list:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import random
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,6 +53,15 @@ def test_the_notebook_script(csv_store, tmp_path, vectors_file):
     assert isinstance(result, embcache.GroupResult)
     assert len(result.runs) == 3 and not result.failed
     assert {r.model for r in result.runs} >= {"fasttext", "cnn"}
+    table = result.to_frame()
+    assert list(table["run"]) == [Path(r.out).name for r in result.runs]
+    assert table["val_accuracy"].between(0, 1).all()
+    # the result's type follows what was asked: a list, even of one, is a group
+    one = embcache.train(store, ["fasttext"], str(tmp_path / "one"), config={"epochs": 2},
+                         progress=False)
+    assert isinstance(one, embcache.GroupResult) and len(one.runs) == 1
+    history = one.runs[0].history
+    assert len(history) == one.runs[0].epochs and "val_accuracy" in history.columns
     # your own model, fitted on dataset(), predicted in store order with ids
     keras.utils.set_random_seed(0)
     model = build_mean(dim=embcache.open_store(store).dim, num_classes=3)

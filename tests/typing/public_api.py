@@ -22,7 +22,13 @@ summary: embcache.EmbedSummary = embcache.embed_corpus(
 config = embcache.TrainConfig(epochs=2, batch_size=16)
 one = embcache.train("news20.zarr", "fasttext", "runs/fasttext", config=config)
 group = embcache.train("news20.zarr", ["fasttext", "kim_cnn"], "runs", config={"epochs": 1})
-result: embcache.TrainSummary | embcache.GroupResult = group
+result: embcache.GroupResult = group  # a list, even of one, is a group
+lone: embcache.GroupResult = embcache.train("news20.zarr", ["fasttext"], "runs")
+table = group.to_frame()
+epochs = embcache.train("news20.zarr", embcache.models.build, "runs/b").history
+run: embcache.Run = embcache.load_run("runs/fasttext")
+probs = scorer_probs = embcache.Scorer(["runs/fasttext"]).classify(["a"], probabilities=True)
+embcache.quiet_tensorflow()
 scored: embcache.ScoreSummary = embcache.score(["runs/fasttext"], "news20.zarr", "p.csv",
                                                split="test")
 scorer = embcache.Scorer(["runs/fasttext"], vectors="glove.txt.gz")

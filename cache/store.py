@@ -196,6 +196,34 @@ class Store:
         """Documents per split (``{}`` for an incomplete store)."""
         return dict(self.meta.totals.split_counts) if self.meta.totals else {}
 
+    def documents(self, split: str | None = None):
+        """A ``pandas.DataFrame`` of the store's documents in store order: ``doc_id``, ``label``
+        (labelled stores), ``split`` (its name) and ``length`` (kept tokens); with ``split``,
+        that split's rows only. Memory: four columns of the whole store (the result itself),
+        read from the small per-document arrays; no vectors are read.
+
+        Raises:
+            StoreError: an unknown split name.
+        """
+        import pandas as pd
+
+        from embcache.cache.meta import SPLIT_NAMES
+
+        if split is not None and split not in SPLIT_NAMES:
+            raise StoreError(f"Invalid value for `split`: {split!r}; one of "
+                             f"{', '.join(SPLIT_NAMES)}, or None for every document")
+        codes = self.read("split")
+        frame = {"doc_id": [str(d) for d in self.read("doc_ids")]}
+        names = self.label_names
+        if names is not None:
+            frame["label"] = np.asarray(names, dtype=object)[self.read("labels").astype(np.int64)]
+        frame["split"] = np.asarray(SPLIT_NAMES, dtype=object)[codes.astype(np.int64)]
+        frame["length"] = self.read("lengths").astype(np.int64)
+        table = pd.DataFrame(frame)
+        if split is not None:
+            table = table[codes == SPLIT_NAMES.index(split)].reset_index(drop=True)
+        return table
+
     def array(self, name: str):
         """The array ``name``, opened once (looking one up re-reads its metadata document)."""
         arrays = self.__dict__.setdefault("_arrays", {})

@@ -26,6 +26,25 @@ class Listing:
     runs: list[dict[str, Any]]
     invalid: dict[str, str]  # folder -> why its card was not read
 
+    def to_frame(self):
+        """The runs as ``embcache runs`` shows them, one row each (best validation accuracy
+        first), as a ``pandas.DataFrame``."""
+        import pandas as pd
+
+        return pd.DataFrame(self.runs, columns=list(self.runs[0]) if self.runs else ["run"])
+
+
+def runs(folder: str | Path = "runs"):
+    """Every run (and ensemble card) under ``folder`` as a ``pandas.DataFrame``: the table
+    ``embcache runs`` prints (run, path, model, parameters, val/test accuracy and macro-F1,
+    epochs, speed, size), best validation accuracy first. Runs whose card cannot be read are
+    left out (:func:`list_runs` names them).
+
+    Raises:
+        EmbcacheError: ``folder`` does not exist.
+    """
+    return list_runs(folder).to_frame()
+
 
 def _parameters(card: dict) -> str:
     """What the run set: its hyperparameters given (``--param``/``--grid``) and a learning rate

@@ -345,6 +345,7 @@ class _Study:
                                    "storage": redact(self.storage_url),
                                    "trial": run.trial.number, "params": run.params}})
         value = m.metrics.get("val_accuracy", float("nan"))
+        run.trial.set_user_attr("run", str(Path(summary.out).resolve()))  # for best_run()
         self._end(run.trial, m, "complete", f"val accuracy {value:.4f} -> {summary.out}",
                   value=value)
 

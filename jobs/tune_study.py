@@ -231,6 +231,27 @@ def best_line(study) -> str:
             f"completed, {pruned} pruned in study {study.study_name}")
 
 
+def best_run(study) -> Path:
+    """The run folder of the study's best completed trial (recorded in the trial's
+    ``user_attrs["run"]`` by :func:`embcache.tune`), to score or load with
+    :func:`embcache.load_run`.
+
+    Raises:
+        EmbcacheError: no trial has completed, or the best one was not run by embcache tune.
+    """
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise EmbcacheError(f"Study {study.study_name} has no completed trial yet; run "
+                            "embcache tune on it first")
+    best = study.best_trial
+    if "run" not in best.user_attrs:
+        raise EmbcacheError(f"Trial {best.number} of study {study.study_name} records no run "
+                            "folder (it was not run by this version of embcache tune); its "
+                            "run is trial-NNNN under the tune's out folder")
+    return Path(best.user_attrs["run"])
+
+
 def plot_study(study, path: Path) -> None:
     """Optuna's own plots (``optuna.visualization.matplotlib``): the optimisation history in
     ``path`` and, where Optuna can compute them, the parameter importances (PED-ANOVA: NumPy

@@ -335,6 +335,24 @@ def test_every_labels_probability_per_model_and_ensemble(trained, store, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_stores_documents_and_a_folders_runs_as_tables(trained, store):
+    s = embcache.open_store(str(store))
+    docs = s.documents()
+    assert list(docs.columns) == ["doc_id", "label", "split", "length"] and len(docs) == s.num_docs
+    test = s.documents("test")
+    assert len(test) == s.split_counts["test"] and set(test["split"]) == {"test"}
+    predicted = embcache.predict(str(trained / "kim_cnn"), s, "test")
+    assert list(test["doc_id"]) == [str(x) for x in predicted["doc_id"]]
+    assert list(test["label"]) == list(predicted["true_label"])
+    assert (docs["length"] > 0).all()
+    with pytest.raises(embcache.StoreError, match="`split`"):
+        s.documents("dev")
+    table = embcache.runs(trained)
+    assert set(table["run"]) == {"fasttext", "kim_cnn"} and table["val_accuracy"].notna().all()
+    assert table["val_accuracy"].is_monotonic_decreasing
+
+
+@pytest.mark.slow
 def test_library_calls_leave_process_wide_state_alone(store, tmp_path):
     """Training (which draws its curves) leaves the caller's matplotlib backend as it was (a
     notebook's stays its own); the producer's shared memory leaves ``PYTHONWARNINGS`` as it

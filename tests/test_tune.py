@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import embcache
 from embcache.cache.errors import EmbcacheError, ModelError
 from embcache.jobs.config import TrainConfig
 from tests.helpers import cli, one_error_line, paused, small_store, stream, write_vectors
@@ -195,6 +196,7 @@ def test_tune_runs_trials_in_groups_and_the_best_run_scores(store, tmp_path):
     assert sum(t.datetime_start < first_end for t in study.trials) == 3  # the group was full
     best = study.best_trial
     run = tmp_path / "t" / f"trial-{best.number:04d}"
+    assert embcache.best_run(study) == run.resolve()  # recorded in the trial's user_attrs
     card = json.loads((run / "model.json").read_text())
     assert card["tune"]["trial"] == best.number and card["tune"]["params"] == best.params
     assert card["tune"]["study"] == "t" and card["metrics"]["val_accuracy"] == best.value

@@ -59,9 +59,11 @@ _EXPORTS = {
     "quiet_tensorflow": "embcache.cache.tfenv",
     "verify": "embcache.jobs.verify",
     "tune": "embcache.jobs.tune",
+    "best_run": "embcache.jobs.tune_study",
     "predict": "embcache.jobs.predict",
     "save_run": "embcache.jobs.save_run",
     "load_run": "embcache.jobs.runs",
+    "runs": "embcache.jobs.compare",
     "Run": "embcache.jobs.runs",
     "GroupResult": "embcache.jobs.train",
     "TrainSummary": "embcache.jobs.train",
@@ -72,6 +74,7 @@ _EXPORTS = {
 
 __all__ = [
     "__version__",
+    "best_run",
     "ChunkError",
     "CorpusError",
     "CorpusSpec",
@@ -98,6 +101,7 @@ __all__ = [
     "pipeline_errors",
     "predict",
     "quiet_tensorflow",
+    "runs",
     "save_run",
     "score",
     "train",
@@ -120,6 +124,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily (
     from embcache.cache.settings import EmbedSettings
     from embcache.cache.store import Store, open_store
     from embcache.cache.tfenv import quiet_tensorflow
+    from embcache.jobs.compare import runs
     from embcache.jobs.config import TrainConfig
     from embcache.jobs.embed_corpus import EmbedSummary, embed_corpus
     from embcache.jobs.predict import predict
@@ -128,6 +133,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily (
     from embcache.jobs.score import Scorer, ScoreSummary, score
     from embcache.jobs.train import GroupResult, TrainSummary, train
     from embcache.jobs.tune import tune
+    from embcache.jobs.tune_study import best_run
     from embcache.jobs.verify import verify
 
 

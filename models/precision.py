@@ -125,10 +125,13 @@ def converted(model, name: str):
     config = _with_policies(json.loads(json.dumps(keras.saving.serialize_keras_object(model))),
                             target, keep)
     new = keras.saving.deserialize_keras_object(config, safe_mode=True)
-    new.set_weights(model.get_weights())
-    for layer in new._flatten_layers(include_self=False):
-        if hasattr(layer, "refresh"):  # state derived from weights (HashedTfidf's table)
-            layer.refresh()
+    # Layer by layer through Keras's own saving hooks (as loading a file does), so a layer
+    # that derives state from its weights (HashedTfidf's table) rebuilds it.
+    for old, fresh in zip(model._flatten_layers(include_self=False),
+                          new._flatten_layers(include_self=False)):
+        held: dict = {}
+        old.save_own_variables(held)
+        fresh.load_own_variables(held)
     return new
 
 

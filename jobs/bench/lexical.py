@@ -125,7 +125,6 @@ def train_ways(store: str, rounds: int, epochs: int, out: Path) -> None:
 
 
 def main(argv=None) -> int:
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", required=True, help="a GloVe store with the lexical channel")
     p.add_argument("--out", default="bench-out/lexical")

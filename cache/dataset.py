@@ -367,6 +367,10 @@ def dataset(store: Store | str, split: str | None = "train", *, batch_size: int 
         StoreError: a missing, incomplete or unlabelled store, an unknown split, or
             ``token_ids`` from a store written without them.
     """
+    for name, value in (("batch_size", batch_size), ("shuffle_docs", shuffle_docs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise EmbcacheError(f"Invalid value for `{name}`. Expected a positive integer. "
+                                f"Received: {name}={value!r}")
     # `model.fit(dataset(...))` would warn that its default `shuffle=True` is ignored for a
     # tf.data.Dataset: this dataset shuffles itself (above), so the warning has nothing to say.
     # Only that message is silenced, and only once a user has asked for one of these datasets.

@@ -74,8 +74,10 @@ def validate_settings(settings: EmbedSettings, split: SplitSettings, chunk_docs:
         return EmbcacheError(f"Invalid value for `{name}`. Expected {expected}. "
                              f"Received: {name}={value!r}")
 
-    if settings.max_len < 1:
-        raise bad("max_len", "a positive integer", settings.max_len)
+    for name in ("max_len", "seed"):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or (name == "max_len" and value < 1):
+            raise bad(name, "a positive integer" if name == "max_len" else "an integer", value)
     if settings.padding not in PADDINGS:
         raise bad("padding", f"one of {PADDINGS}", settings.padding)
     if settings.truncating not in PADDINGS:
@@ -175,6 +177,22 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
                             num_chunks=final.num_chunks, repaired_chunks=store.repaired)
 
 
+def _settings_from_dict(given: dict, encoder: bool) -> EmbedSettings:
+    """``EmbedSettings`` from a dict of its fields (the encoder's defaults where it applies)."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(EmbedSettings)}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise EmbcacheError(f"Invalid value for `settings`: unknown field {unknown[0]!r}; the "
+                            f"fields are {', '.join(sorted(fields))}")
+    if isinstance(given.get("tokenizer"), dict):
+        from embcache.cache.settings import TokenizerSettings
+
+        given = {**given, "tokenizer": TokenizerSettings(**given["tokenizer"])}
+    return default_settings(encoder, **given)
+
+
 def _checked_arguments(corpus, vectors_path, encoder, source, settings, split, chunk_docs, workers,
                        out, scheduler) -> tuple[CorpusSpec, EmbedSettings, int, str]:
     """Every argument checked before anything is read or written; the defaults filled in."""
@@ -190,6 +208,11 @@ def _checked_arguments(corpus, vectors_path, encoder, source, settings, split, c
                             "`encoder=` (a transformer encoder), not both and not neither")
     if settings is None:
         settings = default_settings(encoder is not None)
+    elif isinstance(settings, dict):  # settings objects accept dicts, as train's config does
+        settings = _settings_from_dict(settings, encoder is not None)
+    elif not isinstance(settings, EmbedSettings):
+        raise EmbcacheError("Invalid value for `settings`. Expected an EmbedSettings or a dict of "
+                            f"its fields. Received: settings={settings!r}")
     # An encoder runs on all cores of one process: more processes would only compete for them.
     workers = workers or (1 if encoder else os.cpu_count() or 1)
     validate_settings(settings, split, chunk_docs, workers)

@@ -80,7 +80,14 @@ def expand_runs(models: list, *, grid: dict | None = None, hparams: dict | None 
     from embcache import models as registry
 
     sources = [m if isinstance(m, registry.ModelSource) else registry.resolve(m) for m in models]
+    if grid is not None and not isinstance(grid, dict):
+        raise EmbcacheError(f"Invalid value for `grid`. Expected a dict of lists, e.g. "
+                            f"{{'filters': [64, 128]}}. Received: grid={grid!r}")
     grid = dict(grid or {})
+    for key, values in grid.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise EmbcacheError(f"Invalid value for `grid`: {key!r} needs a non-empty list of the "
+                                f"values to try, e.g. {{{key!r}: [{values!r}]}}. Received: {values!r}")
     keys = list(grid)
     points = [dict(zip(keys, combo)) for combo in itertools.product(*grid.values())] or [{}]
     runs = []

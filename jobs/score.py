@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,6 +213,9 @@ class Scorer(InputMixin, LoopMixin):
         if split is not None:
             raise EmbcacheError("Invalid value for `split`: it picks a split of a store; texts "
                                 f"have none. Received: split={split!r}")
+        if not isinstance(data, Iterable) or isinstance(data, bytes):
+            raise EmbcacheError("Invalid value for `data`. Expected a list of strings, a store or "
+                                f"a file. Received: data={data!r}"[:300])
         texts = list(data)
         if not all(isinstance(t, str) for t in texts):
             bad = next(type(t).__name__ for t in texts if not isinstance(t, str))

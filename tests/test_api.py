@@ -335,6 +335,32 @@ def test_every_labels_probability_per_model_and_ensemble(trained, store, tmp_pat
 
 
 @pytest.mark.slow
+def test_bad_python_arguments_are_one_line_before_any_work(trained, store, vectors_file, tmp_path):
+    """The calls a notebook user got raw Python or TensorFlow errors from: each is now one
+    ``EmbcacheError`` naming the argument, and nothing is written."""
+    corpus = tmp_path / "c.csv"
+    corpus.write_text("label,text\na,hello world\n")
+    cases = [
+        (lambda: embcache.embed_corpus(str(corpus), str(vectors_file[0]), str(tmp_path / "s1"),
+                                       settings=embcache.EmbedSettings(max_len="80")),
+         "`max_len`. Expected a positive integer. Received: max_len='80'"),
+        (lambda: embcache.embed_corpus(str(corpus), str(vectors_file[0]), str(tmp_path / "s2"),
+                                       settings={"max_len": 40, "colour": 1}),
+         "unknown field 'colour'"),
+        (lambda: embcache.dataset(str(store), "val", batch_size=0), "`batch_size`"),
+        (lambda: embcache.dataset(str(store), "val", batch_size="32"), "batch_size='32'"),
+        (lambda: embcache.train(str(store), "fasttext", str(tmp_path / "r"),
+                                grid={"hidden": 16}), "'hidden' needs a non-empty list"),
+        (lambda: embcache.Scorer([str(trained / "fasttext")]).classify(123), "data=123"),
+    ]
+    for call, says in cases:
+        with pytest.raises(embcache.EmbcacheError) as e:
+            call()
+        assert says in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "s1").exists() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
 def test_a_stores_documents_and_a_folders_runs_as_tables(trained, store):
     s = embcache.open_store(str(store))
     docs = s.documents()

@@ -7,7 +7,17 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from typing import ParamSpec, TypeAlias, TypeVar
+
+# A path argument: a string (a path or a URL) or a path object (``pathlib.Path``).
+StrPath: TypeAlias = "str | os.PathLike[str]"
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class EmbcacheError(Exception):
@@ -87,3 +97,36 @@ def leave_if_bootstrapping() -> None:
 
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         os._exit(NO_MAIN_GUARD_EXIT)
+
+
+def renamed(**old_to_new: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorator: keyword arguments that were renamed, so that one concept has one name across
+    the API (``vectors``, ``store``, ``out``, ``runs``, ``data``). The old name keeps working for
+    one release with a :class:`DeprecationWarning`; giving both is an error."""
+
+    def deco(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            for old, new in old_to_new.items():
+                if old not in kwargs:
+                    continue
+                if new in kwargs:
+                    raise EmbcacheError(f"Give `{new}=` only: `{old}=` is its old name")
+                warnings.warn(f"{fn.__name__}({old}=...) is deprecated and goes in the next release: "
+                              f"call it {new}=...", DeprecationWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return deco
+
+
+def path_arg(value: StrPath, name: str) -> str:
+    """A path argument as a string (``pathlib.Path`` accepted), or one line naming ``name``."""
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if isinstance(path, str) and path:
+            return path
+    raise EmbcacheError(f"Invalid value for `{name}`. Expected a path or URL (a str or a "
+                        f"pathlib.Path). Received: {name}={value!r}"[:300])

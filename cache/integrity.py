@@ -292,7 +292,7 @@ class VerifyReport:
         return [head] + [f"  {f.line()}" for f in self.faults] + [
             f"DAMAGED: {len(self.faults)} chunks in {len(self.blocks)} blocks ({docs:,} documents). "
             "Repair: the embed-corpus command that built the store (same corpus and "
-            "options) with --repair rewrites only these blocks"]
+            "options) with `repair=True` rewrites only these blocks"]
 
 
 def verify_store(store, *, threads: int = 4,

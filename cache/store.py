@@ -127,8 +127,8 @@ class Store:
         if not self.meta.has_token_ids:
             raise StoreError(f"Store {self.url} has no token ids (it was written by embcache "
                              f"{self.meta.embcache_version or 'before 0.1'}, before the lexical "
-                             "channel); a model that takes token_ids needs them: rebuild it with "
-                             "its embed-corpus command and --overwrite")
+                             "channel); a model that takes token_ids needs them: rebuild it by "
+                             "running its embed-corpus job again with `overwrite=True`")
         return Store(self.url, self.group, self.meta, with_ids=True, vectors=vectors)
 
     @property

@@ -51,20 +51,29 @@ FLAGS = {"overwrite": "--overwrite", "repair": "--repair", "exist_ok": "--exist-
          "runs": "--models", "scheduler": "--scheduler", "strategy": "--strategy",
          "hparams": "--param", "grid": "--grid", "format": "--corpus-format",
          "label_column": "--label-column", "id_column": "--id-column", "header": "--no-header",
-         "strip_headers": "--strip-headers", "label_names_file": "--label-names"}
+         "strip_headers": "--strip-headers", "label_names_file": "--label-names",
+         "stores": "--stores", "model": "--model", "space": "--space", "store": "--store",
+         "data": "--input", "top_k": "--top-k", "probabilities": "--probabilities",
+         **{name: "--" + name.replace("_", "-") for name in (
+             "epochs", "batch_size", "patience", "seed", "shuffle_docs", "steps_per_execution",
+             "length_buckets", "precision", "trials", "parallel", "max_len", "chunk_docs",
+             "workers")}}
 
 
 def cli_words(message: str) -> str:
     """``pass `overwrite=True` `` -> ``pass --overwrite``; ``needs `vectors=` `` -> ``needs
-    --vectors``; ``leave `oov='unk'` out`` -> ``leave --oov unk out``."""
+    --vectors``; ``leave `oov='unk'` out`` -> ``leave --oov unk out``; ``Invalid value for
+    `space` `` -> ``Invalid value for --space``. Names that are no option stay as they are."""
     def flag(m):
         name, value = m.group(1), m.group(2)
         if name not in FLAGS:
             return m.group(0)
+        if value is None:
+            return FLAGS[name]
         value = value.strip("'\"")
         return FLAGS[name] if value in ("", "True", "...") else f"{FLAGS[name]} {value}"
 
-    return re.sub(r"`(\w+)=([^`]*)`", flag, message)
+    return re.sub(r"`(\w+)(?:=([^`]*))?`", flag, message)
 
 
 _REMOTE_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "gcsfs", "adlfs")
@@ -317,7 +326,7 @@ def verify_cmd(store, as_json, quiet):
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        click.echo("\n".join(report.lines()))
+        click.echo(cli_words("\n".join(report.lines())))
     sys.exit(0 if report.ok else 1)
 
 
@@ -612,7 +621,7 @@ def score_cmd(model_dirs, input_path, out, vectors_path, tokenizer, stores, enco
                       label_names_file=label_names_file)
     vectors = [v for v in vectors_path.split(",") if v] if vectors_path else None
     summary = score([d for d in model_dirs.split(",") if d], input_path, out, corpus=spec,
-                    vectors_path=vectors[0] if vectors and len(vectors) == 1 else vectors,
+                    vectors=vectors[0] if vectors and len(vectors) == 1 else vectors,
                     encoder=encoder, tokenizer=tokenizer, split=split, top_k=top_k,
                     probabilities=probabilities, batch_size=batch_size,
                     stores=[x for x in stores.split(",") if x] if stores else None, ensemble_out=ensemble_out,

@@ -82,8 +82,8 @@ def list_runs(folder: str | Path) -> Listing:
     """
     root = Path(folder)
     if not root.is_dir():
-        raise EmbcacheError(f"Runs folder not found: {root}; train into it with "
-                            "`embcache train --out ...`")
+        raise EmbcacheError(f"Runs folder not found: {root}; train runs into it "
+                            "first (`out=...`)")
     rows, invalid = [], {}
     for card_path in sorted(root.rglob(CARD_FILE)):
         run = card_path.parent

@@ -18,7 +18,15 @@ from pathlib import Path
 
 from embcache.cache.corpus import CorpusSpec, Document, iter_documents, label_mapper, scan_corpus
 from embcache.cache.embed import BlockWriter
-from embcache.cache.errors import CorpusError, EmbcacheError, StoreError, writing
+from embcache.cache.errors import (
+    CorpusError,
+    EmbcacheError,
+    StoreError,
+    StrPath,
+    path_arg,
+    renamed,
+    writing,
+)
 from embcache.cache.hooks import pause_point
 from embcache.cache.layout import assign_split, new_meta
 from embcache.cache.locks import exclusive
@@ -115,20 +123,21 @@ def _blocks(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
         yield block
 
 
+@renamed(vectors_path="vectors")
 def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its command's)
-    corpus: CorpusSpec | str, vectors_path: str | None, out: str, *,
+    corpus: CorpusSpec | StrPath, vectors: StrPath | None, out: StrPath, *,
     settings: EmbedSettings | None = None, encoder: str | None = None,
     encoder_batch: int = ENCODER_BATCH, tokenizer: str | None = None,
     split: SplitSettings = SplitSettings(), vectors_member: str | None = None,
     vectors_format: str = "auto", chunk_docs: int | None = None, workers: int | None = None,
     overwrite: bool = False, repair: bool = False, exist_ok: bool = False, progress: bool = False,
-    cache_dir: str | None = None, scheduler: str | None = None,
+    cache_dir: StrPath | None = None, scheduler: str | None = None,
     source: EmbeddingSource | None = None) -> EmbedSummary:
     """Embed ``corpus`` (a :class:`CorpusSpec`, or a path read with its format's defaults)
-    into the store ``out`` with ``vectors_path``: a word-vectors file (GloVe, word2vec,
+    into the store ``out`` with ``vectors``: a word-vectors file (GloVe, word2vec,
     fastText) or a static subword table (:mod:`embcache.cache.subword`: a model2vec or
     ``StaticEmbedding`` folder, or a ``.safetensors`` table with its ``tokenizer.json``); or,
-    with ``encoder`` and ``vectors_path=None``, a frozen transformer encoder's token vectors
+    with ``encoder`` and ``vectors=None``, a frozen transformer encoder's token vectors
     (:mod:`embcache.cache.encoder`; ``encoder_batch`` documents per forward pass); or with
     ``source`` alone, an :class:`~embcache.cache.sources.EmbeddingSource` already loaded.
 
@@ -143,7 +152,8 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
     Raises:
         EmbcacheError (or a subclass): bad settings, vectors, corpus or output path."""
     t0 = time.perf_counter()
-    corpus, settings, workers, out = _checked_arguments(corpus, vectors_path, encoder, source,
+    vectors = None if vectors is None else path_arg(vectors, "vectors")
+    corpus, settings, workers, out = _checked_arguments(corpus, vectors, encoder, source,
                                                         settings, split, chunk_docs, workers, out,
                                                         scheduler)
     with contextlib.ExitStack() as held:
@@ -155,10 +165,9 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
         if isinstance(damaged, EmbedSummary):
             return damaged
         if not isinstance(source, EmbeddingSource):
-            source = open_source(vectors_path, encoder=encoder, tokenizer=tokenizer,
-                                 settings=settings, encoder_batch=encoder_batch,
-                                 vectors_member=vectors_member, vectors_format=vectors_format,
-                                 cache_dir=cache_dir)
+            source = open_source(vectors, encoder=encoder, tokenizer=tokenizer, settings=settings,
+                                 encoder_batch=encoder_batch, vectors_member=vectors_member,
+                                 vectors_format=vectors_format, cache_dir=cache_dir)
         # Workers start (imports, vocabulary) while this process scans the corpus.
         pool = held.enter_context(block_executor(scheduler, workers, _use_pool(corpus, workers, out),
                                                  source))
@@ -193,17 +202,17 @@ def _settings_from_dict(given: dict, encoder: bool) -> EmbedSettings:
     return default_settings(encoder, **given)
 
 
-def _checked_arguments(corpus, vectors_path, encoder, source, settings, split, chunk_docs, workers,
+def _checked_arguments(corpus, vectors, encoder, source, settings, split, chunk_docs, workers,
                        out, scheduler) -> tuple[CorpusSpec, EmbedSettings, int, str]:
     """Every argument checked before anything is read or written; the defaults filled in."""
     if not isinstance(corpus, CorpusSpec):
         corpus = CorpusSpec(str(corpus))
     if source is not None:
-        if vectors_path is not None or encoder is not None:
+        if vectors is not None or encoder is not None:
             raise EmbcacheError("Give `source=` alone, without `vectors=` or `encoder=`")
         encoder = source.kind == "encoder" or None
         settings = source.settings
-    elif (vectors_path is None) == (encoder is None):
+    elif (vectors is None) == (encoder is None):
         raise EmbcacheError("Give either `vectors=` (word vectors or a static subword table) or "
                             "`encoder=` (a transformer encoder), not both and not neither")
     if settings is None:
@@ -216,7 +225,7 @@ def _checked_arguments(corpus, vectors_path, encoder, source, settings, split, c
     # An encoder runs on all cores of one process: more processes would only compete for them.
     workers = workers or (1 if encoder else os.cpu_count() or 1)
     validate_settings(settings, split, chunk_docs, workers)
-    out = str(out)
+    out = path_arg(out, "out")
     parse_scheduler(scheduler)
     if scheduler and out.startswith("memory://"):
         raise StoreError(f"A memory:// store ({out}) cannot be written by Dask workers; use a path "

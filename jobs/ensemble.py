@@ -230,6 +230,6 @@ def expand_ensembles(paths) -> tuple[list[Path], EnsembleFit | None]:
         path = Path(m["path"])
         if read_card(path).get("card_sha256") != m.get("card_sha256"):
             raise ModelError(f"Run {path} changed since the ensemble {cards[0].parent} was "
-                             "fitted: fit it again (embcache score --ensemble fit)")
+                             "fitted: fit it again (`ensemble='fit'`)")
         out.append(path)
     return out, fit

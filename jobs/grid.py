@@ -17,7 +17,7 @@ def parse_hparams(pairs: tuple[str, ...] | list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise EmbcacheError(f"Invalid value for `--param`. Expected key=value. Received: {pair!r}")
+            raise EmbcacheError(f"Invalid value for `hparams`. Expected key=value. Received: {pair!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -40,10 +40,10 @@ def parse_grid(pairs: tuple[str, ...] | list[str]) -> dict[str, list]:
         except json.JSONDecodeError:
             values = None
         if not isinstance(values, list) or not values:
-            raise EmbcacheError(f"Invalid value for `--grid`. Expected key=[value,value,...] (a "
+            raise EmbcacheError(f"Invalid value for `grid`. Expected key=[value,value,...] (a "
                                 f"JSON list of the values to try). Received: {pair!r}")
         if key in out:
-            raise EmbcacheError(f"Invalid value for `--grid`: {key!r} is given twice")
+            raise EmbcacheError(f"Invalid value for `grid`: {key!r} is given twice")
         out[key] = values
     return out
 

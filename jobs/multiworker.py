@@ -59,7 +59,7 @@ def check_keras() -> None:
 
     missing = missing_private_api()
     if missing:
-        raise EmbcacheError(f"--strategy multi-worker needs Keras internals that Keras "
+        raise EmbcacheError(f"`strategy='multi-worker'` needs Keras internals that Keras "
                             f"{keras.__version__} no longer has ({', '.join(missing)}); it was "
                             f"checked with Keras {KERAS_CHECKED}: install keras=={KERAS_CHECKED}.* "
                             "or train with the default strategy")
@@ -78,7 +78,7 @@ class MultiWorker:
     @classmethod
     def start(cls) -> MultiWorker:
         if "TF_CONFIG" not in os.environ:
-            raise EmbcacheError("--strategy multi-worker needs TF_CONFIG describing the workers "
+            raise EmbcacheError("`strategy='multi-worker'` needs TF_CONFIG describing the workers "
                                 "(see the README's 'Training across workers')")
         check_keras()
         import tensorflow as tf

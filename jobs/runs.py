@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from embcache.cache.errors import ModelError
+from embcache.cache.errors import ModelError, StrPath, path_arg, renamed
 from embcache.cache.meta import StoreMeta
 
 if TYPE_CHECKING:  # a type only: runs.py stays below the training code
@@ -107,7 +107,7 @@ def read_card(run_dir: str | Path) -> dict[str, Any]:
     if "card_version" in card and card["card_version"] != CARD_VERSION:
         raise ModelError(f"Model card {card_path} has version {card['card_version']}; this "
                          f"embcache reads version {CARD_VERSION}: retrain it into the same folder "
-                         "with `embcache train ... --overwrite`")
+                         "with `overwrite=True`")
     missing = [k for k in _REQUIRED if k not in card]
     if missing:
         raise ModelError(f"Model card {card_path} lacks {', '.join(missing)}; it was not written "
@@ -124,7 +124,8 @@ def read_card(run_dir: str | Path) -> dict[str, Any]:
     return card
 
 
-def load_run(run_dir: str | Path, card: dict[str, Any] | None = None) -> Run:
+@renamed(run_dir="run")
+def load_run(run: StrPath, card: dict[str, Any] | None = None) -> Run:
     """Read, verify and load a run folder; the model is loaded in Keras safe mode.
 
     ``card``: the folder's card as ``read_card`` already returned it (skips reading and hashing
@@ -133,8 +134,8 @@ def load_run(run_dir: str | Path, card: dict[str, Any] | None = None) -> Run:
     Raises:
         ModelError: no card, a tampered or foreign card, or a model that needs unsafe loading.
     """
-    card = card if card is not None else read_card(run_dir)
-    run = Path(run_dir)
+    folder = Path(path_arg(run, "run"))
+    card = card if card is not None else read_card(folder)
     import keras
 
     from embcache.models.registry import reimport_source
@@ -142,30 +143,30 @@ def load_run(run_dir: str | Path, card: dict[str, Any] | None = None) -> Run:
     # Registers the custom layers safe mode may load: the built-in modules, and the module the
     # card names for a model from elsewhere. Only now, after read_card verified the checksums:
     # importing a module runs its code.
-    reimport_source(card.get("model_source"), f"Model card {run / CARD_FILE}")
+    reimport_source(card.get("model_source"), f"Model card {folder / CARD_FILE}")
 
     try:
-        model = keras.saving.load_model(run / MODEL_FILE, safe_mode=True, compile=False)
+        model = keras.saving.load_model(folder / MODEL_FILE, safe_mode=True, compile=False)
     except ValueError as e:
         if "unsafe" in str(e).lower() or "lambda" in str(e).lower():
-            raise ModelError(f"{run / MODEL_FILE} needs unsafe deserialization (e.g. a Lambda "
+            raise ModelError(f"{folder / MODEL_FILE} needs unsafe deserialization (e.g. a Lambda "
                              "layer holding Python code); embcache loads models in safe mode "
                              "only") from None
-        raise ModelError(f"{run / MODEL_FILE} cannot be loaded: {str(e).splitlines()[0]}") from None
+        raise ModelError(f"{folder / MODEL_FILE} cannot be loaded: {str(e).splitlines()[0]}") from None
     except Exception as e:  # noqa: BLE001 - a corrupt zip, a foreign file...
-        raise ModelError(f"{run / MODEL_FILE} cannot be loaded: "
+        raise ModelError(f"{folder / MODEL_FILE} cannot be loaded: "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     shape = model.output_shape
     embedded = next((i for i in model.inputs if i.name.startswith("embedded")), None)
-    meta = card_meta(card, run / CARD_FILE)
+    meta = card_meta(card, folder / CARD_FILE)
     lexical_only = embedded is None and any(i.name.startswith("token_ids") for i in model.inputs)
     if not lexical_only and (embedded is None or tuple(embedded.shape[1:]) != (None, meta.dim)):
-        raise ModelError(f"{run / MODEL_FILE} does not take (any length, dim={meta.dim}) "
+        raise ModelError(f"{folder / MODEL_FILE} does not take (any length, dim={meta.dim}) "
                          "embedded input as its card says")
     if shape[-1] != len(meta.label_names):
-        raise ModelError(f"{run / MODEL_FILE} predicts {shape[-1]} classes but its card names "
+        raise ModelError(f"{folder / MODEL_FILE} predicts {shape[-1]} classes but its card names "
                          f"{len(meta.label_names)} labels")
-    return Run(path=run, name=run.name, card=card, model=model)
+    return Run(path=folder, name=folder.name, card=card, model=model)
 
 
 def as_model(model: Any) -> Any:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from embcache.cache.corpus import CorpusSpec
-from embcache.cache.errors import EmbcacheError, ModelError, writing
+from embcache.cache.errors import EmbcacheError, ModelError, StrPath, path_arg, renamed, writing
 from embcache.cache.hooks import pause_point
 from embcache.cache.precision import Precision, check_precision, precision_line
 from embcache.cache.store import Store, open_store, store_state
@@ -107,16 +107,18 @@ class Scorer(InputMixin, LoopMixin):
             a model module that cannot be imported.
     """
 
-    def __init__(self, runs: Sequence[str | Path], *, vectors: str | Sequence[str] | None = None,
-                 encoder: str | None = None, tokenizer: str | None = None,
-                 cache_dir: str | None = None,
+    def __init__(self, runs: StrPath | Sequence[StrPath], *,
+                 vectors: StrPath | Sequence[StrPath] | None = None,
+                 encoder: str | None = None, tokenizer: StrPath | None = None,
+                 cache_dir: StrPath | None = None,
                  batch_size: int = ScoreConfig.batch_size,
                  ensemble: str = ScoreConfig.ensemble, load: bool = True,
-                 stores: Sequence[str] | None = None, precision: str = ScoreConfig.precision):
-        if isinstance(runs, (str, Path)):
+                 stores: Sequence[StrPath] | None = None,
+                 precision: str = ScoreConfig.precision) -> None:
+        if isinstance(runs, (str, os.PathLike)):
             runs = [runs]
         if not runs:
-            raise EmbcacheError("Invalid value for `runs` (--models). Expected one or more run "
+            raise EmbcacheError("Invalid value for `runs`. Expected one or more run "
                                 "folders.")
         if batch_size < 1:
             raise EmbcacheError("Invalid value for `batch_size`. Expected a positive integer. "
@@ -127,8 +129,10 @@ class Scorer(InputMixin, LoopMixin):
         self.runs = [Run(path=Path(d), name=Path(d).name, card=read_card(d), model=None)
                      for d in paths]
         unique_names(self.runs)
-        self.views = make_views(self.runs, vectors=vectors, encoder=encoder, tokenizer=tokenizer,
-                                cache_dir=cache_dir)
+        self.views = make_views(
+            self.runs, vectors=vectors, encoder=encoder,
+            tokenizer=None if tokenizer is None else path_arg(tokenizer, "tokenizer"),
+            cache_dir=None if cache_dir is None else path_arg(cache_dir, "cache_dir"))
         self.meta = self.views[0].meta
         self.stores = [str(s) for s in (stores or [])]
         if self.fitted is not None:
@@ -198,7 +202,7 @@ class Scorer(InputMixin, LoopMixin):
         """
         import pandas as pd
 
-        output = _output(top_k, probabilities)
+        output = Output.checked(top_k, probabilities)
         if isinstance(data, str) and "://" not in data and not Path(data).exists():
             raise EmbcacheError(f"Invalid value for `data`: {data[:60]!r} is not a file, folder or "
                                 "store; to classify one text, pass a list: classify([text])")
@@ -230,10 +234,12 @@ class Scorer(InputMixin, LoopMixin):
         weights = self.fitted.weights if self.fitted is not None else self.weights
         return {r.name: round(float(w), 6) for r, w in zip(self.group, weights)}
 
-    def fit(self, out_dir: str | Path, *, store=None, progress: bool = False) -> EnsembleFit:
+    @renamed(out_dir="out")
+    def fit(self, out: StrPath, *, store: Store | StrPath | None = None,
+            progress: bool = False) -> EnsembleFit:
         """Learn the ensemble on the validation split (:func:`embcache.jobs.ensemble.
         fit_ensemble`: a temperature per member and weights, guarded by cross-fitting) and
-        save it as an ensemble card in ``out_dir``; later scoring with ``out_dir`` among the
+        save it as an ensemble card in ``out``; later scoring with ``out`` among the
         runs reuses it, and ``embcache runs`` lists it. ``store``: the store whose val split
         fits it (default: the one the first run's card names), joined by doc id to the other
         representations' stores as for scoring. Memory: the val split's probabilities, per
@@ -256,7 +262,7 @@ class Scorer(InputMixin, LoopMixin):
         truth = np.array([index.get(labels[i], -1) for i in np.concatenate(collect["_truth"])])
         probs = {n: np.concatenate(v) for n, v in collect.items() if n != "_truth"}
         fitted = fit_ensemble([r.name for r in self.group], probs, truth)
-        write_ensemble(Path(out_dir), fitted, self.group)
+        write_ensemble(Path(path_arg(out, "out")), fitted, self.group)
         self.fitted, self.ensemble = fitted, "fit"
         return fitted
 
@@ -276,7 +282,7 @@ class Scorer(InputMixin, LoopMixin):
         t0 = time.perf_counter()
         out_path = Path(out)
         fmt = output_format(out_path)
-        output = _output(top_k, probabilities)
+        output = Output.checked(top_k, probabilities)
         confusions: dict = {}
         remove_stale_partials(out_path)
         tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
@@ -309,24 +315,13 @@ class Scorer(InputMixin, LoopMixin):
                             seconds=time.perf_counter() - t0, metrics=metrics)
 
 
-def _output(top_k: int, probabilities: bool) -> Output:
-    """The columns asked for, checked."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise EmbcacheError("Invalid value for `top_k`. Expected a positive integer. "
-                            f"Received: top_k={top_k!r}")
-    if not isinstance(probabilities, bool):
-        raise EmbcacheError("Invalid value for `probabilities`. Expected True or False. "
-                            f"Received: probabilities={probabilities!r}")
-    return Output(top_k, probabilities)
-
-
 def score(  # noqa: PLR0913 - a job's options, one keyword each (as its command's)
-    model_dirs: list[str],
-    input_path: str,
-    out: str,
+    runs: Sequence[StrPath],
+    data: StrPath,
+    out: StrPath,
     *,
     corpus: CorpusSpec | None = None,
-    vectors_path: str | Sequence[str] | None = None,
+    vectors: StrPath | Sequence[StrPath] | None = None,
     encoder: str | None = None,
     tokenizer: str | None = None,
     stores: Sequence[str] | None = None,
@@ -342,12 +337,12 @@ def score(  # noqa: PLR0913 - a job's options, one keyword each (as its command'
     ensemble: str = ScoreConfig.ensemble,
     precision: str = ScoreConfig.precision,
 ) -> ScoreSummary:
-    """Score ``input_path`` (a store, or raw documents in ``corpus``'s format) with every model
+    """Score ``data`` (a store, or raw documents in ``corpus``'s format) with every model
     into the file ``out``: one embedding pass, one read of the store, memory bounded whatever
     the number of documents. (:class:`Scorer` keeps the models loaded between calls.)
 
     Runs of several representations (trained on different stores of the same documents) score
-    together: raw input is embedded once per representation (``vectors_path`` may name several
+    together: raw input is embedded once per representation (``vectors`` may name several
     files; ``encoder`` serves an encoder's store), and a store input is joined by doc id to the
     other representations' ``stores`` (default: those their cards name). ``ensemble="fit"``
     first fits the ensemble on the validation split (:meth:`Scorer.fit`) and saves its card to
@@ -359,7 +354,8 @@ def score(  # noqa: PLR0913 - a job's options, one keyword each (as its command'
         EmbcacheError: bad output path or options.
     """
     t0 = time.perf_counter()
-    out_path = Path(out)
+    data = path_arg(data, "data")
+    out_path = Path(path_arg(out, "out"))
     output_format(out_path)
     if not out_path.parent.is_dir():
         raise EmbcacheError(f"Output folder {out_path.parent} does not exist (for `out={out}`)")
@@ -368,15 +364,15 @@ def score(  # noqa: PLR0913 - a job's options, one keyword each (as its command'
             Path(metrics_dir).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise EmbcacheError(f"Cannot use `metrics_dir={metrics_dir}`: {e.strerror}") from None
-    _output(top_k, probabilities)
-    scorer = Scorer(model_dirs, vectors=vectors_path, encoder=encoder, tokenizer=tokenizer,
+    Output.checked(top_k, probabilities)
+    scorer = Scorer(runs, vectors=vectors, encoder=encoder, tokenizer=tokenizer,
                     cache_dir=cache_dir, stores=stores,
                     batch_size=batch_size, ensemble=ensemble, load=False, precision=precision)
     scorer.load()
     if progress:
         print(scorer.precision_line(), file=sys.stderr)
-    card = _fit_first(scorer, ensemble_out, model_dirs, input_path, progress)
-    summary = scorer.write(input_path, out_path, split=split, top_k=top_k,
+    card = _fit_first(scorer, ensemble_out, scorer.runs[0].path, data, progress)
+    summary = scorer.write(data, out_path, split=split, top_k=top_k,
                            probabilities=probabilities, corpus=corpus,
                            keep_store=keep_store, metrics_dir=metrics_dir, progress=progress)
     summary.seconds, summary.kept_store = time.perf_counter() - t0, keep_store
@@ -384,14 +380,14 @@ def score(  # noqa: PLR0913 - a job's options, one keyword each (as its command'
     return summary
 
 
-def _fit_first(scorer: Scorer, ensemble_out: str | None, model_dirs: list[str], input_path: str,
+def _fit_first(scorer: Scorer, ensemble_out: StrPath | None, first_run: Path, data: str,
                progress: bool) -> str | None:
     """``ensemble="fit"`` without a fitted ensemble among the runs: fit it on the validation
-    split (of ``input_path`` when it is a store, else of the store the first card names) and
+    split (of ``data`` when it is a store, else of the store the first card names) and
     save its card; returns the card's path."""
     if scorer.ensemble != "fit" or scorer.fitted is not None:
         return None
-    target = Path(ensemble_out) if ensemble_out else Path(model_dirs[0]).parent / "ensemble"
-    fit_store = input_path if store_state(str(input_path)) == "complete" else None
+    target = Path(ensemble_out) if ensemble_out else first_run.parent / "ensemble"
+    fit_store = data if store_state(data) == "complete" else None
     scorer.fit(target, store=fit_store, progress=progress)
     return str(target / "ensemble.json")

@@ -98,7 +98,7 @@ class InputMixin:
                 if not url or store_state(str(url)) != "complete":
                     raise StoreError(f"Models {', '.join(r.name for r in view.runs)} were trained "
                                      f"on {view.source}; no store of it was given "
-                                     f"(`stores=`, --stores) and the one their card names "
+                                     f"(`stores=`) and the one their card names "
                                      f"({url}) is not there")
                 other = open_store(str(url), require_complete=True)
                 view.check_store(other)

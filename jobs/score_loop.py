@@ -36,6 +36,17 @@ class Output:
     top_k: int = 1
     probabilities: bool = False
 
+    @classmethod
+    def checked(cls, top_k: int, probabilities: bool) -> Output:
+        """The columns asked for, checked (one line naming the argument)."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise EmbcacheError("Invalid value for `top_k`. Expected a positive integer. "
+                                f"Received: top_k={top_k!r}")
+        if not isinstance(probabilities, bool):
+            raise EmbcacheError("Invalid value for `probabilities`. Expected True or False. "
+                                f"Received: probabilities={probabilities!r}")
+        return cls(top_k, probabilities)
+
     def columns(self, name: str, label_names: list[str]) -> list[str]:
         cols = []
         for k in range(1, self.top_k + 1):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import overload
 
 from embcache.cache.dataset import pipeline_errors, streamed_dataset
-from embcache.cache.errors import EmbcacheError, ModelError, writing
+from embcache.cache.errors import EmbcacheError, ModelError, StrPath, path_arg, renamed, writing
 from embcache.cache.locks import exclusive, reading
 from embcache.cache.precision import precision_line
 from embcache.cache.tfenv import quiet_tensorflow
@@ -62,27 +62,28 @@ class GroupResult:
 
 
 @overload
-def train(store_url: str, model: list[str | Callable] | tuple[str | Callable, ...],
-          out_dir: str | None = None, *, grid: dict | None = None,
+def train(store: StrPath, model: list[str | Callable] | tuple[str | Callable, ...],
+          out: StrPath | None = None, *, grid: dict | None = None,
           config: TrainConfig | dict | None = None, hparams: dict | None = None,
           progress: bool = False, overwrite: bool = False) -> GroupResult: ...
 
 
 @overload
-def train(store_url: str, model: Callable, out_dir: str | None = None, *, grid: None = None,
+def train(store: StrPath, model: Callable, out: StrPath | None = None, *, grid: None = None,
           config: TrainConfig | dict | None = None, hparams: dict | None = None,
           progress: bool = False, overwrite: bool = False) -> TrainSummary: ...
 
 
 @overload
-def train(store_url: str, model: str | Callable, out_dir: str | None = None, *,
+def train(store: StrPath, model: str | Callable, out: StrPath | None = None, *,
           grid: dict | None = None, config: TrainConfig | dict | None = None,
           hparams: dict | None = None, progress: bool = False,
           overwrite: bool = False) -> TrainSummary | GroupResult: ...
 
 
-def train(store_url: str, model: str | Callable | Sequence[str | Callable],
-          out_dir: str | None = None, *, grid: dict | None = None,
+@renamed(store_url="store", out_dir="out")
+def train(store: StrPath, model: str | Callable | Sequence[str | Callable],
+          out: StrPath | None = None, *, grid: dict | None = None,
           config: TrainConfig | dict | None = None, hparams: dict | None = None,
           progress: bool = False, overwrite: bool = False) -> TrainSummary | GroupResult:
     """Train ``model`` on the store's train split, early-stopping on its val split.
@@ -90,29 +91,30 @@ def train(store_url: str, model: str | Callable | Sequence[str | Callable],
     ``model``: a built-in or registered name, an installed plugin's name (entry-point group
     ``embcache.models``), an import string ``package.module:function``, or a builder function
     itself (recorded as its import string). The card records where it came from, so ``score``
-    can import it again. ``out_dir`` defaults to ``runs/<model name>``.
+    can import it again. ``out`` defaults to ``runs/<model name>``.
 
     Several models (a list, or names joined by commas as on the command line) or a ``grid``
     (``{"filters": [64, 128]}``) train as one group from one stream (:func:`train_group`):
-    ``out_dir`` is then the parent folder of their runs (default ``runs``) and the result a
+    ``out`` is then the parent folder of their runs (default ``runs``) and the result a
     :class:`GroupResult`, even for a list of one; one model (a name or a function) gives its
     :class:`TrainSummary`.
 
     ``config``: a :class:`TrainConfig` or a dict of its fields (default: the defaults).
 
-    The run is built in ``.<name>.partial`` beside ``out_dir`` and moved into place when it is
+    The run is built in ``.<name>.partial`` beside ``out`` and moved into place when it is
     complete, so a failed or killed run leaves any previous run folder as it was; a lock
     refuses a second ``train`` into the same folder meanwhile.
 
     Raises:
-        EmbcacheError: ``out_dir`` holds a trained model and ``overwrite`` is false, another
+        EmbcacheError: ``out`` holds a trained model and ``overwrite`` is false, another
             process is writing it, or training failed (e.g. the loss became NaN).
         StoreError: incomplete, unlabelled or unknown-layout store, or an empty split.
         ModelError: unknown model or hyperparameter.
     """
     models = model_list(model)
-    result = train_group(store_url, models, out_dir, grid=grid, config=TrainConfig.of(config),
-                         hparams=hparams, progress=progress, overwrite=overwrite)
+    result = train_group(path_arg(store, "store"), models,
+                         None if out is None else path_arg(out, "out"), grid=grid,
+                         config=TrainConfig.of(config), hparams=hparams, progress=progress, overwrite=overwrite)
     # The type follows what was asked, never how many models it turned out to be.
     return result if grid or not _one_spec(model) else result.runs[0]
 

@@ -48,7 +48,7 @@ def _in_memory(store, plans: dict, config: TrainConfig, progress: bool) -> dict:
             left -= out[split].nbytes
             if progress:
                 print(f"{split} split decoded into memory: {out[split].nbytes / 1e6:,.1f} MB in "
-                      f"{time.perf_counter() - t:.1f} s (--memory-mb {config.memory_mb})",
+                      f"{time.perf_counter() - t:.1f} s (memory budget {config.memory_mb:,} MB)",
                       file=sys.stderr)
     return out
 

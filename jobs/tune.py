@@ -32,10 +32,18 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embcache.cache.dataset import pipeline_errors
-from embcache.cache.errors import EmbcacheError, ModelError, install_hint, writing
+from embcache.cache.errors import (
+    EmbcacheError,
+    ModelError,
+    StrPath,
+    install_hint,
+    path_arg,
+    renamed,
+    writing,
+)
 from embcache.cache.hooks import pause_point
 from embcache.cache.locks import reading
 from embcache.cache.tfenv import quiet_tensorflow
@@ -71,6 +79,9 @@ from embcache.jobs.tune_study import (
     redact,
 )
 from embcache.models.registry import takes_token_ids
+
+if TYPE_CHECKING:
+    import optuna
 
 # The one home of tune's choices and defaults (the CLI reads them): the first choice is the default.
 SAMPLERS = ("tpe", "random", "grid")
@@ -120,12 +131,13 @@ def _space_and_models(space, model) -> tuple[Space, list]:
     return space, sources
 
 
-def tune(store_url: str, model: Any, space: Space | list[str] | dict | str | Path, *,  # noqa: PLR0913 - options
+@renamed(store_url="store")
+def tune(store: StrPath, model: Any, space: Space | list[str] | dict | StrPath, *,  # noqa: PLR0913 - options
          trials: int = TRIALS, parallel: int = PARALLEL, study: str | None = None,
-         study_name: str | None = None, out: str | Path = OUT, sampler: str = SAMPLERS[0],
+         study_name: str | None = None, out: StrPath = OUT, sampler: str = SAMPLERS[0],
          pruner: str = PRUNERS[0], timeout: float | None = None,
          config: TrainConfig | dict | None = None, progress: bool = False,
-         callbacks: list | None = None, refill: str = "epoch"):
+         callbacks: list | None = None, refill: str = "epoch") -> optuna.Study:
     """Search hyperparameters with an Optuna study; trials train in groups from one stream.
 
     ``model``: as for :func:`embcache.train` (a name, ``"a,b"``, a builder or a list); with
@@ -154,23 +166,24 @@ def tune(store_url: str, model: Any, space: Space | list[str] | dict | str | Pat
         ModelError: an unknown model, or a parameter no model takes.
     """
     quiet_tensorflow()
+    store_url = path_arg(store, "store")
     config = TrainConfig.of(config)
     _check_args(sampler=sampler, pruner=pruner, refill=refill, trials=trials, parallel=parallel,
                 timeout=timeout)
     space, sources = _space_and_models(space, model)
-    out = Path(out)
+    out = Path(path_arg(out, "out"))
     study_name = study_name or out.resolve().name
     storage_url = study or f"sqlite:///{out / 'study.db'}"
     with _optuna_warnings(), reading(store_url), writing(f"run folders in {out}"):
-        store, plans = open_for_training(store_url)
+        opened, plans = open_for_training(store_url)
         the_study = open_study(storage_url, study_name,
-                               store, sampler=make_sampler(sampler, config.seed, parallel, space,
+                               opened, sampler=make_sampler(sampler, config.seed, parallel, space,
                                                        sources),
                                pruner=make_pruner(pruner, config.epochs))
         _clear_stale(the_study, out, progress)
         out.mkdir(parents=True, exist_ok=True)
         (out / "space.json").write_text(json.dumps(space.describe(), indent=2))
-        _Study(the_study, storage_url, store_url, store, plans, sources, space, config, out,
+        _Study(the_study, storage_url, store_url, opened, plans, sources, space, config, out,
                trials=trials, parallel=parallel, timeout=timeout, progress=progress,
                callbacks=callbacks or [], refill=refill).run()
     draw(out / "tune.png", plot_study, the_study, out / "tune.png")
@@ -267,8 +280,8 @@ class _Study:
                 if takes_token_ids(m.model):
                     if not self.store.with_ids:
                         raise ModelError(f"{source.ref} reads token_ids; store {self.store.url} "
-                                         "has none (rebuild it with its embed-corpus command "
-                                         "and --overwrite)")
+                                         "has none (rebuild it: its embed-corpus job again "
+                                         "with `overwrite=True`)")
                     adapt_lexical(self.store, self.plans["train"], [m.model], False,
                                   self.lexical_counts)
             except ModelError as e:

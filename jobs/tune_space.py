@@ -138,11 +138,11 @@ def parse_space(pairs: list[str] | tuple[str, ...] | dict | None) -> Space:
         (p.partition("=")[0], p.partition("=")[2] if "=" in p else None) for p in pairs or ()]
     for name, spec in items:
         if not name or spec is None:
-            raise EmbcacheError(f"Invalid value for `--space`. Expected NAME=TYPE:..., e.g. "
+            raise EmbcacheError(f"Invalid value for `space`. Expected NAME=TYPE:..., e.g. "
                                 f"'dropout=float:0.0:0.5'. Received: {name!r}")
         if name in space.common:
-            raise EmbcacheError(f"Invalid value for `--space`: {name!r} is given twice")
-        space.common[name] = parse_param(name, spec, "`--space`")
+            raise EmbcacheError(f"Invalid value for `space`: {name!r} is given twice")
+        space.common[name] = parse_param(name, spec, "`space`")
     return space
 
 
@@ -163,7 +163,7 @@ def load_space_file(path: str | Path) -> Space:
     try:
         text = path.read_text()
     except OSError as e:
-        raise EmbcacheError(f"Invalid value for `--space-file`: cannot read {path}: "
+        raise EmbcacheError(f"Invalid value for `space`: cannot read {path}: "
                             f"{e.strerror}") from None
     try:
         import yaml
@@ -200,14 +200,14 @@ def check_space(space: Space, sources: list) -> None:
         ModelError: an unknown parameter, in one line naming what the models take.
     """
     if not space.common and not space.per_model:
-        raise EmbcacheError("Invalid value for `space`: it is empty; give --space NAME=RANGE or "
-                            "--space-file")
+        raise EmbcacheError("Invalid value for `space`: it is empty; give at least one "
+                            "NAME=RANGE, e.g. 'dropout=float:0.0:0.5'")
     names = {s.name: s for s in sources}
     takes = {s.name: set(s.hyperparameters()) | {"learning_rate"} for s in sources}
     for name in [*space.common, *(k for ps in space.per_model.values() for k in ps)]:
         if name in SHARED:
             raise EmbcacheError(f"Invalid value for `space`: {name!r} is shared by every trial "
-                                f"of a group (one stream); set it with --{name.replace('_', '-')}")
+                                f"of a group (one stream); set it for the whole group with `{name}=...`")
     for name in space.common:
         if not any(name in t for t in takes.values()):
             offer = "; ".join(f"{m} takes {', '.join(sorted(t))}" for m, t in takes.items())
@@ -216,7 +216,7 @@ def check_space(space: Space, sources: list) -> None:
     for model, params in space.per_model.items():
         if model not in names:
             raise ModelError(f"Space names model {model!r}, which is not among the models tuned "
-                             f"({', '.join(names)}); add it to --model")
+                             f"({', '.join(names)}); add it to `model=`")
         for name in params:
             if name not in takes[model]:
                 raise ModelError(f"Unknown parameter {name!r} for model {model!r} in the space; "

@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import sys
 
+from embcache.cache.errors import StrPath, path_arg, renamed
 from embcache.cache.integrity import VerifyReport, verify_store
 from embcache.cache.locks import reading
 from embcache.cache.store import open_store
 
 
-def verify(url: str, *, progress: bool = False, threads: int = 4) -> VerifyReport:
-    """Check every chunk of the complete store at ``url``; damage is reported, not raised.
+@renamed(url="store")
+def verify(store: StrPath, *, progress: bool = False, threads: int = 4) -> VerifyReport:
+    """Check every chunk of the complete store at ``store`` (a path or URL); damage is
+    reported, not raised.
 
     Raises:
         StoreError: the store cannot be opened, is incomplete, or is being written.
     """
-    with reading(str(url)):  # not while embed-corpus replaces or repairs it
-        return verify_unlocked(str(url), progress=progress, threads=threads)
+    url = path_arg(store, "store")
+    with reading(url):  # not while embed-corpus replaces or repairs it
+        return verify_unlocked(url, progress=progress, threads=threads)
 
 
 def verify_unlocked(url: str, *, progress: bool = True, threads: int = 4) -> VerifyReport:

@@ -11,12 +11,13 @@ an ensemble across representations (GloVe, WordLlama, MiniLM, ...).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embcache.cache.errors import EmbcacheError, StoreError
+from embcache.cache.errors import EmbcacheError, StoreError, StrPath
 from embcache.cache.meta import StoreMeta
 from embcache.jobs.predict import any_token_ids, predict_all
 from embcache.jobs.runs import Run
@@ -108,8 +109,8 @@ def contract_key(meta: StoreMeta) -> str:
     return json.dumps(meta.contract(), sort_keys=True, default=str)
 
 
-def make_views(runs: list[Run], *, vectors: str | Sequence[str] | None, encoder: str | None,
-               tokenizer: str | None, cache_dir: str | None) -> list[View]:
+def make_views(runs: list[Run], *, vectors: StrPath | Sequence[StrPath] | None,
+               encoder: str | None, tokenizer: str | None, cache_dir: str | None) -> list[View]:
     """The runs grouped by representation, in order of first appearance, each given its
     source for raw input: ``encoder`` to a view built on an encoder, and to the others the
     one ``vectors`` file given, or of several the one whose file name their cards record
@@ -126,7 +127,7 @@ def make_views(runs: list[Run], *, vectors: str | Sequence[str] | None, encoder:
             views[key] = View(meta=run.meta, runs=[], cache_dir=cache_dir)
         views[key].runs.append(run)
     out = list(views.values())
-    given = [vectors] if isinstance(vectors, (str, Path)) else list(vectors or [])
+    given = [vectors] if isinstance(vectors, (str, os.PathLike)) else list(vectors or [])
     word_views = [v for v in out if v.meta.encoder is None]
     encoder_views = [v for v in out if v.meta.encoder is not None]
     if len(encoder_views) > 1 and encoder is not None:

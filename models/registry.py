@@ -202,7 +202,7 @@ def resolve(spec: str | Callable) -> ModelSource:
         for part in attr.split("."):
             fn = getattr(fn, part, None)
             if fn is None:
-                raise ModelError(f"Module {module!r} has no attribute {attr!r} (for --model {spec})")
+                raise ModelError(f"Module {module!r} has no attribute {attr!r} (for `model={spec}`)")
         if not callable(fn):
             raise ModelError(f"{spec} is not a function (a model builder)")
         return ModelSource(name=attr.split(".")[-1], build=fn, kind="import", ref=spec,

@@ -106,6 +106,31 @@ def test_bad_model_specs_are_one_line(tmp_path, store):
     assert not (tmp_path / "r").exists()
 
 
+def test_one_name_per_concept_old_names_warn_and_paths_may_be_path_objects(store, tmp_path):
+    """``store``, ``out``, ``vectors``, ``runs``, ``data`` everywhere: the old keyword names
+    still work for one release, with a DeprecationWarning; both at once is one line; a
+    ``pathlib.Path`` is as good as a string; Python errors name Python arguments, not flags."""
+    import pathlib
+    import warnings
+
+    with pytest.warns(DeprecationWarning, match=r"verify\(url=\.\.\.\) is deprecated.*store="):
+        old = embcache.verify(url=str(store))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new names and a Path: no warning at all
+        assert embcache.verify(pathlib.Path(store)).ok and old.ok
+    with pytest.raises(embcache.EmbcacheError, match="Give `store=` only: `store_url=` is its old"):
+        embcache.train(store=str(store), store_url=str(store), model="fasttext")
+    with pytest.warns(DeprecationWarning, match="out_dir"), \
+            pytest.raises(embcache.StoreError, match="nope"):
+        embcache.train(store_url=str(tmp_path / "nope"), model="fasttext", out_dir=str(tmp_path))
+    with pytest.raises(embcache.EmbcacheError, match=r"^Invalid value for `store`. Expected a path"):
+        embcache.train(123, "fasttext")
+    with pytest.raises(embcache.EmbcacheError) as e:
+        embcache.tune(store, "fasttext", [], trials=1)
+    assert "`space`" in str(e.value) and "--" not in str(e.value)
+    assert not any(tmp_path.iterdir())
+
+
 def build_tiny(*, dim, num_classes, padding="pre", hidden=8):
     import keras
 
@@ -200,7 +225,7 @@ def test_scorer_loads_once_and_agrees_with_score(trained, store, vectors_file, t
     lines.write_text("\n".join(texts) + "\n")
     out = tmp_path / "p.csv"
     embcache.score([str(trained / "fasttext"), str(trained / "kim_cnn")], str(lines), str(out),
-                   vectors_path=str(vectors_file[0]), progress=False)
+                   vectors=str(vectors_file[0]), progress=False)
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4

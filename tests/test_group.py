@@ -84,7 +84,7 @@ def test_grid_expands_to_every_combination(store):
 
 @pytest.mark.parametrize("bad", ["hidden=8", "hidden=[]", "hidden", "=[1]", "hidden=[1"])
 def test_grid_values_must_be_a_json_list(bad):
-    with pytest.raises(EmbcacheError, match="--grid"):
+    with pytest.raises(EmbcacheError, match="Invalid value for `grid`"):
         parse_grid([bad])
 
 
@@ -201,7 +201,7 @@ def test_runs_of_a_missing_folder_is_one_line(tmp_path):
     r = subprocess.run([EMBCACHE, "runs", str(tmp_path / "nope")], capture_output=True, text=True)
     assert r.returncode != 0
     assert r.stderr.strip().splitlines() == [f"Error: Runs folder not found: {tmp_path / 'nope'}; "
-                                             "train into it with `embcache train --out ...`"]
+                                             "train runs into it first (--out)"]
 
 
 @pytest.mark.parametrize("where", ["variable", "numpy"])

@@ -147,6 +147,7 @@ cli-reference: install
 test: install
 	$(BIN)/ruff check cache jobs models tests
 	$(BIN)/mypy
+	$(BIN)/mypy -p embcache
 	DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest $(ARGS)
 
 # The edit-run loop: the linter and the tests not marked slow or realdata (68 s here; make test: ~15 min).

@@ -265,10 +265,10 @@ def _iter_csv(spec: CorpusSpec, fmt: str) -> Iterator[Document]:
             header = next(reader, None)
             if header is None:
                 raise CorpusError(f"Corpus {spec.path} is empty")
-        text_idx = [_resolve_column(c, header, spec.path, "Text column") for c in spec.text_columns]
-        label_idx = (_resolve_column(spec.label_column, header, spec.path, "Label column")
+        text_idx = [_resolve_column(c, header, spec.path, "Text column") for c in spec.columns]
+        label_idx = (_resolve_column(str(spec.label_column), header, spec.path, "Label column")
                      if spec.label_column is not None else None)
-        id_idx = (_resolve_column(spec.id_column, header, spec.path, "Id column")
+        id_idx = (_resolve_column(str(spec.id_column), header, spec.path, "Id column")
                   if spec.id_column is not None else None)
         needed = max(text_idx + [i for i in (label_idx, id_idx) if i is not None])
         for row_no, row in enumerate(reader):
@@ -287,7 +287,7 @@ def _iter_csv(spec: CorpusSpec, fmt: str) -> Iterator[Document]:
 
 def _iter_jsonl(spec: CorpusSpec) -> Iterator[Document]:
     path = _require_exists(spec)
-    fields = spec.text_columns or ("text",)
+    fields = spec.columns or ("text",)
     for line_no, line in enumerate(_open_lines(path), start=1):
         if not line.strip():
             continue
@@ -302,9 +302,9 @@ def _iter_jsonl(spec: CorpusSpec) -> Iterator[Document]:
                 raise CorpusError(f"{spec.path}, line {line_no}: field {f!r} is missing")
         where = f"{spec.path}, line {line_no}"
         text = " ".join(_json_value(obj, f, where, (str,), "text") for f in fields)
-        label = (_json_value(obj, spec.label_column, where, (str, int), "label")
+        label = (_json_value(obj, str(spec.label_column), where, (str, int), "label")
                  if spec.label_column is not None else None)
-        doc_id = (_json_value(obj, spec.id_column, where, (str, int), "id")
+        doc_id = (_json_value(obj, str(spec.id_column), where, (str, int), "id")
                   if spec.id_column is not None else str(line_no))
         yield Document(doc_id, text, label)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import cast
 
 from embcache.cache.errors import CorpusError
 
@@ -38,6 +39,11 @@ class CorpusSpec:
     header: bool = True
     strip_headers: bool = False
     label_names_file: str | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """``text_columns`` as checked: names, or indices as their digits."""
+        return tuple(str(c) for c in cast(Sequence, self.text_columns))
 
     def __post_init__(self) -> None:
         """Columns as given from Python: indices as ints (``[1, 2]``), one name as a string."""
@@ -79,7 +85,7 @@ class CorpusSpec:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["text_columns"] = list(self.text_columns)
+        d["text_columns"] = list(self.columns)
         d["format"] = self.resolved_format()
         return d
 

@@ -18,10 +18,11 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embcache.cache.errors import EmbcacheError, StoreError
+from embcache.cache.errors import EmbcacheError, StoreError, StrPath
 from embcache.cache.held import InMemorySplit
 from embcache.cache.locks import reading
 from embcache.cache.producer import Producer
@@ -34,6 +35,9 @@ from embcache.cache.stream import (
     plan_split,
 )
 from embcache.cache.tfenv import quiet_tensorflow
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 _PROCESS_MIN_DOCS = 2048
 
@@ -88,7 +92,7 @@ class Batching:
     with_ids: bool = False
 
 
-def streamed_dataset(store: Store | str, split: str | None = "train", *,
+def streamed_dataset(store: Store | StrPath, split: str | None = "train", *,
                      batching: Batching = Batching(), plan: StreamPlan | None = None,
                      shard: tuple[int, int] | None = None, parallel_reads: int = 4,
                      max_wait: int | None = None, read_log: set | None = None,
@@ -117,15 +121,15 @@ def streamed_dataset(store: Store | str, split: str | None = "train", *,
 
     b = batching
     if not isinstance(store, Store):
-        store = open_store(str(store), require_complete=True)
+        store = open_store(store, require_complete=True)
     if b.with_ids and not store.with_ids:
         store = store.reading_ids()
     if b.with_labels and not store.labelled:
         raise StoreError(f"Store {store.url} has no labels")
     plan = plan or plan_split(store, split, shard)
-    pipeline = dict(batch_size=b.batch_size, shuffle_docs=b.shuffle_docs,
-                    with_labels=b.with_labels, parallel_reads=parallel_reads, max_wait=max_wait,
-                    buckets=b.buckets)
+    pipeline: dict[str, Any] = dict(batch_size=b.batch_size, shuffle_docs=b.shuffle_docs,
+                                    with_labels=b.with_labels, parallel_reads=parallel_reads,
+                                    max_wait=max_wait, buckets=b.buckets)
     if in_process is None:  # spawning costs about a second: small passes run here
         in_process = str(store.url).startswith("memory://") or plan.num_docs < _PROCESS_MIN_DOCS
     producer = (None if in_process else
@@ -256,7 +260,8 @@ def variable_rows(shape: tuple, dtype: np.dtype):
 
         readonly = np.from_dlpack(_Capsule())
         address, nbytes = readonly.ctypes.data, readonly.nbytes
-        view = np.frombuffer((ctypes.c_char * nbytes).from_address(address), dtype=dtype)
+        view = np.frombuffer((ctypes.c_char * nbytes).from_address(address),  # type: ignore[call-overload]
+                             dtype=dtype)  # numpy's stubs know no ctypes arrays; it reads them
         return view.reshape(shape), variable
     except Exception:  # noqa: BLE001 - no DLPack here: the NumPy rows serve (gathered in Python)
         return np.zeros(shape, dtype=dtype), None
@@ -342,9 +347,10 @@ def _graph_gather(held: InMemorySplit, b: Batching, rows):
     return gather
 
 
-def dataset(store: Store | str, split: str | None = "train", *, batch_size: int = 32,
+def dataset(store: Store | StrPath, split: str | None = "train", *, batch_size: int = 32,
             shuffle: bool | None = None, seed: int = 0, shuffle_docs: int = SHUFFLE_DOCS,
-            length_buckets: bool = True, repeat: bool = False, token_ids: bool = False):
+            length_buckets: bool = True, repeat: bool = False,
+            token_ids: bool = False) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of one split of a store, ready for ``model.fit``: elements are
     ``({"embedded": (b, T, dim) float32, "lengths": (b,) int32}, labels (b,) int32)``.
 

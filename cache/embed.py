@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import repeat
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -50,7 +50,10 @@ def _column_stats(vectors: np.ndarray, rows: int = 65536) -> tuple[np.ndarray, n
     return mean, np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
 
 
-def truncate(row: np.ndarray, max_len: int, truncating: str) -> np.ndarray:
+Row = TypeVar("Row", np.ndarray, list[str])
+
+
+def truncate(row: Row, max_len: int, truncating: str) -> Row:
     """At most ``max_len`` ids; as Keras ``pad_sequences``, ``pre`` drops from the start."""
     if len(row) <= max_len:
         return row
@@ -108,7 +111,8 @@ class BlockEmbedder:
 
     def embed(self, texts: list[str]) -> BlockResult:
         s = self.settings
-        kept, words = [], []
+        kept: list[np.ndarray] = []
+        words: list[str] = []
         tokens = oov = 0
         for text in texts:
             toks = self.tokenize(text)
@@ -179,9 +183,9 @@ class BlockWriter:
     def __init__(self, source: EmbeddingSource):
         self.embedder = source.embedder()
         self.dtype = source.settings.dtype
-        self._stores: dict[str, tuple[dict, int]] = {}
+        self._stores: dict[str, tuple[dict, tuple[int, int]]] = {}
 
-    def _open(self, store_url: str) -> tuple[dict, int]:
+    def _open(self, store_url: str) -> tuple[dict, tuple[int, int]]:
         if store_url not in self._stores:
             import zarr
 
@@ -244,4 +248,5 @@ def write_block(source: EmbeddingSource, store_url: str, chunk: int, texts: list
     tasks; ``source`` (:mod:`embcache.cache.sources`) names what to load."""
     if _WRITER is None or _WRITER_SOURCE != source:
         init_worker(source)
+    assert _WRITER is not None  # init_worker sets it
     return _WRITER.write(store_url, chunk, texts, doc_ids, labels, split)

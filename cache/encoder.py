@@ -84,7 +84,7 @@ def _shadow(folder: Path, root: Path) -> Path:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise VectorsError(f"Encoder {folder}: {tok_path.name} has no WordPiece vocabulary to "
                            f"derive vocab.txt from ({e})") from None
-    words = [None] * len(vocab)
+    words: list[str | None] = [None] * len(vocab)
     for word, index in vocab.items():
         if not isinstance(index, int) or not 0 <= index < len(words) or words[index] is not None:
             raise VectorsError(f"Encoder {folder}: {tok_path.name}'s vocabulary ids are not "
@@ -100,7 +100,7 @@ def _shadow(folder: Path, root: Path) -> Path:
     tmp.mkdir(parents=True)
     for item in folder.iterdir():
         (tmp / item.name).symlink_to(item.resolve())
-    (tmp / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    (tmp / "vocab.txt").write_text("\n".join(str(w) for w in words) + "\n", encoding="utf-8")
     try:
         tmp.rename(target)
     except OSError:  # another process made it meanwhile

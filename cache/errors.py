@@ -50,7 +50,7 @@ def os_error_line(e: OSError, where: str | None = None) -> str:
     hint = {errno.ENOSPC: "free some space", errno.EFBIG: "free space or raise the file-size limit",
             errno.EDQUOT: "free space within your quota", errno.EROFS: "write somewhere writable",
             errno.EACCES: "check its permissions", errno.EPERM: "check its permissions"}
-    fix = hint.get(e.errno, "fix it")
+    fix = hint.get(e.errno or 0, "fix it")
     return f"{what}{f': {path}' if path else ''} ({fix} and rerun the command)"
 
 

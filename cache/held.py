@@ -4,6 +4,7 @@ TensorFlow variable; :func:`embcache.cache.dataset.memory_dataset` batches it)."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -13,7 +14,7 @@ from embcache.cache.store import Store
 from embcache.cache.stream import BlockReader, read_ahead
 
 
-def _zeros(shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, None]:
+def _zeros(shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, object]:
     return np.zeros(shape, dtype=dtype), None
 
 
@@ -35,7 +36,8 @@ class InMemorySplit:
     """
 
     def __init__(self, store: Store, plan: StreamPlan, split: str | None, with_labels: bool = True,
-                 parallel_reads: int = 4, read_log: set | None = None, allocate=None):
+                 parallel_reads: int = 4, read_log: set | None = None,
+                 allocate: Callable[[tuple, np.dtype], tuple[np.ndarray, object]] | None = None):
         self.store, self.plan, self.split = store, plan, split
         total = plan.num_tokens
         # `allocate(shape, dtype) -> (writable rows, owner)`: where the rows live. By default a

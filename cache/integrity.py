@@ -83,7 +83,7 @@ class Fault:
 def block_of(meta, array: str, chunk: tuple[int, ...]) -> int:
     """The block a chunk belongs to (see the module docstring)."""
     if array in ROW_ARRAYS:
-        return chunk[0] * meta.token_chunk // meta.block_rows
+        return int(chunk[0] * meta.token_chunk // meta.block_rows)
     return chunk[0]
 
 
@@ -125,7 +125,7 @@ def read_chunk_stats(group) -> np.ndarray:
     """``(chunks, 4)`` stats; a row of -1 (or an unreadable row, e.g. torn by a kill) is not done."""
     arr = group["chunk_stats"]
     try:
-        return arr[:]
+        return np.asarray(arr[:])
     except Exception:  # noqa: BLE001 - fall back row by row to find the torn one
         out = np.full(arr.shape, -1, dtype=np.int64)
         for i in range(arr.shape[0]):
@@ -253,12 +253,24 @@ def reading_chunks(url: str, meta, name: str, array, start: int, stop: int) -> I
 def read(url: str, meta, name: str, array, start: int, stop: int) -> np.ndarray:
     """``array[start:stop]`` with damaged chunks reported as :class:`ChunkError`."""
     with reading_chunks(url, meta, name, array, start, stop):
-        return array[start:stop]
+        return np.asarray(array[start:stop])
 
 
 # -- verify ------------------------------------------------------------------------------------
 @dataclass
 class VerifyReport:
+    """What :func:`embcache.verify` found: ``ok`` when every chunk is present and intact.
+
+    Attributes:
+        store: the store's path or URL.
+        faults: each damaged or missing chunk (:class:`Fault`: array, chunk, documents, why).
+        chunks_read: chunks read and decoded.
+        bytes_read: their decoded bytes.
+        seconds: wall time of the check.
+        checksummed: whether the store has crc32c checksums (older stores: decoding checked).
+        manifest: whether the chunk listing was checked against the store's manifest.
+    """
+
     store: str
     faults: list[Fault] = field(default_factory=list)
     chunks_read: int = 0

@@ -199,11 +199,13 @@ def reading(store_url: str, *, while_written: bool = False) -> Iterator[None]:
     except OSError:  # a folder this process cannot write to: nobody replaces it from here
         yield
         return
-    record: Path | None = _record(path, os.getpid())
+    record: Path | None = None
     try:
-        record.write_text(json.dumps({"pid": os.getpid(), "command": " ".join(_command())}))
+        _record(path, os.getpid()).write_text(json.dumps({"pid": os.getpid(),
+                                                          "command": " ".join(_command())}))
+        record = _record(path, os.getpid())
     except OSError:
-        record = None
+        pass
     with _HELD_LOCK:
         _HELD[path] = [fd, record, 1]
     try:

@@ -190,7 +190,7 @@ class StoreMeta:
             "chunk_docs": self.chunk_docs,
             "token_chunk": self.token_chunk,
             "block_rows": self.block_rows,
-            "label_names": list(self.label_names) if self.labelled else None,
+            "label_names": list(self.label_names or ()) if self.labelled else None,
             "vectors": asdict(self.vectors),
             "tokenizer": s.tokenizer.to_dict(),
             "padding": s.padding,
@@ -327,4 +327,4 @@ class _Reader:
             raise self.error(f"{self.where} has a malformed attribute `{name}` ({value!r} is not "
                              f"one of {options}); it was not written by this embcache or has "
                              "been edited")
-        return value
+        return str(value)

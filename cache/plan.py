@@ -73,12 +73,12 @@ def plan_split(store: Store, split: str | None, shard: tuple[int, int] | None = 
         index = chunk * len(buckets) + np.searchsorted(buckets, lengths)
         counts += np.bincount(index, minlength=len(counts))
         np.add.at(tokens, chunk, lengths.astype(np.int64))
-    counts = counts.reshape(n_chunks, len(buckets))
-    chunks = np.flatnonzero(counts.sum(axis=1) > 0)
+    table = counts.reshape(n_chunks, len(buckets))
+    chunks = np.flatnonzero(table.sum(axis=1) > 0)
     if shard is not None:
-        index, count = shard
-        chunks = chunks[index::count]
-    return StreamPlan(chunks=chunks, counts=counts[chunks].astype(np.int32), tokens=tokens[chunks])
+        first, step = shard
+        chunks = chunks[first::step]
+    return StreamPlan(chunks=chunks, counts=table[chunks].astype(np.int32), tokens=tokens[chunks])
 
 
 def bucket_lengths(max_len: int, granule: int = 8, per_octave: int = 4) -> np.ndarray:

@@ -22,7 +22,22 @@ __all__ = ["DTYPES", "ENCODER_BATCH", "ENCODER_MAX_LEN", "ENCODER_TRUNCATING", "
 
 @dataclass(frozen=True)
 class EmbedSettings:
-    """Everything that decides the embedded values; recorded in the store's attributes."""
+    """Everything that decides the embedded values; recorded in the store's attributes.
+    ``embed_corpus(settings=...)`` takes one, or a dict of these fields.
+
+    Attributes:
+        max_len: most tokens kept per document (an encoder's default: 256 of its own tokens).
+        padding: ``"pre"`` or ``"post"``: which side of a short document the padding goes
+            (as Keras ``pad_sequences``); models read ``lengths``, so it never reaches a result.
+        truncating: ``"pre"`` (keep the end of a long document) or ``"post"`` (keep its start).
+        oov: the vector of a word without one (word vectors only): ``"zero"``, ``"unk"``
+            (one random vector, drawn with ``seed``) or ``"mean"`` (the mean vector).
+        dtype: the stored vectors: ``"float16"`` (default), ``"float32"`` or ``"int8"``
+            (per-row scaled; a quarter of float32's bytes).
+        seed: seeds the ``"unk"`` vector.
+        tokenizer: how text becomes words (:class:`TokenizerSettings`: lowercasing, the
+            pattern, stripping); a subword table or an encoder brings its own.
+    """
 
     max_len: int = 1000
     padding: str = "pre"

@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embcache.cache.errors import StoreError, install_hint
+from embcache.cache.errors import StoreError, StrPath, install_hint, path_arg
 from embcache.cache.integrity import (
     check_manifest,
     read_chunk_stats,
@@ -25,6 +25,10 @@ from embcache.cache.meta import (
     LAYOUT_VERSION,
     StoreMeta,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import zarr
 
 
 def is_local(url: str) -> bool:
@@ -186,7 +190,7 @@ class Store:
 
     def __repr__(self) -> str:
         m = self.meta
-        labels = f"{len(m.label_names)} labels" if m.labelled else "unlabelled"
+        labels = f"{len(m.label_names or ())} labels" if m.labelled else "unlabelled"
         state = "complete" if m.complete else "incomplete"
         return (f"Store({self.url!r}: {m.num_docs:,} documents of up to {m.max_len} tokens x "
                 f"{m.dim} {m.dtype}, {labels}, {state})")
@@ -196,7 +200,7 @@ class Store:
         """Documents per split (``{}`` for an incomplete store)."""
         return dict(self.meta.totals.split_counts) if self.meta.totals else {}
 
-    def documents(self, split: str | None = None):
+    def documents(self, split: str | None = None) -> pd.DataFrame:
         """A ``pandas.DataFrame`` of the store's documents in store order: ``doc_id``, ``label``
         (labelled stores), ``split`` (its name) and ``length`` (kept tokens); with ``split``,
         that split's rows only. Memory: four columns of the whole store (the result itself),
@@ -213,7 +217,7 @@ class Store:
             raise StoreError(f"Invalid value for `split`: {split!r}; one of "
                              f"{', '.join(SPLIT_NAMES)}, or None for every document")
         codes = self.read("split")
-        frame = {"doc_id": [str(d) for d in self.read("doc_ids")]}
+        frame: dict[str, Any] = {"doc_id": [str(d) for d in self.read("doc_ids")]}
         names = self.label_names
         if names is not None:
             frame["label"] = np.asarray(names, dtype=object)[self.read("labels").astype(np.int64)]
@@ -224,7 +228,7 @@ class Store:
             table = table[codes == SPLIT_NAMES.index(split)].reset_index(drop=True)
         return table
 
-    def array(self, name: str):
+    def array(self, name: str) -> zarr.Array:
         """The array ``name``, opened once (looking one up re-reads its metadata document)."""
         arrays = self.__dict__.setdefault("_arrays", {})
         if name not in arrays:
@@ -246,7 +250,7 @@ def layout_error(url: str, layout) -> StoreError:
                       "its embed-corpus command with `overwrite=True`")
 
 
-def open_store(url: str, *, require_complete: bool = True, require_labels: bool = False,
+def open_store(url: StrPath, *, require_complete: bool = True, require_labels: bool = False,
                check_chunks: bool = True) -> Store:
     """Open a store for reading, refusing what later jobs cannot use.
 
@@ -261,6 +265,7 @@ def open_store(url: str, *, require_complete: bool = True, require_labels: bool 
     """
     import zarr
 
+    url = path_arg(url, "url")
     state = store_state(url)
     if state == "missing":
         raise StoreError(f"Store not found: {url} (build it with `embcache embed-corpus`)")
@@ -282,7 +287,7 @@ def open_store(url: str, *, require_complete: bool = True, require_labels: bool 
         done = total = "?"
         if "chunk_stats" in group:
             stats = read_chunk_stats(group)
-            done, total = int((stats[:, 0] >= 0).sum()), stats.shape[0]
+            done, total = str(int((stats[:, 0] >= 0).sum())), str(stats.shape[0])
         raise StoreError(f"Store {url} is incomplete ({done} of {total} chunks written): its "
                          "embed-corpus run did not finish. Rerun the same command to resume it")
     meta = StoreMeta.from_attrs(attrs, f"Store {url}")

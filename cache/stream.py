@@ -21,7 +21,7 @@ import collections
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from embcache.cache.rows import attach_ids, decode_rows, join_rows
 from embcache.cache.store import Store
 
 if TYPE_CHECKING:
-    from embcache.cache.held import InMemorySplit
+    pass
 
 __all__ = ["SHUFFLE_DOCS", "Block", "BlockReader", "Bucketer", "ShuffleBuffer", "StreamPlan",
            "bucket_blocks", "bucket_lengths", "iter_batches", "pad_batch", "plan_split",
@@ -244,7 +244,7 @@ class ShuffleBuffer:
 
     def drain(self, piece: int):
         """Yield what is left, in random order, ``piece`` documents at a time; empties the buffer."""
-        if not self.filled:
+        if not self.filled or self.arrays is None:
             return
         order = self.rng.permutation(self.filled)
         for start in range(0, self.filled, piece):
@@ -253,11 +253,20 @@ class ShuffleBuffer:
         self.filled = 0
 
 
+class InMemory(Protocol):
+    """What ``iter_batches`` takes of a split held in memory (:class:`InMemorySplit`, or the
+    graph's document ids over it): a chunk's documents, and a batch made of some of them."""
+
+    def block(self, chunk: int) -> Any: ...
+
+    def batch(self, ids: Any, length: int) -> np.ndarray: ...
+
+
 def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_size: int,
                  rng: np.random.Generator | None = None,
                  shuffle_docs: int = SHUFFLE_DOCS, with_labels: bool = True, parallel_reads: int = 4,
                  max_wait: int | None = None, read_log: set | None = None, buckets: bool = True,
-                 in_memory: InMemorySplit | None = None):
+                 in_memory: InMemory | None = None):
     """One pass over ``plan``: padded batches ``(x, lengths, labels, seq)`` in NumPy.
 
     ``buckets=False`` pads every batch to ``max_len`` (one bucket), as layout 1 did.
@@ -287,9 +296,8 @@ def iter_batches(store: Store, plan: StreamPlan, *, split: str | None, batch_siz
         read, parallel_reads, make = in_memory.block, 1, in_memory.batch
     bucketer = Bucketer(lengths, batch_size, store.padding, store.row_width,
                         store.row_dtype, max_wait=max_wait, make=make)
-    shuffle = rng is not None
-    chunks = rng.permutation(plan.chunks) if shuffle else plan.chunks
-    buffer = ShuffleBuffer(min(shuffle_docs, plan.num_docs), rng) if shuffle else None
+    chunks = rng.permutation(plan.chunks) if rng is not None else plan.chunks
+    buffer = ShuffleBuffer(min(shuffle_docs, plan.num_docs), rng) if rng is not None else None
 
     with ThreadPoolExecutor(max_workers=parallel_reads) as pool:
         yield from bucket_blocks(read_ahead(pool, read, chunks, parallel_reads), bucketer,

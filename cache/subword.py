@@ -132,8 +132,10 @@ def unknown_id(tok) -> int | None:
     """The id of the tokenizer's unknown token, as model2vec finds it (``None``: none)."""
     unk = getattr(tok.model, "unk_token", None)
     if unk is not None:
-        return tok.token_to_id(unk)
-    return json.loads(tok.to_str())["model"].get("unk_id")
+        found = tok.token_to_id(unk)
+        return None if found is None else int(found)
+    unk_id = json.loads(tok.to_str())["model"].get("unk_id")
+    return None if unk_id is None else int(unk_id)
 
 
 def load_subword(path: str | os.PathLike, tokenizer: str | None = None, *,
@@ -215,7 +217,7 @@ class SubwordTable:
 
     @property
     def fingerprint(self) -> str:
-        return self.meta["fingerprint"]
+        return str(self.meta["fingerprint"])
 
     @property
     def dim(self) -> int:

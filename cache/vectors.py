@@ -25,7 +25,7 @@ import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 
@@ -179,7 +179,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 # parsing
 
 
-def _open_source(path: Path, member: str | None) -> tuple[BinaryIO, str]:
+def _open_source(path: Path, member: str | None) -> tuple[IO[bytes], str]:
     """A binary stream of the vectors text (or binary) and a name for messages."""
     try:
         if zipfile.is_zipfile(path):
@@ -201,7 +201,7 @@ def _open_source(path: Path, member: str | None) -> tuple[BinaryIO, str]:
         with open(path, "rb") as f:
             magic = f.read(2)
         if magic == b"\x1f\x8b":
-            return gzip.open(path, "rb"), str(path)
+            return gzip.open(path, "rb"), str(path)  # type: ignore[return-value]  # reads bytes
         return open(path, "rb"), str(path)
     except (OSError, zipfile.BadZipFile) as e:
         raise VectorsError(f"Cannot read vectors file {path}: {e}") from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from embcache.cache.errors import VectorsError
 BLOCK_BYTES = 64 << 20  # parse this much text at a time: bounds memory for multi-GB files
 
 
-def _text_blocks(stream: BinaryIO) -> Iterator[bytes]:
+def _text_blocks(stream: IO[bytes]) -> Iterator[bytes]:
     """Whole-line blocks of about ``BLOCK_BYTES`` each, normalised to ``\\n`` without trailing spaces."""
     rest = b""
     while True:
@@ -44,7 +44,7 @@ def _normalise(block: bytes) -> bytes:
     return block
 
 
-def parse_text(stream: BinaryIO, name: str, fmt: str) -> Iterator[tuple[list[str], np.ndarray]]:
+def parse_text(stream: IO[bytes], name: str, fmt: str) -> Iterator[tuple[list[str], np.ndarray]]:
     """Yield ``(words, vectors)`` per block; the last ``dim`` fields of a line are its vector."""
     line_no = 0  # lines consumed before the current block
     dim: int | None = None
@@ -104,7 +104,8 @@ def _parse_block(block: bytes, dim: int, name: str, line_no: int) -> tuple[list[
     return _parse_block_exact(block, dim, name, line_no)
 
 
-def _parse_block_exact(block: bytes, dim: int, name: str, line_no: int):
+def _parse_block_exact(block: bytes, dim: int, name: str,
+                       line_no: int) -> tuple[list[str], np.ndarray]:
     """Per-line parse: words may hold spaces or odd bytes; errors name the line."""
     words: list[str] = []
     rows: list[list[float]] = []
@@ -141,13 +142,14 @@ def _is_float(x: bytes) -> bool:
         return False
 
 
-def parse_binary(stream: BinaryIO, name: str) -> Iterator[tuple[list[str], np.ndarray]]:
+def parse_binary(stream: IO[bytes], name: str) -> Iterator[tuple[list[str], np.ndarray]]:
     """word2vec binary: a ``count dim`` header, then per word: ``word<space>`` and dim float32."""
     header = stream.readline().split()
     if len(header) != 2 or not all(h.isdigit() for h in header):
         raise VectorsError(f"{name}: not a word2vec binary file (expected a 'count dim' header line)")
     count, dim = int(header[0]), int(header[1])
-    reader = io.BufferedReader(stream, buffer_size=1 << 20) if not hasattr(stream, "peek") else stream
+    reader = (stream if hasattr(stream, "peek")
+              else io.BufferedReader(stream, buffer_size=1 << 20))  # type: ignore[type-var]
     nbytes = 4 * dim
     block = 50_000
     for start in range(0, count, block):
@@ -155,7 +157,7 @@ def parse_binary(stream: BinaryIO, name: str) -> Iterator[tuple[list[str], np.nd
         words: list[str] = []
         vectors = np.empty((n, dim), dtype=np.float32)
         for i in range(n):
-            chars = []
+            chars: list[bytes] = []
             while True:
                 ch = reader.read(1)
                 if not ch:

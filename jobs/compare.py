@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from embcache.cache.errors import EmbcacheError, ModelError
+from embcache.cache.errors import EmbcacheError, ModelError, StrPath, path_arg
 from embcache.jobs.ensemble import ENSEMBLE_FILE
 from embcache.jobs.runs import CARD_FILE, read_card
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLUMNS = ("run", "model", "parameters", "val_accuracy", "test_accuracy", "val_macro_f1",
            "test_macro_f1", "best_epoch", "epochs", "samples_per_s", "train_seconds",
@@ -34,7 +37,7 @@ class Listing:
         return pd.DataFrame(self.runs, columns=list(self.runs[0]) if self.runs else ["run"])
 
 
-def runs(folder: str | Path = "runs"):
+def runs(folder: StrPath = "runs") -> pd.DataFrame:
     """Every run (and ensemble card) under ``folder`` as a ``pandas.DataFrame``: the table
     ``embcache runs`` prints (run, path, model, parameters, val/test accuracy and macro-F1,
     epochs, speed, size), best validation accuracy first. Runs whose card cannot be read are
@@ -43,7 +46,7 @@ def runs(folder: str | Path = "runs"):
     Raises:
         EmbcacheError: ``folder`` does not exist.
     """
-    return list_runs(folder).to_frame()
+    return list_runs(Path(path_arg(folder, "folder"))).to_frame()
 
 
 def _parameters(card: dict) -> str:

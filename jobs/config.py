@@ -12,6 +12,27 @@ from embcache.cache.stream import SHUFFLE_DOCS
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """How ``train`` and ``tune`` train: ``train(config=...)`` takes one, or a dict of these
+    fields. Each value is checked where it is given (one line naming the field).
+
+    Attributes:
+        epochs: most epochs to train; early stopping on validation accuracy may end sooner.
+        batch_size: documents per training step.
+        learning_rate: Adam's learning rate (a model's card may set its own).
+        patience: epochs without a better validation accuracy before stopping; the best
+            epoch's weights are kept.
+        seed: seeds the weights, the shuffling and anything random in training.
+        shuffle_docs: documents mixed in the shuffle buffer across chunks.
+        steps_per_execution: training steps per compiled call (light models run faster).
+        length_buckets: batch documents of similar length (padded to their bucket, not to
+            ``max_len``); ``False`` pads every batch to ``max_len``.
+        memory_mb: memory for the train and val splits held in RAM across epochs; a split
+            that does not fit streams from the store. ``0``: always stream.
+        strategy: ``"default"`` or ``"multi-worker"`` (``tf.distribute``, TF_CONFIG).
+        precision: ``"auto"`` (bfloat16 where the device runs it natively, else float32),
+            ``"float32"`` or ``"bfloat16"``.
+    """
+
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-3

@@ -167,7 +167,8 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
         if not isinstance(source, EmbeddingSource):
             source = open_source(vectors, encoder=encoder, tokenizer=tokenizer, settings=settings,
                                  encoder_batch=encoder_batch, vectors_member=vectors_member,
-                                 vectors_format=vectors_format, cache_dir=cache_dir)
+                                 vectors_format=vectors_format,
+                                 cache_dir=None if cache_dir is None else path_arg(cache_dir, "cache_dir"))
         # Workers start (imports, vocabulary) while this process scans the corpus.
         pool = held.enter_context(block_executor(scheduler, workers, _use_pool(corpus, workers, out),
                                                  source))
@@ -180,9 +181,11 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
             store = StoreWriter.open(out, meta, overwrite=overwrite, repair=damaged)
             _write_blocks(corpus, store, scan, source, pool, progress)
             final = store.finish(time.perf_counter() - t0)
-        return EmbedSummary(store=out, docs=final.num_docs, tokens=final.totals.num_tokens,
-                            oov_tokens=final.totals.oov_tokens, bytes_on_disk=bytes_on_disk(out),
-                            seconds=final.totals.seconds, resumed_chunks=store.resumed,
+        totals = final.totals
+        assert totals is not None  # finish() records them
+        return EmbedSummary(store=out, docs=final.num_docs, tokens=totals.num_tokens,
+                            oov_tokens=totals.oov_tokens, bytes_on_disk=bytes_on_disk(out),
+                            seconds=totals.seconds, resumed_chunks=store.resumed,
                             num_chunks=final.num_chunks, repaired_chunks=store.repaired)
 
 
@@ -333,7 +336,8 @@ def _write_blocks(corpus: CorpusSpec, store: StoreWriter, scan, source: Embeddin
             labels = [to_label(d.label) for d in block] if to_label else None
             args = (out, index, [d.text for d in block], ids, labels,
                     assign_split(ids, split.val_frac, split.test_frac, split.seed))
-            if pool is None:
+            if pool is None:  # this process embeds
+                assert writer is not None
                 done_block(writer.write(*args), len(block))
                 continue
             pending[pool.submit(*args)] = len(block)

@@ -92,7 +92,7 @@ def pool(stacked: np.ndarray, coefficients: np.ndarray, linear: bool = False) ->
     z = np.tensordot(a, np.log(np.clip(stacked.astype(np.float64), 1e-12, 1.0)), axes=1)
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return np.asarray(e / e.sum(axis=1, keepdims=True), dtype=np.float32)
 
 
 def _nll(logp: np.ndarray, a: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:

@@ -7,18 +7,34 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embcache.cache.precision import resolve_precision
 from embcache.jobs.config import TrainConfig
 from embcache.jobs.group import Member
 from embcache.jobs.runs import MODEL_FILE, draw, plot_curves, publish_run, run_card, write_card
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 @dataclass
 class TrainSummary:
-    """One trained run: its folder, model, epochs, metrics (``val_accuracy``,
-    ``test_accuracy``, ...), speed and size. ``to_frame()`` is the same as one table row;
-    ``history`` the per-epoch losses and accuracies (the run's ``history.csv``)."""
+    """One trained run: its folder, model, epochs, metrics, speed and size. ``to_frame()`` is
+    the same as one table row; ``history`` the per-epoch losses and accuracies (the run's
+    ``history.csv``).
+
+    Attributes:
+        out: the run folder (``model.keras``, ``card.json``, ``history.csv``, curves).
+        model: the model's name (a built-in, registered or import-string model).
+        epochs: epochs trained (early stopping may end before ``TrainConfig.epochs``).
+        best_epoch: the epoch whose weights were kept (best validation accuracy).
+        metrics: ``val_accuracy``, ``val_loss``, ``test_accuracy``, ``test_macro_f1`` ...
+        samples_per_s: training throughput over the epochs, in documents per second.
+        model_bytes: the size of ``model.keras`` (it holds no word vectors).
+        seconds: wall time of the whole run.
+        worker_note: set on the non-chief workers of a multi-worker run (they save nothing).
+    """
 
     out: str
     model: str
@@ -47,14 +63,14 @@ class TrainSummary:
                 "samples_per_s": self.samples_per_s, "model_bytes": self.model_bytes,
                 "seconds": self.seconds}
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """A one-row ``pandas.DataFrame`` of :meth:`row`."""
         import pandas as pd
 
         return pd.DataFrame([self.row()])
 
     @property
-    def history(self):
+    def history(self) -> pd.DataFrame:
         """Per-epoch ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``, as a
         ``pandas.DataFrame`` (one row per epoch run, the best one restored at the end)."""
         import pandas as pd

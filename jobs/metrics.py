@@ -101,12 +101,12 @@ class Confusion:
                 weight[p] = weight.get(p, 0) + c
             keep = np.array(sorted(sorted(weight, key=lambda i: -weight[i])[:MATRIX_LABELS]
                                    or range(MATRIX_LABELS)), dtype=np.int64)
-            index = {int(i): j for j, i in enumerate(keep)}
+            index: dict[int, int] = {int(i): j for j, i in enumerate(keep)}
             matrix = np.zeros((len(keep), len(keep)), dtype=np.int64)
             for key, c in self.pairs.items():
-                t, p = index.get(key // n), index.get(key % n)
-                if t is not None and p is not None:
-                    matrix[t, p] = c
+                at, ap = index.get(key // n), index.get(key % n)
+                if at is not None and ap is not None:
+                    matrix[at, ap] = c
             title = f"{title}\n(the {len(keep)} most confused of {n:,} labels)"
         names = [self.label_names[i] for i in keep]
         k = len(keep)

@@ -146,5 +146,5 @@ def _patch_keras_multi_worker_reduce() -> None:
             return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
         return original(values, strategy, reduction)
 
-    reduce_per_replica._embcache_patched = True
+    reduce_per_replica._embcache_patched = True  # type: ignore[attr-defined]  # a marker
     tf_trainer.reduce_per_replica = reduce_per_replica

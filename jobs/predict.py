@@ -4,14 +4,19 @@ batches come bucketed by length."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
-from embcache.cache.errors import StoreError
+from embcache.cache.errors import StoreError, StrPath
 from embcache.cache.store import Store, open_store
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def predict(model, store: Store | str, split: str | None = "test", *, batch_size: int = 64,
-            probabilities: bool = False, precision: str | None = None):
+
+def predict(model, store: Store | StrPath, split: str | None = "test", *, batch_size: int = 64,
+            probabilities: bool = False, precision: str | None = None) -> pd.DataFrame:
     """Run ``model`` (a Keras model taking ``embedded`` and ``lengths``, as ``dataset()`` feeds
     it; or a run folder, or a :class:`~embcache.jobs.runs.Run` from :func:`load_run`) over
     ``split`` of ``store`` (``None``: every document) and return a ``pandas.DataFrame``
@@ -35,7 +40,7 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
 
     model = as_model(model)  # a run folder, a loaded Run, or the Keras model itself
     if not isinstance(store, Store):
-        store = open_store(str(store))
+        store = open_store(store)
     plan = plan_split(store, split)
     if plan.num_docs == 0:
         raise StoreError(f"Store {store.url} has no documents" + (f" in the {split} split"
@@ -64,7 +69,7 @@ def predict(model, store: Store | str, split: str | None = "test", *, batch_size
                 truth[seq] = labels.numpy()
     label_of = names if names is not None else [str(i) for i in range(width)]
     top = probs.argmax(axis=1)
-    out = {"doc_id": list(doc_ids_in_order(split, store))}
+    out: dict[str, Any] = {"doc_id": list(doc_ids_in_order(split, store))}
     if store.labelled:
         out["true_label"] = [label_of[i] for i in truth.tolist()]
     out["predicted_label"] = [label_of[i] for i in top.tolist()]

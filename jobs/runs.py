@@ -163,9 +163,9 @@ def load_run(run: StrPath, card: dict[str, Any] | None = None) -> Run:
     if not lexical_only and (embedded is None or tuple(embedded.shape[1:]) != (None, meta.dim)):
         raise ModelError(f"{folder / MODEL_FILE} does not take (any length, dim={meta.dim}) "
                          "embedded input as its card says")
-    if shape[-1] != len(meta.label_names):
+    if shape[-1] != len(meta.label_names or ()):
         raise ModelError(f"{folder / MODEL_FILE} predicts {shape[-1]} classes but its card names "
-                         f"{len(meta.label_names)} labels")
+                         f"{len(meta.label_names or ())} labels")
     return Run(path=folder, name=folder.name, card=card, model=model)
 
 

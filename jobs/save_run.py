@@ -6,11 +6,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from embcache.cache.errors import EmbcacheError, ModelError
+from embcache.cache.errors import EmbcacheError, ModelError, StrPath
 from embcache.cache.store import Store, open_store
 
 
-def save_run(model, store: Store | str, out: str | Path, *, module: str | None = None,
+def save_run(model, store: Store | StrPath, out: StrPath, *, module: str | None = None,
              overwrite: bool = False) -> Path:
     """Save ``model`` (a Keras model, a run folder or a loaded run, trained on ``store``'s
     vectors: inputs ``embedded`` and ``lengths``, one probability per label) into the run
@@ -42,14 +42,14 @@ def save_run(model, store: Store | str, out: str | Path, *, module: str | None =
     if module is not None and not isinstance(module, str):
         raise ModelError(f"Invalid value for `module`. Expected a module name. Received: {module!r}")
     if not isinstance(store, Store):
-        store = open_store(str(store), require_labels=True)
+        store = open_store(store, require_labels=True)
     final = Path(out)
     if not overwrite and ((final / CARD_FILE).exists() or (final / MODEL_FILE).exists()):
         raise EmbcacheError(f"Invalid value for `out`: {final} already holds a run; pass "
                             "overwrite=True to replace it")
     ref = f"user:{model.name}"
     _check_inputs(model, ref, store.dim)
-    _check_outputs(model, ref, len(store.label_names))
+    _check_outputs(model, ref, len(store.label_names or ()))
     metrics = {}
     for split in ("val", "test"):
         frame = predict(model, store, split)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,6 +41,9 @@ from embcache.jobs.runs import Run, load_run, read_card
 from embcache.jobs.score_input import InputMixin
 from embcache.jobs.score_loop import LoopMixin, Output
 from embcache.jobs.views import make_views
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -183,7 +187,7 @@ class Scorer(InputMixin, LoopMixin):
         return cols
 
     def classify(self, data, *, split: str | None = None, top_k: int = 1,
-                 probabilities: bool = False, progress: bool = False):
+                 probabilities: bool = False, progress: bool = False) -> pd.DataFrame:
         """Classify ``data`` and return a ``pandas.DataFrame``, one row per document in input
         order: ``doc_id`` (a Series' index is kept as it), ``true_label`` for a labelled store,
         then ``<model>_label`` and ``<model>_prob`` for each model (and ``_2``... up to
@@ -232,7 +236,8 @@ class Scorer(InputMixin, LoopMixin):
     def ensemble_weights(self) -> dict[str, float]:
         """Each ensemble member's weight (for a fitted pool, its share of the vote)."""
         weights = self.fitted.weights if self.fitted is not None else self.weights
-        return {r.name: round(float(w), 6) for r, w in zip(self.group, weights)}
+        return {r.name: round(float(w), 6)
+                for r, w in zip(self.group, weights if weights is not None else [])}
 
     @renamed(out_dir="out")
     def fit(self, out: StrPath, *, store: Store | StrPath | None = None,

@@ -12,7 +12,7 @@ import numpy as np
 
 from embcache.cache.errors import EmbcacheError, StoreError
 from embcache.cache.locks import reading
-from embcache.jobs.ensemble import pool
+from embcache.jobs.ensemble import EnsembleFit, pool
 from embcache.jobs.metrics import Confusion
 from embcache.jobs.predict import doc_ids_in_order
 
@@ -79,8 +79,8 @@ class LoopMixin:
     runs: list
     views: list
     group: list
-    fitted: object
-    weights: object
+    fitted: EnsembleFit | None
+    weights: np.ndarray | None
     batch_size: int
 
     def load(self) -> None:
@@ -124,6 +124,7 @@ class LoopMixin:
         stacked = np.stack([probs[r.name] for r in self.group])
         if self.fitted is not None:
             return pool(stacked, self.fitted.coefficients, linear=self.fitted.linear)
+        assert self.weights is not None  # a group has its weights
         return np.tensordot(self.weights, stacked, axes=1)
 
     def _columns(self, probs: dict[str, np.ndarray], output: Output) -> dict[str, list]:
@@ -177,7 +178,7 @@ class LoopMixin:
                     collect.setdefault(name, []).append(p)
                 if truth is not None:
                     collect.setdefault("_truth", []).append(truth)
-            if labels is not None:
+            if labels is not None and truth is not None:
                 cols["true_label"] = [labels[i] for i in truth.tolist()]
                 for name, conf in (confusions or {}).items():
                     conf.add(truth_maps[name][truth], probs[name].argmax(axis=1))
@@ -211,7 +212,7 @@ class LoopMixin:
             for batch in ds:
                 features, y = batch if with_labels else (batch, None)
                 seq = features.pop("seq").numpy()
-                yield features, (y.numpy() if with_labels else None), seq
+                yield features, (y.numpy() if y is not None else None), seq
 
         bar = tqdm(total=plans[0].num_docs, unit="doc", disable=not progress, file=sys.stderr,
                    desc="score", dynamic_ncols=True)
@@ -232,7 +233,8 @@ class JoinedRows:
     ``ready()`` releases, in input order, the rows every stream has scored."""
 
     def __init__(self, streams: int):
-        self.streams, self.rows, self.next = streams, {}, 0
+        self.streams, self.next = streams, 0
+        self.rows: dict[int, list] = {}
 
     def add(self, k: int, seq: np.ndarray, probs: dict[str, np.ndarray], y) -> None:
         for j, s in enumerate(seq.tolist()):

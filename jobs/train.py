@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 from embcache.cache.dataset import pipeline_errors, streamed_dataset
 from embcache.cache.errors import EmbcacheError, ModelError, StrPath, path_arg, renamed, writing
@@ -41,6 +41,9 @@ from embcache.jobs.runs import (
 from embcache.jobs.train_data import adapt_lexical, group_streams, open_for_training
 from embcache.models.registry import takes_token_ids, takes_vectors
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 @dataclass
 class GroupResult:
@@ -53,7 +56,7 @@ class GroupResult:
     def lines(self) -> list[str]:
         return [r.line() for r in self.runs]
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         import pandas as pd
 
         rows = [r.row() for r in self.runs]

@@ -22,8 +22,9 @@ def open_for_training(store_url: str) -> tuple:
         StoreError: any of those checks, in one line.
     """
     store = open_store(store_url, require_complete=True, require_labels=True)
-    if len(store.label_names) < 2:
-        raise StoreError(f"Store {store_url} has a single class ({store.label_names[0]!r}): a "
+    names = store.label_names or []
+    if len(names) < 2:
+        raise StoreError(f"Store {store_url} has a single class ({names[0]!r}): a "
                          "classifier needs at least two; embed a corpus with two or more labels")
     plans = {s: plan_split(store, s) for s in ("train", "val", "test")}
     for s in ("train", "val"):

@@ -83,7 +83,7 @@ def parse_param(name: str, text: Any, where: str) -> Param:
         if "choices" in text:
             kind, parts = "cat", text["choices"]
         else:
-            kind = text.get("type")
+            kind = str(text.get("type"))
             parts = [text.get("low"), text.get("high")] + (["log"] if text.get("log") else [])
     elif isinstance(text, str):
         kind, _, rest = text.partition(":")

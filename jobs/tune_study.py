@@ -12,9 +12,13 @@ import socket
 import threading
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embcache.cache.errors import EmbcacheError
 from embcache.jobs.tune_space import Space
+
+if TYPE_CHECKING:
+    import optuna
 
 HEARTBEAT_S = 60  # RDB storages: a RUNNING trial without a heartbeat for GRACE_S is failed
 GRACE_S = 180
@@ -51,7 +55,7 @@ def redact(url: str) -> str:
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
+        return str(make_url(url).render_as_string(hide_password=True))
     except Exception:  # noqa: BLE001 - not an SQLAlchemy URL: it holds no password to hide
         return url
 
@@ -231,7 +235,7 @@ def best_line(study) -> str:
             f"completed, {pruned} pruned in study {study.study_name}")
 
 
-def best_run(study) -> Path:
+def best_run(study: optuna.Study) -> Path:
     """The run folder of the study's best completed trial (recorded in the trial's
     ``user_attrs["run"]`` by :func:`embcache.tune`), to score or load with
     :func:`embcache.load_run`.

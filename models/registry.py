@@ -19,9 +19,12 @@ import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from embcache.cache.errors import ModelError
+
+if TYPE_CHECKING:
+    import keras
 
 ENTRY_POINT_GROUP = "embcache.models"
 STORE_ARGS = ("max_len", "dim", "num_classes", "padding")
@@ -30,7 +33,18 @@ _REGISTRY: dict[str, Callable] = {}
 _loaded = False
 
 
-def register(name: str | Callable | None = None):
+Builder = TypeVar("Builder", bound=Callable[..., Any])
+
+
+@overload
+def register(name: Builder) -> Builder: ...
+
+
+@overload
+def register(name: str | None = None) -> Callable[[Builder], Builder]: ...
+
+
+def register(name: str | Callable | None = None) -> Any:
     """Register a builder under ``name`` (default: the function's name).
 
     Use as ``@register("my_net")``, ``@register()`` or ``@register``; the name is then accepted by
@@ -41,7 +55,7 @@ def register(name: str | Callable | None = None):
     if callable(name):  # bare @register
         return register()(name)
 
-    def deco(fn: Callable) -> Callable:
+    def deco(fn: Builder) -> Builder:
         if not callable(fn):
             raise ModelError(f"register() takes a model builder function. Received: {fn!r}")
         _REGISTRY[name or fn.__name__] = fn
@@ -186,6 +200,7 @@ def resolve(spec: str | Callable) -> ModelSource:
         ModelError: an unknown name (listing the known ones), a module that cannot be imported,
             or an attribute that is not a function.
     """
+    fn: Any
     if callable(spec):  # a builder function given directly (Python API): its import string
         fn = spec
         ref = f"{fn.__module__}:{fn.__qualname__}"
@@ -277,7 +292,7 @@ def hyperparameters(name: str) -> dict:
 
 
 def build(name: str, *, max_len: int, dim: int, num_classes: int, padding: str = "pre",
-          **hparams):
+          **hparams: Any) -> keras.Model:
     """Build a model by spec, rejecting unknown hyperparameters by name."""
     return resolve(name).make(max_len=max_len, dim=dim, num_classes=num_classes,
                               padding=padding, **hparams)

@@ -131,6 +131,22 @@ def test_one_name_per_concept_old_names_warn_and_paths_may_be_path_objects(store
     assert not any(tmp_path.iterdir())
 
 
+def test_public_calls_declare_concrete_return_types():
+    """What a notebook's completion and mypy see: no public call returns an unknown type."""
+    import inspect
+
+    calls = {"train": embcache.train, "dataset": embcache.dataset, "predict": embcache.predict,
+             "Scorer.classify": embcache.Scorer.classify, "tune": embcache.tune,
+             "verify": embcache.verify, "load_run": embcache.load_run, "runs": embcache.runs,
+             "open_store": embcache.open_store, "score": embcache.score,
+             "embed_corpus": embcache.embed_corpus, "save_run": embcache.save_run,
+             "best_run": embcache.best_run, "Store.documents": embcache.Store.documents}
+    returns = {name: str(inspect.signature(fn).return_annotation) for name, fn in calls.items()}
+    assert not [n for n, r in returns.items() if r in ("<class 'inspect._empty'>", "Any")], returns
+    assert returns["dataset"] == "tf.data.Dataset" and returns["predict"] == "pd.DataFrame"
+    assert returns["Scorer.classify"] == "pd.DataFrame" and returns["tune"] == "optuna.Study"
+
+
 def build_tiny(*, dim, num_classes, padding="pre", hidden=8):
     import keras
 

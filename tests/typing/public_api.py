@@ -43,6 +43,10 @@ fitted_summary: embcache.ScoreSummary = embcache.score(
     ["runs/tfidf", "runs/kim_cnn"], "news20.zarr", "p.csv", split="test", ensemble="fit",
     ensemble_out="runs/ensemble", stores=["news20.zarr"])
 report: embcache.VerifyReport = embcache.verify("news20.zarr")
+from_path: embcache.VerifyReport = embcache.verify(Path("news20.zarr"))  # paths as Path objects
+path_run = embcache.train(Path("news20.zarr"), "fasttext", Path("runs/fasttext"))
+frame = embcache.predict("runs/fasttext", Path("news20.zarr"))
+frame_rows: int = len(frame)
 ok: bool = report.ok
 study = embcache.tune("news20.zarr", "kim_cnn,fasttext", ["dropout=float:0:0.5"], trials=4,
                       parallel=2, out=Path("runs/tune"))

@@ -12,6 +12,7 @@ import csv
 import gzip
 import json
 import os
+import re
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -38,6 +39,9 @@ class CorpusScan:
     num_docs: int
     label_names: list[str] | None
     format: str
+    # Every document id an integer written canonically ("7", not "07" or "7.0"; within int64):
+    # the store then records them as ints, and predictions give them back as ints.
+    int_ids: bool = False
 
 
 def decode_text(data: bytes) -> str:
@@ -54,6 +58,9 @@ def strip_usenet_header(text: str) -> str:
     return text[i:] if i > 0 else text
 
 
+_INT_ID = re.compile(r"0|-?[1-9][0-9]{0,17}")
+
+
 def scan_corpus(spec: CorpusSpec) -> CorpusScan:
     """Count documents and collect labels without tokenizing; raise on bad input.
 
@@ -64,14 +71,16 @@ def scan_corpus(spec: CorpusSpec) -> CorpusScan:
     fmt = spec.resolved_format()
     counts: dict[str, int] = {}
     n = 0
-    for _doc_id, label in _iter_ids(spec, fmt):
+    int_ids = True
+    for doc_id, label in _iter_ids(spec, fmt):
         n += 1
+        int_ids = int_ids and _INT_ID.fullmatch(str(doc_id)) is not None
         if label is not None:
             counts[label] = counts.get(label, 0) + 1
     if n == 0:
         raise CorpusError(f"Corpus {spec.path} holds no documents")
     label_names = _label_names(spec, counts) if counts else None
-    return CorpusScan(num_docs=n, label_names=label_names, format=fmt)
+    return CorpusScan(num_docs=n, label_names=label_names, format=fmt, int_ids=int_ids)
 
 
 def iter_documents(spec: CorpusSpec) -> Iterator[Document]:

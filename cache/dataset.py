@@ -23,14 +23,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embcache.cache.errors import EmbcacheError, StoreError, StrPath
-from embcache.cache.held import InMemorySplit
 from embcache.cache.locks import reading
 from embcache.cache.producer import Producer
 from embcache.cache.store import Store, open_store
 from embcache.cache.stream import (
     SHUFFLE_DOCS,
     StreamPlan,
-    bucket_lengths,
     iter_batches,
     plan_split,
 )
@@ -41,29 +39,42 @@ if TYPE_CHECKING:
 
 _PROCESS_MIN_DOCS = 2048
 
-# The last EmbcacheError a dataset's generator raised (a damaged chunk): TensorFlow wraps it in
-# an op error, which :func:`pipeline_errors` unwraps back into it.
+# The last EmbcacheError a dataset's generator met (a damaged chunk), raised again by
+# :func:`pipeline_errors` outside TensorFlow. While one is open (`_CATCHING`), a generator that
+# meets one ends its pass instead of raising: an error raised inside a tf.data PyFunc is logged
+# by TensorFlow's C++ kernels (about 70 lines of traceback on stderr, whatever its Python log
+# level) before it reaches Python. Outside pipeline_errors() it raises, so that no pass is ever
+# cut short silently.
 _RAISED: dict[str, EmbcacheError] = {}
 _RAISED_LOCK = threading.Lock()
+_CATCHING = [0]
 
 
 @contextlib.contextmanager
 def pipeline_errors() -> Iterator[None]:
     """``with pipeline_errors(): model.fit(ds, ...)``: an :class:`EmbcacheError` that a store's
-    batches raised inside TensorFlow (for example a damaged chunk, met mid-epoch) comes out as
-    itself, one line, instead of TensorFlow's ``PyFunc``/``IteratorGetNext`` traceback."""
+    batches met inside TensorFlow (for example a damaged chunk, met mid-epoch) comes out as
+    itself, one line, when the call returns, and TensorFlow prints nothing about it (the pass
+    that met it, and every later pass inside the block, ends there)."""
     with _RAISED_LOCK:
         _RAISED.clear()
+        _CATCHING[0] += 1
     try:
         yield
-    except Exception as e:
-        import tensorflow as tf
-
+    except Exception:
         with _RAISED_LOCK:
             raised = _RAISED.pop("last", None)
-        if raised is not None and isinstance(e, tf.errors.OpError):
+        if raised is not None:  # whatever the cut-short pass made TensorFlow or Keras raise
             raise raised from None
         raise
+    else:
+        with _RAISED_LOCK:
+            raised = _RAISED.pop("last", None)
+        if raised is not None:
+            raise raised from None
+    finally:
+        with _RAISED_LOCK:
+            _CATCHING[0] -= 1
 
 
 @dataclass(frozen=True)
@@ -164,17 +175,34 @@ def _batch_source(store: Store, plan, split: str | None, b: Batching, pipeline: 
     # would keep every producer process of every dataset ever made alive (and its memory held).
     producer_ref = weakref.ref(producer) if producer is not None else None
 
+    expected = plan.num_batches(b.batch_size, b.buckets, merge_tail=b.shuffle)
+
     def batches():
         epoch = next(epochs)
+        with _RAISED_LOCK:
+            failed = _CATCHING[0] and "last" in _RAISED
+        if failed:  # an earlier pass failed inside pipeline_errors(), which will raise it
+            yield from itertools.repeat(_filler(store), expected)
+            return
+        made, last = 0, None
         try:
             # No writer replaces the store while a pass reads it (a refused `--overwrite` names
             # this process); a writer at work refuses the pass. See cache.locks.
             with reading(store.url):
-                yield from _pass(epoch)
-        except EmbcacheError as e:  # seen again by pipeline_errors(), outside TensorFlow
+                for last in _pass(epoch):
+                    made += 1
+                    yield last
+        except EmbcacheError as e:  # raised again by pipeline_errors(), outside TensorFlow
             with _RAISED_LOCK:
                 _RAISED["last"] = e
-            raise
+                catching = _CATCHING[0] > 0
+            if not catching:
+                raise
+            # The pass still makes the batches TensorFlow was promised (its cardinality, which it
+            # asserts), copies of the last one: nothing trained on them is kept, as the error is
+            # raised when pipeline_errors() closes.
+            yield from itertools.repeat(last if last is not None else _filler(store),
+                                        max(expected - made, 0))
 
     def _pass(epoch: int):
         if producer_ref is not None:
@@ -187,6 +215,13 @@ def _batch_source(store: Store, plan, split: str | None, b: Batching, pipeline: 
         yield from iter_batches(store, plan, split=split, rng=rng, read_log=read_log, **pipeline)
 
     return batches
+
+
+def _filler(store: Store) -> tuple[np.ndarray, ...]:
+    """A batch of one all-padding document (``(x, lengths, labels, seq)``, as a pass makes them)
+    to stand in for the batches of a pass cut short by a store error (see ``_batch_source``)."""
+    x = np.zeros((1, store.max_len, store.row_width), np.dtype(store.row_dtype))
+    return x, np.ones(1, np.int32), np.zeros(1, np.int32), np.zeros(1, np.int64)
 
 
 def to_float(x, store: Store):
@@ -235,122 +270,10 @@ def _finish(ds, make_x, store: Store, b: Batching):
     return ds.map(_to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def variable_rows(shape: tuple, dtype: np.dtype):
-    """Zero-filled rows in a TensorFlow variable's buffer, on the CPU, and a writable NumPy view
-    of that same memory: ``(view, variable)``. :class:`InMemorySplit` fills the view; the graph
-    gathers batches from the variable. One copy of the split, never two or three: ``tf.constant``
-    copies an array (and holds a transient second copy while it does), and ``tf.data`` copies
-    any tensor a dataset captures by value (a variable is captured by its handle). Falls back
-    to a NumPy array (``(array, None)``) where the view cannot be made."""
-    import ctypes
-
-    import tensorflow as tf
-
-    try:
-        with tf.device("/CPU:0"):
-            variable = tf.Variable(tf.zeros(shape, tf.as_dtype(dtype)), trainable=False)
-        value = variable.read_value()  # the variable's own buffer (nothing else reads it)
-
-        class _Capsule:  # what np.from_dlpack asks of an object
-            def __dlpack__(self, stream=None, **kwargs):
-                return tf.experimental.dlpack.to_dlpack(value)
-
-            def __dlpack_device__(self):
-                return (1, 0)  # kDLCPU
-
-        readonly = np.from_dlpack(_Capsule())
-        address, nbytes = readonly.ctypes.data, readonly.nbytes
-        view = np.frombuffer((ctypes.c_char * nbytes).from_address(address),  # type: ignore[call-overload]
-                             dtype=dtype)  # numpy's stubs know no ctypes arrays; it reads them
-        return view.reshape(shape), variable
-    except Exception:  # noqa: BLE001 - no DLPack here: the NumPy rows serve (gathered in Python)
-        return np.zeros(shape, dtype=dtype), None
-
-
-def hold_split(store: Store, plan: StreamPlan, split: str | None, **kwargs) -> InMemorySplit:
-    """A split decoded into memory for :func:`memory_dataset`, its rows in a variable's buffer
-    (:func:`variable_rows`). Memory: the split's rows, once."""
-    return InMemorySplit(store, plan, split, allocate=variable_rows, **kwargs)
-
-
-def memory_dataset(held: InMemorySplit, batching: Batching = Batching()):
-    """A ``tf.data.Dataset`` like :func:`streamed_dataset`'s, over a split already decoded into
-    memory (:class:`embcache.cache.stream.InMemorySplit`): the same batches, in the same order,
-    with the same seed, and no reads. Python plans each pass (document ids per batch, a few
-    microseconds per document). A split from :func:`hold_split` is gathered in ``tf.data``'s
-    parallel map from its variable, without the GIL; other splits in Python, from their NumPy
-    rows (:meth:`InMemorySplit.batch`). Memory: the split's rows, once, and the batches in
-    flight."""
-    return _memory_dataset(held, batching, held.buffer)
-
-
-def _memory_dataset(held: InMemorySplit, b: Batching, rows):
-    """:func:`memory_dataset` with its rows' tensor or variable given (``None``: gathered in
-    Python from the NumPy rows); ``make bench-held`` passes the ``tf.constant`` it replaced."""
-    quiet_tensorflow()
-    import tensorflow as tf
-
-    store, plan = held.store, held.plan
-    epochs = itertools.count()
-    in_graph = rows is not None
-
-    def _plan():
-        rng = np.random.default_rng([b.seed, next(epochs)]) if b.shuffle else None
-        yield from iter_batches(store, plan, split=held.split, rng=rng, batch_size=b.batch_size,
-                                shuffle_docs=b.shuffle_docs, buckets=b.buckets,
-                                in_memory=_Ids(held) if in_graph else held)
-
-    first = (tf.TensorSpec([None], tf.int64) if in_graph else
-             tf.TensorSpec([None, None, store.row_width], tf.as_dtype(store.row_dtype)))
-    spec = (first, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([None], tf.int64))
-    ds = tf.data.Dataset.from_generator(_plan, output_signature=spec)
-    ds = ds.repeat() if b.repeat else ds.apply(tf.data.experimental.assert_cardinality(
-        plan.num_batches(b.batch_size, b.buckets, merge_tail=b.shuffle)))
-    return _finish(ds, _graph_gather(held, b, rows) if in_graph else (lambda x, lengths: x),
-                   store, b)
-
-
-class _Ids:
-    """``iter_batches``' in-memory source, making each batch's document ids (the graph gathers
-    their rows)."""
-
-    def __init__(self, held: InMemorySplit):
-        self.block = held.block
-
-    @staticmethod
-    def batch(ids, length: int) -> np.ndarray:
-        return np.asarray(ids, np.int64)
-
-
-def _graph_gather(held: InMemorySplit, b: Batching, rows):
-    """``(ids, lengths) -> rows`` in the graph, from ``rows`` (the variable that holds the
-    split): each batch padded to its bucket (the grid length of its longest document), as the
-    store pads."""
-    import tensorflow as tf
-
-    store = held.store
-    offsets = tf.constant(held.offsets)
-    grid = tf.constant(bucket_lengths(store.max_len) if b.buckets else [store.max_len], tf.int32)
-    pre = store.padding == "pre"
-
-    def gather(ids, lengths):
-        steps = tf.gather(grid, tf.searchsorted(grid, tf.reduce_max(lengths)[None],
-                                                side="left"))[0]
-        t = tf.range(steps)[None, :]
-        n = lengths[:, None]
-        first = steps - n if pre else tf.zeros_like(n)
-        index = tf.gather(offsets, ids)[:, None] + tf.cast(t - first, tf.int64)
-        real = (t >= first) & (t < first + n)
-        return tf.gather(rows, tf.where(real, index, held.pad_row))
-
-    return gather
-
-
 def dataset(store: Store | StrPath, split: str | None = "train", *, batch_size: int = 32,
             shuffle: bool | None = None, seed: int = 0, shuffle_docs: int = SHUFFLE_DOCS,
             length_buckets: bool = True, repeat: bool = False,
-            token_ids: bool = False) -> tf.data.Dataset:
+            token_ids: bool = False, with_ids: bool = False) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of one split of a store, ready for ``model.fit``: elements are
     ``({"embedded": (b, T, dim) float32, "lengths": (b,) int32}, labels (b,) int32)``.
 
@@ -368,11 +291,20 @@ def dataset(store: Store | StrPath, split: str | None = "train", *, batch_size: 
         repeat: loop forever (then give ``model.fit`` its ``steps_per_epoch``).
         token_ids: add ``"token_ids"`` ``(b, T) int32`` to the features, padded as the vectors
             are: the lexical channel, for models built with ``inputs(dim, token_ids=True)``.
+        with_ids: add ``"doc_id"`` ``(b,)`` to the features (int64 where the store's ids are
+            integers, else strings). Batches come grouped by length, not in store order: pair
+            your own predictions with ids and labels through it (pop it before calling the
+            model), or use :func:`embcache.predict`, which gives store order. Needs an
+            unshuffled pass. Memory: the split's ids (a few bytes per document).
 
     Raises:
         StoreError: a missing, incomplete or unlabelled store, an unknown split, or
             ``token_ids`` from a store written without them.
     """
+    shuffle = split == "train" if shuffle is None else shuffle
+    if with_ids and shuffle:
+        raise EmbcacheError("Invalid value for `with_ids`: ids come with an unshuffled pass; "
+                            "pass shuffle=False")
     for name, value in (("batch_size", batch_size), ("shuffle_docs", shuffle_docs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise EmbcacheError(f"Invalid value for `{name}`. Expected a positive integer. "
@@ -383,7 +315,22 @@ def dataset(store: Store | StrPath, split: str | None = "train", *, batch_size: 
     warnings.filterwarnings("ignore", category=UserWarning,
                             message=r"`shuffle=True` was passed, but will be ignored since the "
                                     r"data `x` was provided as a tf\.data\.Dataset")
-    return streamed_dataset(store, split, batching=Batching(
-        batch_size=batch_size, shuffle=split == "train" if shuffle is None else shuffle,
-        seed=seed, shuffle_docs=shuffle_docs, buckets=length_buckets, repeat=repeat,
-        with_ids=token_ids))
+    if with_ids and not isinstance(store, Store):
+        store = open_store(store, require_complete=True)
+    ds = streamed_dataset(store, split, batching=Batching(
+        batch_size=batch_size, shuffle=shuffle, seed=seed, shuffle_docs=shuffle_docs,
+        buckets=length_buckets, repeat=repeat, with_ids=token_ids, with_seq=with_ids))
+    if not with_ids:
+        return ds
+    import tensorflow as tf
+
+    assert isinstance(store, Store)
+    ids = tf.constant(list(store.split_doc_ids(split)),
+                      dtype=tf.int64 if store.meta.doc_ids == "int" else tf.string)
+
+    def _doc_ids(features, *labels):  # seq: the document's position in the unshuffled split
+        features = dict(features)
+        features["doc_id"] = tf.gather(ids, features.pop("seq"))
+        return (features, *labels) if labels else features
+
+    return ds.map(_doc_ids)

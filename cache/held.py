@@ -1,6 +1,6 @@
 """A split held in memory: its documents decoded once into one buffer of rows, so that every
-later pass is served from RAM (:func:`embcache.cache.dataset.hold_split` puts the buffer in a
-TensorFlow variable; :func:`embcache.cache.dataset.memory_dataset` batches it)."""
+later pass is served from RAM (:func:`embcache.cache.held_dataset.hold_split` puts the buffer in a
+TensorFlow variable; :func:`embcache.cache.held_dataset.memory_dataset` batches it)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _zeros(shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, object]:
 class InMemorySplit:
     """One split's documents decoded into memory once, so that every later pass is served from
     RAM instead of reading and decoding the store again (light models are bound by that).
-    NumPy only: :func:`embcache.cache.dataset.memory_dataset` makes batches of it.
+    NumPy only: :func:`embcache.cache.held_dataset.memory_dataset` makes batches of it.
 
     ``rows`` holds the documents' kept token vectors back to back in the store's dtype, plus one
     zero row at the end (the padding row); ``offsets``/``lengths``/``labels`` are per document, in
@@ -41,7 +41,7 @@ class InMemorySplit:
         self.store, self.plan, self.split = store, plan, split
         total = plan.num_tokens
         # `allocate(shape, dtype) -> (writable rows, owner)`: where the rows live. By default a
-        # NumPy array (owner None); embcache.cache.dataset.hold_split puts them in a TensorFlow
+        # NumPy array (owner None); embcache.cache.held_dataset.hold_split puts them in a TensorFlow
         # variable's buffer instead, so that its batches are gathered in the graph, from the one
         # copy. Zero-filled either way (the last row is the padding row).
         self.rows, self.buffer = (allocate or _zeros)((total + 1, store.row_width),

@@ -177,7 +177,7 @@ def new_meta(*, settings, vectors: VectorsInfo, split: SplitSettings, corpus: di
              label_names: list[str] | None, num_docs: int, chunk_docs: int | None = None,
              encoder: dict[str, Any] | None = None,
              subword: dict[str, Any] | None = None,
-             lexical: dict[str, Any] | None = None) -> StoreMeta:
+             lexical: dict[str, Any] | None = None, doc_ids: str = "str") -> StoreMeta:
     """The metadata of a store about to be written, its physical layout decided here:
     ``chunk_docs`` (default :func:`auto_chunk_docs`), ``token_chunk`` and ``block_rows``."""
     from embcache.cache import __version__
@@ -190,7 +190,7 @@ def new_meta(*, settings, vectors: VectorsInfo, split: SplitSettings, corpus: di
                      num_docs=num_docs, chunk_docs=chunk, token_chunk=token_chunk,
                      block_rows=block_rows(chunk, settings.max_len, token_chunk),
                      embcache_version=__version__, encoder=encoder, subword=subword,
-                     lexical=lexical)
+                     lexical=lexical, doc_ids=doc_ids)
 
 
 def assign_split(doc_ids: list[str], val_frac: float, test_frac: float, seed: int = 0) -> np.ndarray:

@@ -93,6 +93,9 @@ class StoreMeta:
     # The lexical channel (``token_ids``, :mod:`embcache.cache.lexical`): ``{"ids": what the ids
     # are}``; ``None`` for stores written before it existed (they have no ``token_ids`` array).
     lexical: dict[str, Any] | None = None
+    # What the documents' ids are: "int" when every corpus id is a canonical integer (stored as
+    # text, given back as ints by predictions and tables), else "str" (and for older stores).
+    doc_ids: str = "str"
 
     # -- derived facts -------------------------------------------------------------------------
     @property
@@ -206,6 +209,7 @@ class StoreMeta:
             attrs["subword"] = dict(self.subword)
         if self.lexical is not None:
             attrs["lexical"] = dict(self.lexical)
+        attrs["doc_ids"] = self.doc_ids
         if self.totals is not None:
             t = self.totals
             attrs.update({**asdict(t), "oov_rate": t.oov_rate})
@@ -270,7 +274,8 @@ class StoreMeta:
                    block_rows=r.get("block_rows", int, positive=True),
                    embcache_version=str(attrs.get("embcache_version", "")),
                    complete=complete, totals=totals, layout=layout, encoder=encoder,
-                   subword=subword, lexical=lexical)
+                   subword=subword, lexical=lexical,
+                   doc_ids=r.choice("doc_ids", ("str", "int"), attrs.get("doc_ids") or "str"))
 
 
 def _read_settings(r: _Reader) -> EmbedSettings:

@@ -6,6 +6,7 @@ version, the arrays' shapes and, for a complete store, its manifest. The layout 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,6 +201,25 @@ class Store:
         """Documents per split (``{}`` for an incomplete store)."""
         return dict(self.meta.totals.split_counts) if self.meta.totals else {}
 
+    def split_doc_ids(self, split: str | None) -> Iterator[int | str]:
+        """The split's document ids in store order (the order of an unshuffled pass), read chunk
+        by chunk (memory: one chunk's ids)."""
+        from embcache.cache.meta import SPLIT_NAMES
+
+        c = self.chunk_docs
+        for start in range(0, self.num_docs, c):
+            ids = self.read("doc_ids", start, start + c)
+            if split is not None:
+                ids = ids[self.read("split", start, start + c) == SPLIT_NAMES.index(split)]
+            yield from self.doc_id_values(ids)
+
+    def doc_id_values(self, raw: np.ndarray) -> list[int] | list[str]:
+        """Document ids as read from ``doc_ids`` -> the corpus's own type: ints where every id
+        of the corpus was an integer (the store's ``doc_ids`` attribute), else strings."""
+        if self.meta.doc_ids == "int":
+            return [int(d) for d in raw]
+        return [str(d) for d in raw]
+
     def documents(self, split: str | None = None) -> pd.DataFrame:
         """A ``pandas.DataFrame`` of the store's documents in store order: ``doc_id``, ``label``
         (labelled stores), ``split`` (its name) and ``length`` (kept tokens); with ``split``,
@@ -217,7 +237,7 @@ class Store:
             raise StoreError(f"Invalid value for `split`: {split!r}; one of "
                              f"{', '.join(SPLIT_NAMES)}, or None for every document")
         codes = self.read("split")
-        frame: dict[str, Any] = {"doc_id": [str(d) for d in self.read("doc_ids")]}
+        frame: dict[str, Any] = {"doc_id": self.doc_id_values(self.read("doc_ids"))}
         names = self.label_names
         if names is not None:
             frame["label"] = np.asarray(names, dtype=object)[self.read("labels").astype(np.int64)]

@@ -176,7 +176,8 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
         meta = new_meta(settings=source.settings, vectors=source.info, split=split,
                         corpus=_corpus_identity(corpus), label_names=scan.label_names,
                         num_docs=scan.num_docs, chunk_docs=chunk_docs, **source.record(),
-                        lexical={"ids": source.ids_kind})
+                        lexical={"ids": source.ids_kind},
+                        doc_ids="int" if scan.int_ids else "str")
         with writing(f"store {out}"):  # disk full, read-only: one line; the rerun resumes
             store = StoreWriter.open(out, meta, overwrite=overwrite, repair=damaged)
             _write_blocks(corpus, store, scan, source, pool, progress)
@@ -305,7 +306,7 @@ def _write_blocks(corpus: CorpusSpec, store: StoreWriter, scan, source: Embeddin
     """Embed and write every block not yet committed, in this process or on ``pool``.
 
     Memory: at most ``2 * pool.parallel`` blocks are queued (one block in-process)."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     out, chunk, done, split = store.url, store.meta.chunk_docs, store.done, store.meta.split
     to_label = label_mapper(corpus, scan.label_names) if scan.label_names else None

@@ -4,6 +4,7 @@ batches come bucketed by length."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -107,13 +108,6 @@ def any_token_ids(models: list) -> bool:
     return any(takes_token_ids(m) for m in models)
 
 
-def doc_ids_in_order(split: str | None, store):
+def doc_ids_in_order(split: str | None, store: Store) -> Iterator[int | str]:
     """Document ids in stream order (the store's order, filtered by split), chunk by chunk."""
-    from embcache.cache.meta import SPLIT_NAMES
-
-    c = store.chunk_docs
-    for start in range(0, store.num_docs, c):
-        ids = store.read("doc_ids", start, start + c)
-        if split is not None:
-            ids = ids[store.read("split", start, start + c) == SPLIT_NAMES.index(split)]
-        yield from (str(i) for i in ids)
+    return store.split_doc_ids(split)

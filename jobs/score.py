@@ -2,9 +2,8 @@
 
 Raw input is embedded once, with the vectors and tokenizer settings of the models' cards, into a
 scoring store (temporary, or kept). Then the store is streamed once: every batch goes through
-every model before the next batch is read, and its predictions are written out at once. Memory is
-bounded by one batch per model plus the prefetch queue, whatever the number of documents.
-"""
+every model before the next batch is read, and its predictions are written out at once. Memory:
+one batch per model plus the prefetch queue, whatever the number of documents."""
 
 from __future__ import annotations
 
@@ -39,7 +38,7 @@ from embcache.jobs.metrics import write_metrics
 from embcache.jobs.outputs import open_writer, output_format, remove_stale_partials
 from embcache.jobs.runs import Run, load_run, read_card
 from embcache.jobs.score_input import InputMixin
-from embcache.jobs.score_loop import LoopMixin, Output
+from embcache.jobs.score_loop import COUNT_COLUMNS, LoopMixin, Output
 from embcache.jobs.views import make_views
 
 if TYPE_CHECKING:
@@ -184,6 +183,7 @@ class Scorer(InputMixin, LoopMixin):
             cols += output.columns(run.name, run.label_names)
         if self.group:
             cols += output.columns("ensemble", self.group[0].label_names)
+        cols += list(COUNT_COLUMNS)
         return cols
 
     def classify(self, data, *, split: str | None = None, top_k: int = 1,
@@ -192,7 +192,9 @@ class Scorer(InputMixin, LoopMixin):
         order: ``doc_id`` (a Series' index is kept as it), ``true_label`` for a labelled store,
         then ``<model>_label`` and ``<model>_prob`` for each model (and ``_2``... up to
         ``top_k``), and the ``ensemble`` columns. With ``probabilities``, also every label's
-        probability: ``<model>_p_<label>`` (and ``ensemble_p_<label>``).
+        probability: ``<model>_p_<label>`` (and ``ensemble_p_<label>``). Last, ``tokens`` (kept
+        tokens) and ``known_tokens`` (those with a vector: an unknown word is a zero vector), from
+        the first run's representation: a confident label on few known tokens is a guess.
 
         Args:
             data: a list of strings (``doc_id`` is the position), a store (path, URL or

@@ -136,6 +136,20 @@ class LoopMixin:
             output.add(cols, "ensemble", p, self.group[0].label_names)
         return cols
 
+    def _truth_maps(self, labels: list[str] | None, confusions: dict | None) -> dict:
+        """Per model, the store's label index -> the model's (-1: a label it does not know);
+        each model's (and the ensemble's) confusion matrix set up in ``confusions``."""
+        truth_maps: dict[str, np.ndarray] = {}
+        if labels is not None and confusions is not None:
+            for run in self.runs:
+                index = {n: i for i, n in enumerate(run.label_names)}
+                truth_maps[run.name] = np.array([index.get(n, -1) for n in labels], dtype=np.int64)
+                confusions[run.name] = Confusion(run.label_names)
+            if self.group:
+                confusions["ensemble"] = Confusion(self.group[0].label_names)
+                truth_maps["ensemble"] = truth_maps[self.group[0].name]
+        return truth_maps
+
     def _scored(self, streams: list, ids, output: Output, *, labels: list[str] | None,
                 confusions: dict | None = None, bar=None, collect: dict | None = None):
         """The one scoring loop, for texts and stores: one stream of ``(features, y, seq)``
@@ -146,15 +160,7 @@ class LoopMixin:
         store's label names (the first stream's ``y`` then holds the true labels, written as
         ``true_label`` and counted into ``confusions``, per model, when given). ``collect``:
         gets each run's probabilities and the truth, in input order (fitting an ensemble)."""
-        truth_maps = {}
-        if labels is not None and confusions is not None:
-            for run in self.runs:
-                index = {n: i for i, n in enumerate(run.label_names)}
-                truth_maps[run.name] = np.array([index.get(n, -1) for n in labels], dtype=np.int64)
-                confusions[run.name] = Confusion(run.label_names)
-            if self.group:
-                confusions["ensemble"] = Confusion(self.group[0].label_names)
-                truth_maps["ensemble"] = truth_maps[self.group[0].name]
+        truth_maps = self._truth_maps(labels, confusions)
         rows = JoinedRows(len(streams))
         iters = [iter(s) for s in streams]
         live, seen = list(range(len(iters))), [0] * len(iters)
@@ -165,14 +171,19 @@ class LoopMixin:
             except StopIteration:
                 live.remove(k)
                 continue
-            rows.add(k, seq, self.views[k].probabilities(features), y if k == 0 else None)
+            scored = self.views[k].probabilities(features)
+            if k == 0:  # each document's tokens, once: from the first representation
+                scored.update(token_counts(features))
+            rows.add(k, seq, scored, y if k == 0 else None)
             seen[k] += len(seq)
             if bar is not None and k == 0:
                 bar.update(len(seq))
             probs, truth, n = rows.ready()
             if not n:
                 continue
+            counts = {c: probs.pop(c).tolist() for c in COUNT_COLUMNS}
             cols = self._columns(probs, output)
+            cols.update(counts)
             if collect is not None:
                 for name, p in probs.items():
                     collect.setdefault(name, []).append(p)
@@ -191,7 +202,7 @@ class LoopMixin:
               collect: dict | None = None):
         """Stream every view's store once through :meth:`_scored`: every batch goes through
         every model of its view before the next is read."""
-        from tqdm import tqdm
+        from tqdm.auto import tqdm
 
         from embcache.cache.dataset import Batching, pipeline_errors, streamed_dataset
         from embcache.cache.stream import plan_split
@@ -226,6 +237,22 @@ class LoopMixin:
             yield from self._scored(streams, doc_ids_in_order(split, stores[0]), output,
                                     labels=stores[0].label_names if labelled else None,
                                     confusions=confusions, bar=bar, collect=collect)
+
+
+# After each document's predictions: its kept tokens (after truncation), and those of them that
+# carried a vector (an out-of-vocabulary word is embedded as zeros under the default `oov`
+# policy): a text of unknown words shows as known_tokens 0, whatever label it was given.
+COUNT_COLUMNS = ("tokens", "known_tokens")
+
+
+def token_counts(features: dict) -> dict[str, np.ndarray]:
+    """``tokens`` and ``known_tokens`` (rows with a non-zero vector) of a batch's documents."""
+    import tensorflow as tf
+
+    known = tf.math.count_nonzero(tf.reduce_any(tf.not_equal(features["embedded"], 0.0), axis=-1),
+                                  axis=-1)
+    return {"tokens": np.asarray(features["lengths"], np.int64),
+            "known_tokens": known.numpy().astype(np.int64)}
 
 
 class JoinedRows:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import sys
 import time
 
-from embcache.cache.dataset import memory_dataset, streamed_dataset
+from embcache.cache.dataset import streamed_dataset
 from embcache.cache.errors import StoreError
+from embcache.cache.held_dataset import memory_dataset
 from embcache.cache.store import open_store
 from embcache.cache.stream import plan_split
 from embcache.jobs.config import TrainConfig
@@ -38,8 +39,8 @@ def _in_memory(store, plans: dict, config: TrainConfig, progress: bool) -> dict:
     """The train and val splits decoded into memory while they fit ``config.memory_mb``
     (train first: it is read every epoch); the rest streams from the store. Sizes come from
     the plans (no second scan of the split)."""
-    from embcache.cache.dataset import hold_split
     from embcache.cache.held import memory_bytes
+    from embcache.cache.held_dataset import hold_split
 
     left, out = config.memory_mb << 20, {}
     for split in ("train", "val"):

@@ -27,7 +27,7 @@ def verify(store: StrPath, *, progress: bool = False, threads: int = 4) -> Verif
 
 def verify_unlocked(url: str, *, progress: bool = True, threads: int = 4) -> VerifyReport:
     """:func:`verify` for a caller that holds the store's lock itself (embed-corpus)."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     bar = tqdm(total=0, unit="chunk", disable=not progress, file=sys.stderr, desc="verify",
                dynamic_ncols=True)

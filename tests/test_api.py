@@ -76,7 +76,8 @@ def test_readme_custom_model_trains_and_scores_by_import_string(tmp_path, store)
     assert r.returncode == 0, r.stderr[-3000:]
     with open(out) as f:
         rows = list(csv.DictReader(f))
-    assert rows and set(rows[0]) == {"doc_id", "true_label", "my_net_label", "my_net_prob"}
+    assert rows and set(rows[0]) == {"doc_id", "true_label", "my_net_label", "my_net_prob",
+                                     "tokens", "known_tokens"}
     assert {row["my_net_label"] for row in rows} <= {"a", "b", "c"}
     # Scored from a folder where the module is not importable: one line naming the module.
     elsewhere = tmp_path / "elsewhere"
@@ -233,7 +234,8 @@ def test_scorer_loads_once_and_agrees_with_score(trained, store, vectors_file, t
     second = scorer.classify(texts, top_k=2)
     assert len(loads) == 2  # one load per model, for both calls
     assert list(first.columns) == ["doc_id", "fasttext_label", "fasttext_prob", "kim_cnn_label",
-                                   "kim_cnn_prob", "ensemble_label", "ensemble_prob"]
+                                   "kim_cnn_prob", "ensemble_label", "ensemble_prob", "tokens",
+                                   "known_tokens"]
     assert first["doc_id"].tolist() == [0, 1, 2, 3]
     assert second["fasttext_label"].tolist() == first["fasttext_label"].tolist()
     # The same texts through `embcache score` on a raw file (a store embedded on disk).
@@ -331,7 +333,7 @@ def test_readme_python_examples_run(name, store, vectors_file, tmp_path):
         assert "Trained fasttext for 2 epochs" in r.stdout
         assert "fasttext-py_label" in r.stdout and "fasttext-py_prob_2" in r.stdout
         assert (f"{split_size(store)} ['doc_id', 'true_label', 'fasttext-py_label', "
-                "'fasttext-py_prob']") in r.stdout
+                "'fasttext-py_prob', 'tokens', 'known_tokens']") in r.stdout
 
 
 def test_public_surface_is_small_and_lazy():

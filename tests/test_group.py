@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embcache.cache.dataset import Batching, memory_dataset
+from embcache.cache.dataset import Batching
 from embcache.cache.errors import EmbcacheError, ModelError
 from embcache.cache.held import InMemorySplit, memory_bytes
+from embcache.cache.held_dataset import memory_dataset
 from embcache.cache.store import open_store
 from embcache.cache.stream import Bucketer, plan_split
 from embcache.jobs.config import TrainConfig
@@ -208,7 +209,7 @@ def test_runs_of_a_missing_folder_is_one_line(tmp_path):
 def test_cached_split_gives_the_streamed_batches(store, where):
     """Held in a variable's buffer (gathered in the graph) or in NumPy (gathered in Python):
     the streamed batches, bit for bit."""
-    from embcache.cache.dataset import hold_split
+    from embcache.cache.held_dataset import hold_split
 
     s = open_store(str(store))
     plan = plan_split(s, "train")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embcache.cache.dataset import Batching, memory_dataset
+from embcache.cache.dataset import Batching
 from embcache.cache.held import InMemorySplit
+from embcache.cache.held_dataset import memory_dataset
 from embcache.cache.rows import decode_rows, encode_rows, join_rows, split_rows
 from embcache.cache.store import open_store
 from embcache.cache.stream import plan_split, read_padded

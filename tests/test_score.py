@@ -63,7 +63,7 @@ def test_scores_a_store_split_with_metrics_and_ensemble(setup, tmp_path):
                              "fasttext_label_2",
                              "fasttext_prob_2", "kim_cnn_label", "kim_cnn_prob", "kim_cnn_label_2",
                              "kim_cnn_prob_2", "ensemble_label", "ensemble_prob",
-                             "ensemble_label_2", "ensemble_prob_2"]
+                             "ensemble_label_2", "ensemble_prob_2", "tokens", "known_tokens"]
     for r in rows:
         assert r["fasttext_label"] in ("a", "b", "c")
         assert float(r["fasttext_prob"]) >= float(r["fasttext_prob_2"])

@@ -1,6 +1,6 @@
 """A split held in memory: peak RSS and training speed, three ways in one run (``make
 bench-held``): the rows filled into a TensorFlow variable's buffer and gathered in the graph
-(today, :func:`embcache.cache.dataset.hold_split`); NumPy rows gathered in Python (the fallback
+(today, :func:`embcache.cache.held_dataset.hold_split`); NumPy rows gathered in Python (the fallback
 where that buffer cannot be had); the rows made one ``tf.constant`` and gathered in the graph
 (before).
 
@@ -41,7 +41,7 @@ def tensor_dataset(held, b):
     copy), each batch gathered in the graph as today's variable is."""
     import tensorflow as tf
 
-    from embcache.cache.dataset import _memory_dataset
+    from embcache.cache.held_dataset import _memory_dataset
 
     return _memory_dataset(held, b, tf.constant(held.rows))
 
@@ -55,8 +55,9 @@ def child(store_url: str, model_name: str, variant: str, epochs: int) -> dict:
     import keras
 
     from embcache import models
-    from embcache.cache.dataset import hold_split, memory_dataset, streamed_dataset
+    from embcache.cache.dataset import streamed_dataset
     from embcache.cache.held import InMemorySplit
+    from embcache.cache.held_dataset import hold_split, memory_dataset
     from embcache.cache.store import open_store
     from embcache.cache.stream import plan_split
     from embcache.jobs.config import TrainConfig

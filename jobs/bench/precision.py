@@ -34,7 +34,7 @@ def child(store_url: str, model_name: str, precision: str, docs: int, epochs: in
     import keras
 
     from embcache import models
-    from embcache.cache.dataset import hold_split, memory_dataset
+    from embcache.cache.held_dataset import hold_split, memory_dataset
     from embcache.cache.precision import resolve_precision
     from embcache.cache.store import open_store
     from embcache.cache.stream import plan_split

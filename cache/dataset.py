@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -283,7 +282,8 @@ def dataset(store: Store | StrPath, split: str | None = "train", *, batch_size: 
     ``split="train"`` only), batches made by a spawned producer process for passes of 2,048
     documents or more (so a script needs the ``if __name__ == "__main__":`` guard). Iterating it
     again starts the next epoch. Memory: the blocks in flight, the shuffle buffer and the bucket
-    queues (see :mod:`embcache.cache.stream`), never the whole store.
+    queues (see :mod:`embcache.cache.stream`), never the whole store. The dataset shuffles itself:
+    give ``model.fit`` ``shuffle=False``, or Keras warns that its own shuffle is ignored.
 
     Args:
         store: a store path or URL, or a store from :func:`embcache.open_store`.
@@ -309,12 +309,6 @@ def dataset(store: Store | StrPath, split: str | None = "train", *, batch_size: 
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise EmbcacheError(f"Invalid value for `{name}`. Expected a positive integer. "
                                 f"Received: {name}={value!r}")
-    # `model.fit(dataset(...))` would warn that its default `shuffle=True` is ignored for a
-    # tf.data.Dataset: this dataset shuffles itself (above), so the warning has nothing to say.
-    # Only that message is silenced, and only once a user has asked for one of these datasets.
-    warnings.filterwarnings("ignore", category=UserWarning,
-                            message=r"`shuffle=True` was passed, but will be ignored since the "
-                                    r"data `x` was provided as a tf\.data\.Dataset")
     if with_ids and not isinstance(store, Store):
         store = open_store(store, require_complete=True)
     ds = streamed_dataset(store, split, batching=Batching(

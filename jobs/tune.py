@@ -174,7 +174,7 @@ def tune(store: StrPath, model: Any, space: Space | list[str] | dict | StrPath, 
     out = Path(path_arg(out, "out"))
     study_name = study_name or out.resolve().name
     storage_url = study or f"sqlite:///{out / 'study.db'}"
-    with _optuna_warnings(), reading(store_url), writing(f"run folders in {out}"):
+    with _optuna_warnings(progress), reading(store_url), writing(f"run folders in {out}"):
         opened, plans = open_for_training(store_url)
         the_study = open_study(storage_url, study_name,
                                opened, sampler=make_sampler(sampler, config.seed, parallel, space,
@@ -191,20 +191,28 @@ def tune(store: StrPath, model: Any, space: Space | list[str] | dict | StrPath, 
 
 
 @contextlib.contextmanager
-def _optuna_warnings():
+def _optuna_warnings(progress: bool):
     """Optuna imported (one line if it is missing), and, for this call only, the warnings of
     the features tune uses on purpose silenced: constant_liar, heartbeats and
     fail_stale_trials are marked experimental (tune pins Optuna 4), and Optuna warns that
-    heartbeats are meant for ``Study.optimize`` (tune records them itself). Optuna's own log
-    level is the caller's: the CLI sets it, the library does not."""
+    heartbeats are meant for ``Study.optimize`` (tune records them itself). Without
+    ``progress``, Optuna's info lines ("A new study created", "Trial 3 finished") are held back
+    for this call too; its log level is the caller's again when the call returns (the CLI sets
+    it for the whole command)."""
     try:
         import optuna
     except ImportError:
         raise EmbcacheError(f"embcache tune needs Optuna: {install_hint('tune')}") from None
+    verbosity = optuna.logging.get_verbosity()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
-        yield
+        if not progress:
+            optuna.logging.set_verbosity(max(verbosity, optuna.logging.WARNING))
+        try:
+            yield
+        finally:
+            optuna.logging.set_verbosity(verbosity)
 
 
 def _clear_stale(the_study, out: Path, progress: bool) -> None:

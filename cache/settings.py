@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from embcache.cache.errors import EmbcacheError
 from embcache.cache.rows import DTYPES
 from embcache.cache.tokenize import TokenizerSettings
 
@@ -46,6 +47,22 @@ class EmbedSettings:
     dtype: str = "float16"
     seed: int = 0
     tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
+
+    def __post_init__(self) -> None:
+        """Each field checked where it is given: one line naming it (as TrainConfig's)."""
+        def bad(name: str, expected: str) -> EmbcacheError:
+            return EmbcacheError(f"Invalid value for `{name}`. Expected {expected}. "
+                                 f"Received: {name}={getattr(self, name)!r}")
+
+        for name in ("max_len", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or (name == "max_len"
+                                                                         and value < 1):
+                raise bad(name, "a positive integer" if name == "max_len" else "an integer")
+        for name, choices in (("padding", PADDINGS), ("truncating", PADDINGS),
+                              ("oov", OOV_POLICIES), ("dtype", DTYPES)):
+            if getattr(self, name) not in choices:
+                raise bad(name, f"one of {choices}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

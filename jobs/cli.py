@@ -63,17 +63,21 @@ FLAGS = {"overwrite": "--overwrite", "repair": "--repair", "exist_ok": "--exist-
 def cli_words(message: str) -> str:
     """``pass `overwrite=True` `` -> ``pass --overwrite``; ``needs `vectors=` `` -> ``needs
     --vectors``; ``leave `oov='unk'` out`` -> ``leave --oov unk out``; ``Invalid value for
-    `space` `` -> ``Invalid value for --space``. Names that are no option stay as they are."""
+    `space` `` -> ``Invalid value for --space``. Names that are no option (or a bare name
+    elsewhere: a store's attribute `max_len`) stay as they are."""
     def flag(m):
         name, value = m.group(1), m.group(2)
         if name not in FLAGS:
             return m.group(0)
-        if value is None:
-            return FLAGS[name]
         value = value.strip("'\"")
         return FLAGS[name] if value in ("", "True", "...") else f"{FLAGS[name]} {value}"
 
-    return re.sub(r"`(\w+)(?:=([^`]*))?`", flag, message)
+    def invalid(m):
+        name = m.group(1)
+        return f"Invalid value for {FLAGS[name]}" if name in FLAGS else m.group(0)
+
+    message = re.sub(r"Invalid value for `(\w+)`", invalid, message)
+    return re.sub(r"`(\w+)=([^`]*)`", flag, message)
 
 
 _REMOTE_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "gcsfs", "adlfs")

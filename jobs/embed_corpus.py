@@ -32,10 +32,7 @@ from embcache.cache.layout import assign_split, new_meta
 from embcache.cache.locks import exclusive
 from embcache.cache.meta import SplitSettings
 from embcache.cache.settings import (
-    DTYPES,
     ENCODER_BATCH,
-    OOV_POLICIES,
-    PADDINGS,
     EmbedSettings,
     default_settings,
 )
@@ -82,18 +79,7 @@ def validate_settings(settings: EmbedSettings, split: SplitSettings, chunk_docs:
         return EmbcacheError(f"Invalid value for `{name}`. Expected {expected}. "
                              f"Received: {name}={value!r}")
 
-    for name in ("max_len", "seed"):
-        value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, int) or (name == "max_len" and value < 1):
-            raise bad(name, "a positive integer" if name == "max_len" else "an integer", value)
-    if settings.padding not in PADDINGS:
-        raise bad("padding", f"one of {PADDINGS}", settings.padding)
-    if settings.truncating not in PADDINGS:
-        raise bad("truncating", f"one of {PADDINGS}", settings.truncating)
-    if settings.oov not in OOV_POLICIES:
-        raise bad("oov", f"one of {OOV_POLICIES}", settings.oov)
-    if settings.dtype not in DTYPES:
-        raise bad("dtype", f"one of {DTYPES}", settings.dtype)
+    # The settings' own fields are checked where they are made (EmbedSettings.__post_init__).
     if not (0 <= split.val_frac < 1 and 0 <= split.test_frac < 1
             and split.val_frac + split.test_frac < 1):
         raise bad("val_frac + test_frac", "fractions in [0, 1) summing below 1",

@@ -395,6 +395,9 @@ def test_bad_python_arguments_are_one_line_before_any_work(trained, store, vecto
         (lambda: embcache.train(str(store), "fasttext", str(tmp_path / "r"),
                                 grid={"hidden": 16}), "'hidden' needs a non-empty list"),
         (lambda: embcache.Scorer([str(trained / "fasttext")]).classify(123), "data=123"),
+        (lambda: embcache.EmbedSettings(max_len="80"), "Received: max_len='80'"),
+        (lambda: embcache.EmbedSettings(padding="middle"), "`padding`. Expected one of"),
+        (lambda: embcache.predict(str(tmp_path / "no-run"), str(store)), "no-run"),
     ]
     for call, says in cases:
         with pytest.raises(embcache.EmbcacheError) as e:

@@ -11,7 +11,7 @@ import functools
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from typing import ParamSpec, TypeAlias, TypeVar
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 # A path argument: a string (a path or a URL) or a path object (``pathlib.Path``).
 StrPath: TypeAlias = "str | os.PathLike[str]"
@@ -130,3 +130,24 @@ def path_arg(value: StrPath, name: str) -> str:
             return path
     raise EmbcacheError(f"Invalid value for `{name}`. Expected a path or URL (a str or a "
                         f"pathlib.Path). Received: {name}={value!r}"[:300])
+
+
+T = TypeVar("T")
+
+
+def settings_arg(cls: type[T], value: T | dict[str, Any], name: str) -> T:
+    """A settings object given as itself or as a dict of its fields (one line naming ``name``
+    and the unknown field otherwise)."""
+    import dataclasses
+
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        fields = sorted(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise EmbcacheError(f"Invalid value for `{name}`: unknown field {unknown[0]!r}; the "
+                                f"fields are {', '.join(fields)}")
+        return cls(**value)
+    raise EmbcacheError(f"Invalid value for `{name}`. Expected a {cls.__name__} or a dict of its "
+                        f"fields. Received: {name}={value!r}"[:300])

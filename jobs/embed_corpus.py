@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from embcache.cache.corpus import CorpusSpec, Document, iter_documents, label_mapper, scan_corpus
 from embcache.cache.embed import BlockWriter
@@ -25,6 +26,7 @@ from embcache.cache.errors import (
     StrPath,
     path_arg,
     renamed,
+    settings_arg,
     writing,
 )
 from embcache.cache.hooks import pause_point
@@ -111,10 +113,10 @@ def _blocks(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
 
 @renamed(vectors_path="vectors")
 def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its command's)
-    corpus: CorpusSpec | StrPath, vectors: StrPath | None, out: StrPath, *,
-    settings: EmbedSettings | None = None, encoder: str | None = None,
+    corpus: CorpusSpec | dict[str, Any] | StrPath, vectors: StrPath | None, out: StrPath, *,
+    settings: EmbedSettings | dict[str, Any] | None = None, encoder: str | None = None,
     encoder_batch: int = ENCODER_BATCH, tokenizer: str | None = None,
-    split: SplitSettings = SplitSettings(), vectors_member: str | None = None,
+    split: SplitSettings | dict[str, Any] = SplitSettings(), vectors_member: str | None = None,
     vectors_format: str = "auto", chunk_docs: int | None = None, workers: int | None = None,
     overwrite: bool = False, repair: bool = False, exist_ok: bool = False, progress: bool = False,
     cache_dir: StrPath | None = None, scheduler: str | None = None,
@@ -139,9 +141,8 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
         EmbcacheError (or a subclass): bad settings, vectors, corpus or output path."""
     t0 = time.perf_counter()
     vectors = None if vectors is None else path_arg(vectors, "vectors")
-    corpus, settings, workers, out = _checked_arguments(corpus, vectors, encoder, source,
-                                                        settings, split, chunk_docs, workers, out,
-                                                        scheduler)
+    corpus, settings, split, workers, out = _checked_arguments(
+        corpus, vectors, encoder, source, settings, split, chunk_docs, workers, out, scheduler)
     with contextlib.ExitStack() as held:
         if is_local(out):  # one writer per store: a second embed-corpus fails here, at once
             held.enter_context(exclusive(out.removeprefix("file://"), f"Store {out}"))
@@ -193,10 +194,12 @@ def _settings_from_dict(given: dict, encoder: bool) -> EmbedSettings:
 
 
 def _checked_arguments(corpus, vectors, encoder, source, settings, split, chunk_docs, workers,
-                       out, scheduler) -> tuple[CorpusSpec, EmbedSettings, int, str]:
+                       out, scheduler) -> tuple[CorpusSpec, EmbedSettings, SplitSettings, int, str]:
     """Every argument checked before anything is read or written; the defaults filled in."""
-    if not isinstance(corpus, CorpusSpec):
-        corpus = CorpusSpec(str(corpus))
+    if isinstance(corpus, (str, os.PathLike)):
+        corpus = CorpusSpec(path_arg(corpus, "corpus"))
+    corpus = settings_arg(CorpusSpec, corpus, "corpus")
+    split = settings_arg(SplitSettings, split, "split")
     if source is not None:
         if vectors is not None or encoder is not None:
             raise EmbcacheError("Give `source=` alone, without `vectors=` or `encoder=`")
@@ -222,7 +225,7 @@ def _checked_arguments(corpus, vectors, encoder, source, settings, split, chunk_
                          "or object storage (s3://, gs://)")
     if not Path(corpus.path).exists():
         raise CorpusError(f"Corpus not found: {corpus.path}")
-    return corpus, settings, workers, out
+    return corpus, settings, split, workers, out
 
 
 def _use_pool(corpus: CorpusSpec, workers: int, out: str) -> bool:

@@ -396,6 +396,10 @@ def test_bad_python_arguments_are_one_line_before_any_work(trained, store, vecto
                                 grid={"hidden": 16}), "'hidden' needs a non-empty list"),
         (lambda: embcache.Scorer([str(trained / "fasttext")]).classify(123), "data=123"),
         (lambda: embcache.EmbedSettings(max_len="80"), "Received: max_len='80'"),
+        (lambda: embcache.embed_corpus({"path": str(corpus), "colour": 1}, str(vectors_file[0]),
+                                       str(tmp_path / "s1")), "`corpus`: unknown field 'colour'"),
+        (lambda: embcache.embed_corpus(str(corpus), str(vectors_file[0]), str(tmp_path / "s1"),
+                                       split=0.2), "Expected a SplitSettings or a dict"),
         (lambda: embcache.EmbedSettings(padding="middle"), "`padding`. Expected one of"),
         (lambda: embcache.predict(str(tmp_path / "no-run"), str(store)), "no-run"),
     ]

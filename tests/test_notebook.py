@@ -48,7 +48,7 @@ if __name__ == "__main__":
     spec = embcache.CorpusSpec(f"{root}/corpus.csv", text_columns=["text"], label_column="label",
                                id_column="id")
     embcache.embed_corpus(spec, vectors, f"{root}/s.zarr", settings={"max_len": 40},
-                          chunk_docs=16)
+                          split={"val_frac": 0.2, "test_frac": 0.2}, chunk_docs=16)
     store = embcache.open_store(f"{root}/s.zarr")
     docs = store.documents()
     assert docs["doc_id"].dtype.kind == "i", docs.dtypes  # the corpus's ints, not strings

@@ -64,6 +64,10 @@ class EncoderRef:
     batch_size: int = ENCODER_BATCH
     truncating: str = ENCODER_TRUNCATING  # "pre": a long document keeps its end
     jit_compile: bool = True  # XLA on the forward pass (the benchmark compares both)
+    # What the forward pass computes in: "float32", or "bfloat16" (the backbone's weights and
+    # arithmetic; the vectors come out as float32). Recorded in the store's identity when
+    # bfloat16, so that scoring raw text re-encodes at the store's precision.
+    precision: str = "float32"
 
 
 def default_cache_dir() -> Path:
@@ -134,7 +138,7 @@ def _unzip(path: Path, root: Path) -> Path:
 
 def resolve(spec: str, *, max_len: int | None = None, batch_size: int = ENCODER_BATCH,
             cache_dir: str | os.PathLike | None = None, truncating: str = ENCODER_TRUNCATING,
-            jit_compile: bool = True) -> EncoderRef:
+            jit_compile: bool = True, precision: str = "float32") -> EncoderRef:
     """Turn ``--encoder`` into what keras-hub loads (see the module docstring); checks nothing
     that needs the weights."""
     root = Path(cache_dir) / "encoders" if cache_dir is not None else default_cache_dir()
@@ -164,7 +168,8 @@ def resolve(spec: str, *, max_len: int | None = None, batch_size: int = ENCODER_
         raise VectorsError(f"Invalid value for `max_len`. Expected at least 3 for an encoder (its "
                            f"start and end tokens and one more). Received: max_len={max_len}")
     return EncoderRef(preset=where, source=spec, max_len=max_len or ENCODER_MAX_LEN,
-                      batch_size=batch_size, truncating=truncating, jit_compile=jit_compile)
+                      batch_size=batch_size, truncating=truncating, jit_compile=jit_compile,
+                      precision=precision)
 
 
 class Encoder:
@@ -176,7 +181,8 @@ class Encoder:
 
         self.ref = ref
         try:
-            self.backbone = keras_hub.models.Backbone.from_preset(ref.preset)
+            dtype = {"dtype": "bfloat16"} if ref.precision == "bfloat16" else {}
+            self.backbone = keras_hub.models.Backbone.from_preset(ref.preset, **dtype)
             self.tokenizer = keras_hub.models.Tokenizer.from_preset(ref.preset)
         except Exception as e:  # noqa: BLE001 - keras-hub raises many kinds for a bad preset
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -215,7 +221,8 @@ class Encoder:
             if "segment_ids" in names:
                 feed["segment_ids"] = tf.zeros_like(token_ids)
             out = backbone(feed, training=False)
-            return out["sequence_output"] if isinstance(out, dict) else out
+            out = out["sequence_output"] if isinstance(out, dict) else out
+            return tf.cast(out, tf.float32)
 
         spec = tf.TensorSpec([None, None], tf.int32)
         # XLA compiles one program per (batch, length) shape: batches are padded to
@@ -245,8 +252,8 @@ class Encoder:
         in order, whatever file they came from) and of the vocabulary, the tokenizer, max_len
         and the special tokens kept."""
         weights = hashlib.sha256()
-        for w in self.backbone.weights:
-            weights.update(np.ascontiguousarray(np.asarray(w.numpy())).tobytes())
+        for w in self.backbone.weights:  # as float32 (bfloat16 weights: as they were rounded)
+            weights.update(np.ascontiguousarray(np.asarray(w.numpy(), dtype=np.float32)).tobytes())
         vocab = hashlib.sha256("\n".join(self.tokenizer.get_vocabulary()).encode()).hexdigest()
         if self.hf is not None:  # the tokenizer.json decides the ids: its whole pipeline
             tok_config = {"file": "tokenizer.json", "sha256": hashlib.sha256(
@@ -271,6 +278,8 @@ class Encoder:
                                "kept": True},
             "dim": self.dim,
         }
+        if self.ref.precision != "float32":  # float32 stores keep the identity they always had
+            ident["precision"] = self.ref.precision
         ident["fingerprint"] = fingerprint(ident)
         return ident
 

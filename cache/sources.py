@@ -46,6 +46,7 @@ class SourceArgs:
     vectors_format: str = "auto"
     encoder_batch: int = ENCODER_BATCH
     cache_dir: str | None = None
+    precision: str = "float32"  # an encoder's forward pass: "float32" or "bfloat16" (resolved)
 
 
 # Every representation, in the order they are asked whether arguments or a store are theirs:
@@ -256,20 +257,23 @@ class EncoderSource(EmbeddingSource):
             raise VectorsError("`tokenizer=` is for a static subword table file; an encoder uses "
                                "its own tokenizer")
         return cls.load(str(args.encoder), settings, batch=args.encoder_batch,
-                        cache_dir=args.cache_dir)
+                        cache_dir=args.cache_dir, precision=args.precision)
 
     @classmethod
     def reopen(cls, meta: StoreMeta, args: SourceArgs) -> EncoderSource:
-        return cls.load(str(args.encoder), meta.settings, cache_dir=args.cache_dir)
+        # At the precision that encoded the store (older stores: float32), whatever runs here.
+        precision = str((meta.encoder or {}).get("precision", "float32"))
+        return cls.load(str(args.encoder), meta.settings, cache_dir=args.cache_dir,
+                        precision=precision)
 
     @classmethod
     def load(cls, spec: str, settings: EmbedSettings, *, batch: int = ENCODER_BATCH,
-             cache_dir: str | None = None) -> EncoderSource:
+             cache_dir: str | None = None, precision: str = "float32") -> EncoderSource:
         from embcache.cache.encoder import Encoder, require_keras_hub, resolve
 
         require_keras_hub()
         ref = resolve(spec, max_len=settings.max_len, batch_size=batch, cache_dir=cache_dir,
-                      truncating=settings.truncating)
+                      truncating=settings.truncating, precision=precision)
         enc = Encoder(ref)
         identity = enc.identity()
         info = VectorsInfo(fingerprint=identity["fingerprint"], dim=enc.dim,
@@ -306,10 +310,12 @@ def _no_word_options(args: SourceArgs, settings: EmbedSettings, what: str) -> No
 def open_source(vectors: str | None = None, *, encoder: str | None = None,
                 tokenizer: str | None = None, settings: EmbedSettings,
                 encoder_batch: int = ENCODER_BATCH, vectors_member: str | None = None,
-                vectors_format: str = "auto", cache_dir: str | None = None) -> EmbeddingSource:
+                vectors_format: str = "auto", cache_dir: str | None = None,
+                precision: str = "float32") -> EmbeddingSource:
     """Load word vectors, a static subword table (a folder, or a table file with ``tokenizer``)
     or an encoder, to write a store, and check that ``settings`` mean something for it: the
-    first of :data:`SOURCES` that claims the arguments opens them.
+    first of :data:`SOURCES` that claims the arguments opens them. ``precision``: an encoder's
+    forward pass (``"float32"`` or ``"bfloat16"``, resolved by the caller).
 
     Raises:
         EmbcacheError: neither or both of ``vectors`` and ``encoder``.
@@ -323,7 +329,7 @@ def open_source(vectors: str | None = None, *, encoder: str | None = None,
     args = SourceArgs(vectors=None if vectors is None else str(vectors), encoder=encoder,
                       tokenizer=tokenizer, vectors_member=vectors_member,
                       vectors_format=vectors_format, encoder_batch=encoder_batch,
-                      cache_dir=cache_dir)
+                      cache_dir=cache_dir, precision=precision)
     return next(kind for kind in SOURCES if kind.claims(args)).open(args, settings)
 
 

@@ -161,6 +161,11 @@ def main() -> None:
     """Embed a corpus once into a Zarr store; train and score embedding-free Keras models from it."""
 
 
+def precision_option(help_text: str):
+    return click.option("--precision", default=_TRAIN.precision, show_default=True,
+                        type=click.Choice(PRECISIONS), help=help_text)
+
+
 @main.command("embed-corpus")
 @click.option("--corpus", "corpus_path", required=True,
               help="Folder per label, .tar.gz, .csv/.tsv, .jsonl or .txt (one document per line).")
@@ -225,6 +230,9 @@ def main() -> None:
 @click.option("--cache-dir", default=None, envvar="EMBCACHE_CACHE_DIR",
               type=click.Path(file_okay=False),
               help="Where parsed vectors are cached [default: ~/.cache/embcache].")
+@precision_option("An encoder's forward pass: auto is bfloat16 where this machine runs it "
+                  "natively (a CPU with amx_bf16 or avx512_bf16, a GPU of compute capability "
+                  "8.0+), else float32. The store records it; scoring raw text re-encodes at it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_friendly("the store is incomplete (marked so); rerun the same command to resume it from "
            "its last completed block")
@@ -234,7 +242,7 @@ def embed_corpus_cmd(corpus_path, vectors_path, tokenizer, encoder, encoder_batc
                      id_column, header, label_names_file, strip_headers, vectors_member,
                      vectors_format, max_len, padding, truncating, oov, dtype, val_frac, test_frac,
                      seed, chunk_docs, workers, scheduler, overwrite, repair, exist_ok, cache_dir,
-                     quiet):
+                     precision, quiet):
     """Tokenize a corpus once and write its embedded sequences to a Zarr v3 store.
 
     \b
@@ -279,7 +287,7 @@ def embed_corpus_cmd(corpus_path, vectors_path, tokenizer, encoder, encoder_batc
                            vectors_member=vectors_member, vectors_format=vectors_format,
                            chunk_docs=chunk_docs, workers=workers, overwrite=overwrite,
                            repair=repair, exist_ok=exist_ok, progress=not quiet,
-                           cache_dir=cache_dir, scheduler=scheduler)
+                           cache_dir=cache_dir, scheduler=scheduler, precision=precision)
     click.echo(summary.line())
 
 
@@ -332,11 +340,6 @@ def verify_cmd(store, as_json, quiet):
     else:
         click.echo(cli_words("\n".join(report.lines())))
     sys.exit(0 if report.ok else 1)
-
-
-def precision_option(help_text: str):
-    return click.option("--precision", default=_TRAIN.precision, show_default=True,
-                        type=click.Choice(PRECISIONS), help=help_text)
 
 
 def training_options(fn):

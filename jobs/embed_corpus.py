@@ -33,6 +33,7 @@ from embcache.cache.hooks import pause_point
 from embcache.cache.layout import assign_split, new_meta
 from embcache.cache.locks import exclusive
 from embcache.cache.meta import SplitSettings
+from embcache.cache.precision import resolve_precision
 from embcache.cache.settings import (
     ENCODER_BATCH,
     EmbedSettings,
@@ -120,7 +121,7 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
     vectors_format: str = "auto", chunk_docs: int | None = None, workers: int | None = None,
     overwrite: bool = False, repair: bool = False, exist_ok: bool = False, progress: bool = False,
     cache_dir: StrPath | None = None, scheduler: str | None = None,
-    source: EmbeddingSource | None = None) -> EmbedSummary:
+    source: EmbeddingSource | None = None, precision: str = "auto") -> EmbedSummary:
     """Embed ``corpus`` (a :class:`CorpusSpec`, or a path read with its format's defaults)
     into the store ``out`` with ``vectors``: a word-vectors file (GloVe, word2vec,
     fastText) or a static subword table (:mod:`embcache.cache.subword`: a model2vec or
@@ -136,11 +137,14 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
     incomplete store is resumed from its last completed chunk. A complete one is refused (its
     manifest checked, no chunk read), replaced with ``overwrite``, kept with ``exist_ok``, or
     with ``repair`` verified (every chunk read) and only its damaged blocks rewritten.
+    ``precision`` (an encoder's forward pass): ``auto`` is bfloat16 where this machine runs it
+    natively, else float32; the store records it, and scoring raw text re-encodes at it.
 
     Raises:
         EmbcacheError (or a subclass): bad settings, vectors, corpus or output path."""
     t0 = time.perf_counter()
     vectors = None if vectors is None else path_arg(vectors, "vectors")
+    running = resolve_precision(precision)  # checked before any work, used by an encoder only
     corpus, settings, split, workers, out = _checked_arguments(
         corpus, vectors, encoder, source, settings, split, chunk_docs, workers, out, scheduler)
     with contextlib.ExitStack() as held:
@@ -152,7 +156,10 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
         if isinstance(damaged, EmbedSummary):
             return damaged
         if not isinstance(source, EmbeddingSource):
+            if encoder is not None and progress:
+                print(running.line(), file=sys.stderr)
             source = open_source(vectors, encoder=encoder, tokenizer=tokenizer, settings=settings,
+                                 precision=running.name,
                                  encoder_batch=encoder_batch, vectors_member=vectors_member,
                                  vectors_format=vectors_format,
                                  cache_dir=None if cache_dir is None else path_arg(cache_dir, "cache_dir"))

@@ -96,7 +96,8 @@ def _source_lines(info: dict[str, Any]) -> list[str]:
         t, sp = enc.get("tokenizer", {}), enc.get("special_tokens", {})
         return [
             f"encoder      {enc.get('source')} ({enc.get('architecture')}, "
-            f"{enc.get('config', {}).get('num_layers', '?')} layers, hidden {vec.get('dim')}) "
+            f"{enc.get('config', {}).get('num_layers', '?')} layers, hidden {vec.get('dim')}, "
+            f"encoded in {enc.get('precision', 'float32')}) "
             f"fingerprint={str(vec.get('fingerprint'))[:16]} weights sha256="
             f"{str(enc.get('weights_sha256'))[:12]}",
             f"tokenizer    {t.get('class')} lowercase={t.get('lowercase')} vocab="

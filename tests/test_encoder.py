@@ -315,3 +315,39 @@ def test_compiled_forward_pass_equals_the_plain_one(encoders):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, atol=1e-4)
     assert xla.identity() == plain.identity()  # compiling is not part of the encoder's identity
+
+
+@pytest.mark.slow
+def test_a_bfloat16_encoder_store_records_it_and_raw_text_is_re_encoded_at_it(encoders, corpus,
+                                                                              tmp_path):
+    """``precision="bfloat16"``: the backbone holds its weights and computes in bfloat16
+    (emulated on a CPU without it, which works, slowly); the store's identity says so (a
+    float32 store's identity has no such key, as before), its vectors are the float32 ones to
+    bfloat16's precision, and scoring raw text re-encodes in bfloat16 whatever ``auto`` would
+    run here: the same probabilities as the store's own rows."""
+    import embcache
+
+    wide, narrow = tmp_path / "f32.zarr", tmp_path / "bf16.zarr"
+    for out, precision in ((wide, "float32"), (narrow, "bfloat16")):
+        embed_corpus(CorpusSpec(str(corpus)), None, str(out), encoder=str(encoders[0]),
+                     progress=False, chunk_docs=16, precision=precision,
+                     settings={"max_len": 40})
+    a, b = open_store(str(wide)), open_store(str(narrow))
+    assert "precision" not in a.meta.encoder and b.meta.encoder["precision"] == "bfloat16"
+    assert a.meta.vectors.fingerprint != b.meta.vectors.fingerprint
+    assert a.meta.encoder["vocab_sha256"] == b.meta.encoder["vocab_sha256"]
+    x, y = (s.array("tokens")[:].astype(np.float32) for s in (a, b))
+    scale = np.abs(x).max()
+    assert 0 < np.abs(x - y).max() < 0.05 * scale  # bfloat16 keeps ~3 significant digits
+    embcache.train(str(narrow), "fasttext", str(tmp_path / "run"), config={"epochs": 1})
+    scorer = embcache.Scorer([tmp_path / "run"], encoder=str(encoders[0]), precision="float32")
+    from_store = scorer.classify(str(narrow)).set_index("doc_id")
+    texts = {d.doc_id: d.text for d in
+             __import__("embcache.cache.corpus", fromlist=["x"]).iter_documents(CorpusSpec(str(corpus)))}
+    some = list(from_store.index[:6])
+    from_text = scorer.classify([texts[i] for i in some])
+    np.testing.assert_allclose(from_text["run_prob"], from_store.loc[some, "run_prob"],
+                               atol=2e-3)
+    with pytest.raises(embcache.EmbcacheError, match="`precision`"):
+        embed_corpus(CorpusSpec(str(corpus)), None, str(tmp_path / "x.zarr"),
+                     encoder=str(encoders[0]), precision="half")

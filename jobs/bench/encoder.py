@@ -146,6 +146,61 @@ def encoder_speed(corpus: str, encoder: str, docs: int, rounds: int, lengths: li
                       "max |difference|"], rows))
 
 
+def _sample_texts(corpus: str, docs: int) -> list[str]:
+    from embcache.cache.corpus import CorpusSpec, iter_documents
+
+    texts = []
+    for d in iter_documents(CorpusSpec(corpus, strip_headers=True)):
+        texts.append(d.text)
+        if len(texts) >= docs:
+            break
+    return texts
+
+
+def precision_speed(corpus: str, encoder: str, docs: int, rounds: int, lengths: list[int]) -> None:
+    """The encoder in float32 against bfloat16 (``embed-corpus --precision``), XLA as
+    embed-corpus runs it, rounds interleaved: documents/s, and how far the bfloat16 vectors are
+    from the float32 ones (largest absolute difference, relative to the largest value; the
+    mean cosine similarity of the token vectors)."""
+    import numpy as np
+
+    from embcache.cache.encoder import Encoder, resolve
+    from embcache.cache.precision import native_bfloat16
+    from embcache.cache.tfenv import quiet_tensorflow
+    from jobs.bench.common import table
+
+    quiet_tensorflow()
+    texts = _sample_texts(corpus, docs)
+    native, why = native_bfloat16()
+    rows = []
+    for max_len in lengths:
+        encs = {p: Encoder(resolve(encoder, max_len=max_len, precision=p))
+                for p in ("float32", "bfloat16")}
+        ids = encs["float32"].token_ids(texts)[0]
+        outs = {p: e.encode(ids) for p, e in encs.items()}  # warm-up: traces and compiles
+        a, b = (np.concatenate(outs[p]).astype(np.float64) for p in ("float32", "bfloat16"))
+        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1),
+                                          1e-12)
+        got: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+        for r in range(rounds):
+            for p in (("float32", "bfloat16") if r % 2 == 0 else ("bfloat16", "float32")):
+                t0 = time.perf_counter()
+                encs[p].encode(ids)
+                got[p].append(len(ids) / (time.perf_counter() - t0))
+                say(f"precision max_len {max_len} round {r + 1}/{rounds} {p}: "
+                    f"{got[p][-1]:,.1f} docs/s")
+        med = {p: sorted(v)[len(v) // 2] for p, v in got.items()}
+        rows.append([str(max_len), *(f"{med[p]:,.1f} ({min(got[p]):,.1f}-{max(got[p]):,.1f})"
+                                     for p in ("float32", "bfloat16")),
+                     f"{med['bfloat16'] / med['float32']:.2f}x",
+                     f"{np.abs(a - b).max() / np.abs(a).max():.1e}", f"{cos.mean():.5f}"])
+    click.echo(f"encoder float32 against bfloat16: {len(texts)} documents of {corpus}, "
+               f"{encoder}, XLA, {rounds} interleaved rounds; bfloat16 "
+               f"{'native' if native else 'EMULATED'} here ({why}); documents/s median (range)")
+    click.echo(table(["max_len", "float32", "bfloat16", "bfloat16 / float32",
+                      "max |diff| / max |x|", "mean cosine"], rows))
+
+
 @click.command()
 @click.option("--corpus", required=True, help="20 Newsgroups news20.tar.gz.")
 @click.option("--encoder", required=True, help="The encoder (e.g. all-MiniLM-L6-v2.zip).")
@@ -158,14 +213,19 @@ def encoder_speed(corpus: str, encoder: str, docs: int, rounds: int, lengths: li
               help="Documents for the XLA against plain forward-pass part (0: skip it).")
 @click.option("--speed-rounds", default=3, show_default=True)
 @click.option("--speed-only", is_flag=True, help="Only the XLA against plain part.")
+@click.option("--precision-docs", default=0, show_default=True,
+              help="Documents for the float32 against bfloat16 part (0: skip it).")
 @click.option("--child", default=None, hidden=True)
 def main(corpus, encoder, docs, max_len, heads, epochs, batch_size, speed_docs, speed_rounds,
-         speed_only, child):
+         speed_only, precision_docs, child):
     """Benchmark: encoder once into the store + heads from it, against the encoder in every head."""
     head_names = heads.split(",")
     if child:
         click.echo(json.dumps(keras_way_child(child, encoder, head_names, epochs, batch_size)))
         return
+    if precision_docs:
+        precision_speed(corpus, encoder, precision_docs, speed_rounds, [128])
+        click.echo("")
     if speed_docs:
         encoder_speed(corpus, encoder, speed_docs, speed_rounds, [128, 256])
         click.echo("")

@@ -77,6 +77,13 @@ def doc_features(ids: np.ndarray, lengths: np.ndarray, ngrams: int = 2) -> tuple
     return np.concatenate(docs), np.concatenate(keys)
 
 
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted: a sort and a comparison (NumPy 2's ``np.unique`` took a hash
+    path measured 4x slower on these int64 keys)."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+
+
 class DocumentFrequencies:
     """Documents containing each feature bucket, counted block by block (one pass over a
     split). Memory: the count array (``BUCKETS`` int64, 134 MB) and one block's features."""
@@ -88,8 +95,12 @@ class DocumentFrequencies:
 
     def add(self, ids: np.ndarray, lengths: np.ndarray) -> None:
         doc, bucket = doc_features(ids, lengths, self.ngrams)
-        present = np.unique(doc * BUCKETS + bucket) % BUCKETS  # each (doc, feature) once
-        self.counts += np.bincount(present, minlength=BUCKETS)
+        present = _distinct(doc * BUCKETS + bucket) % BUCKETS  # each (doc, feature) once
+        # Each bucket's documents in this block, added where they fall: a bincount over all
+        # BUCKETS would allocate and add 134 MB per block (measured: most of the count's time).
+        present.sort()
+        starts = np.flatnonzero(np.r_[True, present[1:] != present[:-1]])
+        self.counts[present[starts]] += np.diff(np.r_[starts, len(present)])
         self.num_docs += len(lengths)
 
     def vocabulary(self, max_features: int, min_df: int = 2) -> tuple[np.ndarray, np.ndarray]:

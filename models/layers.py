@@ -276,3 +276,11 @@ class HashedTfidf(keras.layers.Layer):
         return {**super().get_config(), "num_classes": self.num_classes,
                 "max_features": self.max_features, "ngrams": self.ngrams,
                 "padding": self.padding, "scale": self.scale, "min_df": self.min_df}
+
+
+# Every built-in model (and the layers and optimizer they register with Keras) loads with the
+# layers: the first import of Keras may have come from here (embcache's hook on Keras's import
+# then leaves the built-ins to this line, see embcache._register_with_keras).
+from embcache.models.registry import load_builtins  # noqa: E402 - after the layers it imports
+
+load_builtins()

@@ -132,6 +132,28 @@ def test_one_name_per_concept_old_names_warn_and_paths_may_be_path_objects(store
     assert not any(tmp_path.iterdir())
 
 
+def test_models_import_in_any_order_with_keras():
+    """``from embcache.models import inputs`` before any ``import keras`` (the layers module then
+    imports Keras itself, and embcache's hook on that import must not load the half-loaded
+    module's importers), a built-in model's module first, or Keras first: each works, and the
+    built-in layers and optimizer are registered with Keras either way."""
+    orders = ["import embcache\nfrom embcache.models import inputs, LengthMask\nimport keras",
+              "import embcache.models.cnn\nimport keras",
+              "import keras\nimport embcache\nfrom embcache.models import inputs"]
+    for order in orders:
+        code = (order + "\nfrom embcache.models.optimizers import Adam\n"
+                "names = [keras.saving.get_registered_name(c) for c in (Adam, LengthMask)]\n"
+                if "LengthMask" in order else
+                order + "\nfrom embcache.models.layers import LengthMask\n"
+                "from embcache.models.optimizers import Adam\n"
+                "names = [keras.saving.get_registered_name(c) for c in (Adam, LengthMask)]\n")
+        code += "assert keras.saving.get_registered_object('embcache>MinLength') is not None\n"
+        code += "print(names)"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert r.returncode == 0, (order, r.stderr[-2000:])
+        assert "embcache>Adam" in r.stdout and "embcache>LengthMask" in r.stdout, r.stdout
+
+
 def test_public_calls_declare_concrete_return_types():
     """What a notebook's completion and mypy see: no public call returns an unknown type."""
     import inspect

@@ -142,9 +142,20 @@ _SUBPACKAGES = ("cache", "jobs", "models")
 
 def _register_with_keras(_keras: Any = None) -> None:
     """Import the built-in models' modules, which register every embcache layer (and the
-    optimizer runs are saved with) with Keras's serialization."""
+    optimizer runs are saved with) with Keras's serialization.
+
+    Not while a module of ``embcache.models`` is itself being imported (it imported Keras:
+    ``from embcache.models import inputs`` before any ``import keras``): importing the built-ins
+    now would import that half-loaded module. :mod:`embcache.models.layers`, which every
+    built-in imports, loads them when it has finished loading."""
+    import sys
+
     from embcache.models.registry import load_builtins
 
+    for name, module in list(sys.modules.items()):
+        if (name.startswith("embcache.models.")
+                and getattr(getattr(module, "__spec__", None), "_initializing", False)):
+            return
     load_builtins()
 
 

@@ -76,20 +76,25 @@ class EmbedSummary:
                 f"{self.oov_rate:.2%}) into {self.store}: {size}, {self.seconds:.1f} s{resumed}")
 
 
-def validate_settings(settings: EmbedSettings, split: SplitSettings, chunk_docs: int | None,
-                      workers: int) -> None:
+def validate_settings(split: SplitSettings, chunk_docs: int | None, workers: int) -> None:
+    """The job's own arguments (an ``EmbedSettings`` checks its fields where it is made)."""
     def bad(name: str, expected: str, value) -> EmbcacheError:
         return EmbcacheError(f"Invalid value for `{name}`. Expected {expected}. "
                              f"Received: {name}={value!r}")
 
-    # The settings' own fields are checked where they are made (EmbedSettings.__post_init__).
+    for name in ("val_frac", "test_frac", "seed"):
+        value = getattr(split, name)
+        kinds = (int,) if name == "seed" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise bad(name, "an integer" if name == "seed" else "a fraction", value)
     if not (0 <= split.val_frac < 1 and 0 <= split.test_frac < 1
             and split.val_frac + split.test_frac < 1):
         raise bad("val_frac + test_frac", "fractions in [0, 1) summing below 1",
                   (split.val_frac, split.test_frac))
-    if chunk_docs is not None and chunk_docs < 1:
+    if chunk_docs is not None and (isinstance(chunk_docs, bool) or not isinstance(chunk_docs, int)
+                                   or chunk_docs < 1):
         raise bad("chunk_docs", "a positive integer", chunk_docs)
-    if workers < 1:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise bad("workers", "a positive integer", workers)
 
 
@@ -224,7 +229,7 @@ def _checked_arguments(corpus, vectors, encoder, source, settings, split, chunk_
                             f"its fields. Received: settings={settings!r}")
     # An encoder runs on all cores of one process: more processes would only compete for them.
     workers = workers or (1 if encoder else os.cpu_count() or 1)
-    validate_settings(settings, split, chunk_docs, workers)
+    validate_settings(split, chunk_docs, workers)
     out = path_arg(out, "out")
     parse_scheduler(scheduler)
     if scheduler and out.startswith("memory://"):

@@ -422,6 +422,10 @@ def test_bad_python_arguments_are_one_line_before_any_work(trained, store, vecto
                                        str(tmp_path / "s1")), "`corpus`: unknown field 'colour'"),
         (lambda: embcache.embed_corpus(str(corpus), str(vectors_file[0]), str(tmp_path / "s1"),
                                        split=0.2), "Expected a SplitSettings or a dict"),
+        (lambda: embcache.embed_corpus(str(corpus), str(vectors_file[0]), str(tmp_path / "s1"),
+                                       split={"val_frac": "0.2"}), "val_frac='0.2'"),
+        (lambda: embcache.embed_corpus(str(corpus), str(vectors_file[0]), str(tmp_path / "s1"),
+                                       workers="2"), "workers='2'"),
         (lambda: embcache.EmbedSettings(padding="middle"), "`padding`. Expected one of"),
         (lambda: embcache.predict(str(tmp_path / "no-run"), str(store)), "no-run"),
     ]

@@ -33,7 +33,7 @@ from embcache.cache.hooks import pause_point
 from embcache.cache.layout import assign_split, new_meta
 from embcache.cache.locks import exclusive
 from embcache.cache.meta import SplitSettings
-from embcache.cache.precision import resolve_precision
+from embcache.cache.precision import Precision, resolve_precision
 from embcache.cache.settings import (
     ENCODER_BATCH,
     EmbedSettings,
@@ -161,6 +161,8 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
         if isinstance(damaged, EmbedSummary):
             return damaged
         if not isinstance(source, EmbeddingSource):
+            if encoder is not None and precision == "auto" and not overwrite:
+                running = _store_precision(out) or running
             if encoder is not None and progress:
                 print(running.line(), file=sys.stderr)
             source = open_source(vectors, encoder=encoder, tokenizer=tokenizer, settings=settings,
@@ -238,6 +240,22 @@ def _checked_arguments(corpus, vectors, encoder, source, settings, split, chunk_
     if not Path(corpus.path).exists():
         raise CorpusError(f"Corpus not found: {corpus.path}")
     return corpus, settings, split, workers, out
+
+
+def _store_precision(out: str) -> Precision | None:
+    """The precision an existing (partial or damaged) encoder store was encoded at: ``auto``
+    resumes and repairs at it, so that one store never mixes two (a run at another one is
+    refused as other settings are)."""
+    import zarr
+
+    try:
+        recorded = (dict(zarr.open_group(store=out, mode="r").attrs).get("encoder") or {})
+    except Exception:  # noqa: BLE001 - no store there yet: nothing recorded
+        return None
+    name = recorded.get("precision", "float32") if recorded else None
+    if name not in ("float32", "bfloat16"):
+        return None
+    return Precision(name, "auto: the precision the store was encoded at")
 
 
 def _use_pool(corpus: CorpusSpec, workers: int, out: str) -> bool:

@@ -351,3 +351,25 @@ def test_a_bfloat16_encoder_store_records_it_and_raw_text_is_re_encoded_at_it(en
     with pytest.raises(embcache.EmbcacheError, match="`precision`"):
         embed_corpus(CorpusSpec(str(corpus)), None, str(tmp_path / "x.zarr"),
                      encoder=str(encoders[0]), precision="half")
+
+
+@pytest.mark.slow
+def test_a_killed_bfloat16_store_resumes_at_bfloat16_under_auto(encoders, tmp_path):
+    """``--precision auto`` resuming a store encoded in bfloat16 on a machine where auto means
+    float32: it goes on in bfloat16 (the store's precision) and ends as the uninterrupted
+    bfloat16 store, never one store of two precisions nor a refusal."""
+    corpus = tmp_path / "corpus"
+    make_folder_corpus(corpus, docs_per_label=60, labels=("a", "b"))
+    cmd = [EMBCACHE, "embed-corpus", "--corpus", str(corpus), "--encoder", str(encoders[0]),
+           "--chunk-docs", "4", "--max-len", "32", "-q"]
+    env_bf16 = ["--precision", "bfloat16"]
+    reference = tmp_path / "ref.zarr"
+    subprocess.run(cmd + env_bf16 + ["--out", str(reference)], check=True, capture_output=True)
+    out = tmp_path / "killed.zarr"
+    kill_after_chunks(cmd + env_bf16 + ["--out", str(out)], out, chunks=5, timeout=120)
+    assert store_state(str(out)) == "incomplete"
+    done = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True,
+                          env={**os.environ, "EMBCACHE_NATIVE_BF16": "0"})
+    assert done.returncode == 0 and "resumed" in done.stdout, done.stderr[-2000:]
+    assert open_store(str(out)).meta.encoder["precision"] == "bfloat16"
+    assert_same_store(reference, out)

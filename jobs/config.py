@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from embcache.cache.dataset import Batching
-from embcache.cache.errors import EmbcacheError
+from embcache.cache.errors import EmbcacheError, settings_arg
 from embcache.cache.precision import check_precision
 from embcache.cache.stream import SHUFFLE_DOCS
 
@@ -84,16 +84,4 @@ class TrainConfig:
         Raises:
             EmbcacheError: an unknown field, or anything else than those three.
         """
-        if config is None:
-            return cls()
-        if isinstance(config, cls):
-            return config
-        if isinstance(config, dict):
-            known = [f.name for f in fields(cls)]
-            unknown = sorted(set(config) - set(known))
-            if unknown:
-                raise EmbcacheError(f"Invalid value for `config`: unknown field {unknown[0]!r}; "
-                                    f"TrainConfig has {', '.join(known)}")
-            return cls(**config)
-        raise EmbcacheError(f"Invalid value for `config`. Expected a TrainConfig or a dict of its "
-                            f"fields. Received: config={config!r}")
+        return cls() if config is None else settings_arg(cls, config, "config")

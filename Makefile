@@ -16,7 +16,7 @@ WORDLLAMA = $(DATA_DIR)/wordllama-l2-supercat-256/l2_supercat_256.safetensors
 GLOVE_URL  := https://nlp.stanford.edu/data/glove.6B.zip
 NEWS20_URL := http://www.cs.cmu.edu/afs/cs.cmu.edu/project/theo-20/www/data/news20.tar.gz
 
-.PHONY: FORCE install store embed-corpus info train runs score test test-fast check bench bench-embed bench-train bench-quality bench-lexical bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune bench-held bench-precision data clean help cli-reference
+.PHONY: FORCE install store embed-corpus info train runs score test test-fast check bench bench-embed bench-train bench-quality bench-lexical bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune bench-held bench-precision bench-rehearsal data clean help cli-reference
 
 # The editable install is setuptools' "strict" mode: build/__editable__.* holds a tree of links to
 # the package's files laid out as `embcache` (jobs/api -> embcache/, cache/ -> embcache/cache/...),
@@ -131,7 +131,8 @@ help:
 	@echo "make bench          every benchmark, each also alone: bench-embed, bench-train,"
 	@echo "                    bench-score, bench-scale, bench-encoder, bench-vectors,"
 	@echo "                    bench-integrity, bench-tune, bench-lexical, bench-held (a split held"
-	@echo "                    in memory), bench-precision (float32 and bfloat16); results in BENCHMARKS.md"
+	@echo "                    in memory), bench-precision (float32 and bfloat16), bench-rehearsal"
+	@echo "                    (a synthetic corpus end to end, Dask scoring); results in BENCHMARKS.md"
 	@echo "make bench-quality  test accuracy against TF-IDF + a linear model (scikit-learn), 3 seeds"
 	@echo "                    (not part of make bench; buckets against padding: bench-train ARGS=--quality)"
 	@echo "make data           fetch news20.tar.gz and glove.6B.50d.txt.gz into DATA_DIR; name"
@@ -213,3 +214,9 @@ bench-tune: store
 bench-scale: install
 	$(call need_data,$(CORPUS) $(VECTORS))
 	$(BIN)/python -m jobs.bench.scale --corpus $(CORPUS) --vectors $(VECTORS) $(ARGS)
+
+# The pipeline at scale on a synthetic corpus (ARGS="--docs 1000000"): embed, verify, an epoch,
+# score in one process against score --scheduler local:2 (bench-out/rehearsal; --reuse keeps it).
+bench-rehearsal: install
+	$(call need_data,$(VECTORS))
+	$(BIN)/python -m jobs.bench.rehearsal --vectors $(VECTORS) $(ARGS)

@@ -35,6 +35,11 @@ class StreamPlan:
         """The first ``n_chunks`` chunks only (benchmarks take a sample this way)."""
         return StreamPlan(self.chunks[:n_chunks], self.counts[:n_chunks], self.tokens[:n_chunks])
 
+    def within(self, first_chunk: int, stop_chunk: int) -> StreamPlan:
+        """Only chunks ``first_chunk <= chunk < stop_chunk`` (a part of a distributed pass)."""
+        keep = (self.chunks >= first_chunk) & (self.chunks < stop_chunk)
+        return StreamPlan(self.chunks[keep], self.counts[keep], self.tokens[keep])
+
     def num_batches(self, batch_size: int, buckets: bool = True, merge_tail: bool = False) -> int:
         """Batches in one pass when short batches leave only at the end (no ``max_wait``): every
         bucket gives ``ceil(count / batch_size)``, whatever the order the documents come in;

@@ -201,16 +201,19 @@ class Store:
         """Documents per split (``{}`` for an incomplete store)."""
         return dict(self.meta.totals.split_counts) if self.meta.totals else {}
 
-    def split_doc_ids(self, split: str | None) -> Iterator[int | str]:
+    def split_doc_ids(self, split: str | None, first: int = 0,
+                      stop: int | None = None) -> Iterator[int | str]:
         """The split's document ids in store order (the order of an unshuffled pass), read chunk
-        by chunk (memory: one chunk's ids)."""
+        by chunk (memory: one chunk's ids); ``first``/``stop``: of the documents at those
+        positions only."""
         from embcache.cache.meta import SPLIT_NAMES
 
-        c = self.chunk_docs
-        for start in range(0, self.num_docs, c):
-            ids = self.read("doc_ids", start, start + c)
+        c, stop = self.chunk_docs, self.num_docs if stop is None else min(stop, self.num_docs)
+        for start in range(first, stop, c):
+            end = min(start + c, stop)
+            ids = self.read("doc_ids", start, end)
             if split is not None:
-                ids = ids[self.read("split", start, start + c) == SPLIT_NAMES.index(split)]
+                ids = ids[self.read("split", start, end) == SPLIT_NAMES.index(split)]
             yield from self.doc_id_values(ids)
 
     def doc_id_values(self, raw: np.ndarray) -> list[int] | list[str]:

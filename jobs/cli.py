@@ -31,6 +31,7 @@ from embcache.jobs.config import TrainConfig
 from embcache.jobs.ensemble import ENSEMBLES
 from embcache.jobs.multiworker import STRATEGIES
 from embcache.jobs.score import ScoreConfig
+from embcache.jobs.score_dask import PART_DOCS
 
 # Every option's default has one home, in the typed settings the jobs take (importing them loads
 # no TensorFlow): the CLI only reads them.
@@ -57,7 +58,7 @@ FLAGS = {"overwrite": "--overwrite", "repair": "--repair", "exist_ok": "--exist-
          **{name: "--" + name.replace("_", "-") for name in (
              "epochs", "batch_size", "patience", "seed", "shuffle_docs", "steps_per_execution",
              "length_buckets", "precision", "trials", "parallel", "max_len", "chunk_docs",
-             "workers")}}
+             "workers", "keep_store", "part_docs")}}
 
 
 def cli_words(message: str) -> str:
@@ -370,7 +371,8 @@ def training_options(fn):
                      help="Pad each batch to its length bucket, or every batch to max_len."),
         precision_option("Arithmetic of the models: auto is bfloat16 (Keras' mixed policy: "
                          "float32 variables, softmax and loss) where the CPU or GPU runs it "
-                         "natively, else float32; recurrent models stay float32 at auto."),
+                         "natively, else float32; recurrent models (and on a CPU pooling-only "
+                         "ones such as fasttext) stay float32 at auto."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -602,11 +604,18 @@ def runs_cmd(folder, as_json, plot_path):
 @precision_option("Arithmetic of the models: auto runs each as it trained, but a model "
                   "trained in bfloat16 in float32 where the CPU or GPU lacks native bfloat16; "
                   "float32 or bfloat16 converts every model.")
+@click.option("--scheduler", default=None,
+              help="Score on Dask: local:N (N worker processes here) or a scheduler address "
+                   "(tcp://host:8786). Parts of whole blocks go to the workers (models loaded "
+                   "once per worker) and are assembled into --out; rerun after a stop, it skips "
+                   "the parts in OUT.parts/. Workers need embcache, the runs and the store.")
+@click.option("--part-docs", default=PART_DOCS, show_default=True, type=click.IntRange(min=1),
+              help="With --scheduler: documents per task (rounded up to whole blocks).")
 @_friendly("no predictions were written (an earlier predictions file is unchanged); rerun "
            "the command to score again")
 def score_cmd(model_dirs, input_path, out, vectors_path, tokenizer, stores, encoder, split, top_k,
               probabilities, batch_size, ensemble, ensemble_out, keep_store, metrics_dir, precision,
-              corpus_format, text_columns, label_column, id_column, header,
+              scheduler, part_docs, corpus_format, text_columns, label_column, id_column, header,
               label_names_file, cache_dir, quiet, verbose):
     """Batch-classify documents with many models sharing one embedding pass.
 
@@ -633,7 +642,8 @@ def score_cmd(model_dirs, input_path, out, vectors_path, tokenizer, stores, enco
                     probabilities=probabilities, batch_size=batch_size,
                     stores=[x for x in stores.split(",") if x] if stores else None, ensemble_out=ensemble_out,
                     keep_store=keep_store, metrics_dir=metrics_dir, progress=not quiet,
-                    cache_dir=cache_dir, ensemble=ensemble, precision=precision)
+                    cache_dir=cache_dir, ensemble=ensemble, precision=precision,
+                    scheduler=scheduler, part_docs=part_docs)
     if summary.ensemble_card:
         click.echo(f"Ensemble fitted on the validation split -> {summary.ensemble_card}", err=True)
     if summary.metrics:

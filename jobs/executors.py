@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import Any
 
 from embcache.cache.errors import NO_MAIN_GUARD, EmbcacheError, install_hint, leave_if_bootstrapping
 from embcache.cache.sources import EmbeddingSource
@@ -69,32 +70,48 @@ def block_executor(scheduler: str | None, workers: int, use_pool: bool,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _dask(parsed, source: EmbeddingSource):
+@contextlib.contextmanager
+def dask_client(parsed: tuple[str, int | str], what: str = "`scheduler=`") -> Iterator[Any]:
+    """A ``distributed.Client`` for a parsed scheduler: ``local`` starts a ``LocalCluster`` of N
+    single-threaded worker processes on this machine (closed afterwards); ``remote``
+    connects to the scheduler at the address.
+
+    Raises:
+        EmbcacheError: the 'dask' extra is missing; the scheduler cannot be reached.
+    """
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise EmbcacheError("`scheduler=` needs the 'dask' extra (dask.distributed is not "
+        raise EmbcacheError(f"{what} needs the 'dask' extra (dask.distributed is not "
                             f"installed): {install_hint('dask')}") from None
-    from embcache.cache.embed import write_block
-
     kind, arg = parsed
     cluster = None
     try:
         if kind == "local":
-            cluster = LocalCluster(n_workers=arg, threads_per_worker=1, processes=True,
+            leave_if_bootstrapping()
+            cluster = LocalCluster(n_workers=int(arg), threads_per_worker=1, processes=True,
                                    dashboard_address=None)
             client = Client(cluster)
         else:
             client = Client(arg, timeout="20s")
     except OSError as e:
+        if cluster is not None:
+            cluster.close()
         raise EmbcacheError(f"Cannot reach the Dask scheduler {arg}: {e}") from None
     try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _dask(parsed, source: EmbeddingSource):
+    from embcache.cache.embed import write_block
+
+    with dask_client(parsed) as client:
         # Each task owns one whole chunk and writes its own region; a failed task is retried.
         executor = client.get_executor(retries=2, pure=False)
         parallel = max(1, sum(client.nthreads().values()))
         yield Executor(submit=lambda *a: executor.submit(write_block, source, *a),
                        parallel=parallel)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()

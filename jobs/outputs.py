@@ -1,6 +1,7 @@
-"""Prediction writers (CSV, JSON Lines, Parquet), chosen by the output file's extension.
+"""Prediction writers (CSV, JSON Lines, Parquet), chosen by the output file's extension, and the
+score job's options and summary.
 
-Each takes column batches and appends them: nothing accumulates in memory.
+Each writer takes column batches and appends them: nothing accumulates in memory.
 """
 
 from __future__ import annotations
@@ -9,9 +10,44 @@ import contextlib
 import csv
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from embcache.cache.errors import EmbcacheError
+from embcache.jobs.ensemble import ENSEMBLES
+
+
+@dataclass
+class ScoreSummary:
+    out: str
+    docs: int
+    models: list[str]
+    seconds: float
+    metrics: dict = field(default_factory=dict)
+    kept_store: str | None = None
+    ensemble_card: str | None = None  # the fitted ensemble's card (``ensemble="fit"``)
+
+    def line(self) -> str:
+        acc = ""
+        if self.metrics:
+            best = self.metrics.get("ensemble") or next(iter(self.metrics["models"].values()))
+            which = "ensemble" if "ensemble" in self.metrics else self.models[0]
+            acc = f"; {which} accuracy {best['accuracy']:.3f}, macro-F1 {best['macro_f1']:.3f}"
+        n = len(self.models)
+        return (f"Scored {self.docs:,} documents with {n} model{'s' if n > 1 else ''} "
+                f"({', '.join(self.models)}) in {self.seconds:.1f} s "
+                f"({self.docs / max(self.seconds, 1e-9):,.0f} docs/s) -> {self.out}{acc}")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """The score options' defaults, in one place (``score()`` and the CLI read them here)."""
+
+    batch_size: int = 64
+    top_k: int = 1
+    ensemble: str = ENSEMBLES[0]
+    precision: str = "auto"  # each model as it trained (see Scorer), float32 where bf16 is not native
+
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 

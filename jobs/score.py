@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,6 @@ from embcache.cache.precision import Precision, check_precision, precision_line
 from embcache.cache.store import Store, open_store, store_state
 from embcache.cache.tfenv import quiet_tensorflow
 from embcache.jobs.ensemble import (
-    ENSEMBLES,
     EnsembleFit,
     ensemble_group,
     ensemble_weights,
@@ -34,9 +32,11 @@ from embcache.jobs.ensemble import (
     unique_names,
     write_ensemble,
 )
+from embcache.jobs.executors import parse_scheduler
 from embcache.jobs.metrics import write_metrics
-from embcache.jobs.outputs import open_writer, output_format, remove_stale_partials
+from embcache.jobs.outputs import ScoreConfig, ScoreSummary, open_writer, output_format, remove_stale_partials
 from embcache.jobs.runs import Run, load_run, read_card
+from embcache.jobs.score_dask import PART_DOCS, DistributedMixin, check_part_docs, shared_path
 from embcache.jobs.score_input import InputMixin
 from embcache.jobs.score_loop import COUNT_COLUMNS, LoopMixin, Output
 from embcache.jobs.views import make_views
@@ -45,39 +45,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-@dataclass
-class ScoreSummary:
-    out: str
-    docs: int
-    models: list[str]
-    seconds: float
-    metrics: dict = field(default_factory=dict)
-    kept_store: str | None = None
-    ensemble_card: str | None = None  # the fitted ensemble's card (``ensemble="fit"``)
-
-    def line(self) -> str:
-        acc = ""
-        if self.metrics:
-            best = self.metrics.get("ensemble") or next(iter(self.metrics["models"].values()))
-            which = "ensemble" if "ensemble" in self.metrics else self.models[0]
-            acc = f"; {which} accuracy {best['accuracy']:.3f}, macro-F1 {best['macro_f1']:.3f}"
-        n = len(self.models)
-        return (f"Scored {self.docs:,} documents with {n} model{'s' if n > 1 else ''} "
-                f"({', '.join(self.models)}) in {self.seconds:.1f} s "
-                f"({self.docs / max(self.seconds, 1e-9):,.0f} docs/s) -> {self.out}{acc}")
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """The score options' defaults, in one place (``score()`` and the CLI read them here)."""
-
-    batch_size: int = 64
-    top_k: int = 1
-    ensemble: str = ENSEMBLES[0]
-    precision: str = "auto"  # each model as it trained (see Scorer), float32 where bf16 is not native
-
-
-class Scorer(InputMixin, LoopMixin):
+class Scorer(InputMixin, LoopMixin, DistributedMixin):
     """Models loaded once, then used again and again: classify lists of strings, raw document
     files or stores in the same process (a notebook, a service, a batch job's loop).
 
@@ -129,6 +97,8 @@ class Scorer(InputMixin, LoopMixin):
         # Cheap checks first, from the cards alone: a bad card or incompatible models fail
         # before any model loads or any document is embedded.
         paths, self.fitted = expand_ensembles(runs)
+        # what a Dask worker rebuilds this scorer from (an ensemble card's folder stands alone)
+        self._run_args = [shared_path(r) for r in runs]
         self.runs = [Run(path=Path(d), name=Path(d).name, card=read_card(d), model=None)
                      for d in paths]
         unique_names(self.runs)
@@ -148,6 +118,7 @@ class Scorer(InputMixin, LoopMixin):
             raise ModelError(f"The ensemble's members ({', '.join(self.fitted.members)}) do not "
                              "share one label set; fit it again")
         self.ensemble, self.batch_size = ensemble, batch_size
+        self.precision_asked = precision
         self.cache_dir = cache_dir
         self.precision = check_precision(precision)
         self.precisions: dict[str, Precision] = {}  # per model, once loaded
@@ -271,12 +242,14 @@ class Scorer(InputMixin, LoopMixin):
         fitted = fit_ensemble([r.name for r in self.group], probs, truth)
         write_ensemble(Path(path_arg(out, "out")), fitted, self.group)
         self.fitted, self.ensemble = fitted, "fit"
+        self._run_args = [shared_path(out)]
         return fitted
 
     def write(self, data, out: str | Path, *, split: str | None = None, top_k: int = 1,
               probabilities: bool = False, corpus: CorpusSpec | None = None,
               keep_store: str | None = None, metrics_dir: str | None = None,
-              progress: bool = False) -> ScoreSummary:
+              progress: bool = False, scheduler: str | None = None,
+              part_docs: int = PART_DOCS) -> ScoreSummary:
         """Score ``data`` into the file ``out`` (.csv, .jsonl or .parquet; written aside and
         renamed, so it is whole or absent), with memory bounded whatever its size; with labels,
         metrics.json and confusion plots go to ``metrics_dir`` (default: beside ``out``).
@@ -285,13 +258,26 @@ class Scorer(InputMixin, LoopMixin):
             data: a store (path, URL or :class:`~embcache.cache.store.Store`; ``split`` picks
                 one of its splits), or raw documents (a file or folder, read as ``corpus``
                 says), embedded once into ``keep_store`` or a temporary store.
+            scheduler: ``"local:N"`` (N worker processes here) or a Dask scheduler's address
+                (``"tcp://host:8786"``): parts of whole blocks are scored on the workers, each
+                loading the models once, written as Parquet parts in ``<out>.parts/`` and
+                assembled into ``out``; a stopped run, rerun, skips the parts already written
+                (:mod:`embcache.jobs.score_dask`).
+            part_docs: with ``scheduler``, documents per task (rounded up to whole blocks).
         """
         t0 = time.perf_counter()
         out_path = Path(out)
         fmt = output_format(out_path)
         output = Output.checked(top_k, probabilities)
+        parsed = parse_scheduler(scheduler)
+        check_part_docs(part_docs)
         confusions: dict = {}
         remove_stale_partials(out_path)
+        if parsed is not None:
+            return self._write_distributed(data, out_path, fmt, output, parsed, t0, split=split,
+                                           corpus=corpus, keep_store=keep_store,
+                                           metrics_dir=metrics_dir, progress=progress,
+                                           part_docs=part_docs)
         tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
         docs = 0
         try:
@@ -310,6 +296,11 @@ class Scorer(InputMixin, LoopMixin):
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
+        return self._summary(out_path, docs, confusions, metrics_dir, t0)
+
+    def _summary(self, out_path: Path, docs: int, confusions: dict, metrics_dir: str | None,
+                 t0: float) -> ScoreSummary:
+        """The run's summary, with metrics.json and the plots written when there are labels."""
         metrics = {}
         if confusions:
             how = None
@@ -343,6 +334,8 @@ def score(  # noqa: PLR0913 - a job's options, one keyword each (as its command'
     cache_dir: str | None = None,
     ensemble: str = ScoreConfig.ensemble,
     precision: str = ScoreConfig.precision,
+    scheduler: str | None = None,
+    part_docs: int = PART_DOCS,
 ) -> ScoreSummary:
     """Score ``data`` (a store, or raw documents in ``corpus``'s format) with every model
     into the file ``out``: one embedding pass, one read of the store, memory bounded whatever
@@ -354,6 +347,9 @@ def score(  # noqa: PLR0913 - a job's options, one keyword each (as its command'
     other representations' ``stores`` (default: those their cards name). ``ensemble="fit"``
     first fits the ensemble on the validation split (:meth:`Scorer.fit`) and saves its card to
     ``ensemble_out`` (default: ``ensemble/`` beside the first run). ``precision``: see Scorer.
+    ``scheduler``: score on Dask, ``"local:N"`` or a scheduler's address (see
+    :meth:`Scorer.write`; ``part_docs`` documents per task); the output is the single
+    process's, row for row.
 
     Raises:
         ModelError: missing/tampered cards, unsafe models, incompatible models.
@@ -372,6 +368,8 @@ def score(  # noqa: PLR0913 - a job's options, one keyword each (as its command'
         except OSError as e:
             raise EmbcacheError(f"Cannot use `metrics_dir={metrics_dir}`: {e.strerror}") from None
     Output.checked(top_k, probabilities)
+    parse_scheduler(scheduler)
+    check_part_docs(part_docs)
     scorer = Scorer(runs, vectors=vectors, encoder=encoder, tokenizer=tokenizer,
                     cache_dir=cache_dir, stores=stores,
                     batch_size=batch_size, ensemble=ensemble, load=False, precision=precision)
@@ -381,7 +379,8 @@ def score(  # noqa: PLR0913 - a job's options, one keyword each (as its command'
     card = _fit_first(scorer, ensemble_out, scorer.runs[0].path, data, progress)
     summary = scorer.write(data, out_path, split=split, top_k=top_k,
                            probabilities=probabilities, corpus=corpus,
-                           keep_store=keep_store, metrics_dir=metrics_dir, progress=progress)
+                           keep_store=keep_store, metrics_dir=metrics_dir, progress=progress,
+                           scheduler=scheduler, part_docs=part_docs)
     summary.seconds, summary.kept_store = time.perf_counter() - t0, keep_store
     summary.ensemble_card = card
     return summary
@@ -398,3 +397,4 @@ def _fit_first(scorer: Scorer, ensemble_out: StrPath | None, first_run: Path, da
     fit_store = data if store_state(data) == "complete" else None
     scorer.fit(target, store=fit_store, progress=progress)
     return str(target / "ensemble.json")
+

@@ -14,7 +14,6 @@ from embcache.cache.errors import EmbcacheError, StoreError
 from embcache.cache.locks import reading
 from embcache.jobs.ensemble import EnsembleFit, pool
 from embcache.jobs.metrics import Confusion
-from embcache.jobs.predict import doc_ids_in_order
 
 # Texts a Scorer embeds at once (memory: their kept tokens' vectors, about 25 MB at 20
 # Newsgroups' mean length and 50 dimensions).
@@ -199,16 +198,21 @@ class LoopMixin:
 
     def _rows(self, stores: list, split: str | None, output: Output, *,
               confusions: dict | None = None, progress: bool = False,
-              collect: dict | None = None):
+              collect: dict | None = None, plans: list | None = None,
+              docs: tuple[int, int] | None = None, in_process: bool | None = None):
         """Stream every view's store once through :meth:`_scored`: every batch goes through
-        every model of its view before the next is read."""
+        every model of its view before the next is read. ``plans`` and ``docs``: a part of
+        the pass only (:mod:`embcache.jobs.score_dask`), the documents at positions
+        ``docs[0] <= i < docs[1]``, whose chunks ``plans`` (one per store) hold;
+        ``in_process``: see :func:`~embcache.cache.dataset.streamed_dataset`."""
         from tqdm.auto import tqdm
 
         from embcache.cache.dataset import Batching, pipeline_errors, streamed_dataset
         from embcache.cache.stream import plan_split
 
         self.load()
-        plans = [plan_split(s, split) for s in stores]
+        if plans is None:
+            plans = [plan_split(s, split) for s in stores]
         if plans[0].num_docs == 0:
             raise StoreError(f"Store {stores[0].url} has no documents"
                              + (f" in the {split} split" if split else ""))
@@ -219,7 +223,7 @@ class LoopMixin:
             # Batches come bucketed by length; `seq` puts each row back at its place.
             ds = streamed_dataset(store, split, batching=Batching(
                 batch_size=self.batch_size, with_labels=with_labels, with_seq=True,
-                with_ids=view.with_ids), plan=plan, max_wait=_MAX_WAIT)
+                with_ids=view.with_ids), plan=plan, max_wait=_MAX_WAIT, in_process=in_process)
             for batch in ds:
                 features, y = batch if with_labels else (batch, None)
                 seq = features.pop("seq").numpy()
@@ -234,7 +238,8 @@ class LoopMixin:
             held.enter_context(pipeline_errors())
             streams = [batches(v, s, p, i == 0)
                        for i, (v, s, p) in enumerate(zip(self.views, stores, plans))]
-            yield from self._scored(streams, doc_ids_in_order(split, stores[0]), output,
+            ids = stores[0].split_doc_ids(split, *(docs or (0, None)))
+            yield from self._scored(streams, ids, output,
                                     labels=stores[0].label_names if labelled else None,
                                     confusions=confusions, bar=bar, collect=collect)
 

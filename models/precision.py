@@ -8,9 +8,12 @@ too; a model of your own whose output is not float32 gets a float32 ``Activation
 Per layer kind, from measurements (``make bench-precision``, BENCHMARKS.md), ``auto`` keeps a
 model in float32 when it holds a layer kind that runs no faster in bfloat16: recurrent layers
 (``LSTM``, ``GRU``, any ``RNN``, ``Bidirectional``; the issue's AMX probe 1.00x, 0.48-0.75x in
-this session's AVX-512 BF16 rounds). Attention stays mixed: ``transformer`` measured 0.80x on
-50-wide GloVe inputs but 1.2-1.9x on 256-wide WordLlama ones (and a MiniLM-shaped encoder 1.60x
-with AMX). An explicit ``bfloat16`` runs any model mixed.
+this session's AVX-512 BF16 rounds); and, on a CPU, a model with no convolution or attention
+layer (``fasttext``: pooling and one small ``Dense``), whose work is elementwise and reductions,
+which CPU kernels run slower in bfloat16 than in float32 (0.47x on WordLlama, 0.67x on GloVe,
+with AMX). Attention stays mixed: ``transformer`` measured 0.79-0.80x on 50-wide GloVe inputs
+but 1.39-1.53x on 256-wide WordLlama ones (and a MiniLM-shaped encoder 1.60x with AMX). An
+explicit ``bfloat16`` runs any model mixed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from embcache.cache.precision import Precision, resolve_precision
 
 MIXED = "mixed_bfloat16"
 RECURRENT_WHY = "recurrent layers run no faster in bfloat16"
+POOLING_WHY = "no convolution or attention: pooling runs slower in bfloat16 on a CPU"
 
 
 @contextlib.contextmanager
@@ -46,10 +50,23 @@ def is_recurrent(model) -> bool:
     return any(isinstance(layer, kinds) for layer in model._flatten_layers(include_self=False))
 
 
+def has_matrix_work(model) -> bool:
+    """A convolution or attention layer: what the matrix units speed up."""
+    import keras
+
+    kinds = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.SeparableConv1D,
+             keras.layers.MultiHeadAttention)
+    return any(isinstance(layer, kinds) for layer in model._flatten_layers(include_self=False))
+
+
 def slower_in_bfloat16(model, units: str) -> str:
     """Why ``auto`` keeps ``model`` in float32 on ``units`` (see the module docstring), or
-    ``""``. ``units`` is where a rule that depends on the hardware would look."""
-    return RECURRENT_WHY if is_recurrent(model) else ""
+    ``""``."""
+    if is_recurrent(model):
+        return RECURRENT_WHY
+    if units != "gpu" and not has_matrix_work(model):
+        return POOLING_WHY
+    return ""
 
 
 def precision_of(model) -> str:

@@ -14,6 +14,10 @@ pruner, over a ``kim_cnn`` + ``fasttext`` space (the model, ``filters`` for kim_
 - **(d) tune-8-refill-group** (``--ways a,b,c,d``): (a) with freed places refilled only when the
   whole group has finished (``refill="group"``), against (a)'s refill at the next epoch.
 
+``--precision`` runs every way at one precision, so the ratios stay fair: ``float32`` (the
+default), or ``bfloat16``: the ``tune`` ways with ``precision="bfloat16"``, way (b) as a Keras
+user does it, ``keras.mixed_precision.set_global_policy("mixed_bfloat16")`` before its study.
+
 Each way runs in a fresh process (``run_measured``: wall time, peak RSS of its process tree); the
 process records its own RSS after trials 8, 16, 24 and 32. Printed: a table of wall time, trials
 completed and pruned, best validation accuracy, peak RSS and the ratios against (b).
@@ -60,7 +64,7 @@ class _Recorder:
 
 
 def _way_b(store_url: str, trials: int, epochs: int, patience: int, seed: int, batch: int,
-           rec: _Recorder, out: Path):
+           rec: _Recorder, out: Path, precision: str):
     """Optuna's documented Keras way with today's public API."""
     import keras
     import optuna
@@ -68,6 +72,9 @@ def _way_b(store_url: str, trials: int, epochs: int, patience: int, seed: int, b
 
     import embcache
     from embcache.models import registry
+
+    if precision == "bfloat16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
     store = embcache.open_store(store_url)
     n_classes = len(store.label_names)
@@ -104,7 +111,7 @@ def _way_b(store_url: str, trials: int, epochs: int, patience: int, seed: int, b
 
 
 def child(way: str, store_url: str, trials: int, epochs: int, patience: int, seed: int,
-          batch: int, out: Path) -> None:
+          batch: int, out: Path, precision: str) -> None:
     import optuna
 
     from embcache.cache.tfenv import quiet_tensorflow
@@ -115,7 +122,7 @@ def child(way: str, store_url: str, trials: int, epochs: int, patience: int, see
     rec = _Recorder(WAYS[way])
     t0 = time.perf_counter()
     if way == "b":
-        study = _way_b(store_url, trials, epochs, patience, seed, batch, rec, out)
+        study = _way_b(store_url, trials, epochs, patience, seed, batch, rec, out, precision)
     else:
         from embcache.jobs.tune import tune
 
@@ -123,7 +130,8 @@ def child(way: str, store_url: str, trials: int, epochs: int, patience: int, see
                      refill="group" if way == "d" else "epoch", out=out, sampler="tpe",
                      pruner="median",
                      config={"epochs": epochs, "patience": patience, "seed": seed,
-                             "batch_size": batch}, callbacks=[rec])
+                             "batch_size": batch, "precision": precision},
+                     callbacks=[rec])
     states = [t.state.name for t in study.trials]
     best = study.best_trial
     print(json.dumps({"seconds": time.perf_counter() - t0, "completed": states.count("COMPLETE"),
@@ -142,11 +150,13 @@ def child(way: str, store_url: str, trials: int, epochs: int, patience: int, see
 @click.option("--batch-size", "batch", default=32, show_default=True)
 @click.option("--ways", default="a,b,c", show_default=True, help="Which of a, b, c, d, in order.")
 @click.option("--out", default="bench-out/tune", show_default=True)
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32",
+              show_default=True, help="Every way at this precision.")
 @click.option("--way", default=None, hidden=True)  # a child process: run one way
-def main(store_url, trials, epochs, patience, seed, batch, ways, out, way):
+def main(store_url, trials, epochs, patience, seed, batch, ways, out, precision, way):
     out = Path(out)
     if way:
-        child(way, store_url, trials, epochs, patience, seed, batch, out / WAYS[way])
+        child(way, store_url, trials, epochs, patience, seed, batch, out / WAYS[way], precision)
         return
     import shutil
 
@@ -155,11 +165,12 @@ def main(store_url, trials, epochs, patience, seed, batch, ways, out, way):
     results = {}
     for w in ways.split(","):
         shutil.rmtree(out / WAYS[w], ignore_errors=True)
-        say(f"({w}) {WAYS[w]}: {trials} trials, at most {epochs} epochs each ...")
+        say(f"({w}) {WAYS[w]}: {trials} trials, at most {epochs} epochs each, {precision} ...")
         wall, peak, stdout = run_measured(
             [sys.executable, "-m", "jobs.bench.tune", "--store", store_url, "--trials",
              str(trials), "--epochs", str(epochs), "--patience", str(patience), "--seed",
-             str(seed), "--batch-size", str(batch), "--out", str(out), "--way", w],
+             str(seed), "--batch-size", str(batch), "--out", str(out), "--precision",
+             precision, "--way", w],
             echo_stderr=True)
         r = json.loads(stdout.strip().splitlines()[-1])
         r.update(wall=wall, peak=peak)

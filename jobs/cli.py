@@ -371,8 +371,8 @@ def training_options(fn):
                      help="Pad each batch to its length bucket, or every batch to max_len."),
         precision_option("Arithmetic of the models: auto is bfloat16 (Keras' mixed policy: "
                          "float32 variables, softmax and loss) where the CPU or GPU runs it "
-                         "natively, else float32; recurrent models (and on a CPU pooling-only "
-                         "ones such as fasttext) stay float32 at auto."),
+                         "natively, else float32; recurrent models, and on a CPU models "
+                         "without a convolution, stay float32 at auto."),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -8,12 +8,13 @@ too; a model of your own whose output is not float32 gets a float32 ``Activation
 Per layer kind, from measurements (``make bench-precision``, BENCHMARKS.md), ``auto`` keeps a
 model in float32 when it holds a layer kind that runs no faster in bfloat16: recurrent layers
 (``LSTM``, ``GRU``, any ``RNN``, ``Bidirectional``; the issue's AMX probe 1.00x, 0.48-0.75x in
-this session's AVX-512 BF16 rounds); and, on a CPU, a model with no convolution or attention
-layer (``fasttext``: pooling and one small ``Dense``), whose work is elementwise and reductions,
-which CPU kernels run slower in bfloat16 than in float32 (0.47x on WordLlama, 0.67x on GloVe,
-with AMX). Attention stays mixed: ``transformer`` measured 0.79-0.80x on 50-wide GloVe inputs
-but 1.39-1.53x on 256-wide WordLlama ones (and a MiniLM-shaped encoder 1.60x with AMX). An
-explicit ``bfloat16`` runs any model mixed.
+an AVX-512 BF16 session's rounds, 0.48x with AMX). On a CPU, only models with a convolution run
+mixed (``cnn`` 1.27-1.97x, ``kim_cnn`` 1.10-3.53x with AMX, GloVe to WordLlama): a model whose
+work is attention (``transformer``: 0.79x on GloVe, 0.98x on WordLlama with AMX; 0.80x and
+1.53x with AVX-512 BF16) or pooling (``fasttext``: 0.91x and 0.89x with AMX, medians of 4
+interleaved rounds) stays float32, as its elementwise work, normalisations and reductions
+gain nothing from the matrix units. On a GPU every non-recurrent model runs mixed. An explicit
+``bfloat16`` runs any model mixed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from embcache.cache.precision import Precision, resolve_precision
 
 MIXED = "mixed_bfloat16"
 RECURRENT_WHY = "recurrent layers run no faster in bfloat16"
-POOLING_WHY = "no convolution or attention: pooling runs slower in bfloat16 on a CPU"
+NO_CONVOLUTION_WHY = ("without a convolution, a model runs no faster in bfloat16 on a CPU "
+                      "(attention, pooling)")
 
 
 @contextlib.contextmanager
@@ -50,12 +52,12 @@ def is_recurrent(model) -> bool:
     return any(isinstance(layer, kinds) for layer in model._flatten_layers(include_self=False))
 
 
-def has_matrix_work(model) -> bool:
-    """A convolution or attention layer: what the matrix units speed up."""
+def has_convolution(model) -> bool:
+    """A convolution layer: the work the CPU's matrix units speed up most (see the module
+    docstring)."""
     import keras
 
-    kinds = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.SeparableConv1D,
-             keras.layers.MultiHeadAttention)
+    kinds = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.SeparableConv1D)
     return any(isinstance(layer, kinds) for layer in model._flatten_layers(include_self=False))
 
 
@@ -64,8 +66,8 @@ def slower_in_bfloat16(model, units: str) -> str:
     ``""``."""
     if is_recurrent(model):
         return RECURRENT_WHY
-    if units != "gpu" and not has_matrix_work(model):
-        return POOLING_WHY
+    if units != "gpu" and not has_convolution(model):
+        return NO_CONVOLUTION_WHY
     return ""
 
 

@@ -48,7 +48,7 @@ def card(run) -> dict:
 
 
 @pytest.mark.slow
-def test_train_records_its_precision_and_recurrent_and_pooling_models_stay_float32(store, tmp_path, native):
+def test_train_records_its_precision_and_models_without_convolutions_stay_float32(store, tmp_path, native):
     native(True)
     code, out = cli("train", "--store", store, "--model", "kim_cnn,gru,fasttext", "--epochs", "1",
                     "--batch-size", "32", "--out", tmp_path / "runs")
@@ -56,8 +56,8 @@ def test_train_records_its_precision_and_recurrent_and_pooling_models_stay_float
     first = next(line for line in out.splitlines() if line.startswith("Precision: "))
     assert "bfloat16 (auto: EMBCACHE_NATIVE_BF16=1)" in first
     assert "float32 (auto: recurrent layers run no faster in bfloat16)" in first
-    # on a CPU, a model without convolution or attention (pooling only) stays float32 too
-    assert "float32 (auto: no convolution or attention: pooling runs slower in bfloat16" in first
+    # on a CPU, a model without a convolution (fasttext: pooling) stays float32 too
+    assert "float32 (auto: without a convolution, a model runs no faster in bfloat16" in first
     assert card(tmp_path / "runs" / "kim_cnn")["precision"]["name"] == "bfloat16"
     assert card(tmp_path / "runs" / "gru")["precision"]["name"] == "float32"
     assert card(tmp_path / "runs" / "fasttext")["precision"]["name"] == "float32"

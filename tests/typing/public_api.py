@@ -32,6 +32,10 @@ embcache.quiet_tensorflow()
 scored: embcache.ScoreSummary = embcache.score(["runs/fasttext"], "news20.zarr", "p.csv",
                                                split="test")
 scorer = embcache.Scorer(["runs/fasttext"], vectors="glove.txt.gz")
+# Batch scoring on Dask.
+on_dask: embcache.ScoreSummary = embcache.score(["runs/fasttext"], "news20.zarr", "p.csv",
+                                                scheduler="local:2", part_docs=8192)
+written: embcache.ScoreSummary = scorer.write("news20.zarr", "p.parquet", scheduler="local:2")
 # The lexical channel and ensembles across representations.
 lexical = embcache.dataset(store, "train", token_ids=True)
 across = embcache.Scorer(["runs/tfidf", "runs/kim_cnn-wordllama"], ensemble="fit",

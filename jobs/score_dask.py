@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ import numpy as np
 
 from embcache.cache.errors import EmbcacheError, StrPath, writing
 from embcache.cache.plan import StreamPlan, plan_split
-from embcache.jobs.outputs import open_writer
+from embcache.jobs.outputs import ScoreSummary, open_writer
 from embcache.jobs.score_loop import Output
 
 # Documents per task (the default of `part_docs`), rounded up to whole chunks of every
@@ -83,12 +84,10 @@ class Part:
 _SCORERS: dict[ScorerSpec, Any] = {}  # per worker process: each spec's models, loaded once
 
 
-def _worker_scorer(spec: ScorerSpec, threads: int | None):
-    """This worker's scorer for ``spec``, loaded on its first task. ``threads``: TensorFlow's
-    threads in this process (a local cluster's workers share the machine's cores), set before
-    TensorFlow starts its runtime."""
-    from embcache.jobs.score import Scorer
-
+def _worker_scorer(make: Callable[..., Any], spec: ScorerSpec, threads: int | None):
+    """This worker's scorer for ``spec`` (``make``: the driver's scorer class), loaded on its
+    first task. ``threads``: TensorFlow's threads in this process (a local cluster's workers
+    share the machine's cores), set before TensorFlow starts its runtime."""
     scorer = _SCORERS.get(spec)
     if scorer is None:
         if threads and not _SCORERS:
@@ -98,18 +97,20 @@ def _worker_scorer(spec: ScorerSpec, threads: int | None):
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
                 tf.config.threading.set_inter_op_parallelism_threads(threads)
         _SCORERS.clear()  # one job's models at a time
-        scorer = _SCORERS[spec] = Scorer(list(spec.runs), stores=list(spec.stores),
+        scorer = _SCORERS[spec] = make(list(spec.runs), stores=list(spec.stores),
                                          batch_size=spec.batch_size, ensemble=spec.ensemble,
                                          precision=spec.precision)
     return scorer
 
 
-def score_part(spec: ScorerSpec, urls: list[str], split: str | None, part: Part,
-               output: Output, columns: list[str], folder: str, threads: int | None) -> int:
-    """A Dask task: score one part into its Parquet file; returns its documents."""
+def score_part(make: Callable[..., Any], spec: ScorerSpec, urls: list[str], split: str | None,
+               part: Part, output: Output, columns: list[str], folder: str,
+               threads: int | None) -> int:
+    """A Dask task: score one part into its Parquet file; returns its documents. ``make``: the
+    driver's scorer class (it travels by reference)."""
     from embcache.cache.store import open_store
 
-    scorer = _worker_scorer(spec, threads)
+    scorer = _worker_scorer(make, spec, threads)
     stores = [open_store(u, require_complete=True) for u in urls]
     target = part.file(Path(folder))
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -172,9 +173,9 @@ def parts_folder(out_path: Path, key: dict) -> tuple[Path, bool]:
     return folder, False
 
 
-def run_parts(client, spec: ScorerSpec, urls: list[str], split: str | None, parts: list[Part],
-              output: Output, columns: list[str], folder: Path, threads: int | None,
-              bar=None) -> None:
+def run_parts(client, make: Callable[..., Any], spec: ScorerSpec, urls: list[str],
+              split: str | None, parts: list[Part], output: Output, columns: list[str],
+              folder: Path, threads: int | None, bar=None) -> None:
     """Submit every part not yet written; wait for all. A task's own error (a bad store, a
     model that fails) is raised as it is; a worker that cannot run embcache at all is one
     line."""
@@ -185,7 +186,7 @@ def run_parts(client, spec: ScorerSpec, urls: list[str], split: str | None, part
     todo = [p for p in parts if not p.file(folder).exists()]
     if bar is not None:
         bar.update(sum(p.docs for p in parts) - sum(p.docs for p in todo))
-    futures = {client.submit(score_part, spec, urls, split, p, output, columns, str(folder),
+    futures = {client.submit(score_part, make, spec, urls, split, p, output, columns, str(folder),
                              threads, pure=False, key=f"embcache-score-part-{p.index}-{os.getpid()}"): p
                for p in todo}
     try:
@@ -265,6 +266,10 @@ def distributed_write(scorer, stores: list, split: str | None, out_path: Path, f
     from embcache.jobs.executors import dask_client
 
     urls = [str(s.url) for s in stores]
+    if any(u.startswith("memory://") for u in urls):
+        raise EmbcacheError(f"Store {next(u for u in urls if u.startswith('memory://'))} lives in "
+                            "this process only; Dask workers cannot read it: write it to a path "
+                            "or URL they share")
     columns = scorer.columns(output, truth=stores[0].labelled)
     spec = scorer.spec()
     parts = make_parts(stores, split, part_docs)
@@ -286,7 +291,8 @@ def distributed_write(scorer, stores: list, split: str | None, out_path: Path, f
         # a local cluster's N workers share this machine's cores
         threads = max(1, (os.cpu_count() or 1) // int(scheduler[1])) \
             if scheduler[0] == "local" else None
-        run_parts(client, spec, urls, split, parts, output, columns, folder, threads, bar)
+        run_parts(client, type(scorer), spec, urls, split, parts, output, columns, folder,
+                  threads, bar)
     confusions: dict = {}
     on_rows = None
     if labelled_metrics:
@@ -315,20 +321,14 @@ def shared_path(run: StrPath) -> str:
 
 
 class DistributedMixin:
-    """:meth:`Scorer.write` on Dask. A mixin of :class:`embcache.jobs.score.Scorer`."""
+    """:meth:`Scorer.write` on Dask. A mixin of :class:`embcache.jobs.score.Scorer` (whose
+    ``_as_stores`` and ``_summary`` it uses)."""
 
     _run_args: list[str]
     stores: list[str]
-    views: list
     batch_size: int
     ensemble: str
     precision_asked: str
-
-    def _as_stores(self, data, split, **kwargs):
-        raise NotImplementedError
-
-    def _summary(self, out_path, docs, confusions, metrics_dir, t0):
-        raise NotImplementedError
 
     def spec(self) -> ScorerSpec:
         """What a Dask worker rebuilds this scorer from (:mod:`embcache.jobs.score_dask`)."""
@@ -336,10 +336,11 @@ class DistributedMixin:
                           batch_size=self.batch_size, ensemble=self.ensemble,
                           precision=self.precision_asked)
 
-    def _write_distributed(self, data, out_path: Path, fmt: str, output: Output,
+    def _write_distributed(self: Any, data, out_path: Path, fmt: str, output: Output,
                            parsed: tuple[str, int | str], t0: float, *, split: str | None,
                            corpus: Any, keep_store: str | None,
-                           metrics_dir: str | None, progress: bool, part_docs: int) -> Any:
+                           metrics_dir: str | None, progress: bool,
+                           part_docs: int) -> ScoreSummary:
         """:meth:`write` on Dask (:func:`embcache.jobs.score_dask.distributed_write`)."""
         from embcache.cache.store import Store, store_state
 
@@ -351,4 +352,5 @@ class DistributedMixin:
             docs, confusions = distributed_write(self, stores, split, out_path, fmt, output,
                                                  parsed, progress, stores[0].labelled,
                                                  part_docs)
-        return self._summary(out_path, docs, confusions, metrics_dir, t0)
+        summary: ScoreSummary = self._summary(out_path, docs, confusions, metrics_dir, t0)
+        return summary

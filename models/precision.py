@@ -101,12 +101,12 @@ def build(make: Callable[[], object], precision: Precision, asked: str) -> tuple
             return make(), precision
     with policy(MIXED):
         model = make()
+    if precision_of(model) == "float32":  # every layer pins float32 (tfidf): say so
+        return model, Precision("float32", "its layers compute in float32", precision.units)
     slower = slower_in_bfloat16(model, precision.units) if asked == "auto" else ""
     if slower:
         with policy("float32"):
             return make(), Precision("float32", f"auto: {slower}", precision.units)
-    if precision_of(model) == "float32":  # every layer pins float32 (tfidf): say so
-        return model, Precision("float32", "its layers compute in float32", precision.units)
     return _float32_output(model), precision
 
 

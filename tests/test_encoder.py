@@ -79,7 +79,7 @@ def test_vectors_equal_the_backbone_alone_whatever_the_batch(encoders, corpus, t
 
     out = tmp_path / "e.zarr"
     embed_corpus(CorpusSpec(str(corpus)), None, str(out), encoder=str(encoders[0]),
-                 encoder_batch=5, progress=False, chunk_docs=16)
+                 encoder_batch=5, progress=False, chunk_docs=16, precision="float32")
     store = open_store(str(out))
     assert store.dim == 8 and store.meta.encoder["architecture"] == "BertBackbone"
     assert store.meta.vectors.fingerprint == store.meta.encoder["fingerprint"]

@@ -125,6 +125,12 @@ def build_plain(*, dim, num_classes, max_len=0, padding="pre"):
     ins = inputs(dim)
     x = keras.layers.GlobalAveragePooling1D()(ins["embedded"])
     return keras.Model(ins, keras.layers.Dense(num_classes, activation="softmax")(x))
+
+def build_conv(*, dim, num_classes, max_len=0, padding="pre"):
+    ins = inputs(dim)
+    x = keras.layers.Conv1D(16, 3, padding="same", activation="relu")(ins["embedded"])
+    x = keras.layers.GlobalMaxPooling1D()(x)
+    return keras.Model(ins, keras.layers.Dense(num_classes, activation="softmax")(x))
 '''
 
 
@@ -140,9 +146,13 @@ def test_a_model_of_your_own_gets_a_float32_output(store, tmp_path, native, monk
     import plain_models
 
     native(True)
-    model, p = build(lambda: plain_models.build_plain(dim=8, num_classes=3),
+    model, p = build(lambda: plain_models.build_conv(dim=8, num_classes=3),
                      resolve_precision("auto"), "auto")
     assert p.name == "bfloat16" and precision_of(model) == "bfloat16"
+    # without a convolution (pooling only), auto keeps a model float32 on a CPU
+    plain, q = build(lambda: plain_models.build_plain(dim=8, num_classes=3),
+                     resolve_precision("auto"), "auto")
+    assert q.name == "float32" and precision_of(plain) == "float32" and "convolution" in q.why
     assert model.outputs[0].dtype == "float32" and model.layers[-1].name == "float32_output"
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
     tfidf, p = build(lambda: __import__("embcache").models.build(

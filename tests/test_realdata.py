@@ -97,7 +97,7 @@ def test_minilm_sentence_transformers_folder_as_distributed(data, tmp_path):
         (corpus / label / "1").write_text(text)
     out = tmp_path / "m.zarr"
     embed_corpus(CorpusSpec(str(corpus)), None, str(out), encoder=str(folder),
-                 cache_dir=str(tmp_path / "cache"), progress=False)
+                 cache_dir=str(tmp_path / "cache"), progress=False, precision="float32")
     store = open_store(str(out))
     assert store.dim == 384 and store.meta.encoder["architecture"] == "BertBackbone"
     ids, _, _ = enc.token_ids(["Our goalie made 40 saves."])

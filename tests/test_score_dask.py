@@ -153,3 +153,19 @@ def test_an_unreachable_scheduler_is_one_line(setup, tmp_path):
     code, text = score("--models", f"{root}/runs/fasttext", "--input", store, "--out",
                        tmp_path / "p.csv", "--scheduler", "tcp://127.0.0.1:9")
     assert code != 0 and "Cannot reach the Dask scheduler" in one_error_line(text)
+
+
+@pytest.mark.slow
+def test_a_damaged_chunk_met_on_a_worker_is_one_line(setup, tmp_path):
+    import shutil
+
+    root, store = setup
+    copy = tmp_path / "damaged.zarr"
+    shutil.copytree(store, copy)
+    chunk = copy / "tokens" / "c" / "2" / "0"
+    chunk.write_bytes(os.urandom(chunk.stat().st_size))
+    code, text = score("--models", f"{root}/runs/kim_cnn", "--input", copy, "--out",
+                       tmp_path / "p.csv", "--scheduler", "local:2", "--part-docs", "16")
+    line = one_error_line(text)
+    assert code != 0 and "is damaged" in line and str(copy) in line
+    assert not (tmp_path / "p.csv").exists()

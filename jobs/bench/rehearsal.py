@@ -135,6 +135,19 @@ def main(vectors, docs, out, model, workers, rounds, reuse):
                f"{n_obj:,} objects, {size / 1e6:,.1f} MB ({size / docs:,.0f} bytes per document)")
     click.echo(table(["job", "wall s", "docs/s", "peak RSS MB", "speed vs one process"],
                      [r + [""] * (5 - len(r)) for r in rows]))
+    # On paper: 1 billion documents from this run's per-unit costs (objects and bytes scale with
+    # the documents; each job's time with its docs/s, per worker of this machine's kind).
+    scale = 1e9 / docs
+    paper = [["objects (unsharded)", f"{n_obj * scale:,.0f}"],
+             ["bytes", f"{size * scale / 1e12:,.2f} TB"]]
+    if "embed" in results:
+        paper.append(["embed-corpus, hours on one 2-core machine",
+                      f"{results['embed'][0] * scale / 3600:,.0f}"])
+    for way in ways:
+        paper.append([f"score ({way}), hours on one 2-core machine",
+                      f"{median(walls[way]) * scale / 3600:,.0f}"])
+    click.echo(f"\n1 billion documents on paper (x{scale:,.0f} this run)")
+    click.echo(table(["what", "1e9 documents"], paper))
 
 
 if __name__ == "__main__":

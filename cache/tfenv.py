@@ -30,14 +30,30 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     if "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with stderr_to_devnull():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+
+
+def is_verbose() -> bool:
+    """Whether the job asked for TensorFlow's own logs (the CLI's ``--verbose``)."""
+    return _LOUD
+
+
+@contextlib.contextmanager
+def stderr_to_devnull(on: bool = True):
+    """File descriptor 2 pointed at /dev/null in the block (``on``): processes started in it
+    (a local Dask cluster's workers, which import TensorFlow while they start) keep it so."""
+    if not on:
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)

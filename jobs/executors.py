@@ -17,6 +17,7 @@ from typing import Any
 
 from embcache.cache.errors import NO_MAIN_GUARD, EmbcacheError, install_hint, leave_if_bootstrapping
 from embcache.cache.sources import EmbeddingSource
+from embcache.cache.tfenv import is_verbose, stderr_to_devnull
 
 
 @dataclass
@@ -89,8 +90,12 @@ def dask_client(parsed: tuple[str, int | str], what: str = "`scheduler=`") -> It
     try:
         if kind == "local":
             leave_if_bootstrapping()
-            cluster = LocalCluster(n_workers=int(arg), threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+            # The workers start with stderr at /dev/null (unless --verbose): each imports
+            # TensorFlow, whose start-up lines would otherwise reach the terminal once per
+            # worker; a task's error comes back to this process through its future.
+            with stderr_to_devnull(not is_verbose()):
+                cluster = LocalCluster(n_workers=int(arg), threads_per_worker=1,
+                                       processes=True, dashboard_address=None)
             client = Client(cluster)
         else:
             client = Client(arg, timeout="20s")

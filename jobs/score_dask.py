@@ -199,6 +199,9 @@ def run_parts(client, make: Callable[..., Any], spec: ScorerSpec, urls: list[str
                 raise EmbcacheError(f"A Dask worker could not run embcache's scoring task "
                                     f"({type(e).__name__}: {e}); install the same embcache on "
                                     "every worker") from None
+            except Exception as e:  # noqa: BLE001 - any other failure of a task: one line
+                raise EmbcacheError(f"A scoring task failed on a Dask worker "
+                                    f"({type(e).__name__}: {e})") from None
             if bar is not None:
                 bar.update(futures[future].docs)
             pause_point("score:part-written")

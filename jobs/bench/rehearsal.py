@@ -1,7 +1,7 @@
 """``make bench-rehearsal``: the whole pipeline on a synthetic corpus of ``--docs`` short
 documents (default 1,000,000), each job a fresh process: embed-corpus, verify, one training
 epoch from the store, and batch scoring in one process against ``--scheduler local:N``
-(interleaved over ``--rounds``).
+and on Dask with one worker and with ``--workers`` (interleaved over ``--rounds``).
 
 The corpus: every document has its own id and text, 10-26 words drawn from GloVe's 5,000 most
 frequent words, plus 2-4 topic words of its label (4 labels, 100 topic words each) and one of
@@ -101,7 +101,7 @@ def main(vectors, docs, out, model, workers, rounds, reuse):
     say("verify ...")
     wall, peak, _ = run_measured(CLI + ["verify", str(store), "-q"])
     rows.append(["verify", f"{wall:,.1f}", f"{docs / wall:,.0f}", f"{peak:,.0f}"])
-    if not (reuse and (run / "card.json").exists()):
+    if not (reuse and (run / "model.json").exists()):
         say(f"train {model}, 1 epoch ...")
         wall, peak, _ = run_measured(CLI + ["train", "--store", str(store), "--model", model,
                                             "--epochs", "1", "--out", str(run), "-q",
@@ -112,8 +112,8 @@ def main(vectors, docs, out, model, workers, rounds, reuse):
         n_train = plan_split(open_store(str(store)), "train").num_docs
         rows.append([f"train {model}, 1 epoch from the store ({n_train:,} train documents)",
                      f"{wall:,.1f}", f"{n_train / wall:,.0f}", f"{peak:,.0f}"])
-    ways = {"one process": [], f"--scheduler local:{workers}": ["--scheduler",
-                                                                 f"local:{workers}"]}
+    ways = {"one process": [], "--scheduler local:1": ["--scheduler", "local:1"],
+            f"--scheduler local:{workers}": ["--scheduler", f"local:{workers}"]}
     walls: dict[str, list[float]] = {w: [] for w in ways}
     peaks: dict[str, list[float]] = {w: [] for w in ways}
     for r in range(rounds):

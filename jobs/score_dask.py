@@ -24,7 +24,9 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,14 +83,18 @@ class Part:
         return folder / f"part-{self.index:06d}.parquet"
 
 
-_SCORERS: dict[ScorerSpec, Any] = {}  # per worker process: each spec's models, loaded once
+# Per worker process, for the job now running (its id: the driver's host, pid and start time):
+# its models, loaded once, and its stores, opened (their chunks listed) once. A later job starts
+# afresh, so a run folder or store replaced between jobs is never served stale.
+_SCORERS: dict[tuple[str, ScorerSpec], Any] = {}
+_STORES: dict[str, Any] = {}
 
 
-def _worker_scorer(make: Callable[..., Any], spec: ScorerSpec, threads: int | None):
+def _worker_scorer(make: Callable[..., Any], spec: ScorerSpec, job: str, threads: int | None):
     """This worker's scorer for ``spec`` (``make``: the driver's scorer class), loaded on its
     first task. ``threads``: TensorFlow's threads in this process (a local cluster's workers
     share the machine's cores), set before TensorFlow starts its runtime."""
-    scorer = _SCORERS.get(spec)
+    scorer = _SCORERS.get((job, spec))
     if scorer is None:
         if threads and not _SCORERS:
             import tensorflow as tf
@@ -96,22 +102,27 @@ def _worker_scorer(make: Callable[..., Any], spec: ScorerSpec, threads: int | No
             with contextlib.suppress(RuntimeError):  # the runtime had started: keep its pools
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
                 tf.config.threading.set_inter_op_parallelism_threads(threads)
-        _SCORERS.clear()  # one job's models at a time
-        scorer = _SCORERS[spec] = make(list(spec.runs), stores=list(spec.stores),
+        _SCORERS.clear()  # one job's models and stores at a time
+        _STORES.clear()
+        scorer = _SCORERS[(job, spec)] = make(list(spec.runs), stores=list(spec.stores),
                                          batch_size=spec.batch_size, ensemble=spec.ensemble,
                                          precision=spec.precision)
     return scorer
 
 
-def score_part(make: Callable[..., Any], spec: ScorerSpec, urls: list[str], split: str | None,
-               part: Part, output: Output, columns: list[str], folder: str,
+def score_part(make: Callable[..., Any], spec: ScorerSpec, job: str, urls: list[str],
+               split: str | None, part: Part, output: Output, columns: list[str], folder: str,
                threads: int | None) -> int:
     """A Dask task: score one part into its Parquet file; returns its documents. ``make``: the
     driver's scorer class (it travels by reference)."""
     from embcache.cache.store import open_store
 
-    scorer = _worker_scorer(make, spec, threads)
-    stores = [open_store(u, require_complete=True) for u in urls]
+    scorer = _worker_scorer(make, spec, job, threads)
+    stores = []
+    for u in urls:  # opened (and their chunks listed against the manifest) once per worker
+        if u not in _STORES:
+            _STORES[u] = open_store(u, require_complete=True)
+        stores.append(_STORES[u])
     target = part.file(Path(folder))
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     n = 0
@@ -186,8 +197,10 @@ def run_parts(client, make: Callable[..., Any], spec: ScorerSpec, urls: list[str
     todo = [p for p in parts if not p.file(folder).exists()]
     if bar is not None:
         bar.update(sum(p.docs for p in parts) - sum(p.docs for p in todo))
-    futures = {client.submit(score_part, make, spec, urls, split, p, output, columns, str(folder),
-                             threads, pure=False, key=f"embcache-score-part-{p.index}-{os.getpid()}"): p
+    job = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+    futures = {client.submit(score_part, make, spec, job, urls, split, p, output, columns,
+                             str(folder), threads, pure=False,
+                             key=f"embcache-score-part-{p.index}-{job}"): p
                for p in todo}
     try:
         for future in as_completed(futures):

@@ -281,7 +281,7 @@ def distributed_write(scorer, stores: list, split: str | None, out_path: Path, f
 
     from embcache.jobs.executors import dask_client
 
-    urls = [str(s.url) for s in stores]
+    urls = [shared_path(str(s.url)) for s in stores]
     if any(u.startswith("memory://") for u in urls):
         raise EmbcacheError(f"Store {next(u for u in urls if u.startswith('memory://'))} lives in "
                             "this process only; Dask workers cannot read it: write it to a path "
@@ -348,7 +348,8 @@ class DistributedMixin:
 
     def spec(self) -> ScorerSpec:
         """What a Dask worker rebuilds this scorer from (:mod:`embcache.jobs.score_dask`)."""
-        return ScorerSpec(runs=tuple(self._run_args), stores=tuple(self.stores),
+        return ScorerSpec(runs=tuple(self._run_args),
+                          stores=tuple(shared_path(u) for u in self.stores),
                           batch_size=self.batch_size, ensemble=self.ensemble,
                           precision=self.precision_asked)
 

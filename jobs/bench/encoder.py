@@ -158,13 +158,15 @@ def _sample_texts(corpus: str, docs: int) -> list[str]:
 
 
 def precision_speed(corpus: str, encoder: str, docs: int, rounds: int, lengths: list[int]) -> None:
-    """The encoder in float32 against bfloat16 (``embed-corpus --precision``), XLA as
-    embed-corpus runs it, rounds interleaved: documents/s, and how far the bfloat16 vectors are
-    from the float32 ones (largest absolute difference, relative to the largest value; the
-    mean cosine similarity of the token vectors)."""
+    """The encoder in float32 against bfloat16 (``embed-corpus --precision``), each with and
+    without XLA, the four interleaved over the rounds: documents/s, each against float32 with
+    XLA (float32's default; bfloat16's default on a CPU is without XLA, see
+    :func:`embcache.cache.encoder.xla_by_default`), and how far the bfloat16 vectors are from
+    the float32 ones (largest absolute difference, relative to the largest value; the mean
+    cosine similarity of the token vectors)."""
     import numpy as np
 
-    from embcache.cache.encoder import Encoder, resolve
+    from embcache.cache.encoder import Encoder, resolve, xla_by_default
     from embcache.cache.precision import native_bfloat16
     from embcache.cache.tfenv import quiet_tensorflow
     from jobs.bench.common import table
@@ -172,33 +174,40 @@ def precision_speed(corpus: str, encoder: str, docs: int, rounds: int, lengths: 
     quiet_tensorflow()
     texts = _sample_texts(corpus, docs)
     native, why = native_bfloat16()
+    variants = [(p, xla) for p in ("float32", "bfloat16") for xla in (True, False)]
     rows = []
     for max_len in lengths:
-        encs = {p: Encoder(resolve(encoder, max_len=max_len, precision=p))
-                for p in ("float32", "bfloat16")}
-        ids = encs["float32"].token_ids(texts)[0]
-        outs = {p: e.encode(ids) for p, e in encs.items()}  # warm-up: traces and compiles
-        a, b = (np.concatenate(outs[p]).astype(np.float64) for p in ("float32", "bfloat16"))
+        encs = {v: Encoder(resolve(encoder, max_len=max_len, precision=v[0], jit_compile=v[1]))
+                for v in variants}
+        ids = encs[variants[0]].token_ids(texts)[0]
+        outs = {v: e.encode(ids) for v, e in encs.items()}  # warm-up: traces and compiles
+        default = {p: (p, xla_by_default(p)) for p in ("float32", "bfloat16")}
+        a, b = (np.concatenate(outs[default[p]]).astype(np.float64)
+                for p in ("float32", "bfloat16"))
         cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1),
                                           1e-12)
-        got: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+        got: dict[tuple, list[float]] = {v: [] for v in variants}
         for r in range(rounds):
-            for p in (("float32", "bfloat16") if r % 2 == 0 else ("bfloat16", "float32")):
+            for v in (variants if r % 2 == 0 else variants[::-1]):
                 t0 = time.perf_counter()
-                encs[p].encode(ids)
-                got[p].append(len(ids) / (time.perf_counter() - t0))
-                say(f"precision max_len {max_len} round {r + 1}/{rounds} {p}: "
-                    f"{got[p][-1]:,.1f} docs/s")
-        med = {p: sorted(v)[len(v) // 2] for p, v in got.items()}
-        rows.append([str(max_len), *(f"{med[p]:,.1f} ({min(got[p]):,.1f}-{max(got[p]):,.1f})"
-                                     for p in ("float32", "bfloat16")),
-                     f"{med['bfloat16'] / med['float32']:.2f}x",
-                     f"{np.abs(a - b).max() / np.abs(a).max():.1e}", f"{cos.mean():.5f}"])
+                encs[v].encode(ids)
+                got[v].append(len(ids) / (time.perf_counter() - t0))
+                say(f"precision max_len {max_len} round {r + 1}/{rounds} {v[0]}"
+                    f"{' XLA' if v[1] else ''}: {got[v][-1]:,.1f} docs/s")
+        med = {v: sorted(x)[len(x) // 2] for v, x in got.items()}
+        for v in variants:
+            rows.append([str(max_len), v[0], "XLA" if v[1] else "plain",
+                         "yes" if default[v[0]] == v else "",
+                         f"{med[v]:,.1f} ({min(got[v]):,.1f}-{max(got[v]):,.1f})",
+                         f"{med[v] / med[('float32', True)]:.2f}x"])
+        rows.append([str(max_len), "bfloat16 (default) against float32 (default)", "", "",
+                     f"max diff {np.abs(a - b).max() / np.abs(a).max():.1e} of max",
+                     f"mean cosine {cos.mean():.5f}"])
     click.echo(f"encoder float32 against bfloat16: {len(texts)} documents of {corpus}, "
-               f"{encoder}, XLA, {rounds} interleaved rounds; bfloat16 "
+               f"{encoder}, {rounds} interleaved rounds; bfloat16 "
                f"{'native' if native else 'EMULATED'} here ({why}); documents/s median (range)")
-    click.echo(table(["max_len", "float32", "bfloat16", "bfloat16 / float32",
-                      "max |diff| / max |x|", "mean cosine"], rows))
+    click.echo(table(["max_len", "precision", "forward pass", "default", "docs/s",
+                      "vs float32 XLA"], rows))
 
 
 @click.command()

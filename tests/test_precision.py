@@ -43,6 +43,18 @@ def test_auto_follows_what_the_machine_runs_natively(native, monkeypatch):
         resolve_precision("float16")
 
 
+def test_an_encoder_in_bfloat16_skips_xla_on_a_cpu(native, monkeypatch):
+    """XLA's CPU backend does not reach the matrix units: bfloat16 runs the plain graph there;
+    float32 keeps XLA; on a GPU both keep it."""
+    import embcache.cache.precision as prec
+    from embcache.cache.encoder import xla_by_default
+
+    native(True)
+    assert xla_by_default("float32") and not xla_by_default("bfloat16")
+    monkeypatch.setattr(prec, "bfloat16_units", lambda: ("gpu", "a GPU of compute capability 9.0"))
+    assert xla_by_default("bfloat16") and xla_by_default("float32")
+
+
 def card(run) -> dict:
     return json.loads((run / "model.json").read_text())
 

@@ -2,9 +2,10 @@
 
 The store's documents are cut into **parts** of whole blocks (``PART_DOCS`` documents, aligned
 to every representation's chunks). Each Dask task scores one part with the same loop as a
-single process (:meth:`embcache.jobs.score_loop.LoopMixin._rows`) and writes it as one Parquet
-file in ``<out>.parts/`` (written aside and renamed: a part is whole or absent). The models are
-loaded once per worker process (``_SCORERS``), not per task. The driver then assembles the
+single process (:meth:`embcache.jobs.score_loop.LoopMixin._rows`) and returns it as a Parquet
+file's bytes; the driver writes each into ``<out>.parts/`` as it arrives (written aside and
+renamed: a part is whole or absent), so workers on other machines need no shared file system
+for the output. The models are loaded once per worker process (``_SCORERS``), not per task. The driver then assembles the
 parts, in the store's order, into ``out`` (CSV, JSONL or Parquet, renamed into place) and
 computes the metrics from the assembled rows; the parts folder is removed once ``out`` is whole.
 
@@ -12,8 +13,9 @@ A stopped run resumes: the parts folder records what it scores (``job.json``: th
 the input, the split and the columns); a rerun with the same job skips the parts already
 written, and a different job starts the folder afresh.
 
-Memory: on a worker, its models and one batch per model (predictions stream into the part
-file); on the driver, the plans (a few bytes per chunk) and one part's rows while assembling.
+Memory: on a worker, its models, one batch per model and one part's predictions (streamed
+into a temporary Parquet file, then sent); on the driver, the plans (a few bytes per chunk), the
+parts' bytes as they arrive (each released once written) and one part's rows while assembling.
 """
 
 from __future__ import annotations
@@ -111,10 +113,14 @@ def _worker_scorer(make: Callable[..., Any], spec: ScorerSpec, job: str, threads
 
 
 def score_part(make: Callable[..., Any], spec: ScorerSpec, job: str, urls: list[str],
-               split: str | None, part: Part, output: Output, columns: list[str], folder: str,
-               threads: int | None) -> int:
-    """A Dask task: score one part into its Parquet file; returns its documents. ``make``: the
-    driver's scorer class (it travels by reference)."""
+               split: str | None, part: Part, output: Output, columns: list[str],
+               threads: int | None) -> bytes:
+    """A Dask task: score one part; returns it as a Parquet file's bytes, which the driver
+    writes into the parts folder (so workers on other machines need no shared file system for
+    the output; memory: one part's predictions). ``make``: the driver's scorer class (it
+    travels by reference)."""
+    import tempfile
+
     from embcache.cache.store import open_store
 
     scorer = _worker_scorer(make, spec, job, threads)
@@ -123,21 +129,32 @@ def score_part(make: Callable[..., Any], spec: ScorerSpec, job: str, urls: list[
         if u not in _STORES:
             _STORES[u] = open_store(u, require_complete=True)
         stores.append(_STORES[u])
-    target = part.file(Path(folder))
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    n = 0
+    fd, name = tempfile.mkstemp(prefix="embcache-part-", suffix=".parquet")
+    os.close(fd)
+    tmp = Path(name)
     try:
         with open_writer(tmp, "parquet", columns) as writer:
             # in this process: a worker is a process per core already (and may be daemonic)
             for ids, cols in scorer._rows(stores, split, output, plans=list(part.plans),
                                           docs=(part.first, part.stop), in_process=True):
                 writer.write({"doc_id": ids, **cols})
-                n += len(ids)
+        return tmp.read_bytes()
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def write_part(folder: Path, part: Part, data: bytes) -> None:
+    """A part's Parquet bytes into the parts folder, written aside and renamed (whole or
+    absent)."""
+    target = part.file(folder)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-    return n
 
 
 def make_parts(stores: list, split: str | None, part_docs: int) -> list[Part]:
@@ -199,13 +216,13 @@ def run_parts(client, make: Callable[..., Any], spec: ScorerSpec, urls: list[str
         bar.update(sum(p.docs for p in parts) - sum(p.docs for p in todo))
     job = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
     futures = {client.submit(score_part, make, spec, job, urls, split, p, output, columns,
-                             str(folder), threads, pure=False,
-                             key=f"embcache-score-part-{p.index}-{job}"): p
+                             threads, pure=False, key=f"embcache-score-part-{p.index}-{job}"): p
                for p in todo}
     try:
         for future in as_completed(futures):
             try:
-                future.result()
+                write_part(folder, futures[future], future.result())
+                future.release()  # its bytes leave the cluster's memory
             except EmbcacheError:
                 raise
             except (ImportError, AttributeError) as e:  # no (or another) embcache there

@@ -5,9 +5,10 @@ to every representation's chunks). Each Dask task scores one part with the same 
 single process (:meth:`embcache.jobs.score_loop.LoopMixin._rows`) and returns it as a Parquet
 file's bytes; the driver writes each into ``<out>.parts/`` as it arrives (written aside and
 renamed: a part is whole or absent), so workers on other machines need no shared file system
-for the output. The models are loaded once per worker process (``_SCORERS``), not per task. The driver then assembles the
-parts, in the store's order, into ``out`` (CSV, JSONL or Parquet, renamed into place) and
-computes the metrics from the assembled rows; the parts folder is removed once ``out`` is whole.
+for the output. The models are loaded once per worker process (``_SCORERS``), not per task.
+The driver then assembles the parts, in the store's order, into ``out`` (CSV, JSONL or
+Parquet, renamed into place) and computes the metrics from the assembled rows; the parts
+folder is removed once ``out`` is whole.
 
 A stopped run resumes: the parts folder records what it scores (``job.json``: the runs' cards,
 the input, the split and the columns); a rerun with the same job skips the parts already

@@ -174,9 +174,18 @@ def make_parts(stores: list, split: str | None, part_docs: int) -> list[Part]:
     return parts
 
 
+def job_inputs(spec: ScorerSpec, stores: list) -> list[str]:
+    """What the parts depend on, as text: each run's (or fitted ensemble's) card and each
+    store's attributes (a retrained run or a rebuilt store at the same path changes them)."""
+    cards = [(Path(r) / name).read_text() for r in spec.runs
+             for name in ("model.json", "ensemble.json") if (Path(r) / name).is_file()]
+    return cards + [json.dumps(s.meta.to_attrs(), sort_keys=True, default=str) for s in stores]
+
+
 def job_key(spec: ScorerSpec, urls: list[str], split: str | None, columns: list[str],
             cards: list[str], part_docs: int) -> dict:
-    """What the parts folder holds parts of: a rerun resumes only the same job."""
+    """What the parts folder holds parts of: a rerun resumes only the same job (``cards``: the
+    runs' cards and the stores' attributes, as text)."""
     digest = hashlib.sha256("\n".join(cards).encode()).hexdigest()
     return {"runs": list(spec.runs), "cards_sha256": digest, "stores": urls, "split": split,
             "columns": columns, "batch_size": spec.batch_size, "precision": spec.precision,
@@ -312,8 +321,7 @@ def distributed_write(scorer, stores: list, split: str | None, out_path: Path, f
 
         raise StoreError(f"Store {urls[0]} has no documents"
                          + (f" in the {split} split" if split else ""))
-    cards = [(Path(r) / "card.json").read_text() if (Path(r) / "card.json").exists() else r
-             for r in spec.runs]
+    cards = job_inputs(spec, stores)
     folder, resumed = parts_folder(out_path, job_key(spec, urls, split, columns, cards, part_docs))
     done = sum(p.file(folder).exists() for p in parts)
     note(f"Scoring {sum(p.docs for p in parts):,} documents in {len(parts)} parts on "

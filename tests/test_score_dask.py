@@ -78,6 +78,27 @@ def test_parts_are_whole_blocks_of_every_store_and_cover_the_pass_once(setup, tm
             assert list(p.plans[0].chunks) == list(range(p.first // 16, -(-p.stop // 16)))
 
 
+def test_a_rerun_resumes_only_the_same_job(setup, tmp_path):
+    """The parts folder is kept for the same runs (their cards), stores (their attributes),
+    split and columns; anything else starts it afresh."""
+    from embcache.jobs.score_dask import ScorerSpec, job_inputs, job_key, parts_folder
+
+    root, store = setup
+    s = open_store(str(store))
+    spec = ScorerSpec((str(root / "runs" / "kim_cnn"),), (), 64, "weighted", "auto")
+    inputs = job_inputs(spec, [s])
+    assert (root / "runs" / "kim_cnn" / "model.json").read_text() in inputs
+    key = job_key(spec, [str(store)], "test", ["doc_id"], inputs, 16)
+    out = tmp_path / "p.csv"
+    folder, resumed = parts_folder(out, key)
+    assert not resumed
+    (folder / "part-000000.parquet").write_bytes(b"x")
+    assert parts_folder(out, key) == (folder, True) and (folder / "part-000000.parquet").exists()
+    retrained = job_key(spec, [str(store)], "test", ["doc_id"], [inputs[0] + " "] + inputs[1:], 16)
+    assert parts_folder(out, retrained) == (folder, False)
+    assert not (folder / "part-000000.parquet").exists()
+
+
 @pytest.mark.slow
 def test_local_cluster_scores_a_store_and_raw_input_as_one_process_does(setup, tmp_path,
                                                                        vectors_file):

@@ -72,7 +72,7 @@ def block_executor(scheduler: str | None, workers: int, use_pool: bool,
 
 
 @contextlib.contextmanager
-def dask_client(parsed: tuple[str, int | str], what: str = "`scheduler=`") -> Iterator[Any]:
+def dask_client(parsed: tuple[str, int | str]) -> Iterator[Any]:
     """A ``distributed.Client`` for a parsed scheduler: ``local`` starts a ``LocalCluster`` of N
     single-threaded worker processes on this machine (closed afterwards); ``remote``
     connects to the scheduler at the address.
@@ -83,7 +83,7 @@ def dask_client(parsed: tuple[str, int | str], what: str = "`scheduler=`") -> It
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise EmbcacheError(f"{what} needs the 'dask' extra (dask.distributed is not "
+        raise EmbcacheError("`scheduler=` needs the 'dask' extra (dask.distributed is not "
                             f"installed): {install_hint('dask')}") from None
     kind, arg = parsed
     cluster = None

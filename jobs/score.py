@@ -118,7 +118,6 @@ class Scorer(InputMixin, LoopMixin, DistributedMixin):
             raise ModelError(f"The ensemble's members ({', '.join(self.fitted.members)}) do not "
                              "share one label set; fit it again")
         self.ensemble, self.batch_size = ensemble, batch_size
-        self.precision_asked = precision
         self.cache_dir = cache_dir
         self.precision = check_precision(precision)
         self.precisions: dict[str, Precision] = {}  # per model, once loaded

@@ -370,14 +370,14 @@ class DistributedMixin:
     stores: list[str]
     batch_size: int
     ensemble: str
-    precision_asked: str
+    precision: str
 
     def spec(self) -> ScorerSpec:
         """What a Dask worker rebuilds this scorer from (:mod:`embcache.jobs.score_dask`)."""
         return ScorerSpec(runs=tuple(self._run_args),
                           stores=tuple(shared_path(u) for u in self.stores),
                           batch_size=self.batch_size, ensemble=self.ensemble,
-                          precision=self.precision_asked)
+                          precision=self.precision)
 
     def _write_distributed(self: Any, data, out_path: Path, fmt: str, output: Output,
                            parsed: tuple[str, int | str], t0: float, *, split: str | None,

@@ -220,3 +220,9 @@ bench-scale: install
 bench-rehearsal: install
 	$(call need_data,$(VECTORS))
 	$(BIN)/python -m jobs.bench.rehearsal --vectors $(VECTORS) $(ARGS)
+
+# Sharded stores (--shard-blocks K) against unsharded: objects, embed time, reads from local disk
+# and a local S3 (moto), GET requests per pass, verify.
+bench-shards: install
+	$(call need_data,$(CORPUS) $(VECTORS))
+	$(BIN)/python -m jobs.bench.shards --corpus $(CORPUS) --vectors $(VECTORS) $(ARGS)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from embcache.cache.lexical import WordIds, word_id
+from embcache.cache.meta import StoreMeta
 from embcache.cache.rows import encode_rows, split_rows
 from embcache.cache.settings import EmbedSettings
 from embcache.cache.tokenize import make_tokenizer
@@ -177,44 +178,61 @@ class EncoderEmbedder:
         return BlockResult(encode_rows(out, self.dtype), lengths, total, unknown, kept)
 
 
+Block = tuple[list[str], list[str], "list[int] | None", np.ndarray]  # texts, ids, labels, split
+
+
 class BlockWriter:
     """Embeds blocks and writes them into an existing store (one per process)."""
 
     def __init__(self, source: EmbeddingSource):
         self.embedder = source.embedder()
         self.dtype = source.settings.dtype
-        self._stores: dict[str, tuple[dict, tuple[int, int]]] = {}
+        self._stores: dict[str, tuple[dict, StoreMeta]] = {}
 
-    def _open(self, store_url: str) -> tuple[dict, tuple[int, int]]:
+    def _open(self, store_url: str) -> tuple[dict, StoreMeta]:
         if store_url not in self._stores:
             import zarr
 
-            from embcache.cache.meta import StoreMeta
-
-            group = zarr.open_group(store=store_url, mode="r+")
             from embcache.cache.layout import writable_arrays
 
+            group = zarr.open_group(store=store_url, mode="r+")
             # Open each array once: looking one up re-reads its metadata document.
             arrays = writable_arrays(group)
-            meta = StoreMeta.from_attrs(dict(group.attrs), f"Store {store_url}")
-            self.dim = meta.dim
-            self._stores[store_url] = arrays, (meta.chunk_docs, meta.block_rows)
+            self._stores[store_url] = arrays, StoreMeta.from_attrs(dict(group.attrs),
+                                                                   f"Store {store_url}")
         return self._stores[store_url]
 
-    def write(self, store_url: str, chunk: int, texts: list[str], doc_ids: list[str],
-              labels: list[int] | None, split: np.ndarray) -> np.ndarray:
-        """Write block ``chunk``; its ``chunk_stats`` row goes last (the commit marker).
+    def write_blocks(self, store_url: str, first: int, blocks: list[Block]) -> np.ndarray:
+        """Write blocks ``first, first + 1, ...``: each one's ``chunk_stats`` row goes last (its
+        commit marker). In a sharded store the blocks are one shard group
+        (:mod:`embcache.cache.shards`): built in memory, then each array's shard written whole.
 
         Returns:
-            The stats row (docs, tokens, oov tokens, kept tokens).
+            The ``(len(blocks), 4)`` stats rows (docs, tokens, oov tokens, kept tokens).
         """
-        arrays, (chunk_docs, rows) = self._open(store_url)
-        region = slice(chunk * chunk_docs, chunk * chunk_docs + len(texts))
+        arrays, meta = self._open(store_url)
+        if not meta.sharded:
+            return np.stack([self._write(arrays, meta, first + i, *b) for i, b in enumerate(blocks)])
+        from embcache.cache.shards import ShardBuffer, group_blocks, group_of
+
+        group = group_of(meta, first)
+        if list(group_blocks(meta, group)) != list(range(first, first + len(blocks))):
+            raise ValueError(f"blocks {first}+{len(blocks)} are not shard group {group}")
+        buffer = ShardBuffer(meta)
+        stats = np.stack([self._write(buffer.arrays, meta, first + i, *b)
+                          for i, b in enumerate(blocks)])
+        buffer.flush(arrays, group)
+        return stats
+
+    def _write(self, arrays: dict, meta: StoreMeta, chunk: int, texts: list[str],
+               doc_ids: list[str], labels: list[int] | None, split: np.ndarray) -> np.ndarray:
+        """Embed block ``chunk`` into ``arrays``; its stats row last."""
+        region = slice(chunk * meta.chunk_docs, chunk * meta.chunk_docs + len(texts))
         result = self.embedder.embed(texts)
-        first = chunk * rows  # this block's own rows of `tokens`: whole chunks, no other writer
+        first = chunk * meta.block_rows  # this block's own rows of `tokens`: whole chunks
         starts = result.starts()
         if len(result.tokens):
-            for name, part in split_rows(result.tokens, self.dim, self.dtype).items():
+            for name, part in split_rows(result.tokens, meta.dim, self.dtype).items():
                 arrays[name][first:first + len(part)] = part
             if "token_ids" in arrays:
                 arrays["token_ids"][first:first + len(result.ids)] = result.ids
@@ -241,12 +259,13 @@ def init_worker(source: EmbeddingSource) -> None:
     _WRITER, _WRITER_SOURCE = BlockWriter(source), source
 
 
-def write_block(source: EmbeddingSource, store_url: str, chunk: int, texts: list[str],
-                doc_ids: list[str], labels: list[int] | None, split: np.ndarray) -> np.ndarray:
-    """The task every executor runs: embed and write one chunk. The worker's writer (vectors
-    memory-mapped from the cache, or the encoder) is built on first use and reused by later
-    tasks; ``source`` (:mod:`embcache.cache.sources`) names what to load."""
+def write_blocks(source: EmbeddingSource, store_url: str, first: int,
+                 blocks: list[Block]) -> np.ndarray:
+    """The task every executor runs: embed and write consecutive blocks (one block, or a
+    sharded store's shard group). The worker's writer (vectors memory-mapped from the cache,
+    or the encoder) is built on first use and reused by later tasks; ``source``
+    (:mod:`embcache.cache.sources`) names what to load."""
     if _WRITER is None or _WRITER_SOURCE != source:
         init_worker(source)
     assert _WRITER is not None  # init_worker sets it
-    return _WRITER.write(store_url, chunk, texts, doc_ids, labels, split)
+    return _WRITER.write_blocks(store_url, first, blocks)

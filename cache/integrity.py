@@ -13,9 +13,9 @@ Three layers, cheapest first:
   value, by design, so nothing else would notice one: :func:`check_manifest` lists the chunk keys
   (a directory listing, or one LIST request per 1,000 keys on object storage; no chunk is read)
   and compares. Train, score, the Scorer and ``dataset()`` run it when they open a store.
-* **verify** (:func:`verify_store`) reads and decodes every chunk and compares the listing with
-  the chunks each block must hold (derived from ``chunk_stats``), so it finds damaged and missing
-  chunks alike, and names the documents in them.
+* **verify** (:func:`embcache.cache.verifier.verify_store`) reads and decodes every chunk and
+  compares the listing with the chunks each block must hold (derived from ``chunk_stats``), so
+  it finds damaged and missing chunks alike, and names the documents in them.
 
 Every chunk of every array belongs to exactly one block (a block is ``chunk_docs`` documents:
 chunk *b* of the per-document arrays, row *b* of ``chunk_stats``, and the ``tokens``/``scales``
@@ -28,16 +28,14 @@ writer is deterministic, so the repaired arrays are byte-identical to an undamag
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from embcache.cache.errors import StoreError
-from embcache.cache.layout import ARRAY_NAMES, PER_DOC, ROW_ARRAYS
+from embcache.cache.layout import ARRAY_NAMES, PER_DOC, ROW_ARRAYS, SPECS
 
 CHECKSUM = "crc32c"
 # The data arrays, in the order verify reads them (the layout's one table).
@@ -45,9 +43,14 @@ ARRAYS = ARRAY_NAMES
 
 
 def is_checksummed(array) -> bool:
-    from zarr.codecs import Crc32cCodec
+    """Whether the array's chunks end with crc32c (inside the shards of a sharded array)."""
+    from zarr.codecs import Crc32cCodec, ShardingCodec
 
-    return any(isinstance(c, Crc32cCodec) for c in array.metadata.codecs)
+    codecs = list(array.metadata.codecs)
+    for codec in array.metadata.codecs:
+        if isinstance(codec, ShardingCodec):
+            codecs += list(codec.codecs)
+    return any(isinstance(c, Crc32cCodec) for c in codecs)
 
 
 def store_arrays(group) -> list[str]:
@@ -66,18 +69,25 @@ class Fault:
     detail: str
     block: int
     docs: tuple[int, int]  # [first, stop)
+    # A sharded store's chunk lives inside a shard: ``chunk`` is then the inner chunk's
+    # coordinates and ``shard`` the stored object's.
+    shard: tuple[int, ...] | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.array}/c/{'/'.join(map(str, self.chunk))}"
+        """The stored object's key (a sharded chunk's shard)."""
+        return f"{self.array}/c/{'/'.join(map(str, self.shard or self.chunk))}"
 
     def line(self) -> str:
         first, stop = self.docs
-        return (f"chunk {self.key} is {self.problem}{f' ({self.detail})' if self.detail else ''}:"
+        where = (f"inner chunk {'/'.join(map(str, self.chunk))} of shard {self.key}"
+                 if self.shard is not None else f"chunk {self.key}")
+        return (f"{where} is {self.problem}{f' ({self.detail})' if self.detail else ''}:"
                 f" block {self.block}, documents {first:,}-{stop - 1:,}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "chunk": list(self.chunk), "docs": list(self.docs), "key": self.key}
+        return {**asdict(self), "chunk": list(self.chunk), "docs": list(self.docs), "key": self.key,
+                "shard": None if self.shard is None else list(self.shard)}
 
 
 def block_of(meta, array: str, chunk: tuple[int, ...]) -> int:
@@ -92,11 +102,14 @@ def block_docs(meta, block: int) -> tuple[int, int]:
 
 
 def fault(meta, array: str, chunk: tuple[int, ...], problem: str, detail: str = "") -> Fault:
+    """The fault of chunk ``chunk`` (inner-chunk coordinates in a sharded store)."""
     b = block_of(meta, array, chunk)
-    return Fault(array, tuple(int(c) for c in chunk), problem, detail, b, block_docs(meta, b))
+    shard = SPECS[array].shard_of(meta, b // meta.shard_blocks) if meta.sharded else None
+    return Fault(array, tuple(int(c) for c in chunk), problem, detail, b, block_docs(meta, b),
+                 shard)
 
 
-def _detail(e: Exception) -> str:
+def detail_of(e: Exception) -> str:
     text = str(e)
     if "checksum" in text.lower():
         return "checksum mismatch"
@@ -188,6 +201,13 @@ def expected_chunks(meta, group, stats: np.ndarray) -> dict[str, set[tuple[int, 
     return out
 
 
+def expected_objects(meta, expected: dict[str, set[tuple[int, ...]]]
+                     ) -> dict[str, set[tuple[int, ...]]]:
+    """The stored objects :func:`expected_chunks` implies: the chunks themselves, or in a
+    sharded store the shards that hold them."""
+    return {name: {object_of(meta, name, c) for c in chunks} for name, chunks in expected.items()}
+
+
 def manifest(meta) -> dict[str, int] | None:
     return meta.totals.chunks if meta.totals is not None else None
 
@@ -213,9 +233,11 @@ def check_manifest(store) -> None:
             short[name] = have
     if not short:
         return
-    expected = expected_chunks(store.meta, store.group, read_chunk_stats(store.group))
-    faults = [fault(store.meta, name, c, "missing")
-              for name, have in short.items() for c in sorted(expected.get(name, set()) - have)]
+    meta = store.meta
+    expected = expected_chunks(meta, store.group, read_chunk_stats(store.group))
+    faults = [fault(meta, name, c, "missing", "its shard is missing" if meta.sharded else "")
+              for name, have in short.items() for c in sorted(expected.get(name, set()))
+              if object_of(meta, name, c) not in have]
     if not faults:  # the count says one is gone; the layout cannot say which
         name = next(iter(short))
         faults = [Fault(name, (0,), "missing", f"{counts[name] - len(short[name])} of "
@@ -223,19 +245,26 @@ def check_manifest(store) -> None:
     raise ChunkError(store.url, faults)
 
 
+def object_of(meta, name: str, chunk: tuple[int, ...]) -> tuple[int, ...]:
+    """The stored object that holds a chunk: itself, or its shard."""
+    if not meta.sharded:
+        return chunk
+    return SPECS[name].shard_of(meta, block_of(meta, name, chunk) // meta.shard_blocks)
+
+
 # -- reading -----------------------------------------------------------------------------------
 def locate(meta, name: str, array, start: int, stop: int, error: Exception) -> Fault:
     """The chunk among rows ``start:stop`` (first axis) that fails to decode, read one by one
-    (only on the error path)."""
-    size = array.chunks[0]
+    (only on the error path; a sharded array's inner chunks)."""
+    size = array.chunks[0]  # the inner chunks of a sharded array
     for c in range(start // size, max(start, stop - 1) // size + 1):
         coords = (c,) + (0,) * (array.ndim - 1)
         try:
-            array.get_block_selection(coords)
+            array[c * size:(c + 1) * size]
         except Exception as e:  # noqa: BLE001 - a decode error of any codec
-            return fault(meta, name, coords, "damaged", _detail(e))
+            return fault(meta, name, coords, "damaged", detail_of(e))
     coords = (start // size,) + (0,) * (array.ndim - 1)
-    return fault(meta, name, coords, "damaged", _detail(error))
+    return fault(meta, name, coords, "damaged", detail_of(error))
 
 
 @contextlib.contextmanager
@@ -256,136 +285,32 @@ def read(url: str, meta, name: str, array, start: int, stop: int) -> np.ndarray:
         return np.asarray(array[start:stop])
 
 
-# -- verify ------------------------------------------------------------------------------------
-@dataclass
-class VerifyReport:
-    """What :func:`embcache.verify` found: ``ok`` when every chunk is present and intact.
-
-    Attributes:
-        store: the store's path or URL.
-        faults: each damaged or missing chunk (:class:`Fault`: array, chunk, documents, why).
-        chunks_read: chunks read and decoded.
-        bytes_read: their decoded bytes.
-        seconds: wall time of the check.
-        checksummed: whether the store has crc32c checksums (older stores: decoding checked).
-        manifest: whether the chunk listing was checked against the store's manifest.
-    """
-
-    store: str
-    faults: list[Fault] = field(default_factory=list)
-    chunks_read: int = 0
-    bytes_read: int = 0
-    seconds: float = 0.0
-    checksummed: bool = False
-    manifest: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return not self.faults
-
-    @property
-    def blocks(self) -> list[int]:
-        return sorted({f.block for f in self.faults})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"store": self.store, "ok": self.ok, "faults": [f.to_dict() for f in self.faults],
-                "damaged_blocks": self.blocks, "chunks_read": self.chunks_read,
-                "bytes_read": self.bytes_read, "seconds": round(self.seconds, 3),
-                "checksummed": self.checksummed, "manifest": self.manifest}
-
-    def lines(self) -> list[str]:
-        what = ("crc32c checksums checked" if self.checksummed
-                else "no checksums (an older store): decoding checked")
-        head = (f"{self.store}: {self.chunks_read:,} chunks read ({self.bytes_read / 1e6:,.1f} MB "
-                f"decoded) in {self.seconds:.1f} s, {what}")
-        if self.ok:
-            return [head, "OK: every chunk is present and intact"]
-        docs = sum(b - a for a, b in {f.docs for f in self.faults})
-        return [head] + [f"  {f.line()}" for f in self.faults] + [
-            f"DAMAGED: {len(self.faults)} chunks in {len(self.blocks)} blocks ({docs:,} documents). "
-            "Repair: the embed-corpus command that built the store (same corpus and "
-            "options) with `repair=True` rewrites only these blocks"]
-
-
-def verify_store(store, *, threads: int = 4,
-                 progress: Callable[[int], None] | None = None) -> VerifyReport:
-    """Read and decode every chunk of every array and compare the listing with the chunks the
-    store must hold. ``progress(n)`` is called with each array's chunk count once it is listed
-    (negative: the total to expect) and then with 1 per chunk read.
-
-    Memory: ``threads`` chunks in flight (a ``tokens`` chunk is about 2 MB decoded).
-
-    ``store``: opened with ``open_store(url, require_complete=False, check_chunks=False)``.
-
-    Raises:
-        StoreError: the store is incomplete; damage inside it is reported, not raised.
-    """
-    t0 = time.perf_counter()
-    url, meta, group = store.url, store.meta, store.group
-    if not meta.complete:
-        raise StoreError(f"Store {url} is incomplete: its embed-corpus run did not finish; rerun "
-                         "it to resume (verify checks complete stores)")
-    report = VerifyReport(store=str(url), manifest=manifest(meta) is not None,
-                          checksummed=is_checksummed(group["tokens"]))
-    names = store_arrays(group)
-    listed = {name: list_chunks(group[name]) for name in names}
-    if progress:
-        progress(-sum(len(v) for v in listed.values()))
-    stats = read_chunk_stats(group)
-    expected = expected_chunks(meta, group, stats)
-    faults: dict[tuple[str, tuple], Fault] = {}
-    for name in names:
-        for c in sorted(expected.get(name, set()) - listed[name]):
-            faults[(name, c)] = fault(meta, name, c, "missing")
-
-    def check(job):
-        name, coords = job
-        try:
-            return job, arrays[name].get_block_selection(coords).nbytes, None
-        except Exception as e:  # noqa: BLE001 - any codec's decode error is damage
-            return job, 0, _detail(e)
-
-    arrays = {name: group[name] for name in names}  # opened once: a lookup re-reads metadata
-    jobs = [(name, c) for name in names for c in sorted(listed[name])]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for (name, coords), nbytes, problem in pool.map(check, jobs):
-            report.chunks_read += 1
-            report.bytes_read += nbytes
-            if problem is not None:
-                faults[(name, coords)] = fault(meta, name, coords, "damaged", problem)
-            if progress:
-                progress(1)
-    if stats.shape[0] and (stats[:, 0] < 0).any():  # a commit marker lost after completion
-        for b in np.flatnonzero(stats[:, 0] < 0).tolist():
-            faults.setdefault(("chunk_stats", (b, 0)),
-                              fault(meta, "chunk_stats", (b, 0), "damaged", "unreadable"))
-    report.faults = sorted(faults.values(), key=lambda f: (f.block, ARRAYS.index(f.array), f.chunk))
-    report.seconds = time.perf_counter() - t0
-    return report
-
-
 # -- repair ------------------------------------------------------------------------------------
 def mark_for_rewrite(store, blocks: list[int]) -> None:
     """Make ``blocks`` not done: clear ``complete`` first (readers refuse the store from here on),
     then delete each block's commit marker, then its chunks in every array. A kill at any point
-    leaves an incomplete store that the same embed-corpus command resumes."""
+    leaves an incomplete store that the same embed-corpus command resumes.
+
+    In a sharded store a shard has one writer, so the whole shard group of each damaged block is
+    rewritten: its shard of every array is deleted, ``chunk_stats``' (the commit markers) first."""
     meta, group = store.meta, store.group
     group.update_attributes({"complete": False})
-    per_block = meta.block_rows // meta.token_chunk
-    names = store_arrays(group)
-    doomed: list[tuple[str, tuple]] = [("chunk_stats", (b, 0)) for b in blocks]
-    for name in names:
-        if name == "chunk_stats":
-            continue
-        have = list_chunks(group[name])
-        for b in blocks:
-            if name in ROW_ARRAYS:
-                doomed += [(name, c) for c in sorted(have)
-                           if b * per_block <= c[0] < (b + 1) * per_block]
-            elif (b,) in have:
-                doomed.append((name, (b,)))
+    names = ["chunk_stats"] + [n for n in store_arrays(group) if n != "chunk_stats"]
+    if meta.sharded:
+        groups = sorted({b // meta.shard_blocks for b in blocks})
+        doomed = [(name, SPECS[name].shard_of(meta, g)) for name in names for g in groups]
+    else:
+        per_block = meta.block_rows // meta.token_chunk
+        doomed = [("chunk_stats", (b, 0)) for b in blocks]
+        for name in names[1:]:
+            have = list_chunks(group[name])
+            for b in blocks:
+                if name in ROW_ARRAYS:
+                    doomed += [(name, c) for c in sorted(have)
+                               if b * per_block <= c[0] < (b + 1) * per_block]
+                elif (b,) in have:
+                    doomed.append((name, (b,)))
+    from embcache.cache.shards import delete_object
+
     for name, coords in doomed:
-        array = group[name]
-        key = array.metadata.encode_chunk_key(coords)
-        base = array.store_path.path
-        _run(array.store_path.store.delete(f"{base}/{key}" if base else key))
+        delete_object(group[name], coords)

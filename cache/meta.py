@@ -96,6 +96,10 @@ class StoreMeta:
     # What the documents' ids are: "int" when every corpus id is a canonical integer (stored as
     # text, given back as ints by predictions and tables), else "str" (and for older stores).
     doc_ids: str = "str"
+    # Blocks per shard (Zarr v3's sharding codec, :mod:`embcache.cache.shards`): every array's
+    # chunks of ``shard_blocks`` consecutive blocks packed into one object; 0: one object per
+    # chunk (stores written before sharding existed, or ``--shard-blocks 0``).
+    shard_blocks: int = 0
 
     # -- derived facts -------------------------------------------------------------------------
     @property
@@ -128,6 +132,15 @@ class StoreMeta:
     @property
     def labelled(self) -> bool:
         return self.label_names is not None
+
+    @property
+    def sharded(self) -> bool:
+        return self.shard_blocks > 0
+
+    @property
+    def num_shards(self) -> int:
+        """Shards per array (0 when unsharded)."""
+        return -(-self.num_chunks // self.shard_blocks) if self.sharded else 0
 
     @property
     def quantized(self) -> bool:
@@ -172,7 +185,8 @@ class StoreMeta:
         """What a resumed run must share with the run that started the store."""
         return {"layout": self.layout, "corpus": self.corpus,
                 "vectors": self.vectors.fingerprint, "settings": self.settings,
-                "split": self.split, "chunk_docs": self.chunk_docs, "lexical": self.lexical}
+                "split": self.split, "chunk_docs": self.chunk_docs, "lexical": self.lexical,
+                "shard_blocks": self.shard_blocks}
 
     def job_differences(self, other: StoreMeta) -> list[str]:
         a, b = self.job(), other.job()
@@ -210,6 +224,8 @@ class StoreMeta:
         if self.lexical is not None:
             attrs["lexical"] = dict(self.lexical)
         attrs["doc_ids"] = self.doc_ids
+        if self.sharded:
+            attrs["shard_blocks"] = self.shard_blocks
         if self.totals is not None:
             t = self.totals
             attrs.update({**asdict(t), "oov_rate": t.oov_rate})
@@ -275,7 +291,9 @@ class StoreMeta:
                    embcache_version=str(attrs.get("embcache_version", "")),
                    complete=complete, totals=totals, layout=layout, encoder=encoder,
                    subword=subword, lexical=lexical,
-                   doc_ids=r.choice("doc_ids", ("str", "int"), attrs.get("doc_ids") or "str"))
+                   doc_ids=r.choice("doc_ids", ("str", "int"), attrs.get("doc_ids") or "str"),
+                   shard_blocks=r.check("shard_blocks", attrs["shard_blocks"], int, positive=True)
+                   if "shard_blocks" in attrs else 0)
 
 
 def _read_settings(r: _Reader) -> EmbedSettings:

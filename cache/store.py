@@ -17,6 +17,7 @@ from embcache.cache.errors import StoreError, StrPath, install_hint, path_arg
 from embcache.cache.integrity import (
     check_manifest,
     read_chunk_stats,
+    reading_chunks,
 )
 from embcache.cache.integrity import (
     read as read_checked,
@@ -263,7 +264,24 @@ class Store:
         a checksum mismatch) raises one :class:`~embcache.cache.integrity.ChunkError` line."""
         array = self.array(name)
         stop = array.shape[0] if stop is None else stop
+        if self.meta.sharded:
+            reader = self._shard_reader(name)
+            if reader is not None:  # one ranged read per shard (embcache.cache.shards)
+                with reading_chunks(self.url, self.meta, name, array, start, stop):
+                    rows: np.ndarray = reader.read(start, stop)
+                    return rows
         return read_checked(self.url, self.meta, name, array, start, stop)
+
+    def _shard_reader(self, name: str):
+        """The array's :class:`~embcache.cache.shards.ShardReader` (kept: it caches the shard
+        indexes), or ``None`` where zarr reads it (``doc_ids``' strings)."""
+        readers = self.__dict__.setdefault("_shard_readers", {})
+        if name not in readers:
+            from embcache.cache.shards import ShardReader
+
+            array = self.array(name)
+            readers[name] = ShardReader(array) if ShardReader.fits(array) else None
+        return readers[name]
 
 
 def layout_error(url: str, layout) -> StoreError:

@@ -67,7 +67,7 @@ class StoreWriter:
         (:meth:`StoreMeta.job`), else create it (replacing a complete one only on ``overwrite``).
 
         ``repair``: the damaged blocks of the complete store at ``url`` (found by
-        :func:`embcache.cache.integrity.verify_store`); they are marked not done and the store is
+        :func:`embcache.cache.verifier.verify_store`); they are marked not done and the store is
         resumed, so that only they are rewritten.
 
         Raises:

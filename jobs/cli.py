@@ -216,6 +216,11 @@ def precision_option(help_text: str):
 @click.option("--chunk-docs", default=None, type=click.IntRange(min=1),
               help="Documents per block (the unit of writing and reading) [default: as many as "
                    "48 MiB would hold at max_len, within 64-1024: 503 at 1000 x 50 float16].")
+@click.option("--shard-blocks", default=None, type=click.IntRange(min=0),
+              help="Blocks per shard: each array's chunks of K consecutive blocks packed into one "
+                   "object (Zarr v3 sharding; fewer, larger objects for object storage); 0 writes "
+                   "one object per chunk [default: an existing store's own, else 8, fewer for a "
+                   "corpus of under 32 blocks].")
 @click.option("--workers", default=None, type=click.IntRange(min=1),
               help="Worker processes [default: all cores].")
 @click.option("--scheduler", default=None,
@@ -242,8 +247,8 @@ def embed_corpus_cmd(corpus_path, vectors_path, tokenizer, encoder, encoder_batc
                      text_columns, label_column,
                      id_column, header, label_names_file, strip_headers, vectors_member,
                      vectors_format, max_len, padding, truncating, oov, dtype, val_frac, test_frac,
-                     seed, chunk_docs, workers, scheduler, overwrite, repair, exist_ok, cache_dir,
-                     precision, quiet):
+                     seed, chunk_docs, shard_blocks, workers, scheduler, overwrite, repair,
+                     exist_ok, cache_dir, precision, quiet):
     """Tokenize a corpus once and write its embedded sequences to a Zarr v3 store.
 
     \b
@@ -288,7 +293,8 @@ def embed_corpus_cmd(corpus_path, vectors_path, tokenizer, encoder, encoder_batc
                            vectors_member=vectors_member, vectors_format=vectors_format,
                            chunk_docs=chunk_docs, workers=workers, overwrite=overwrite,
                            repair=repair, exist_ok=exist_ok, progress=not quiet,
-                           cache_dir=cache_dir, scheduler=scheduler, precision=precision)
+                           cache_dir=cache_dir, scheduler=scheduler, precision=precision,
+                           shard_blocks=shard_blocks)
     click.echo(summary.line())
 
 

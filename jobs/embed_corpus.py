@@ -1,8 +1,9 @@
 """The embed-corpus job: tokenize a corpus once and write its embedded sequences to a store.
 
-Memory is bounded by ``(workers * 2 + 1)`` blocks in flight, each one chunk of documents: the
-corpus streams through (see :mod:`embcache.cache.corpus`) and is never held whole, and the vectors are
-memory-mapped from the parse cache.
+Memory is bounded by ``(workers * 2 + 1)`` tasks in flight, each one block of documents (a
+sharded store's task: one shard group of ``shard_blocks`` blocks): the corpus streams through
+(see :mod:`embcache.cache.corpus`) and is never held whole, and the vectors are memory-mapped
+from the parse cache.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class EmbedSummary:
                 f"{self.oov_rate:.2%}) into {self.store}: {size}, {self.seconds:.1f} s{resumed}")
 
 
-def validate_settings(split: SplitSettings, chunk_docs: int | None, workers: int) -> None:
+def validate_settings(split: SplitSettings, chunk_docs: int | None, workers: int,
+                      shard_blocks: int | None = None) -> None:
     """The job's own arguments (an ``EmbedSettings`` checks its fields where it is made)."""
     def bad(name: str, expected: str, value) -> EmbcacheError:
         return EmbcacheError(f"Invalid value for `{name}`. Expected {expected}. "
@@ -94,6 +96,9 @@ def validate_settings(split: SplitSettings, chunk_docs: int | None, workers: int
     if chunk_docs is not None and (isinstance(chunk_docs, bool) or not isinstance(chunk_docs, int)
                                    or chunk_docs < 1):
         raise bad("chunk_docs", "a positive integer", chunk_docs)
+    if shard_blocks is not None and (isinstance(shard_blocks, bool)
+                                     or not isinstance(shard_blocks, int) or shard_blocks < 0):
+        raise bad("shard_blocks", "an integer >= 0 (0: unsharded)", shard_blocks)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise bad("workers", "a positive integer", workers)
 
@@ -126,7 +131,8 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
     vectors_format: str = "auto", chunk_docs: int | None = None, workers: int | None = None,
     overwrite: bool = False, repair: bool = False, exist_ok: bool = False, progress: bool = False,
     cache_dir: StrPath | None = None, scheduler: str | None = None,
-    source: EmbeddingSource | None = None, precision: str = "auto") -> EmbedSummary:
+    source: EmbeddingSource | None = None, precision: str = "auto",
+    shard_blocks: int | None = None) -> EmbedSummary:
     """Embed ``corpus`` (a :class:`CorpusSpec`, or a path read with its format's defaults)
     into the store ``out`` with ``vectors``: a word-vectors file (GloVe, word2vec,
     fastText) or a static subword table (:mod:`embcache.cache.subword`: a model2vec or
@@ -144,6 +150,9 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
     with ``repair`` verified (every chunk read) and only its damaged blocks rewritten.
     ``precision`` (an encoder's forward pass): ``auto`` is bfloat16 where this machine runs it
     natively, else float32; the store records it, and scoring raw text re-encodes at it.
+    ``shard_blocks``: blocks per shard (:mod:`embcache.cache.shards`; 0 writes one object per
+    chunk); ``None`` keeps an existing store's (to resume or repair it), else
+    :func:`~embcache.cache.layout.auto_shard_blocks` (8, fewer for a corpus of under 32 blocks).
 
     Raises:
         EmbcacheError (or a subclass): bad settings, vectors, corpus or output path."""
@@ -151,7 +160,8 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
     vectors = None if vectors is None else path_arg(vectors, "vectors")
     running = resolve_precision(precision)  # checked before any work, used by an encoder only
     corpus, settings, split, workers, out = _checked_arguments(
-        corpus, vectors, encoder, source, settings, split, chunk_docs, workers, out, scheduler)
+        corpus, vectors, encoder, source, settings, split, chunk_docs, workers, out, scheduler,
+        shard_blocks)
     with contextlib.ExitStack() as held:
         if is_local(out):  # one writer per store: a second embed-corpus fails here, at once
             held.enter_context(exclusive(out.removeprefix("file://"), f"Store {out}"))
@@ -178,7 +188,8 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
                         corpus=_corpus_identity(corpus), label_names=scan.label_names,
                         num_docs=scan.num_docs, chunk_docs=chunk_docs, **source.record(),
                         lexical={"ids": source.ids_kind},
-                        doc_ids="int" if scan.int_ids else "str")
+                        doc_ids="int" if scan.int_ids else "str",
+                        shard_blocks=_shard_blocks(out, shard_blocks, overwrite))
         with writing(f"store {out}"):  # disk full, read-only: one line; the rerun resumes
             store = StoreWriter.open(out, meta, overwrite=overwrite, repair=damaged)
             _write_blocks(corpus, store, scan, source, pool, progress)
@@ -208,7 +219,8 @@ def _settings_from_dict(given: dict, encoder: bool) -> EmbedSettings:
 
 
 def _checked_arguments(corpus, vectors, encoder, source, settings, split, chunk_docs, workers,
-                       out, scheduler) -> tuple[CorpusSpec, EmbedSettings, SplitSettings, int, str]:
+                       out, scheduler, shard_blocks
+                       ) -> tuple[CorpusSpec, EmbedSettings, SplitSettings, int, str]:
     """Every argument checked before anything is read or written; the defaults filled in."""
     if isinstance(corpus, (str, os.PathLike)):
         corpus = CorpusSpec(path_arg(corpus, "corpus"))
@@ -231,7 +243,7 @@ def _checked_arguments(corpus, vectors, encoder, source, settings, split, chunk_
                             f"its fields. Received: settings={settings!r}")
     # An encoder runs on all cores of one process: more processes would only compete for them.
     workers = workers or (1 if encoder else os.cpu_count() or 1)
-    validate_settings(split, chunk_docs, workers)
+    validate_settings(split, chunk_docs, workers, shard_blocks)
     out = path_arg(out, "out")
     parse_scheduler(scheduler)
     if scheduler and out.startswith("memory://"):
@@ -242,16 +254,35 @@ def _checked_arguments(corpus, vectors, encoder, source, settings, split, chunk_
     return corpus, settings, split, workers, out
 
 
+def _existing_attrs(out: str) -> dict[str, Any] | None:
+    """The attributes of an embcache store already at ``out`` (partial or damaged), else None."""
+    import zarr
+
+    try:
+        attrs = dict(zarr.open_group(store=out, mode="r").attrs)
+    except Exception:  # noqa: BLE001 - no store there yet: nothing recorded
+        return None
+    return attrs if "embcache_layout" in attrs else None
+
+
+def _shard_blocks(out: str, given: int | None, overwrite: bool) -> int | None:
+    """Blocks per shard: as given; else an existing store's own (resume and repair continue
+    the layout it was started with; stores from before sharding are unsharded); else ``None``,
+    the default (:func:`~embcache.cache.layout.auto_shard_blocks`)."""
+    if given is not None:
+        return given
+    attrs = None if overwrite else _existing_attrs(out)
+    if attrs is None:
+        return None
+    value = attrs.get("shard_blocks", 0)
+    return value if isinstance(value, int) and value >= 0 else None
+
+
 def _store_precision(out: str) -> Precision | None:
     """The precision an existing (partial or damaged) encoder store was encoded at: ``auto``
     resumes and repairs at it, so that one store never mixes two (a run at another one is
     refused as other settings are)."""
-    import zarr
-
-    try:
-        recorded = (dict(zarr.open_group(store=out, mode="r").attrs).get("encoder") or {})
-    except Exception:  # noqa: BLE001 - no store there yet: nothing recorded
-        return None
+    recorded = ((_existing_attrs(out) or {}).get("encoder") or {})
     name = recorded.get("precision", "float32") if recorded else None
     if name not in ("float32", "bfloat16"):
         return None
@@ -320,55 +351,72 @@ def _damaged_blocks(out: str, progress: bool) -> list[int]:
     return report.blocks
 
 
+def _tasks(corpus: CorpusSpec, store: StoreWriter, scan, on_skipped
+           ) -> Iterator[tuple[int, list, int]]:
+    """The tasks left to run, as ``(first block, its blocks' inputs, documents)``: one block, or
+    a sharded store's whole shard group (one writer per shard). Tasks an earlier run committed
+    are skipped (``on_skipped(documents)``)."""
+    chunk, done, split = store.meta.chunk_docs, store.done, store.meta.split
+    to_label = label_mapper(corpus, scan.label_names) if scan.label_names else None
+    per_task = store.meta.shard_blocks or 1
+    blocks: list = []
+    skip, docs, first, seen = False, 0, 0, 0
+    for index, block in enumerate(_blocks(iter_documents(corpus), chunk)):
+        seen += len(block)
+        if index >= len(done):
+            raise CorpusError(f"Corpus {corpus.path} changed while it was being read")
+        if index % per_task == 0:  # a new task; skipped when an earlier run committed it
+            first, skip = index, bool(done[index:index + per_task].all())
+        if skip:
+            on_skipped(len(block))
+            continue
+        ids = [d.doc_id for d in block]
+        labels = [to_label(d.label) for d in block] if to_label else None
+        blocks.append(([d.text for d in block], ids, labels,
+                       assign_split(ids, split.val_frac, split.test_frac, split.seed)))
+        docs += len(block)
+        if index % per_task == per_task - 1 or index == len(done) - 1:  # the task is whole
+            yield first, blocks, docs
+            blocks, docs = [], 0
+    if seen != scan.num_docs:
+        raise CorpusError(f"Corpus {corpus.path} changed while it was being read "
+                          f"({scan.num_docs} documents counted, {seen} read)")
+
+
 def _write_blocks(corpus: CorpusSpec, store: StoreWriter, scan, source: EmbeddingSource,
                   pool: Executor | None, progress: bool) -> None:
     """Embed and write every block not yet committed, in this process or on ``pool``.
 
-    Memory: at most ``2 * pool.parallel`` blocks are queued (one block in-process)."""
+    Memory: at most ``2 * pool.parallel`` tasks are queued (one in-process), each one block's
+    texts or, in a sharded store, one shard group's (``shard_blocks`` blocks)."""
     from tqdm.auto import tqdm
 
-    out, chunk, done, split = store.url, store.meta.chunk_docs, store.done, store.meta.split
-    to_label = label_mapper(corpus, scan.label_names) if scan.label_names else None
     bar = tqdm(total=scan.num_docs, unit="doc", disable=not progress, file=sys.stderr,
                desc="embed-corpus", dynamic_ncols=True)
     writer = BlockWriter(source) if pool is None else None
     pending: dict[Future, int] = {}
-    seen = 0
     t0, kept = time.perf_counter(), 0
 
-    def done_block(stats, n: int) -> None:  # progress: documents/s (the bar) and tokens/s
+    def done_task(stats, n: int) -> None:  # progress: documents/s (the bar) and tokens/s
         nonlocal kept
-        kept += int(stats[3])
+        kept += int(stats[:, 3].sum())
         bar.update(n)
         bar.set_postfix_str(f"{kept / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s",
                             refresh=False)
         pause_point("embed:block-committed")
 
     try:
-        for index, block in enumerate(_blocks(iter_documents(corpus), chunk)):
-            seen += len(block)
-            if index >= len(done):
-                raise CorpusError(f"Corpus {corpus.path} changed while it was being read")
-            if done[index]:  # committed by an earlier run
-                bar.update(len(block))
-                continue
-            ids = [d.doc_id for d in block]
-            labels = [to_label(d.label) for d in block] if to_label else None
-            args = (out, index, [d.text for d in block], ids, labels,
-                    assign_split(ids, split.val_frac, split.test_frac, split.seed))
+        for first, blocks, docs in _tasks(corpus, store, scan, bar.update):
             if pool is None:  # this process embeds
                 assert writer is not None
-                done_block(writer.write(*args), len(block))
+                done_task(writer.write_blocks(store.url, first, blocks), docs)
                 continue
-            pending[pool.submit(*args)] = len(block)
-            if len(pending) >= 2 * pool.parallel:  # bounded: at most 2 blocks queued per worker
+            pending[pool.submit(store.url, first, blocks)] = docs
+            if len(pending) >= 2 * pool.parallel:  # bounded: at most 2 tasks queued per worker
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
-                    done_block(f.result(), pending.pop(f))
+                    done_task(f.result(), pending.pop(f))
         for f in list(pending):
-            done_block(f.result(), pending.pop(f))
+            done_task(f.result(), pending.pop(f))
     finally:
         bar.close()
-    if seen != scan.num_docs:
-        raise CorpusError(f"Corpus {corpus.path} changed while it was being read "
-                          f"({scan.num_docs} documents counted, {seen} read)")

@@ -1,8 +1,9 @@
 """Where embed-corpus blocks run: in this process, a pool of spawned processes, or Dask.
 
-All three run the same task (:func:`embcache.cache.embed.write_block`) on whole chunks, so they write the
-same store. Workers load the vectors themselves from the parse cache (memory-mapped), so only a
-block's texts travel with a task, never the vectors.
+All three run the same task (:func:`embcache.cache.embed.write_blocks`) on whole blocks (a sharded
+store's whole shard groups), so they write the same store. Workers load the vectors themselves
+from the parse cache (memory-mapped), so only a block's texts travel with a task, never the
+vectors.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from embcache.cache.tfenv import is_verbose, stderr_to_devnull
 
 @dataclass
 class Executor:
-    """``submit(*block_args) -> Future`` and how many blocks may run at once."""
+    """``submit(store_url, first, blocks) -> Future`` and how many tasks may run at once."""
 
     submit: Callable[..., Future]
     parallel: int
@@ -48,7 +49,7 @@ def block_executor(scheduler: str | None, workers: int, use_pool: bool,
                    source: EmbeddingSource) -> Iterator[Executor | None]:
     """``None`` means: run blocks in this process. ``source`` travels to each worker as a
     reference (:mod:`embcache.cache.sources`); each worker loads it once."""
-    from embcache.cache.embed import init_worker, write_block
+    from embcache.cache.embed import init_worker, write_blocks
 
     parsed = parse_scheduler(scheduler)
     if parsed is not None:
@@ -62,7 +63,7 @@ def block_executor(scheduler: str | None, workers: int, use_pool: bool,
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=init_worker, initargs=(source,))
     try:
-        yield Executor(submit=lambda *a: pool.submit(write_block, source, *a),
+        yield Executor(submit=lambda *a: pool.submit(write_blocks, source, *a),
                        parallel=workers)
     except BrokenProcessPool:
         raise EmbcacheError(f"A worker process of embed-corpus died; if this is your own "
@@ -112,11 +113,11 @@ def dask_client(parsed: tuple[str, int | str]) -> Iterator[Any]:
 
 
 def _dask(parsed, source: EmbeddingSource):
-    from embcache.cache.embed import write_block
+    from embcache.cache.embed import write_blocks
 
     with dask_client(parsed) as client:
         # Each task owns one whole chunk and writes its own region; a failed task is retried.
         executor = client.get_executor(retries=2, pure=False)
         parallel = max(1, sum(client.nthreads().values()))
-        yield Executor(submit=lambda *a: executor.submit(write_block, source, *a),
+        yield Executor(submit=lambda *a: executor.submit(write_blocks, source, *a),
                        parallel=parallel)

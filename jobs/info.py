@@ -39,6 +39,9 @@ def format_info(info: dict[str, Any]) -> str:
         f"{info['dtype']} (ragged: kept tokens only), {info['chunk_docs']} docs per chunk, "
         f"{info['num_chunks']} chunks",
         f"on disk      {size / 1e6:,.1f} MB" if size is not None else "on disk      (remote)",
+        "objects      " + (f"sharded, {info['shard_blocks']} blocks per shard (one object per "
+                           "array per shard)" if info.get("shard_blocks")
+                           else "unsharded (one object per chunk per array)"),
     ]
     enc, sub = info.get("encoder"), info.get("subword")
     lines += _source_lines(info)
@@ -56,7 +59,7 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append("checksums    " + ("crc32c on every chunk (checked on every read)"
                                     if info.get("checksummed") else
                                     "none (an older store: only decoding errors are caught)")
-                 + (f"; manifest of {sum(counts.values()):,} chunks (a missing one is found when "
+                 + (f"; manifest of {sum(counts.values()):,} objects (a missing one is found when "
                     "the store is opened)" if counts else "; no manifest (run `embcache verify` "
                     "to find missing chunks)" if info.get("complete") else ""))
     if labels:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import sys
 
 from embcache.cache.errors import StrPath, path_arg, renamed
-from embcache.cache.integrity import VerifyReport, verify_store
 from embcache.cache.locks import reading
 from embcache.cache.store import open_store
+from embcache.cache.verifier import VerifyReport, verify_store
 
 
 @renamed(url="store")

@@ -49,9 +49,9 @@ def make_folder_corpus(root: Path, docs_per_label=12, labels=("neg", "pos"), see
 
 
 def small_store(root: Path, vectors: Path, *, docs_per_label: int, val_frac: float,
-                test_frac: float, labels=("a", "b", "c")) -> Path:
+                test_frac: float, labels=("a", "b", "c"), shard_blocks: int | None = None) -> Path:
     """A labelled folder corpus in ``root/corpus`` embedded into ``root/s.zarr`` (max_len 160,
-    16 documents per chunk, one process)."""
+    16 documents per chunk, one process; ``shard_blocks`` as embed_corpus's)."""
     from embcache.cache.corpus import CorpusSpec
     from embcache.cache.settings import EmbedSettings
     from embcache.jobs.embed_corpus import SplitSettings, embed_corpus
@@ -60,7 +60,8 @@ def small_store(root: Path, vectors: Path, *, docs_per_label: int, val_frac: flo
     store = root / "s.zarr"
     embed_corpus(CorpusSpec(str(root / "corpus")), str(vectors), str(store), workers=1,
                  chunk_docs=16, progress=False, settings=EmbedSettings(max_len=160),
-                 split=SplitSettings(val_frac=val_frac, test_frac=test_frac))
+                 split=SplitSettings(val_frac=val_frac, test_frac=test_frac),
+                 shard_blocks=shard_blocks)
     return store
 
 

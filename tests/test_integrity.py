@@ -33,9 +33,11 @@ def damage(path: Path, how: str) -> None:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, vectors_file):
-    """A pristine store (8 blocks of 16 documents), its corpus, and a trained run."""
+    """A pristine store (8 blocks of 16 documents), its corpus, and a trained run. Unsharded: one
+    object per chunk (tests/test_shards.py damages and repairs sharded stores)."""
     root = tmp_path_factory.mktemp("integrity")
-    store = small_store(root, vectors_file[0], docs_per_label=40, val_frac=0.25, test_frac=0.25)
+    store = small_store(root, vectors_file[0], docs_per_label=40, val_frac=0.25, test_frac=0.25,
+                        shard_blocks=0)
     code, out = cli("train", "--store", store, "--model", "fasttext", "--epochs", "1",
                     "--out", root / "run", "-q")
     assert code == 0, out
@@ -152,7 +154,8 @@ def test_a_store_without_checksums_or_manifest_still_trains_scores_and_verifies(
     from embcache.cache import layout as layout_module
 
     monkeypatch.setattr(layout_module, "CHECKSUM_CHUNKS", False)
-    old = small_store(tmp_path, vectors_file[0], docs_per_label=10, val_frac=0.25, test_frac=0.25)
+    old = small_store(tmp_path, vectors_file[0], docs_per_label=10, val_frac=0.25, test_frac=0.25,
+                      shard_blocks=0)  # older stores are unsharded
     group = zarr.open_group(str(old), mode="r+")
     attrs = dict(group.attrs)
     del attrs["chunks"]

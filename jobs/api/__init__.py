@@ -69,7 +69,7 @@ _EXPORTS = {
     "TrainSummary": "embcache.jobs.train",
     "ScoreSummary": "embcache.jobs.score",
     "EmbedSummary": "embcache.jobs.embed_corpus",
-    "VerifyReport": "embcache.cache.integrity",
+    "VerifyReport": "embcache.cache.verifier",
 }
 
 __all__ = [
@@ -119,11 +119,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily (
         StoreError,
         VectorsError,
     )
-    from embcache.cache.integrity import ChunkError, VerifyReport
+    from embcache.cache.integrity import ChunkError
     from embcache.cache.meta import SplitSettings, StoreMeta
     from embcache.cache.settings import EmbedSettings
     from embcache.cache.store import Store, open_store
     from embcache.cache.tfenv import quiet_tensorflow
+    from embcache.cache.verifier import VerifyReport
     from embcache.jobs.compare import runs
     from embcache.jobs.config import TrainConfig
     from embcache.jobs.embed_corpus import EmbedSummary, embed_corpus

@@ -53,7 +53,8 @@ def _build(rep: str, data: Path, out: Path, checksums: bool, reuse: bool, worker
     try:
         s = embed_corpus(CorpusSpec(str(data / "news20.tar.gz"), strip_headers=True), str(vectors),
                          str(out), tokenizer=str(tokenizer) if tokenizer else None,
-                         workers=workers, overwrite=True, progress=False)
+                         workers=workers, overwrite=True, progress=False,
+                         shard_blocks=0)  # one object per chunk, as measured (sharded: bench-shards)
     finally:
         layout_module.CHECKSUM_CHUNKS = True
     say(f"  {s.line()}")

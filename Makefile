@@ -132,7 +132,8 @@ help:
 	@echo "                    bench-score, bench-scale, bench-encoder, bench-vectors,"
 	@echo "                    bench-integrity, bench-tune, bench-lexical, bench-held (a split held"
 	@echo "                    in memory), bench-precision (float32 and bfloat16), bench-rehearsal"
-	@echo "                    (a synthetic corpus end to end, Dask scoring); results in BENCHMARKS.md"
+	@echo "                    (a synthetic corpus end to end, Dask scoring), bench-shards (sharded"
+	@echo "                    stores against unsharded, local and S3); results in BENCHMARKS.md"
 	@echo "make bench-quality  test accuracy against TF-IDF + a linear model (scikit-learn), 3 seeds"
 	@echo "                    (not part of make bench; buckets against padding: bench-train ARGS=--quality)"
 	@echo "make data           fetch news20.tar.gz and glove.6B.50d.txt.gz into DATA_DIR; name"
@@ -158,7 +159,7 @@ test-fast: install
 
 check: test
 
-bench: bench-embed bench-train bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune bench-lexical bench-held bench-precision
+bench: bench-embed bench-train bench-score bench-scale bench-encoder bench-vectors bench-integrity bench-tune bench-lexical bench-held bench-precision bench-shards
 
 bench-embed: install
 	$(call need_data,$(CORPUS) $(VECTORS))

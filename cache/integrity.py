@@ -257,6 +257,10 @@ def locate(meta, name: str, array, start: int, stop: int, error: Exception) -> F
     """The chunk among rows ``start:stop`` (first axis) that fails to decode, read one by one
     (only on the error path; a sharded array's inner chunks)."""
     size = array.chunks[0]  # the inner chunks of a sharded array
+    if meta.sharded:  # the shard's own account: its index, then each inner chunk's checksum
+        found = _locate_in_shards(meta, name, array, start, stop)
+        if found is not None:
+            return found
     for c in range(start // size, max(start, stop - 1) // size + 1):
         coords = (c,) + (0,) * (array.ndim - 1)
         try:
@@ -265,6 +269,20 @@ def locate(meta, name: str, array, start: int, stop: int, error: Exception) -> F
             return fault(meta, name, coords, "damaged", detail_of(e))
     coords = (start // size,) + (0,) * (array.ndim - 1)
     return fault(meta, name, coords, "damaged", detail_of(error))
+
+
+def _locate_in_shards(meta, name: str, array, start: int, stop: int) -> Fault | None:
+    from embcache.cache.shards import check_shard, inner_per_shard
+
+    size, per = array.chunks[0], inner_per_shard(array)
+    tail = (0,) * (array.ndim - 1)
+    wanted = {(c,) + tail for c in range(start // size, max(start, stop - 1) // size + 1)}
+    for shard in sorted({c[0] // per for c in wanted}):
+        _, _, problems = check_shard(array, (shard,) + tail, wanted)
+        for inner, problem, detail in problems:
+            if inner in wanted and problem == "damaged":
+                return fault(meta, name, inner, "damaged", detail)
+    return None
 
 
 @contextlib.contextmanager

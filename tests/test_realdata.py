@@ -46,12 +46,19 @@ def test_news20_store(data, glove, tmp_path):
     counts = np.bincount(store.array("labels")[:], minlength=20)
     assert counts.min() == 997 and counts.max() == 1000
     assert 0.03 < store.meta.totals.oov_rate < 0.12
-    # Ragged: only the kept tokens are stored, each block in whole `tokens` chunks of its own.
+    # Ragged: only the kept tokens are stored, each block in whole `tokens` chunks of its own,
+    # packed into shards (one object each: 20 blocks of 1,024 documents, 5 to a shard, so that 4
+    # shard groups share the workers): the shards' indexes list exactly those chunks.
+    from embcache.cache.shards import EMPTY, shard_index
+
     lengths, stats = store.array("lengths")[:], store.array("chunk_stats")[:]
     assert lengths.sum() == stats[:, 3].sum() == store.meta.totals.kept_tokens < 0.8 * 19_997 * 200
     per_block = -(-stats[:, 3] // store.meta.token_chunk)
-    written = [p for p in (out / "tokens").rglob("*") if p.is_file() and p.name != "zarr.json"]
-    assert len(written) == per_block.sum()
+    shards = sorted(p for p in (out / "tokens").rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert store.meta.shard_blocks == 5 and len(shards) == store.meta.num_shards == 4
+    inner = store.meta.shard_blocks * store.meta.block_rows // store.meta.token_chunk
+    indexes = [shard_index(p.read_bytes(), inner) for p in shards]
+    assert sum(int((i[:, 0] != EMPTY).sum()) for i in indexes) == per_block.sum()
 
 
 @pytest.mark.slow

@@ -134,7 +134,8 @@ def test_a_refusal_names_a_deleted_chunk_from_the_listing(built, copy, chunk_rea
     code, out = embed_again(built, copy)
     assert code == 1
     line = one_error_line(out)
-    assert "chunk lengths/c/2 is missing" in line and "--repair" in line
+    # 6 blocks: one block per shard by default (at least 4 shard groups)
+    assert "inner chunk 2 of shard lengths/c/2 is missing" in line and "--repair" in line
     assert chunk_reads == [] or all(k.startswith("chunk_stats/") for k in chunk_reads)
 
 
@@ -172,7 +173,8 @@ def large(tmp_path_factory, vectors_file):
     store = root / "s.zarr"
     embed_corpus(CorpusSpec(str(root / "corpus")), str(vectors_file[0]), str(store), workers=1,
                  chunk_docs=128, progress=False, settings=EmbedSettings(max_len=40),
-                 split=SplitSettings(val_frac=0.05, test_frac=0.05))
+                 split=SplitSettings(val_frac=0.05, test_frac=0.05),
+                 shard_blocks=0)  # a chunk per object, named below (sharded: test_shards.py)
     embcache.train(str(store), "fasttext", str(root / "run"), config={"epochs": 1})
     return root, store
 

@@ -69,6 +69,43 @@ def objects(store: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
+def _s3(corpus: Path, vectors: str, corpus_opts: list[str], docs: int, ks: list[int]) -> None:
+    """The same corpus into a local S3 (moto's server), once per ``--shard-blocks`` value:
+    embed, objects and bytes (a listing), verify, and one read pass (the tf.data stream of
+    every document, no model). moto keeps every object in its own process: its range GETs
+    read the whole object, so large shards are slower there than on a real S3."""
+    from jobs.bench.shards import _moto, _objects, _pass_rate
+
+    server, env = _moto()
+    rows = []
+    try:
+        for k in ks:
+            url = f"s3://bench/k{k}.zarr"
+            say(f"S3: embed-corpus --shard-blocks {k} ...")
+            wall, peak, _ = run_measured(CLI + ["embed-corpus", "--corpus", str(corpus),
+                                                "--vectors", vectors, "--out", url, "--max-len",
+                                                "32", "--overwrite", "-q", "--shard-blocks", str(k),
+                                                *corpus_opts], env=env)
+            n, mb = _objects(url)
+            say("S3: verify, read ...")
+            verify, _, _ = run_measured(CLI + ["verify", url, "-q"], env=env)
+            rate = _pass_rate(url)
+            rows.append([k or "0 (unsharded)", f"{n:,}", f"{mb:,.1f}", f"{wall:,.1f}",
+                         f"{docs / wall:,.0f}", f"{peak:,.0f}", f"{verify:,.1f}", f"{rate:,.0f}"])
+    finally:
+        server.stop()
+    click.echo(f"\nlocal S3 (moto's server on this machine), {docs:,} documents, one run each")
+    click.echo(table(["--shard-blocks", "objects", "MB", "embed s", "embed docs/s", "peak RSS MB",
+                      "verify s", "read pass docs/s"], rows))
+
+
+def _layout(store: Path) -> str:
+    from embcache.cache.store import open_store
+
+    k = open_store(str(store), check_chunks=False).meta.shard_blocks
+    return f"sharded, {k} blocks per shard" if k else "unsharded"
+
+
 @click.command()
 @click.option("--vectors", required=True)
 @click.option("--docs", default=1_000_000, show_default=True)
@@ -77,7 +114,14 @@ def objects(store: Path) -> tuple[int, int]:
 @click.option("--workers", default=2, show_default=True, help="local:N for the Dask scoring.")
 @click.option("--rounds", default=2, show_default=True)
 @click.option("--reuse", is_flag=True, help="Keep a complete corpus, store and run.")
-def main(vectors, docs, out, model, workers, rounds, reuse):
+@click.option("--shard-blocks", default=None, type=int,
+              help="embed-corpus's --shard-blocks [default: its own default].")
+@click.option("--ways", default="one,local:1,local:N", show_default=True,
+              help="The scoring ways to run, comma-separated (local:N is --workers).")
+@click.option("--s3", "s3_blocks", default=None,
+              help="Also embed the corpus into a local S3 (moto's server) with each of these "
+                   "--shard-blocks values (e.g. 0,8), then verify and read it whole.")
+def main(vectors, docs, out, model, workers, rounds, reuse, shard_blocks, ways, s3_blocks):
     """The pipeline at scale: embed, verify, train an epoch, score on one process and on Dask."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     root = Path(out) / f"{docs}"
@@ -93,7 +137,9 @@ def main(vectors, docs, out, model, workers, rounds, reuse):
         say("embed-corpus ...")
         wall, peak, _ = run_measured(CLI + ["embed-corpus", "--corpus", str(corpus), "--vectors",
                                             vectors, "--out", str(store), "--max-len", "32",
-                                            "--overwrite", "-q", *corpus_opts])
+                                            "--overwrite", "-q", *corpus_opts,
+                                            *([] if shard_blocks is None
+                                              else ["--shard-blocks", str(shard_blocks)])])
         results["embed"] = (wall, peak)
         rows.append(["embed-corpus (2 spawned workers)", f"{wall:,.1f}", f"{docs / wall:,.0f}",
                      f"{peak:,.0f}"])
@@ -112,8 +158,11 @@ def main(vectors, docs, out, model, workers, rounds, reuse):
         n_train = plan_split(open_store(str(store)), "train").num_docs
         rows.append([f"train {model}, 1 epoch from the store ({n_train:,} train documents)",
                      f"{wall:,.1f}", f"{n_train / wall:,.0f}", f"{peak:,.0f}"])
-    ways = {"one process": [], "--scheduler local:1": ["--scheduler", "local:1"],
-            f"--scheduler local:{workers}": ["--scheduler", f"local:{workers}"]}
+    every = {"one": ("one process", []),
+             "local:1": ("--scheduler local:1", ["--scheduler", "local:1"]),
+             "local:N": (f"--scheduler local:{workers}", ["--scheduler", f"local:{workers}"])}
+    chosen = [every[w] for w in ways.split(",")]
+    ways = dict(chosen)
     walls: dict[str, list[float]] = {w: [] for w in ways}
     peaks: dict[str, list[float]] = {w: [] for w in ways}
     for r in range(rounds):
@@ -125,7 +174,7 @@ def main(vectors, docs, out, model, workers, rounds, reuse):
             walls[way].append(wall)
             peaks[way].append(peak)
             say(f"  {wall:,.1f} s ({docs / wall:,.0f} docs/s), peak RSS {peak:,.0f} MB")
-    base = median(walls["one process"])
+    base = median(walls[chosen[0][0]])
     for way in ways:
         w = walls[way]
         rows.append([f"score, {way}", f"{median(w):,.1f} ({min(w):,.1f}-{max(w):,.1f})",
@@ -133,12 +182,15 @@ def main(vectors, docs, out, model, workers, rounds, reuse):
                      f"{base / median(w):.2f}x"])
     click.echo(f"rehearsal: {docs:,} synthetic documents, {model}, {os.cpu_count()} cores; store "
                f"{n_obj:,} objects, {size / 1e6:,.1f} MB ({size / docs:,.0f} bytes per document)")
-    click.echo(table(["job", "wall s", "docs/s", "peak RSS MB", "speed vs one process"],
+    click.echo(table(["job", "wall s", "docs/s", "peak RSS MB", f"speed vs {chosen[0][0]}"],
                      [r + [""] * (5 - len(r)) for r in rows]))
+    click.echo(f"store layout: {_layout(store)}")
+    if s3_blocks:
+        _s3(corpus, vectors, corpus_opts, docs, [int(k) for k in s3_blocks.split(",")])
     # On paper: 1 billion documents from this run's per-unit costs (objects and bytes scale with
     # the documents; each job's time with its docs/s, per worker of this machine's kind).
     scale = 1e9 / docs
-    paper = [["objects (unsharded)", f"{n_obj * scale:,.0f}"],
+    paper = [[f"objects ({_layout(store)})", f"{n_obj * scale:,.0f}"],
              ["bytes", f"{size * scale / 1e12:,.2f} TB"]]
     if "embed" in results:
         paper.append(["embed-corpus, hours on one 2-core machine",

@@ -74,9 +74,10 @@ def _s3(corpus: Path, vectors: str, corpus_opts: list[str], docs: int, ks: list[
     embed, objects and bytes (a listing), verify, and one read pass (the tf.data stream of
     every document, no model). moto keeps every object in its own process: its range GETs
     read the whole object, so large shards are slower there than on a real S3."""
-    from jobs.bench.shards import _moto, _objects, _pass_rate
+    from jobs.bench.common import moto_server
+    from jobs.bench.shards import _objects, _pass_rate
 
-    server, env = _moto()
+    server, env = moto_server()
     rows = []
     try:
         for k in ks:
@@ -161,7 +162,7 @@ def main(vectors, docs, out, model, workers, rounds, reuse, shard_blocks, ways, 
     every = {"one": ("one process", []),
              "local:1": ("--scheduler local:1", ["--scheduler", "local:1"]),
              "local:N": (f"--scheduler local:{workers}", ["--scheduler", f"local:{workers}"])}
-    chosen = [every[w] for w in ways.split(",")]
+    chosen = [every[w] for w in ways.split(",") if w]  # none: the S3 part only
     ways = dict(chosen)
     walls: dict[str, list[float]] = {w: [] for w in ways}
     peaks: dict[str, list[float]] = {w: [] for w in ways}
@@ -174,7 +175,7 @@ def main(vectors, docs, out, model, workers, rounds, reuse, shard_blocks, ways, 
             walls[way].append(wall)
             peaks[way].append(peak)
             say(f"  {wall:,.1f} s ({docs / wall:,.0f} docs/s), peak RSS {peak:,.0f} MB")
-    base = median(walls[chosen[0][0]])
+    base = median(walls[chosen[0][0]]) if chosen else 0.0
     for way in ways:
         w = walls[way]
         rows.append([f"score, {way}", f"{median(w):,.1f} ({min(w):,.1f}-{max(w):,.1f})",
@@ -182,7 +183,8 @@ def main(vectors, docs, out, model, workers, rounds, reuse, shard_blocks, ways, 
                      f"{base / median(w):.2f}x"])
     click.echo(f"rehearsal: {docs:,} synthetic documents, {model}, {os.cpu_count()} cores; store "
                f"{n_obj:,} objects, {size / 1e6:,.1f} MB ({size / docs:,.0f} bytes per document)")
-    click.echo(table(["job", "wall s", "docs/s", "peak RSS MB", f"speed vs {chosen[0][0]}"],
+    click.echo(table(["job", "wall s", "docs/s", "peak RSS MB",
+                      f"speed vs {chosen[0][0] if chosen else '-'}"],
                      [r + [""] * (5 - len(r)) for r in rows]))
     click.echo(f"store layout: {_layout(store)}")
     if s3_blocks:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from jobs.bench.common import median, run_measured, table
+from jobs.bench.common import median, moto_server, run_measured, table
 
 
 def _embed(corpus, vectors, out, extra, env=None):
@@ -72,23 +71,7 @@ def main(corpus, vectors, repeats):
                    f"interleaved rounds, {os.cpu_count()} cores (cluster start-up included)")
         click.echo(table(["run", "wall s", "peak RSS MB", "speed-up vs single process"], rows))
 
-        import logging
-
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-        os.environ.update(env)
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket="bench")
+        server, env = moto_server()
         s3_url = "s3://bench/news20.zarr"
         s3_wall, _ = _embed(corpus, vectors, s3_url, [], env=env)
         local, s3 = [], []

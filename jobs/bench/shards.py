@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from jobs.bench.common import median, run_measured, table
+from jobs.bench.common import median, moto_server, run_measured, table
 
 
 def _embed(corpus: str, vectors: str, out: str, k: int, env=None) -> float:
@@ -93,26 +92,6 @@ def _verify_seconds(url: str) -> float:
     return time.perf_counter() - t
 
 
-def _moto() -> tuple[object, dict[str, str]]:
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    os.environ.update(env)
-    import boto3
-
-    boto3.client("s3").create_bucket(Bucket="bench")
-    return server, {**os.environ, **env}
-
-
 def _log(msg: str) -> None:
     click.echo(f"[{time.strftime('%H:%M:%S')}] {msg}", err=True)
 
@@ -140,7 +119,7 @@ def main(corpus, vectors, blocks, s3_blocks, rounds):
             for k in ks:
                 walls[k].append(_embed(corpus, vectors, local[k], k))
                 _log(f"embed round {r + 1}/{rounds}: --shard-blocks {k} {walls[k][-1]:.1f} s")
-        server, env = _moto()
+        server, env = moto_server()
         remote = {k: f"s3://bench/k{k}.zarr" for k in s3_ks}
         s3_walls = {}
         for k in s3_ks:

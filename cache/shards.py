@@ -165,8 +165,8 @@ class ShardReader:
     (bytes, zstd, crc32c; the index at the end with its crc32c) takes this path
     (:meth:`fits`); anything else is read by zarr.
 
-    Memory: the cached indexes (16 bytes per inner chunk: 8 KB per ``tokens`` shard of 16
-    20 Newsgroups blocks) and one range's bytes."""
+    Memory: the cached indexes (16 bytes per inner chunk: 4 KB per ``tokens`` shard of 8
+    20 Newsgroups blocks) and the ranges in flight (at most zarr's ``async.concurrency``)."""
 
     def __init__(self, array):
         from numcodecs import Zstd
@@ -192,59 +192,84 @@ class ShardReader:
                 and [type(c) for c in inner] == [BytesCodec, ZstdCodec, Crc32cCodec]
                 and [type(c) for c in index] == [BytesCodec, Crc32cCodec])
 
-    def _get(self, shard: int, byte_range) -> bytes | None:
+    async def _get(self, shard: int, byte_range) -> bytes | None:
         from zarr.core.buffer import default_buffer_prototype
 
         coords = (shard,) + (0,) * (self.array.ndim - 1)
-        buf = _run(self.array.store_path.store.get(_key(self.array, coords),
-                                                   default_buffer_prototype(), byte_range))
+        buf = await self.array.store_path.store.get(_key(self.array, coords),
+                                                    default_buffer_prototype(), byte_range)
         return None if buf is None else buf.to_bytes()
 
-    def _index(self, shard: int) -> np.ndarray | None:
+    async def _index(self, shard: int) -> np.ndarray | None:
         """The shard's index, read once (``None``: the shard is absent, all fill)."""
         if shard not in self._indexes:
             from zarr.abc.store import SuffixByteRequest
 
-            raw = self._get(shard, SuffixByteRequest(16 * self.n + 4))
+            raw = await self._get(shard, SuffixByteRequest(16 * self.n + 4))
             index = None if raw is None else shard_index(raw, self.n)
             if raw is not None and index is None:
                 raise ValueError(f"shard {shard}: the shard's index is damaged")
             self._indexes[shard] = index
         return self._indexes[shard]
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """``array[start:stop]`` (first axis). Raises on a checksum mismatch or a damaged
-        index (the caller names the chunk: :func:`embcache.cache.integrity.reading_chunks`)."""
+    async def _shard_rows(self, shard: int, start: int, stop: int, out: np.ndarray,
+                          first_row: int) -> None:
+        """Fill ``out`` (rows ``first_row...``) with rows ``start:stop`` of one shard: its index
+        (kept), then its inner chunks that cover them in one ranged GET."""
         import google_crc32c
         from zarr.abc.store import RangeByteRequest
 
-        shape = self.array.chunks
+        index = await self._index(shard)
+        if index is None:
+            return
+        first = shard * self.n
+        i0, i1 = start // self.rows - first, (stop - 1) // self.rows - first + 1
+        entries = index[i0:i1]
+        present = entries[:, 0] != EMPTY
+        if not present.any():
+            return
+        lo = int(entries[present, 0].min())
+        hi = int((entries[present, 0] + entries[present, 1]).max())
+        raw = await self._get(shard, RangeByteRequest(lo, hi))  # one GET for the rows' chunks
+        assert raw is not None and len(raw) == hi - lo, f"shard {shard} was cut short"
+        for i, ((offset, length), here) in enumerate(zip(entries.tolist(), present)):
+            if not here:
+                continue
+            data = raw[offset - lo:offset - lo + length]
+            if google_crc32c.value(data[:-4]) != int.from_bytes(data[-4:], "little"):
+                raise ValueError(f"shard {shard}, inner chunk {first + i0 + i}: checksum")
+            chunk = np.frombuffer(self.zstd.decode(data[:-4]),
+                                  dtype=self.dtype).reshape(self.array.chunks)
+            row0 = (first + i0 + i) * self.rows
+            a, b = max(start, row0), min(stop, row0 + self.rows)
+            out[a - first_row:b - first_row] = chunk[a - row0:b - row0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """``array[start:stop]`` (first axis); the shards it spans are read concurrently (a
+        scan of a whole per-document array is one index and one range per shard, all in
+        flight at once). Raises on a checksum mismatch or a damaged index (the caller names
+        the chunk: :func:`embcache.cache.integrity.reading_chunks`)."""
+        import asyncio
+
         out = np.full((max(stop - start, 0),) + tuple(self.array.shape[1:]),
                       self.array.fill_value, dtype=self.dtype)
+        if stop <= start:
+            return out
         per_shard = self.n * self.rows
-        for shard in range(start // per_shard, (max(stop, start + 1) - 1) // per_shard + 1):
-            index = self._index(shard) if stop > start else None
-            if index is None:
-                continue
-            first = shard * self.n
-            i0 = max(start, shard * per_shard) // self.rows - first
-            i1 = (min(stop, (shard + 1) * per_shard) - 1) // self.rows - first + 1
-            entries = index[i0:i1]
-            present = entries[:, 0] != EMPTY
-            if not present.any():
-                continue
-            lo = int(entries[present, 0].min())
-            hi = int((entries[present, 0] + entries[present, 1]).max())
-            raw = self._get(shard, RangeByteRequest(lo, hi))  # one GET for the rows' chunks
-            assert raw is not None and len(raw) == hi - lo, f"shard {shard} was cut short"
-            for i, ((offset, length), here) in enumerate(zip(entries.tolist(), present)):
-                if not here:
-                    continue
-                data = raw[offset - lo:offset - lo + length]
-                if google_crc32c.value(data[:-4]) != int.from_bytes(data[-4:], "little"):
-                    raise ValueError(f"shard {shard}, inner chunk {first + i0 + i}: checksum")
-                chunk = np.frombuffer(self.zstd.decode(data[:-4]), dtype=self.dtype).reshape(shape)
-                row0 = (first + i0 + i) * self.rows
-                a, b = max(start, row0), min(stop, row0 + self.rows)
-                out[a - start:b - start] = chunk[a - row0:b - row0]
+
+        async def every_shard() -> None:
+            import zarr
+
+            # at most zarr's own concurrency in flight (its `async.concurrency`, 10 by default)
+            limit = asyncio.Semaphore(int(zarr.config.get("async.concurrency") or 10))
+
+            async def one(s: int) -> None:
+                async with limit:
+                    await self._shard_rows(s, max(start, s * per_shard),
+                                           min(stop, (s + 1) * per_shard), out, start)
+
+            await asyncio.gather(*(one(s) for s in range(start // per_shard,
+                                                         (stop - 1) // per_shard + 1)))
+
+        _run(every_shard())
         return out

@@ -290,3 +290,26 @@ def test_weighted_ensemble_needs_validation_accuracies(setup, tmp_path):
     code, text = run("--models", f"{root}/runs/kim_cnn,{run_dir}", "--input", store, "--out",
                      tmp_path / "p.csv", "--ensemble", "mean")
     assert code == 0, text
+
+
+def test_parquet_output_is_written_in_bounded_row_groups(setup, tmp_path, monkeypatch):
+    """Scored batches are gathered into row groups of ROW_GROUP_ROWS rows (not one per batch:
+    the footer would grow with every batch), with the CSV's rows in the CSV's order."""
+    from embcache.jobs import outputs
+
+    root, store = setup
+    models = f"{root}/runs/fasttext"
+    monkeypatch.setattr(outputs, "ROW_GROUP_ROWS", 16)
+    out, csv_out = tmp_path / "p.parquet", tmp_path / "p.csv"
+    assert run("--models", models, "--input", store, "--out", out, "--batch-size", "4")[0] == 0
+    assert run("--models", models, "--input", store, "--out", csv_out)[0] == 0
+    meta = pq.ParquetFile(out).metadata
+    rows = predictions(out)
+    assert meta.num_rows == len(rows) == 90
+    # every row group but the last holds at least 16 rows (batches of 4 were written)
+    assert 2 <= meta.num_row_groups <= 90 // 16
+    assert all(meta.row_group(i).num_rows >= 16 for i in range(meta.num_row_groups - 1))
+    monkeypatch.setattr(outputs, "ROW_GROUP_ROWS", 65_536)
+    assert run("--models", models, "--input", store, "--out", tmp_path / "q.parquet")[0] == 0
+    assert pq.ParquetFile(tmp_path / "q.parquet").metadata.num_row_groups == 1
+    assert [r["doc_id"] for r in rows] == [r["doc_id"] for r in predictions(csv_out)]

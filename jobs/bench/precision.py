@@ -84,7 +84,7 @@ def _accuracy(a) -> dict:
     import embcache
 
     out: dict = {}
-    for seed in range(a.seeds):
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
         for precision in ("float32", "auto"):
             say(f"accuracy: {a.accuracy_model} seed {seed} at {precision} ...")
             s = embcache.train(a.store, a.accuracy_model, f"{a.out}/{a.accuracy_model}-{precision}-{seed}",
@@ -105,6 +105,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the seeds run are first-seed ... first-seed + seeds - 1")
     p.add_argument("--accuracy-model", default="kim_cnn")
     p.add_argument("--accuracy-epochs", type=int, default=10)
     p.add_argument("--out", default="bench-out/precision")

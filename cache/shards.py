@@ -96,6 +96,15 @@ class ShardBuffer:
                 _run(array.store_path.store.set(_key(array, coords), buf))
 
 
+def crc_ok(stored: bytes) -> bool:
+    """Whether an inner chunk's stored bytes end with the crc32c of what precedes it (the
+    last codec of every chain embcache writes)."""
+    import google_crc32c
+
+    return len(stored) >= 4 and google_crc32c.value(stored[:-4]) == int.from_bytes(stored[-4:],
+                                                                                   "little")
+
+
 def inner_per_shard(array) -> int:
     """Inner chunks along the first axis of one shard."""
     return int(array.shards[0] // array.chunks[0])
@@ -105,15 +114,10 @@ def shard_index(raw: bytes, n: int) -> np.ndarray | None:
     """The ``(n, 2)`` offsets and lengths of a shard's index (stored at its end, followed by
     its crc32c, as embcache writes it); ``None`` when the object is too short or the index's
     checksum fails."""
-    import google_crc32c
-
     size = 16 * n
-    if len(raw) < size + 4:
+    if len(raw) < size + 4 or not crc_ok(raw[-size - 4:]):
         return None
-    body = raw[-size - 4:-4]
-    if google_crc32c.value(body) != int.from_bytes(raw[-4:], "little"):
-        return None
-    return np.frombuffer(body, dtype="<u8").reshape(n, 2)
+    return np.frombuffer(raw[-size - 4:-4], dtype="<u8").reshape(n, 2)
 
 
 def check_shard(array, coords: tuple[int, ...], expected: set[tuple[int, ...]]
@@ -125,7 +129,6 @@ def check_shard(array, coords: tuple[int, ...], expected: set[tuple[int, ...]]
     Returns:
         (inner chunks checked, bytes read, [(inner coords, "damaged"|"missing", detail)]).
     """
-    import google_crc32c
 
     n = inner_per_shard(array)
     first = coords[0] * n
@@ -147,8 +150,7 @@ def check_shard(array, coords: tuple[int, ...], expected: set[tuple[int, ...]]
             continue
         checked += 1
         data = raw[offset:offset + length]
-        if (length < 4 or offset + length > len(raw)
-                or google_crc32c.value(data[:-4]) != int.from_bytes(data[-4:], "little")):
+        if offset + length > len(raw) or not crc_ok(data):
             problems.append((inner, "damaged", "checksum mismatch"))
     return checked, len(raw), problems
 
@@ -216,7 +218,6 @@ class ShardReader:
                           first_row: int) -> None:
         """Fill ``out`` (rows ``first_row...``) with rows ``start:stop`` of one shard: its index
         (kept), then its inner chunks that cover them in one ranged GET."""
-        import google_crc32c
         from zarr.abc.store import RangeByteRequest
 
         index = await self._index(shard)
@@ -236,7 +237,7 @@ class ShardReader:
             if not here:
                 continue
             data = raw[offset - lo:offset - lo + length]
-            if google_crc32c.value(data[:-4]) != int.from_bytes(data[-4:], "little"):
+            if not crc_ok(data):
                 raise ValueError(f"shard {shard}, inner chunk {first + i0 + i}: checksum")
             chunk = np.frombuffer(self.zstd.decode(data[:-4]),
                                   dtype=self.dtype).reshape(self.array.chunks)

@@ -156,9 +156,11 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
                                   progress=progress)
         if isinstance(damaged, EmbedSummary):
             return damaged
+        # The store being resumed or repaired: its precision and layout carry on (read once).
+        existing = None if overwrite else _existing_attrs(out)
         if not isinstance(source, EmbeddingSource):
-            if encoder is not None and precision == "auto" and not overwrite:
-                running = _store_precision(out) or running
+            if encoder is not None and precision == "auto":
+                running = _store_precision(existing) or running
             if encoder is not None and progress:
                 print(running.line(), file=sys.stderr)
             source = open_source(vectors, encoder=encoder, tokenizer=tokenizer, settings=settings,
@@ -175,7 +177,7 @@ def embed_corpus(  # noqa: PLR0913 - a job's options, one keyword each (as its c
                         num_docs=scan.num_docs, chunk_docs=chunk_docs, **source.record(),
                         lexical={"ids": source.ids_kind},
                         doc_ids="int" if scan.int_ids else "str",
-                        shard_blocks=_shard_blocks(out, shard_blocks, overwrite))
+                        shard_blocks=_shard_blocks(existing, shard_blocks))
         with writing(f"store {out}"):  # disk full, read-only: one line; the rerun resumes
             store = StoreWriter.open(out, meta, overwrite=overwrite, repair=damaged)
             write_blocks(corpus, store, scan, source, pool, progress)
@@ -251,24 +253,23 @@ def _existing_attrs(out: str) -> dict[str, Any] | None:
     return attrs if "embcache_layout" in attrs else None
 
 
-def _shard_blocks(out: str, given: int | None, overwrite: bool) -> int | None:
+def _shard_blocks(attrs: dict[str, Any] | None, given: int | None) -> int | None:
     """Blocks per shard: as given; else an existing store's own (resume and repair continue
     the layout it was started with; stores from before sharding are unsharded); else ``None``,
     the default (:func:`~embcache.cache.layout.auto_shard_blocks`)."""
     if given is not None:
         return given
-    attrs = None if overwrite else _existing_attrs(out)
     if attrs is None:
         return None
     value = attrs.get("shard_blocks", 0)
     return value if isinstance(value, int) and value >= 0 else None
 
 
-def _store_precision(out: str) -> Precision | None:
+def _store_precision(attrs: dict[str, Any] | None) -> Precision | None:
     """The precision an existing (partial or damaged) encoder store was encoded at: ``auto``
     resumes and repairs at it, so that one store never mixes two (a run at another one is
     refused as other settings are)."""
-    recorded = ((_existing_attrs(out) or {}).get("encoder") or {})
+    recorded = ((attrs or {}).get("encoder") or {})
     name = recorded.get("precision", "float32") if recorded else None
     if name not in ("float32", "bfloat16"):
         return None

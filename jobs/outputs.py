@@ -77,13 +77,12 @@ def open_writer(path: Path, fmt: str, columns: list[str]):
             RSS scoring 10 million documents against 1 million) and a file slow to read.
             Memory: one row group's rows."""
 
-            writer = None
-            pending: list = []
-            rows = 0
+            def __init__(self):
+                self.writer, self.pending, self.rows = None, [], 0
 
             def write(self, cols):
                 table = pa.table({c: cols[c] for c in columns})
-                self.pending = [*self.pending, table]
+                self.pending.append(table)
                 self.rows += table.num_rows
                 if self.rows >= ROW_GROUP_ROWS:
                     self.flush()

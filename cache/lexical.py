@@ -1,5 +1,6 @@
 """The lexical channel: each kept token's id, stored beside its vector (``token_ids``), and the
-hashed n-gram features that the lexical models (``tfidf``, the ``wide`` variants) learn from.
+hashed n-gram features that the lexical models (``tfidf``, ``nb``, the ``wide`` variants) learn
+from.
 
 A token's id is the tokenizer's own id for subword tables and encoders, and for word vectors a
 stable hash of the word (:func:`word_id`), not its vocabulary row: out-of-vocabulary words keep
@@ -117,28 +118,87 @@ class DocumentFrequencies:
         return kept.astype(np.int64), idf.astype(np.float32)
 
 
-def count_split(store, plan, split: str | None, ngrams: int = 2,
-                progress=None) -> DocumentFrequencies:
-    """Document frequencies over one split of a store with the lexical channel, read block by
-    block (``offsets``, ``lengths``, ``split`` and the block's ``token_ids`` rows: never the
-    vectors). Memory: the counts and one block. ``progress(n)``: called with each block's
-    documents."""
+def tfidf_weights(ids: np.ndarray, lengths: np.ndarray, vocab: np.ndarray, idf: np.ndarray,
+                  ngrams: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each document's kept features and their weights, as the lexical layers compute them in the
+    graph: ``(doc, row, weight)``, one entry per distinct kept feature of a document, ``row`` its
+    index in ``vocab`` (sorted buckets), ``weight`` its sublinear TF-IDF ``(1 + ln tf) * idf``,
+    L2-normalised per document. Features outside ``vocab`` weigh nothing."""
+    doc, bucket = doc_features(ids, lengths, ngrams)
+    key = np.sort(doc * BUCKETS + bucket)
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else key[:0]
+    tf = np.diff(np.r_[starts, len(key)]).astype(np.float64)
+    key = key[starts]
+    doc, bucket = key // BUCKETS, key % BUCKETS
+    row = np.searchsorted(vocab, bucket)
+    hit = row < len(vocab)
+    hit[hit] = vocab[row[hit]] == bucket[hit]
+    doc, row, tf = doc[hit], row[hit], tf[hit]
+    weight = (1.0 + np.log(tf)) * idf[row]
+    norm = np.bincount(doc, weight * weight, minlength=len(lengths))
+    return doc, row, weight / np.sqrt(np.maximum(norm[doc], 1e-12))
+
+
+class ClassFeatureSums:
+    """Each class's sum of its documents' TF-IDF weights per kept feature, and its documents
+    (what multinomial naive Bayes is fitted from), added block by block. Memory: ``len(vocab)``
+    x classes float64 (420k features x 20 classes: 67 MB) and one block's features."""
+
+    def __init__(self, vocab: np.ndarray, idf: np.ndarray, num_classes: int, ngrams: int = 2):
+        self.vocab, self.idf, self.ngrams = vocab, idf, ngrams
+        self.sums = np.zeros((len(vocab), num_classes), dtype=np.float64)
+        self.docs = np.zeros(num_classes, dtype=np.int64)
+
+    def add(self, ids: np.ndarray, lengths: np.ndarray, labels: np.ndarray) -> None:
+        k = self.sums.shape[1]
+        labels = np.asarray(labels, dtype=np.int64)
+        doc, row, weight = tfidf_weights(ids, lengths, self.vocab, self.idf, self.ngrams)
+        cell, index = np.unique(row * k + labels[doc], return_inverse=True)
+        self.sums.reshape(-1)[cell] += np.bincount(index, weight, minlength=len(cell))
+        self.docs += np.bincount(labels, minlength=k)
+
+
+def _split_blocks(store, plan, split: str | None, labels: bool = False):
+    """One split's documents block by block: ``(ids, lengths, labels or None)``, read from
+    ``offsets``, ``lengths``, ``split`` (and ``labels``) and the block's ``token_ids`` rows,
+    never the vectors. Memory: one block."""
     from embcache.cache.meta import SPLIT_NAMES
 
     if not store.meta.has_token_ids:
         store.reading_ids()  # raises the one-line "rebuild" error
-    df = DocumentFrequencies(ngrams)
     c = store.chunk_docs
     for chunk in plan.chunks.tolist():
         lo, hi = chunk * c, min((chunk + 1) * c, store.num_docs)
         offsets, lengths = store.read("offsets", lo, hi), store.read("lengths", lo, hi)
         first, end = int(offsets[0]), int(offsets[-1] + lengths[-1])
         ids = store.read("token_ids", first, end) if end > first else np.zeros(0, np.int32)
+        y = store.read("labels", lo, hi) if labels else None
         if split is not None:
             # A block's documents lie back to back from `first`: one mask over its rows.
             keep = store.read("split", lo, hi) == SPLIT_NAMES.index(split)
             ids, lengths = ids[np.repeat(keep, lengths)], lengths[keep]
+            y = y[keep] if y is not None else None
+        yield ids, lengths, y
+
+
+def count_split(store, plan, split: str | None, ngrams: int = 2,
+                progress=None) -> DocumentFrequencies:
+    """Document frequencies over one split of a store with the lexical channel, read block by
+    block (:func:`_split_blocks`). Memory: the counts and one block. ``progress(n)``: called
+    with each block's documents."""
+    df = DocumentFrequencies(ngrams)
+    for ids, lengths, _ in _split_blocks(store, plan, split):
         df.add(ids, lengths)
         if progress is not None:
             progress(len(lengths))
     return df
+
+
+def class_sums(store, plan, split: str, vocab: np.ndarray, idf: np.ndarray, num_classes: int,
+               ngrams: int = 2) -> ClassFeatureSums:
+    """:class:`ClassFeatureSums` over one labelled split, in one pass (:func:`_split_blocks`).
+    Memory: the sums and one block."""
+    sums = ClassFeatureSums(vocab, idf, num_classes, ngrams)
+    for ids, lengths, labels in _split_blocks(store, plan, split, labels=True):
+        sums.add(ids, lengths, labels)
+    return sums

@@ -32,6 +32,7 @@ from embcache.jobs.ensemble import ENSEMBLES
 from embcache.jobs.multiworker import STRATEGIES
 from embcache.jobs.score import ScoreConfig
 from embcache.jobs.score_dask import PART_DOCS
+from embcache.models.registry import BUILTINS
 
 # Every option's default has one home, in the typed settings the jobs take (importing them loads
 # no TensorFlow): the CLI only reads them.
@@ -388,7 +389,7 @@ def training_options(fn):
 @main.command("train")
 @click.option("--store", required=True, help="A complete, labelled store from embed-corpus.")
 @click.option("--model", "model_name", default="cnn", show_default=True,
-              help="A built-in model (bilstm, cnn, fasttext, gru, kim_cnn, transformer), an "
+              help=f"A built-in model ({', '.join(sorted(BUILTINS))}), an "
                    "installed plugin (entry-point group embcache.models), or your own builder as "
                    "an import string package.module:function. Several, comma-separated "
                    "(cnn,kim_cnn,fasttext), train as a group from one stream of the store.")

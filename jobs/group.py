@@ -119,7 +119,11 @@ class GroupTrainer:
         if key not in self._fns:
             import tensorflow as tf
 
-            steps_of = [(getattr(m.model, step), m.model) for m in active]
+            # A model without trainable weights (naive Bayes: fitted by counting) is only
+            # evaluated in a training pass: its train metrics, no gradient, no Keras warning.
+            steps_of = [(getattr(m.model, "test_step" if step == "train_step" and
+                                 not m.model.trainable_weights else step), m.model)
+                        for m in active]
 
             @tf.function(reduce_retracing=True)
             def run(iterator, steps):
@@ -197,6 +201,8 @@ class GroupTrainer:
                 self.finish(m, f"stopped early after epoch {m.epoch}")
             elif m.epoch >= epochs:
                 self.finish(m, "")
+            elif not m.model.trainable_weights:  # fitted before training: one epoch says it all
+                self.finish(m, f"fitted by counting, validated in epoch {m.epoch}")
         pause_point("train:epoch-end")
         return ran
 

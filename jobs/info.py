@@ -53,7 +53,7 @@ def format_info(info: dict[str, Any]) -> str:
                      f"{mean / info['max_len']:.0%} of max_len)")
     counts = info.get("chunks")
     lexical = info.get("lexical")
-    lines.append("token ids    " + (f"{lexical.get('ids')} (the lexical channel: tfidf, wide models)"
+    lines.append("token ids    " + (f"{lexical.get('ids')} (the lexical channel: tfidf, nb, wide models)"
                                     if lexical else "none (written before the lexical channel; "
                                     "models that read token_ids need a rebuild)"))
     lines.append("checksums    " + ("crc32c on every chunk (checked on every read)"

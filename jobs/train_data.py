@@ -58,10 +58,12 @@ def _in_memory(store, plans: dict, config: TrainConfig, progress: bool) -> dict:
 def adapt_lexical(store, plan, models: list, progress: bool, counts: dict | None = None) -> None:
     """Set every lexical layer's kept features and idf (:class:`~embcache.models.layers.
     HashedTfidf`) from one counting pass over the train split per n-gram order, shared by the
-    group's models (:func:`embcache.cache.lexical.count_split`); ``counts`` keeps the passes
-    for later calls (``embcache tune``'s trials)."""
-    from embcache.cache.lexical import count_split
-    from embcache.models.layers import HashedTfidf
+    group's models (:func:`embcache.cache.lexical.count_split`), and fit each naive Bayes layer
+    (:class:`~embcache.models.layers.HashedNaiveBayes`) from a second pass over its features
+    (:func:`embcache.cache.lexical.class_sums`); ``counts`` keeps the passes for later calls
+    (``embcache tune``'s trials)."""
+    from embcache.cache.lexical import class_sums, count_split
+    from embcache.models.layers import HashedNaiveBayes, HashedTfidf
 
     layers = [layer for model in models for layer in model._flatten_layers(include_self=False)
               if isinstance(layer, HashedTfidf)]
@@ -76,6 +78,16 @@ def adapt_lexical(store, plan, models: list, progress: bool, counts: dict | None
                       f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
         vocab, idf = counts[layer.ngrams].vocabulary(layer.max_features, layer.min_df)
         layer.adapt(vocab, idf)
+        if isinstance(layer, HashedNaiveBayes):
+            key = ("class sums", layer.ngrams, layer.max_features, layer.min_df)
+            if key not in counts:
+                t = time.perf_counter()
+                counts[key] = class_sums(store, plan, "train", vocab, idf, layer.num_classes,
+                                         layer.ngrams)
+                if progress:
+                    print(f"naive Bayes: {len(vocab):,} features' weights summed per class in "
+                          f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
+            layer.fit_counts(counts[key].sums, counts[key].docs)
 
 
 def group_streams(store, plans: dict, config: TrainConfig, progress: bool) -> tuple:

@@ -176,6 +176,7 @@ class HashedTfidf(keras.layers.Layer):
     """
 
     embcache_float32 = True  # float32 under any policy (embcache.models.precision)
+    learned = True  # kernel and bias trained by gradient (HashedNaiveBayes: counted instead)
 
     def __init__(self, num_classes: int, max_features: int = 1 << 19, ngrams: int = 2,
                  padding: str = "pre", scale: float = 10.0, min_df: int = 2, **kwargs):
@@ -194,8 +195,9 @@ class HashedTfidf(keras.layers.Layer):
         self.idf = self.add_weight(shape=(self.max_features,), trainable=False,
                                    initializer="zeros", name="idf")
         self.kernel = self.add_weight(shape=(self.max_features, self.num_classes),
-                                      initializer="zeros", name="kernel")
-        self.bias = self.add_weight(shape=(self.num_classes,), initializer="zeros", name="bias")
+                                      initializer="zeros", name="kernel", trainable=self.learned)
+        self.bias = self.add_weight(shape=(self.num_classes,), initializer="zeros", name="bias",
+                                    trainable=self.learned)
         self.refresh()
 
     def refresh(self) -> None:
@@ -277,6 +279,45 @@ class HashedTfidf(keras.layers.Layer):
                 "max_features": self.max_features, "ngrams": self.ngrams,
                 "padding": self.padding, "scale": self.scale, "min_df": self.min_df}
 
+
+
+@keras.saving.register_keras_serializable(package="embcache")
+class HashedNaiveBayes(HashedTfidf):
+    """Multinomial naive Bayes over :class:`HashedTfidf`'s features (the same hashed n-grams and
+    L2-normalised sublinear TF-IDF weights): ``kernel`` holds ``log P(feature | class)``, each
+    class's summed weights smoothed by ``alpha`` (scikit-learn's ``MultinomialNB``), and ``bias``
+    the log prior of the classes.
+
+    Fitted by counting, not by gradient: it has no trainable weights. The train job sets them
+    (:meth:`fit_counts`) from one pass over the training split after :meth:`adapt`
+    (:func:`embcache.cache.lexical.class_sums`); its epochs only validate it. Its errors differ
+    from a discriminative model's on the same features, which is what an ensemble wants.
+    """
+
+    learned = False
+
+    def __init__(self, num_classes: int, alpha: float = 0.01, **kwargs):
+        kwargs.setdefault("scale", 1.0)
+        super().__init__(num_classes, **kwargs)
+        self.alpha = float(alpha)
+
+    def fit_counts(self, sums, class_docs) -> None:
+        """Set ``kernel`` and ``bias`` from each kept feature's summed weights per class
+        ``(features, classes)`` (rows in :meth:`adapt`'s order) and each class's documents."""
+        import numpy as np
+
+        sums = np.asarray(sums, dtype=np.float64)
+        kernel = np.zeros((self.max_features, self.num_classes), dtype=np.float32)
+        smoothed = sums + self.alpha
+        kernel[:len(sums)] = np.log(smoothed) - np.log(smoothed.sum(axis=0))
+        docs = np.asarray(class_docs, dtype=np.float64)
+        # A class without training documents gets a prior of 1e-9, not log(0) = -inf.
+        prior = np.maximum(docs, 1e-9 * max(docs.sum(), 1.0)) / max(docs.sum(), 1.0)
+        self.kernel.assign(kernel)
+        self.bias.assign(np.log(prior).astype(np.float32))
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
 
 # Every built-in model (and the layers and optimizer they register with Keras) loads with the
 # layers: the first import of Keras may have come from here (embcache's hook on Keras's import

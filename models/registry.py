@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "embcache.models"
 STORE_ARGS = ("max_len", "dim", "num_classes", "padding")
-_BUILTINS = ("cnn", "kim_cnn", "bilstm", "gru", "fasttext", "transformer", "tfidf")
+BUILTINS = ("cnn", "kim_cnn", "bilstm", "gru", "fasttext", "transformer", "tfidf", "nb")
 _REGISTRY: dict[str, Callable] = {}
 _loaded = False
 
@@ -69,7 +69,7 @@ def load_builtins() -> None:
     their layers."""
     global _loaded
     if not _loaded:
-        for mod in _BUILTINS:  # imported on demand: importing the registry loads no Keras
+        for mod in BUILTINS:  # imported on demand: importing the registry loads no Keras
             importlib.import_module(f"embcache.models.{mod}")
         _loaded = True
 
@@ -225,7 +225,7 @@ def resolve(spec: str | Callable) -> ModelSource:
     load_builtins()
     if spec in _REGISTRY:
         fn = _REGISTRY[spec]
-        builtin = spec in _BUILTINS and fn.__module__ == f"embcache.models.{spec}"
+        builtin = spec in BUILTINS and fn.__module__ == f"embcache.models.{spec}"
         return ModelSource(name=spec, build=fn, kind="builtin" if builtin else "registered",
                            ref=spec, module=fn.__module__)
     eps = _entry_points()

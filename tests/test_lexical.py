@@ -251,3 +251,65 @@ def test_row_sparse_adam_updates_only_touched_rows():
     v, d = var.numpy(), dense.numpy()
     np.testing.assert_allclose(v[[0, 2, 4]], 1.0)
     np.testing.assert_allclose(v[[1, 3]], d[[1, 3]], rtol=1e-6)  # first step: Adam's own
+
+
+@pytest.mark.slow
+def test_nb_is_multinomial_naive_bayes_counted_before_one_epoch(built, tmp_path):
+    """``nb`` is scikit-learn's MultinomialNB on the lexical features (the NumPy twin of the
+    graph's TF-IDF): the same log probabilities and priors, and its scores are MNB's on the test
+    split. It has nothing to learn by gradient: one epoch, whatever ``--epochs`` says."""
+    import keras
+    from scipy.sparse import csr_matrix
+    from sklearn.naive_bayes import MultinomialNB
+
+    import embcache
+    from embcache.cache.lexical import _split_blocks, count_split, tfidf_weights
+    from embcache.cache.meta import SPLIT_NAMES
+    from embcache.cache.stream import plan_split
+
+    root, url, _ = built
+    run = tmp_path / "nb"
+    code, out = cli("train", "--store", url, "--model", "nb", "--epochs", "4", "--param",
+                    "alpha=0.1", "--out", run, "-q")
+    assert code == 0, out
+    assert len((run / "history.csv").read_text().splitlines()) == 2  # a header and one epoch
+    store = embcache.open_store(str(url))
+    vocab, idf = count_split(store, plan_split(store, "train"), "train").vocabulary(1 << 19)
+
+    def features(split):
+        rows, labels = [], []
+        for ids, lengths, y in _split_blocks(store, plan_split(store, split), split, labels=True):
+            doc, row, w = tfidf_weights(ids, lengths, vocab, idf)
+            rows.append(csr_matrix((w, (doc, row)), shape=(len(lengths), len(vocab))))
+            labels.append(y)
+        from scipy.sparse import vstack
+        return vstack(rows), np.concatenate(labels)
+
+    x, y = features("train")
+    mnb = MultinomialNB(alpha=0.1).fit(x, y)
+    model = keras.saving.load_model(run / "model.keras")
+    layer = model.get_layer("lexical")
+    assert not model.trainable_weights
+    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    np.testing.assert_allclose(kernel[:len(vocab)], mnb.feature_log_prob_.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.bias), mnb.class_log_prior_,
+                               rtol=1e-6)
+    xt, _ = features("test")
+    scored = embcache.Scorer([run]).classify(str(url), split="test")
+    test_ids = store.read("doc_ids")[store.read("split") == SPLIT_NAMES.index("test")]
+    assert scored["doc_id"].astype(str).tolist() == [str(i) for i in test_ids]
+    np.testing.assert_allclose(scored["nb_prob"].to_numpy(), mnb.predict_proba(xt).max(axis=1),
+                               rtol=1e-4)
+    names = np.array(store.label_names)
+    assert (scored["nb_label"].to_numpy() == names[mnb.predict(xt)]).all()
+
+
+@pytest.mark.slow
+def test_nb_leaves_a_group_after_one_epoch_the_others_train_on(built, tmp_path):
+    root, url, _ = built
+    code, out = cli("train", "--store", url, "--model", "nb,fasttext", "--epochs", "2",
+                    "--out", tmp_path / "g", "-q")
+    assert code == 0, out
+    epochs = {m: len((tmp_path / "g" / m / "history.csv").read_text().splitlines()) - 1
+              for m in ("nb", "fasttext")}
+    assert epochs == {"nb": 1, "fasttext": 2}

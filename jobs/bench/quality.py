@@ -6,7 +6,7 @@ GloVe 50d, max_len 200, truncating post), both built with the lexical channel:
   and LogisticRegression(C=10), fitted on the store's train split, scored on its test split
   (the texts read by embcache's own corpus reader, joined to the store's split by doc id);
 - embcache's models, each over ``--seeds`` seeds with the defaults a user gets (10 epochs, early
-  stopping on val accuracy, patience 3): ``tfidf`` (the lexical model), the dense models named
+  stopping on val accuracy, patience 3): ``tfidf`` and ``nb`` (the lexical models), the dense models named
   by ``--models``, and each of those with ``wide=true`` (trained as one group with it), on the
   GloVe store; the dense models also on the other representations' stores (``--reps``:
   WordLlama, MiniLM), built from the same corpus with the same split;
@@ -123,10 +123,14 @@ def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
     for seed in range(seeds):
         print(f" seed {seed}", flush=True)
         runs: dict[str, tuple[str, float]] = {}  # label -> (run folder, train seconds)
-        s = embcache.train(stores["glove"], "tfidf", str(out / f"tfidf-{seed}"),
-                           config={"seed": seed}, overwrite=True)
-        runs["tfidf"] = (s.out, s.seconds)
-        add("tfidf", s.metrics["test_accuracy"], s.seconds, f", best epoch {s.best_epoch}")
+        # The two lexical models as one group: one counting pass (nb is fitted by it and
+        # validated in one epoch; tfidf trains on).
+        lexical = embcache.train(stores["glove"], ["tfidf", "nb"], str(out / f"lexical-{seed}"),
+                                 config={"seed": seed}, overwrite=True)
+        for s in lexical.runs:
+            label = "nb" if Path(s.out).name.startswith("nb") else "tfidf"
+            runs[label] = (s.out, s.seconds)
+            add(label, s.metrics["test_accuracy"], s.seconds, f", best epoch {s.best_epoch}")
         for model in models:
             group = embcache.train(stores["glove"], model, str(out / f"{model}-{seed}"),
                                    grid={"wide": [False, True]}, config={"seed": seed},
@@ -145,14 +149,14 @@ def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
                 runs[f"{model} ({rep})"] = (s.out, s.seconds)
                 add(f"{model} ({rep})", s.metrics["test_accuracy"], s.seconds,
                     f", best epoch {s.best_epoch}")
-        for label, members in ensembles(list(runs), models, list(stores)):
+        for i, (label, members) in enumerate(ensembles(list(runs), models, list(stores))):
             paths = [runs[m][0] for m in members]
             seconds = sum(runs[m][1] for m in members)
             for how in ("weighted", "fit"):
                 t = time.perf_counter()
                 scorer = embcache.Scorer(paths, ensemble=how, stores=list(stores.values()))
                 if how == "fit":
-                    scorer.fit(out / f"ensemble-{seed}-{len(members)}", store=stores["glove"])
+                    scorer.fit(out / f"ensemble-{seed}-{i}", store=stores["glove"])
                 rows = scorer.classify(stores["glove"], split="test")
                 acc = float((rows["ensemble_label"] == rows["true_label"]).mean())
                 note = (f", chosen {scorer.fitted.chosen}, weights "
@@ -163,17 +167,19 @@ def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
 
 
 def ensembles(labels: list[str], models: list[str], reps: list[str]):
-    """The ensembles measured: the lexical model with each wide model; that with the model on
-    the other representations; and, with several dense models, every run but the plain GloVe
-    ones (the wide variants carry them)."""
-    out = []
+    """The ensembles measured: the two lexical models; each wide model with ``tfidf``, and with
+    both lexical models; those with the model on the other representations; and, with several
+    dense models, every run but the plain GloVe ones (the wide variants carry them)."""
+    lexical = [m for m in ("tfidf", "nb") if m in labels]
+    out = [(" + ".join(lexical), lexical)] if len(lexical) == 2 else []
     for m in models:
-        if "tfidf" in labels and f"{m} wide" in labels:
-            out.append((f"tfidf + {m} wide", ["tfidf", f"{m} wide"]))
+        if "tfidf" not in labels or f"{m} wide" not in labels:
+            continue
         others = [f"{m} ({r})" for r in reps if r != "glove" and f"{m} ({r})" in labels]
-        if others:
-            out.append((f"tfidf + {m} wide + " + " + ".join(others),
-                        ["tfidf", f"{m} wide", *others]))
+        for base in (["tfidf"], lexical) if len(lexical) == 2 else (["tfidf"],):
+            out.append((" + ".join([*base, f"{m} wide"]), [*base, f"{m} wide"]))
+            if others:
+                out.append((" + ".join([*base, f"{m} wide", *others]), [*base, f"{m} wide", *others]))
     if len(models) > 1:
         every = [label for label in labels if label not in models]
         out.append((f"every run but plain GloVe ({len(every)})", every))

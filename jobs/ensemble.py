@@ -144,8 +144,12 @@ def fit_ensemble(names: list[str], probs: dict[str, np.ndarray], y: np.ndarray) 
     """Fit the pool on validation probabilities, guarded against overfitting the validation
     split: two-fold cross-fitting (fit on even documents, score the odd ones, and back)
     compares the fitted pool with three that learn nothing, equal weights (the geometric mean
-    and the plain mean) and the best member alone; the one with the best held-out accuracy
-    (then NLL) is kept, refitted on the whole split if it is the fitted one."""
+    and the plain mean) and the best member alone; the one with the lowest held-out negative
+    log-likelihood (then the best accuracy) is kept, refitted on the whole split if it is the
+    fitted one. Log-likelihood, not accuracy: on a validation split of a few thousand documents
+    held-out accuracies differ by a document or two (noise), and ranking by them kept one member
+    alone where pooling was far better held out (measured on 20 Newsgroups: a member alone
+    0.0005 more accurate than the plain mean, at NLL 0.757 against 0.522)."""
     logp = np.log(np.clip(np.stack([probs[n] for n in names]).astype(np.float64), 1e-12, 1.0))
     m = len(names)
     acc = [float((logp[i].argmax(axis=1) == y).mean()) for i in range(m)]
@@ -164,7 +168,7 @@ def fit_ensemble(names: list[str], probs: dict[str, np.ndarray], y: np.ndarray) 
             held[name].append((float((p.argmax(axis=1) == y[test]).mean()), nll))
     score = {k: (float(np.mean([h[0] for h in v])), float(np.mean([h[1] for h in v])))
              for k, v in held.items()}
-    chosen = max(score, key=lambda k: (score[k][0], -score[k][1]))
+    chosen = min(score, key=lambda k: (score[k][1], -score[k][0]))
     a = candidates(slice(None))[chosen]
     temps = np.array([temperature(logp[i], y) for i in range(m)])
     whole = pool(np.exp(logp), a, linear=chosen == "mean").argmax(axis=1)

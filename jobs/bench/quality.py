@@ -106,6 +106,18 @@ def sklearn_baselines(splits) -> dict[str, dict]:
     return out
 
 
+def recorder(results: dict[str, dict]):
+    """``add(label, accuracy, seconds, note)``: one result into ``results``, printed."""
+
+    def add(label, acc, seconds, note=""):
+        r = results.setdefault(label, {"test": [], "seconds": []})
+        r["test"].append(acc)
+        r["seconds"].append(seconds)
+        print(f"  {label}: test {acc:.4f} ({seconds:.0f} s{note})", flush=True)
+
+    return add
+
+
 def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
                    out: Path) -> dict[str, dict]:
     """Every seed: ``tfidf`` and each dense model plain and wide on the GloVe store, each dense
@@ -113,12 +125,7 @@ def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
     import embcache
 
     results: dict[str, dict] = {}
-
-    def add(label, acc, seconds, note=""):
-        r = results.setdefault(label, {"test": [], "seconds": []})
-        r["test"].append(acc)
-        r["seconds"].append(seconds)
-        print(f"  {label}: test {acc:.4f} ({seconds:.0f} s{note})", flush=True)
+    add = recorder(results)
 
     for seed in range(seeds):
         print(f" seed {seed}", flush=True)
@@ -149,20 +156,55 @@ def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
                 runs[f"{model} ({rep})"] = (s.out, s.seconds)
                 add(f"{model} ({rep})", s.metrics["test_accuracy"], s.seconds,
                     f", best epoch {s.best_epoch}")
-        for i, (label, members) in enumerate(ensembles(list(runs), models, list(stores))):
-            paths = [runs[m][0] for m in members]
-            seconds = sum(runs[m][1] for m in members)
-            for how in ("weighted", "fit"):
-                t = time.perf_counter()
-                scorer = embcache.Scorer(paths, ensemble=how, stores=list(stores.values()))
-                if how == "fit":
-                    scorer.fit(out / f"ensemble-{seed}-{i}", store=stores["glove"])
-                rows = scorer.classify(stores["glove"], split="test")
-                acc = float((rows["ensemble_label"] == rows["true_label"]).mean())
-                note = (f", chosen {scorer.fitted.chosen}, weights "
-                        f"{[round(float(w), 2) for w in scorer.fitted.weights]}"
-                        if how == "fit" else "")
-                add(f"ensemble {how}: {label}", acc, seconds + time.perf_counter() - t, note)
+        score_ensembles(runs, models, stores, seed, out, add)
+    return results
+
+
+def score_ensembles(runs: dict, models: list[str], stores: dict[str, str], seed: int, out: Path,
+                    add) -> None:
+    """One seed's ensembles (:func:`ensembles`) of ``runs`` (label -> (run folder, train
+    seconds)), each ``weighted`` and ``fit``, scored by the ``Scorer`` on the GloVe store's test
+    split; ``add(label, accuracy, seconds, note)`` records each."""
+    import embcache
+
+    for i, (label, members) in enumerate(ensembles(list(runs), models, list(stores))):
+        paths = [runs[m][0] for m in members]
+        seconds = sum(runs[m][1] for m in members)
+        for how in ("weighted", "fit"):
+            t = time.perf_counter()
+            scorer = embcache.Scorer(paths, ensemble=how, stores=list(stores.values()))
+            if how == "fit":
+                scorer.fit(out / f"ensemble-{seed}-{i}", store=stores["glove"])
+            rows = scorer.classify(stores["glove"], split="test")
+            acc = float((rows["ensemble_label"] == rows["true_label"]).mean())
+            note = (f", chosen {scorer.fitted.chosen}, weights "
+                    f"{[round(float(w), 2) for w in scorer.fitted.weights]}"
+                    if how == "fit" else "")
+            add(f"ensemble {how}: {label}", acc, seconds + time.perf_counter() - t, note)
+
+
+def rescored(stores: dict[str, str], models: list[str], seeds: int, out: Path) -> dict[str, dict]:
+    """``--rescore``: the runs an earlier ``bench-quality`` left under ``out`` (their cards'
+    test accuracy and seconds), and their ensembles scored again with today's code."""
+    import json
+
+    results: dict[str, dict] = {}
+    add = recorder(results)
+
+    for seed in range(seeds):
+        print(f" seed {seed}", flush=True)
+        folders = {"tfidf": out / f"lexical-{seed}" / "tfidf", "nb": out / f"lexical-{seed}" / "nb"}
+        for model in models:
+            for run in sorted((out / f"{model}-{seed}").iterdir()):
+                folders[f"{model} wide" if "wide=true" in run.name.lower() else model] = run
+            folders.update({f"{model} ({rep})": out / f"{model}-{rep}-{seed}"
+                            for rep in stores if rep != "glove"})
+        runs = {}
+        for label, folder in folders.items():
+            card = json.loads((folder / "model.json").read_text())
+            runs[label] = (str(folder), card["training"]["seconds"])
+            add(label, card["metrics"]["test_accuracy"], card["training"]["seconds"], ", trained before")
+        score_ensembles(runs, models, stores, seed, out, add)
     return results
 
 
@@ -226,6 +268,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="kim_cnn", help="dense models, each also with wide=true")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--reuse", action="store_true", help="keep complete stores")
+    p.add_argument("--rescore", action="store_true",
+                   help="train nothing: score the ensembles of the runs an earlier run left")
     p.add_argument("--reps", default="glove,wordllama",
                    help="representations: glove (always) and wordllama, minilm")
     a = p.parse_args(argv)
@@ -239,8 +283,9 @@ def main(argv=None) -> int:
         print(f"{name}: baselines", flush=True)
         results = sklearn_baselines(texts_by_split(name, data, stores["glove"]))
         print(f"{name}: embcache models", flush=True)
-        results.update(embcache_models(stores, [m for m in a.models.split(",") if m], a.seeds,
-                                       out / "runs" / name))
+        models = [m for m in a.models.split(",") if m]
+        results.update((rescored if a.rescore else embcache_models)(stores, models, a.seeds,
+                                                                    out / "runs" / name))
         everything[name] = results
         print(f"\n{name} (test accuracy on the store's split)")
         print(table(["model", "test accuracy (mean)", "range", "seeds", "train s (median)"],

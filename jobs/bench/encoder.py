@@ -51,14 +51,19 @@ def write_sample(corpus: str, folder: Path, docs: int) -> int:
 
 
 def keras_way_child(store_url: str, encoder: str, heads: list[str], epochs: int,
-                    batch_size: int) -> dict:
+                    batch_size: int, precision: str = "float32") -> dict:
     """(b): the heads with the frozen backbone inside, on token ids of the same documents and
-    split as the store (read back from the store's corpus and doc ids)."""
+    split as the store (read back from the store's corpus and doc ids). ``precision``
+    ``bfloat16``: the backbone loaded in bfloat16 and the heads under Keras's
+    ``mixed_bfloat16`` policy, as (a) runs with ``--precision bfloat16``."""
     from embcache.cache.tfenv import quiet_tensorflow
 
     quiet_tensorflow()
     import keras
     import numpy as np
+
+    if precision == "bfloat16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
     from embcache import models
     from embcache.cache.corpus import CorpusSpec, iter_documents
@@ -66,7 +71,7 @@ def keras_way_child(store_url: str, encoder: str, heads: list[str], epochs: int,
     from embcache.cache.store import open_store
 
     store = open_store(store_url, require_labels=True)
-    enc = Encoder(resolve(encoder, max_len=store.max_len))
+    enc = Encoder(resolve(encoder, max_len=store.max_len, precision=precision))
     texts = {d.doc_id: d.text for d in iter_documents(CorpusSpec.from_dict(store.meta.corpus))}
     doc_ids = [str(x) for x in store.array("doc_ids")[:]]
     split, labels = store.array("split")[:], store.array("labels")[:].astype("int32")
@@ -224,13 +229,18 @@ def precision_speed(corpus: str, encoder: str, docs: int, rounds: int, lengths: 
 @click.option("--speed-only", is_flag=True, help="Only the XLA against plain part.")
 @click.option("--precision-docs", default=0, show_default=True,
               help="Documents for the float32 against bfloat16 part (0: skip it).")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32",
+              show_default=True,
+              help="(a) and (b) both at this precision: embed-corpus and train --precision, and "
+                   "the Keras way's backbone and heads (mixed_bfloat16), so the ratio is fair.")
 @click.option("--child", default=None, hidden=True)
 def main(corpus, encoder, docs, max_len, heads, epochs, batch_size, speed_docs, speed_rounds,
-         speed_only, precision_docs, child):
+         speed_only, precision_docs, precision, child):
     """Benchmark: encoder once into the store + heads from it, against the encoder in every head."""
     head_names = heads.split(",")
     if child:
-        click.echo(json.dumps(keras_way_child(child, encoder, head_names, epochs, batch_size)))
+        click.echo(json.dumps(keras_way_child(child, encoder, head_names, epochs, batch_size,
+                                              precision)))
         return
     if precision_docs:
         precision_speed(corpus, encoder, precision_docs, speed_rounds, [128])
@@ -251,20 +261,21 @@ def main(corpus, encoder, docs, max_len, heads, epochs, batch_size, speed_docs, 
         say("(a) embed-corpus --encoder ...")
         w_embed, rss_embed, _ = run_measured(cli + [
             "embed-corpus", "--corpus", str(tmp / "corpus"), "--encoder", encoder, "--out", store,
-            "--max-len", str(max_len), "-q"], env=dict(os.environ))
+            "--max-len", str(max_len), "--precision", precision, "-q"], env=dict(os.environ))
         info = json.loads(run_measured(cli + ["info", store, "--json"])[2])
         say(f"  {w_embed:.1f} s")
         say(f"(a) train {heads} as one group from the store ...")
         w_train, rss_train, _ = run_measured(cli + [
             "train", "--store", store, "--model", heads, "--epochs", str(epochs), "--patience",
-            str(epochs), "--batch-size", str(batch_size), "--out", str(tmp / "runs"), "-q"],
+            str(epochs), "--batch-size", str(batch_size), "--out", str(tmp / "runs"),
+            "--precision", precision, "-q"],
             env=dict(os.environ))
         say(f"  {w_train:.1f} s")
         say("(b) the Keras way: the frozen encoder inside each head ...")
         w_keras, rss_keras, out = run_measured([
             sys.executable, "-m", "jobs.bench.encoder", "--corpus", corpus, "--encoder",
             encoder, "--heads", heads, "--epochs", str(epochs), "--batch-size", str(batch_size),
-            "--child", store], env=dict(os.environ))
+            "--precision", precision, "--child", store], env=dict(os.environ))
         child_out = json.loads(out.strip().splitlines()[-1])
         say(f"  {w_keras:.1f} s")
         size = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
@@ -275,7 +286,8 @@ def main(corpus, encoder, docs, max_len, heads, epochs, batch_size, speed_docs, 
     a = w_embed + w_train
     click.echo(f"encoder benchmark: {info['num_docs']} 20 Newsgroups documents (headers stripped), "
                f"{encoder}, max_len {max_len} tokens, heads {heads}, {epochs} epochs each, batch "
-               f"{batch_size}, {os.cpu_count()} cores; wall seconds of fresh processes")
+               f"{batch_size}, {precision} on both sides, {os.cpu_count()} cores; wall seconds of "
+               "fresh processes")
     click.echo(table(["way", "wall s", "peak RSS MB", "vs (b)"], [
         ["(a) embcache: encode once into the store", f"{w_embed:,.1f}", f"{rss_embed:,.0f}", ""],
         ["(a) embcache: train the heads as one group from the store", f"{w_train:,.1f}",

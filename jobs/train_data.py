@@ -90,6 +90,25 @@ def adapt_lexical(store, plan, models: list, progress: bool, counts: dict | None
             layer.fit_counts(counts[key].sums, counts[key].docs)
 
 
+def reads_ids(source, store) -> bool:
+    """Whether ``source``'s model, built for ``store`` with its defaults, takes ``token_ids``
+    (``embcache tune`` reads ids for every trial when one may). A builder that fails here fails
+    again where it is built for real, which reports it."""
+    import keras
+
+    from embcache.models.registry import takes_token_ids
+
+    try:
+        model = source.make(max_len=store.max_len, dim=store.dim,
+                            num_classes=len(store.label_names or []), padding=store.padding)
+    except Exception:  # noqa: BLE001 - reported where it is built for a run
+        return False
+    reads = takes_token_ids(model)
+    del model
+    keras.backend.clear_session()
+    return reads
+
+
 def group_streams(store, plans: dict, config: TrainConfig, progress: bool) -> tuple:
     """The train and val datasets a group shares (each split in memory while it fits
     ``config.memory_mb``), and the steps of a pass over each: ``(train_ds, val_ds, steps)``."""

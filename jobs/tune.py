@@ -58,6 +58,7 @@ from embcache.jobs.train import (
     open_for_training,
     save_member,
 )
+from embcache.jobs.train_data import reads_ids
 from embcache.jobs.tune_space import (
     Param,
     Space,
@@ -309,9 +310,9 @@ class _Study:
 
     def run(self) -> None:
         # Ids are read (for every trial: one stream) only when a trial's model may take them:
-        # tfidf among the models or `wide` in the space; their counts are made once.
+        # `wide` in the space, or a model that reads them; their counts are made once.
         wide = "wide" in self.space.common or any("wide" in p for p in self.space.per_model.values())
-        lexical = wide or any(src.name == "tfidf" for src in self.sources)
+        lexical = wide or any(reads_ids(src, self.store) for src in self.sources)
         if lexical and self.store.meta.has_token_ids:
             self.store = self.store.reading_ids()
         self.lexical_counts: dict = {}

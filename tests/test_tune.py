@@ -320,3 +320,13 @@ def test_a_storage_url_loses_its_password_and_nothing_else():
         "postgresql+psycopg2://ann:***@db:5432/study"
     assert redact("sqlite:///runs/tune/study.db") == "sqlite:///runs/tune/study.db"
     assert redact("runs/tune.journal") == "runs/tune.journal"
+
+
+@pytest.mark.slow
+def test_tune_reads_ids_for_any_model_that_takes_them(store, tmp_path):
+    """The lexical models (not only ``tfidf``: ``nb``, your own) get ids in a tune study; ``nb``,
+    fitted by counting, completes in its one epoch beside trials that train on."""
+    study = tune(str(store), "nb,fasttext", ["dropout=float:0.0:0.5"], trials=4, parallel=4,
+                 out=tmp_path / "t", config=CFG)
+    states = {t.params.get("model"): t.state.name for t in study.trials}
+    assert states.get("nb") == "COMPLETE" and all(s == "COMPLETE" for s in states.values()), states

@@ -94,8 +94,6 @@ def reads_ids(source, store) -> bool:
     """Whether ``source``'s model, built for ``store`` with its defaults, takes ``token_ids``
     (``embcache tune`` reads ids for every trial when one may). A builder that fails here fails
     again where it is built for real, which reports it."""
-    import keras
-
     from embcache.models.registry import takes_token_ids
 
     try:
@@ -103,10 +101,7 @@ def reads_ids(source, store) -> bool:
                             num_classes=len(store.label_names or []), padding=store.padding)
     except Exception:  # noqa: BLE001 - reported where it is built for a run
         return False
-    reads = takes_token_ids(model)
-    del model
-    keras.backend.clear_session()
-    return reads
+    return takes_token_ids(model)
 
 
 def group_streams(store, plans: dict, config: TrainConfig, progress: bool) -> tuple:

@@ -280,7 +280,6 @@ class HashedTfidf(keras.layers.Layer):
                 "padding": self.padding, "scale": self.scale, "min_df": self.min_df}
 
 
-
 @keras.saving.register_keras_serializable(package="embcache")
 class HashedNaiveBayes(HashedTfidf):
     """Multinomial naive Bayes over :class:`HashedTfidf`'s features (the same hashed n-grams and

@@ -78,11 +78,21 @@ def doc_features(ids: np.ndarray, lengths: np.ndarray, ngrams: int = 2) -> tuple
     return np.concatenate(docs), np.concatenate(keys)
 
 
-def _distinct(values: np.ndarray) -> np.ndarray:
-    """The distinct values, sorted: a sort and a comparison (NumPy 2's ``np.unique`` took a hash
-    path measured 4x slower on these int64 keys)."""
+def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of a sorted array and where each run of them starts: a comparison,
+    no hashing (NumPy 2's ``np.unique`` took a hash path measured 4x slower on these int64
+    keys). ``np.diff(np.r_[starts, len(values)])`` is each one's count."""
+    if not len(values):
+        return values, np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    return values[starts], starts
+
+
+def _counted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values, sorted, and how often each occurs."""
     values = np.sort(values)
-    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+    distinct, starts = _runs(values)
+    return distinct, np.diff(np.r_[starts, len(values)])
 
 
 class DocumentFrequencies:
@@ -96,12 +106,11 @@ class DocumentFrequencies:
 
     def add(self, ids: np.ndarray, lengths: np.ndarray) -> None:
         doc, bucket = doc_features(ids, lengths, self.ngrams)
-        present = _distinct(doc * BUCKETS + bucket) % BUCKETS  # each (doc, feature) once
+        present = _runs(np.sort(doc * BUCKETS + bucket))[0] % BUCKETS  # each (doc, feature) once
         # Each bucket's documents in this block, added where they fall: a bincount over all
         # BUCKETS would allocate and add 134 MB per block (measured: most of the count's time).
-        present.sort()
-        starts = np.flatnonzero(np.r_[True, present[1:] != present[:-1]])
-        self.counts[present[starts]] += np.diff(np.r_[starts, len(present)])
+        buckets, docs = _counted(present)
+        self.counts[buckets] += docs
         self.num_docs += len(lengths)
 
     def vocabulary(self, max_features: int, min_df: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -125,16 +134,13 @@ def tfidf_weights(ids: np.ndarray, lengths: np.ndarray, vocab: np.ndarray, idf: 
     index in ``vocab`` (sorted buckets), ``weight`` its sublinear TF-IDF ``(1 + ln tf) * idf``,
     L2-normalised per document. Features outside ``vocab`` weigh nothing."""
     doc, bucket = doc_features(ids, lengths, ngrams)
-    key = np.sort(doc * BUCKETS + bucket)
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else key[:0]
-    tf = np.diff(np.r_[starts, len(key)]).astype(np.float64)
-    key = key[starts]
+    key, tf = _counted(doc * BUCKETS + bucket)
     doc, bucket = key // BUCKETS, key % BUCKETS
     row = np.searchsorted(vocab, bucket)
     hit = row < len(vocab)
     hit[hit] = vocab[row[hit]] == bucket[hit]
     doc, row, tf = doc[hit], row[hit], tf[hit]
-    weight = (1.0 + np.log(tf)) * idf[row]
+    weight = (1.0 + np.log(tf.astype(np.float64))) * idf[row]
     norm = np.bincount(doc, weight * weight, minlength=len(lengths))
     return doc, row, weight / np.sqrt(np.maximum(norm[doc], 1e-12))
 

@@ -76,10 +76,14 @@ def adapt_lexical(store, plan, models: list, progress: bool, counts: dict | None
                 print(f"document frequencies of {'unigrams and bigrams' if layer.ngrams > 1 else 'unigrams'}"
                       f" counted over {counts[layer.ngrams].num_docs:,} train documents in "
                       f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
-        vocab, idf = counts[layer.ngrams].vocabulary(layer.max_features, layer.min_df)
+        kept = (layer.ngrams, layer.max_features, layer.min_df)  # the same for tfidf and nb
+        if ("vocabulary", *kept) not in counts:
+            counts[("vocabulary", *kept)] = counts[layer.ngrams].vocabulary(layer.max_features,
+                                                                           layer.min_df)
+        vocab, idf = counts[("vocabulary", *kept)]
         layer.adapt(vocab, idf)
         if isinstance(layer, HashedNaiveBayes):
-            key = ("class sums", layer.ngrams, layer.max_features, layer.min_df)
+            key = ("class sums", *kept)
             if key not in counts:
                 t = time.perf_counter()
                 counts[key] = class_sums(store, plan, "train", vocab, idf, layer.num_classes,

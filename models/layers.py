@@ -310,8 +310,9 @@ class HashedNaiveBayes(HashedTfidf):
         smoothed = sums + self.alpha
         kernel[:len(sums)] = np.log(smoothed) - np.log(smoothed.sum(axis=0))
         docs = np.asarray(class_docs, dtype=np.float64)
+        total = max(docs.sum(), 1.0)
         # A class without training documents gets a prior of 1e-9, not log(0) = -inf.
-        prior = np.maximum(docs, 1e-9 * max(docs.sum(), 1.0)) / max(docs.sum(), 1.0)
+        prior = np.maximum(docs / total, 1e-9)
         self.kernel.assign(kernel)
         self.bias.assign(np.log(prior).astype(np.float32))
 

@@ -118,6 +118,11 @@ def recorder(results: dict[str, dict]):
     return add
 
 
+def grid_label(model: str, run: Path) -> str:
+    """The label of a run of the ``wide=[false,true]`` grid, from its folder's name."""
+    return f"{model} wide" if "wide=true" in run.name.lower() else model
+
+
 def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
                    out: Path) -> dict[str, dict]:
     """Every seed: ``tfidf`` and each dense model plain and wide on the GloVe store, each dense
@@ -135,7 +140,7 @@ def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
         lexical = embcache.train(stores["glove"], ["tfidf", "nb"], str(out / f"lexical-{seed}"),
                                  config={"seed": seed}, overwrite=True)
         for s in lexical.runs:
-            label = "nb" if Path(s.out).name.startswith("nb") else "tfidf"
+            label = Path(s.out).name  # the group's run folders: tfidf, nb
             runs[label] = (s.out, s.seconds)
             add(label, s.metrics["test_accuracy"], s.seconds, f", best epoch {s.best_epoch}")
         for model in models:
@@ -143,8 +148,7 @@ def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
                                    grid={"wide": [False, True]}, config={"seed": seed},
                                    overwrite=True)
             for run in group.runs:
-                label = (f"{model} wide" if "wide=true" in Path(run.out).name.lower()
-                         else model)
+                label = grid_label(model, Path(run.out))
                 runs[label] = (run.out, run.seconds)
                 add(label, run.metrics["test_accuracy"], run.seconds,
                     f", best epoch {run.best_epoch}")
@@ -196,7 +200,7 @@ def rescored(stores: dict[str, str], models: list[str], seeds: int, out: Path) -
         folders = {"tfidf": out / f"lexical-{seed}" / "tfidf", "nb": out / f"lexical-{seed}" / "nb"}
         for model in models:
             for run in sorted((out / f"{model}-{seed}").iterdir()):
-                folders[f"{model} wide" if "wide=true" in run.name.lower() else model] = run
+                folders[grid_label(model, run)] = run
             folders.update({f"{model} ({rep})": out / f"{model}-{rep}-{seed}"
                             for rep in stores if rep != "glove"})
         runs = {}

@@ -251,9 +251,10 @@ def split_ids(rows, store: Store):
     return rows, (ids[..., 0] if k == 1 else ids)
 
 
-def _finish(ds, make_x, store: Store, b: Batching):
+def _finish(ds, make_x, store: Store, b: Batching, in_flight: int | None = None):
     """Batches ``(x, lengths, labels, seq)`` -> the models' ``(features, labels)``; ``make_x``
-    turns the first element into the batch's packed rows, dequantised here."""
+    turns the first element into the batch's packed rows, dequantised here. ``in_flight``: at
+    most that many batches made ahead (``None``: as many as ``tf.data`` autotunes)."""
     import tensorflow as tf
 
     def _to_model(x, lengths, labels, seq):
@@ -266,7 +267,8 @@ def _finish(ds, make_x, store: Store, b: Batching):
             features["seq"] = seq
         return (features, labels) if b.with_labels else features
 
-    return ds.map(_to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    depth = tf.data.AUTOTUNE if in_flight is None else in_flight
+    return ds.map(_to_model, num_parallel_calls=depth).prefetch(depth)
 
 
 def dataset(store: Store | StrPath, split: str | None = "train", *, batch_size: int = 32,

@@ -80,13 +80,19 @@ def real_data_dir() -> Path:
     return d
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def paused(cmd: list[str], point: str, tmp_path: Path, timeout: float = 180):
     """Start ``cmd`` with the pause point ``point`` armed; return the process once it waits
     there (see embcache.cache.hooks)."""
     flag = tmp_path / f"paused-{point.replace(':', '-')}"
     env = {**os.environ, "EMBCACHE_PAUSE_AT": point, "EMBCACHE_PAUSE_FILE": str(flag)}
+    # Ctrl-C as a terminal delivers it: a shell's background job (`pytest &`) starts with SIGINT
+    # ignored, the job would inherit that, and Python then never raises KeyboardInterrupt.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_sigint)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and not (flag.exists()
                                                                    and flag.read_text()):

@@ -57,8 +57,8 @@ class InMemorySplit:
         # the copy: measured +0.37x of the split's bytes at the peak). One by default: each
         # reader thread's decoding left memory behind; with four in flight, training fasttext
         # on the 20 Newsgroups GloVe train split peaked at 1.47x its bytes, with one (and 2
-        # batches in flight, held_dataset.HELD_IN_FLIGHT) at 1.26x, loading in 0.97 s instead
-        # of 0.80 s (make bench-held).
+        # batches in flight, held_dataset.HELD_IN_FLIGHT) at 1.26x (make bench-held). The load
+        # took 0.97 s instead of 0.80 s (a probe timing hold_split alone).
         with ThreadPoolExecutor(max_workers=parallel_reads) as pool:
             blocks = read_ahead(pool, lambda c: reader.read(int(c), split), plan.chunks,
                                  parallel_reads)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import click
 
+from embcache.cache.settings import ENCODER_BATCH
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
@@ -162,10 +164,12 @@ def _sample_texts(corpus: str, docs: int) -> list[str]:
     return texts
 
 
-def precision_speed(corpus: str, encoder: str, docs: int, rounds: int, lengths: list[int]) -> None:
+def precision_speed(corpus: str, encoder: str, docs: int, rounds: int, lengths: list[int],
+                    batches: tuple[int, ...] = (ENCODER_BATCH,)) -> None:
     """The encoder in float32 against bfloat16 (``embed-corpus --precision``), each with and
-    without XLA, the four interleaved over the rounds: documents/s, each against float32 with
-    XLA (float32's default; bfloat16's default on a CPU is without XLA, see
+    without XLA and at each batch size in ``batches``, all interleaved over the rounds:
+    documents/s, each against float32 with XLA at the default batch (float32's default;
+    bfloat16's default on a CPU is without XLA, see
     :func:`embcache.cache.encoder.xla_by_default`), and how far the bfloat16 vectors are from
     the float32 ones (largest absolute difference, relative to the largest value; the mean
     cosine similarity of the token vectors)."""
@@ -179,14 +183,15 @@ def precision_speed(corpus: str, encoder: str, docs: int, rounds: int, lengths: 
     quiet_tensorflow()
     texts = _sample_texts(corpus, docs)
     native, why = native_bfloat16()
-    variants = [(p, xla) for p in ("float32", "bfloat16") for xla in (True, False)]
+    variants = [(p, xla, b) for b in batches for p in ("float32", "bfloat16") for xla in (True, False)]
+    base = ("float32", True, ENCODER_BATCH if ENCODER_BATCH in batches else batches[0])
     rows = []
     for max_len in lengths:
-        encs = {v: Encoder(resolve(encoder, max_len=max_len, precision=v[0], jit_compile=v[1]))
-                for v in variants}
+        encs = {v: Encoder(resolve(encoder, max_len=max_len, precision=v[0], jit_compile=v[1],
+                                   batch_size=v[2])) for v in variants}
         ids = encs[variants[0]].token_ids(texts)[0]
         outs = {v: e.encode(ids) for v, e in encs.items()}  # warm-up: traces and compiles
-        default = {p: (p, xla_by_default(p)) for p in ("float32", "bfloat16")}
+        default = {p: (p, xla_by_default(p), base[2]) for p in ("float32", "bfloat16")}
         a, b = (np.concatenate(outs[default[p]]).astype(np.float64)
                 for p in ("float32", "bfloat16"))
         cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1),
@@ -198,21 +203,21 @@ def precision_speed(corpus: str, encoder: str, docs: int, rounds: int, lengths: 
                 encs[v].encode(ids)
                 got[v].append(len(ids) / (time.perf_counter() - t0))
                 say(f"precision max_len {max_len} round {r + 1}/{rounds} {v[0]}"
-                    f"{' XLA' if v[1] else ''}: {got[v][-1]:,.1f} docs/s")
+                    f"{' XLA' if v[1] else ''} batch {v[2]}: {got[v][-1]:,.1f} docs/s")
         med = {v: sorted(x)[len(x) // 2] for v, x in got.items()}
         for v in variants:
-            rows.append([str(max_len), v[0], "XLA" if v[1] else "plain",
+            rows.append([str(max_len), v[0], "XLA" if v[1] else "plain", str(v[2]),
                          "yes" if default[v[0]] == v else "",
                          f"{med[v]:,.1f} ({min(got[v]):,.1f}-{max(got[v]):,.1f})",
-                         f"{med[v] / med[('float32', True)]:.2f}x"])
-        rows.append([str(max_len), "bfloat16 (default) against float32 (default)", "", "",
+                         f"{med[v] / med[base]:.2f}x"])
+        rows.append([str(max_len), "bfloat16 (default) against float32 (default)", "", "", "",
                      f"max diff {np.abs(a - b).max() / np.abs(a).max():.1e} of max",
                      f"mean cosine {cos.mean():.5f}"])
     click.echo(f"encoder float32 against bfloat16: {len(texts)} documents of {corpus}, "
                f"{encoder}, {rounds} interleaved rounds; bfloat16 "
                f"{'native' if native else 'EMULATED'} here ({why}); documents/s median (range)")
-    click.echo(table(["max_len", "precision", "forward pass", "default", "docs/s",
-                      "vs float32 XLA"], rows))
+    click.echo(table(["max_len", "precision", "forward pass", "batch", "default", "docs/s",
+                      f"vs float32 XLA batch {base[2]}"], rows))
 
 
 @click.command()
@@ -233,9 +238,11 @@ def precision_speed(corpus: str, encoder: str, docs: int, rounds: int, lengths: 
               show_default=True,
               help="(a) and (b) both at this precision: embed-corpus and train --precision, and "
                    "the Keras way's backbone and heads (mixed_bfloat16), so the ratio is fair.")
+@click.option("--precision-batches", default=str(ENCODER_BATCH), show_default=True,
+              help="Encoder batch sizes for the float32 against bfloat16 part, comma-separated.")
 @click.option("--child", default=None, hidden=True)
 def main(corpus, encoder, docs, max_len, heads, epochs, batch_size, speed_docs, speed_rounds,
-         speed_only, precision_docs, precision, child):
+         speed_only, precision_docs, precision, precision_batches, child):
     """Benchmark: encoder once into the store + heads from it, against the encoder in every head."""
     head_names = heads.split(",")
     if child:
@@ -243,7 +250,8 @@ def main(corpus, encoder, docs, max_len, heads, epochs, batch_size, speed_docs, 
                                               precision)))
         return
     if precision_docs:
-        precision_speed(corpus, encoder, precision_docs, speed_rounds, [128])
+        precision_speed(corpus, encoder, precision_docs, speed_rounds, [128],
+                        tuple(int(b) for b in precision_batches.split(",")))
         click.echo("")
     if speed_docs:
         encoder_speed(corpus, encoder, speed_docs, speed_rounds, [128, 256])

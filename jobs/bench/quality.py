@@ -9,7 +9,8 @@ GloVe 50d, max_len 200, truncating post), both built with the lexical channel:
   stopping on val accuracy, patience 3): ``tfidf`` and ``nb`` (the lexical models), the dense models named
   by ``--models``, and each of those with ``wide=true`` (trained as one group with it), on the
   GloVe store; the dense models also on the other representations' stores (``--reps``:
-  WordLlama, MiniLM), built from the same corpus with the same split;
+  WordLlama, MiniLM), built from the same corpus with the same split, plain and wide (the
+  lexical channel there is the tokenizer's ids);
 - per seed, ensembles of those runs across representations through the ``Scorer`` (store
   input joined by doc id): the default ``weighted`` mean and ``fit`` (fitted on the val split).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -126,7 +128,8 @@ def grid_label(model: str, run: Path) -> str:
 def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
                    out: Path) -> dict[str, dict]:
     """Every seed: ``tfidf`` and each dense model plain and wide on the GloVe store, each dense
-    model on the other representations' stores; then the seed's ensembles across them."""
+    model plain and wide on the other representations' stores; then the seed's ensembles across
+    them."""
     import embcache
 
     results: dict[str, dict] = {}
@@ -155,11 +158,16 @@ def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
             for rep, url in stores.items():
                 if rep == "glove":
                     continue
-                s = embcache.train(url, model, str(out / f"{model}-{rep}-{seed}"),
-                                   config={"seed": seed}, overwrite=True)
-                runs[f"{model} ({rep})"] = (s.out, s.seconds)
-                add(f"{model} ({rep})", s.metrics["test_accuracy"], s.seconds,
-                    f", best epoch {s.best_epoch}")
+                folder = out / f"{model}-{rep}-{seed}"
+                if (folder / "model.json").is_file():  # a lone run, from before the grid
+                    shutil.rmtree(folder)
+                group = embcache.train(url, model, str(folder), grid={"wide": [False, True]},
+                                       config={"seed": seed}, overwrite=True)
+                for run in group.runs:
+                    label = f"{grid_label(model, Path(run.out))} ({rep})"
+                    runs[label] = (run.out, run.seconds)
+                    add(label, run.metrics["test_accuracy"], run.seconds,
+                        f", best epoch {run.best_epoch}")
         score_ensembles(runs, models, stores, seed, out, add)
     return results
 
@@ -201,8 +209,15 @@ def rescored(stores: dict[str, str], models: list[str], seeds: int, out: Path) -
         for model in models:
             for run in sorted((out / f"{model}-{seed}").iterdir()):
                 folders[grid_label(model, run)] = run
-            folders.update({f"{model} ({rep})": out / f"{model}-{rep}-{seed}"
-                            for rep in stores if rep != "glove"})
+            for rep in stores:
+                folder = out / f"{model}-{rep}-{seed}"
+                if rep == "glove" or not folder.is_dir():
+                    continue
+                if (folder / "model.json").is_file():  # a lone run (before the wide grid)
+                    folders[f"{model} ({rep})"] = folder
+                else:
+                    folders.update({f"{grid_label(model, run)} ({rep})": run
+                                    for run in sorted(folder.iterdir())})
         runs = {}
         for label, folder in folders.items():
             card = json.loads((folder / "model.json").read_text())
@@ -214,8 +229,9 @@ def rescored(stores: dict[str, str], models: list[str], seeds: int, out: Path) -
 
 def ensembles(labels: list[str], models: list[str], reps: list[str]):
     """The ensembles measured: the two lexical models; each wide model with ``tfidf``, and with
-    both lexical models; those with the model on the other representations; and, with several
-    dense models, every run but the plain GloVe ones (the wide variants carry them)."""
+    both lexical models; those with the model on the other representations; the model wide on
+    every representation, alone and with ``tfidf``; and, with several dense models, every run
+    but the plain GloVe ones (the wide variants carry them) and every wide run."""
     lexical = [m for m in ("tfidf", "nb") if m in labels]
     out = [(" + ".join(lexical), lexical)] if len(lexical) == 2 else []
     for m in models:
@@ -226,9 +242,16 @@ def ensembles(labels: list[str], models: list[str], reps: list[str]):
             out.append((" + ".join([*base, f"{m} wide"]), [*base, f"{m} wide"]))
             if others:
                 out.append((" + ".join([*base, f"{m} wide", *others]), [*base, f"{m} wide", *others]))
+        wides = [f"{m} wide", *(f"{m} wide ({r})" for r in reps if f"{m} wide ({r})" in labels)]
+        if len(wides) > 1:
+            out.append((" + ".join(wides), wides))
+            out.append((" + ".join(["tfidf", *wides]), ["tfidf", *wides]))
     if len(models) > 1:
         every = [label for label in labels if label not in models]
         out.append((f"every run but plain GloVe ({len(every)})", every))
+        wide = [label for label in labels if " wide" in label]
+        if len(wide) > len(models):
+            out.append((f"every wide run ({len(wide)})", wide))
     return out
 
 

@@ -120,9 +120,16 @@ def recorder(results: dict[str, dict]):
     return add
 
 
-def grid_label(model: str, run: Path) -> str:
-    """The label of a run of the ``wide=[false,true]`` grid, from its folder's name."""
-    return f"{model} wide" if "wide=true" in run.name.lower() else model
+def grid_folder(out: Path, model: str, rep: str, seed: int) -> Path:
+    """The folder of ``model``'s ``wide=[false,true]`` group on representation ``rep``."""
+    return out / (f"{model}-{seed}" if rep == "glove" else f"{model}-{rep}-{seed}")
+
+
+def run_label(model: str, run: Path, rep: str) -> str:
+    """The label of a run of the ``wide=[false,true]`` grid (from its folder's name) on
+    representation ``rep``: ``kim_cnn wide``, ``kim_cnn (wordllama)``."""
+    label = f"{model} wide" if "wide=true" in run.name.lower() else model
+    return label if rep == "glove" else f"{label} ({rep})"
 
 
 def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
@@ -147,24 +154,14 @@ def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
             runs[label] = (s.out, s.seconds)
             add(label, s.metrics["test_accuracy"], s.seconds, f", best epoch {s.best_epoch}")
         for model in models:
-            group = embcache.train(stores["glove"], model, str(out / f"{model}-{seed}"),
-                                   grid={"wide": [False, True]}, config={"seed": seed},
-                                   overwrite=True)
-            for run in group.runs:
-                label = grid_label(model, Path(run.out))
-                runs[label] = (run.out, run.seconds)
-                add(label, run.metrics["test_accuracy"], run.seconds,
-                    f", best epoch {run.best_epoch}")
             for rep, url in stores.items():
-                if rep == "glove":
-                    continue
-                folder = out / f"{model}-{rep}-{seed}"
+                folder = grid_folder(out, model, rep, seed)
                 if (folder / "model.json").is_file():  # a lone run, from before the grid
                     shutil.rmtree(folder)
                 group = embcache.train(url, model, str(folder), grid={"wide": [False, True]},
                                        config={"seed": seed}, overwrite=True)
                 for run in group.runs:
-                    label = f"{grid_label(model, Path(run.out))} ({rep})"
+                    label = run_label(model, Path(run.out), rep)
                     runs[label] = (run.out, run.seconds)
                     add(label, run.metrics["test_accuracy"], run.seconds,
                         f", best epoch {run.best_epoch}")
@@ -207,17 +204,12 @@ def rescored(stores: dict[str, str], models: list[str], seeds: int, out: Path) -
         print(f" seed {seed}", flush=True)
         folders = {"tfidf": out / f"lexical-{seed}" / "tfidf", "nb": out / f"lexical-{seed}" / "nb"}
         for model in models:
-            for run in sorted((out / f"{model}-{seed}").iterdir()):
-                folders[grid_label(model, run)] = run
             for rep in stores:
-                folder = out / f"{model}-{rep}-{seed}"
-                if rep == "glove" or not folder.is_dir():
-                    continue
-                if (folder / "model.json").is_file():  # a lone run (before the wide grid)
-                    folders[f"{model} ({rep})"] = folder
-                else:
-                    folders.update({f"{grid_label(model, run)} ({rep})": run
-                                    for run in sorted(folder.iterdir())})
+                folder = grid_folder(out, model, rep, seed)
+                # A lone run: the other representations' runs from before the wide grid.
+                lone = (folder / "model.json").is_file()
+                folders.update({run_label(model, run, rep): run
+                                for run in ([folder] if lone else sorted(folder.iterdir()))})
         runs = {}
         for label, folder in folders.items():
             card = json.loads((folder / "model.json").read_text())

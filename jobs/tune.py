@@ -71,8 +71,9 @@ from embcache.jobs.tune_space import (
 from embcache.jobs.tune_study import (
     Heartbeat,
     best_line,
+    clear_stale,
     counted_trials,
-    fail_stale,
+    fitted_twin,
     make_pruner,
     make_sampler,
     open_study,
@@ -181,7 +182,7 @@ def tune(store: StrPath, model: Any, space: Space | list[str] | dict | StrPath, 
                                opened, sampler=make_sampler(sampler, config.seed, parallel, space,
                                                        sources),
                                pruner=make_pruner(pruner, config.epochs))
-        _clear_stale(the_study, out, progress)
+        clear_stale(the_study, out, progress)
         out.mkdir(parents=True, exist_ok=True)
         (out / "space.json").write_text(json.dumps(space.describe(), indent=2))
         _Study(the_study, storage_url, store_url, opened, plans, sources, space, config, out,
@@ -214,16 +215,6 @@ def _optuna_warnings(progress: bool):
             yield
         finally:
             optuna.logging.set_verbosity(verbosity)
-
-
-def _clear_stale(the_study, out: Path, progress: bool) -> None:
-    """Trials a stopped tune left running are marked failed, and their half-built folders go."""
-    failed = fail_stale(the_study)
-    for number in failed:
-        shutil.rmtree(out / f".trial-{number:04d}.partial", ignore_errors=True)
-    if progress and failed:
-        print(f"Marked trials {', '.join(map(str, failed))} failed: left running by a tune "
-              "that was stopped", file=sys.stderr)
 
 
 @dataclass
@@ -286,6 +277,12 @@ class _Study:
             keras.utils.set_random_seed(self.config.seed + trial.number)
             try:
                 build_member(m, self.store, self.config)
+                twin = fitted_twin(self.study, trial, m) if not m.model.trainable_weights else None
+                if twin is not None:  # fitted by counting (nb): neither lr nor seed changes it
+                    shutil.rmtree(m.stage, ignore_errors=True)
+                    self._end(trial, m, "complete", f"the same model as trial {twin.number}, "
+                              "fitted by counting: its result, not fitted again", twin.value)
+                    continue
                 if takes_token_ids(m.model):
                     if not self.store.with_ids:
                         raise ModelError(f"{source.ref} reads token_ids; store {self.store.url} "

@@ -8,7 +8,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -134,6 +136,38 @@ def fail_stale(study) -> list[int]:
             failed.append(t.number)
     optuna.storages.fail_stale_trials(study)
     return failed
+
+
+def clear_stale(study, out: Path, progress: bool) -> None:
+    """Trials a stopped tune left running are marked failed, and their half-built folders go."""
+    failed = fail_stale(study)
+    for number in failed:
+        shutil.rmtree(out / f".trial-{number:04d}.partial", ignore_errors=True)
+    if progress and failed:
+        print(f"Marked trials {', '.join(map(str, failed))} failed: left running by a tune "
+              "that was stopped", file=sys.stderr)
+
+
+FITTED = "embcache_fitted"  # a trial's user attribute: what decides a model fitted by counting
+
+
+def fitted_twin(study, trial, member):
+    """An earlier completed trial of the same model fitted by counting (no trainable weights:
+    ``nb``), or ``None``. Such a model depends on its hyperparameters alone, not on the trial's
+    learning rate or seed, so a sampler that proposes it again (its ``learning_rate`` differs,
+    say) would fit the same model again: the twin's value and run folder are the trial's
+    instead. The trial records what decides the model, for later twins."""
+    from optuna.trial import TrialState
+
+    key = json.dumps({"model": member.source.ref, "hparams": member.hparams}, sort_keys=True,
+                     default=str)
+    trial.set_user_attr(FITTED, key)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get(FITTED) == key and "run" in t.user_attrs:
+            trial.set_user_attr("run", t.user_attrs["run"])
+            trial.set_user_attr("twin_of", t.number)
+            return t
+    return None
 
 
 def _alive(pid: int) -> bool:

@@ -330,3 +330,28 @@ def test_tune_reads_ids_for_any_model_that_takes_them(store, tmp_path):
                  out=tmp_path / "t", config=CFG)
     states = {t.params.get("model"): t.state.name for t in study.trials}
     assert states.get("nb") == "COMPLETE" and all(s == "COMPLETE" for s in states.values()), states
+
+
+@pytest.mark.slow
+def test_a_model_fitted_by_counting_is_not_fitted_again_for_an_other_learning_rate(store, tmp_path):
+    """``nb`` ignores the learning rate and the seed: a trial that proposes the same ``nb`` again
+    takes the earlier trial's value and run folder instead of fitting it again; another
+    ``alpha`` is another model, fitted."""
+    study = tune(str(store), "nb", ["learning_rate=float:1e-4:1e-2:log", "alpha=cat:0.01,0.5"],
+                 trials=5, parallel=1, sampler="random", out=tmp_path / "t", config=CFG)
+    trials = study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 5
+    assert len({t.params["learning_rate"] for t in trials}) == 5
+    first: dict = {}
+    for t in trials:
+        alpha = t.params["alpha"]
+        if alpha in first:
+            assert t.user_attrs["twin_of"] == first[alpha].number, t.user_attrs
+            assert t.value == first[alpha].value and t.user_attrs["run"] == first[alpha].user_attrs["run"]
+        else:
+            assert "twin_of" not in t.user_attrs
+            first[alpha] = t
+    assert len(first) == 2, "the random sampler drew one alpha only: pick another seed"
+    folders = sorted(p.name for p in (tmp_path / "t").glob("trial-*"))
+    assert folders == sorted(f"trial-{t.number:04d}" for t in first.values())
+    assert embcache.best_run(study).name in folders

@@ -169,8 +169,10 @@ clean:
 	rm -rf $(STORE) $(RUNS) bench-out .pytest_cache
 
 # A held split: peak RSS and samples/s, batches gathered from NumPy rows against the old tensor.
-bench-held: store
-	$(BIN)/python -m jobs.bench.held --store $(STORE) $(ARGS)
+# bench-held measures the stores ARGS names (--store, repeatable), else $(STORE), built if absent.
+HELD_NAMED = $(findstring --store,$(ARGS))
+bench-held: $(if $(HELD_NAMED),install,store)
+	$(BIN)/python -m jobs.bench.held $(if $(HELD_NAMED),,--store $(STORE)) $(ARGS)
 
 # float32 against bfloat16: every built-in model's samples/s, and kim_cnn's accuracy (3 seeds).
 bench-precision: store

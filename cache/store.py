@@ -58,6 +58,7 @@ def store_state(url: str) -> str:
     """``missing``, ``file`` (a plain file is in the way), ``foreign`` (not an embcache store),
     ``incomplete`` or ``complete``."""
     import zarr
+    from zarr.errors import ContainsArrayError
 
     check_remote(url)
     if is_local(url):
@@ -77,6 +78,8 @@ def store_state(url: str) -> str:
         return "missing"
     except ImportError as e:  # e.g. gs:// without gcsfs: fsspec says which package to install
         raise StoreError(f"Cannot open {url}: {e}") from e
+    except ContainsArrayError:  # one of a store's arrays (news20.zarr/tokens), not a store
+        return "foreign"
     except Exception as e:  # noqa: BLE001
         if is_local(url):  # zarr.json was read above, so it is not JSON zarr can use
             raise StoreError(f"Cannot open {url}: {type(e).__name__}: {e}; the store was left "

@@ -80,6 +80,11 @@ def test_info_refuses_what_is_not_a_store(tmp_path):
     (tmp_path / "folder" / "x").write_text("x")
     code, text = run("info", tmp_path / "folder")
     assert (code, text.strip()) == (1, f"Error: {tmp_path}/folder is not an embcache store")
+    import zarr
+
+    zarr.create_array(str(tmp_path / "array.zarr"), shape=(3,), dtype="int32")  # a store's `tokens`
+    code, text = run("info", tmp_path / "array.zarr")
+    assert (code, text.strip()) == (1, f"Error: {tmp_path}/array.zarr is not an embcache store")
 
 
 def test_the_cli_reference_is_generated_from_the_commands():

@@ -29,6 +29,7 @@ def verify_unlocked(url: str, *, progress: bool = True, threads: int = 4) -> Ver
     """:func:`verify` for a caller that holds the store's lock itself (embed-corpus)."""
     from tqdm.auto import tqdm
 
+    opened = open_store(url, require_complete=False, check_chunks=False)  # errors before the bar
     bar = tqdm(total=0, unit="chunk", disable=not progress, file=sys.stderr, desc="verify",
                dynamic_ncols=True)
 
@@ -40,7 +41,6 @@ def verify_unlocked(url: str, *, progress: bool = True, threads: int = 4) -> Ver
             bar.update(n)
 
     try:
-        return verify_store(open_store(url, require_complete=False, check_chunks=False),
-                            threads=threads, progress=tick)
+        return verify_store(opened, threads=threads, progress=tick)
     finally:
         bar.close()

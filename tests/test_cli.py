@@ -76,6 +76,9 @@ def test_info_refuses_what_is_not_a_store(tmp_path):
     code, text = run("info", tmp_path / "nothing.zarr")
     assert (code, text.strip()) == (1, f"Error: Store not found: {tmp_path}/nothing.zarr (build it "
                                        "with `embcache embed-corpus`)")
+    code, text = run("verify", tmp_path / "nothing.zarr")  # the error alone, no progress bar before it
+    assert (code, text.strip()) == (1, f"Error: Store not found: {tmp_path}/nothing.zarr (build it "
+                                       "with `embcache embed-corpus`)")
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "x").write_text("x")
     code, text = run("info", tmp_path / "folder")

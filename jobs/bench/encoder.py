@@ -234,21 +234,31 @@ def precision_speed(corpus: str, encoder: str, docs: int, rounds: int, lengths: 
 @click.option("--speed-only", is_flag=True, help="Only the XLA against plain part.")
 @click.option("--precision-docs", default=0, show_default=True,
               help="Documents for the float32 against bfloat16 part (0: skip it).")
-@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32",
-              show_default=True,
-              help="(a) and (b) both at this precision: embed-corpus and train --precision, and "
-                   "the Keras way's backbone and heads (mixed_bfloat16), so the ratio is fair.")
+@click.option("--precision", default="float32", show_default=True,
+              help="(a)'s embed-corpus and train --precision (auto, float32 or bfloat16); several, "
+                   "comma-separated, run (a) once each in the same run.")
+@click.option("--keras-precision", type=click.Choice(["same", "float32", "bfloat16"]),
+              default="same", show_default=True,
+              help="(b)'s backbone and heads (bfloat16: mixed_bfloat16). same: --precision's "
+                   "first, so the ratio compares equal arithmetic; with auto first, float32 "
+                   "(what Keras runs unless told otherwise).")
 @click.option("--precision-batches", default=str(ENCODER_BATCH), show_default=True,
               help="Encoder batch sizes for the float32 against bfloat16 part, comma-separated.")
 @click.option("--child", default=None, hidden=True)
 def main(corpus, encoder, docs, max_len, heads, epochs, batch_size, speed_docs, speed_rounds,
-         speed_only, precision_docs, precision, precision_batches, child):
+         speed_only, precision_docs, precision, keras_precision, precision_batches, child):
     """Benchmark: encoder once into the store + heads from it, against the encoder in every head."""
     head_names = heads.split(",")
     if child:
         click.echo(json.dumps(keras_way_child(child, encoder, head_names, epochs, batch_size,
-                                              precision)))
+                                              keras_precision)))
         return
+    precisions = precision.split(",")
+    if not precisions or any(p not in ("auto", "float32", "bfloat16") for p in precisions):
+        raise click.BadParameter(f"auto, float32 or bfloat16, comma-separated; got {precision!r}",
+                                 param_hint="--precision")
+    if keras_precision == "same":
+        keras_precision = "float32" if precisions[0] == "auto" else precisions[0]
     if precision_docs:
         precision_speed(corpus, encoder, precision_docs, speed_rounds, [128],
                         tuple(int(b) for b in precision_batches.split(",")))
@@ -261,53 +271,63 @@ def main(corpus, encoder, docs, max_len, heads, epochs, batch_size, speed_docs, 
     from jobs.bench.common import run_measured, table
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-encoder-"))
+    cli = [sys.executable, "-m", "embcache.jobs.cli"]
+    a_runs: dict[str, dict] = {}  # (a) per precision: its wall seconds and peak RSS per job
     try:
         n = write_sample(corpus, tmp / "corpus", docs)
         say(f"sample: {n} documents of {corpus}; heads {heads}; {epochs} epochs; max_len {max_len}")
-        store = str(tmp / "sample.zarr")
-        cli = [sys.executable, "-m", "embcache.jobs.cli"]
-        say("(a) embed-corpus --encoder ...")
-        w_embed, rss_embed, _ = run_measured(cli + [
-            "embed-corpus", "--corpus", str(tmp / "corpus"), "--encoder", encoder, "--out", store,
-            "--max-len", str(max_len), "--precision", precision, "-q"], env=dict(os.environ))
-        info = json.loads(run_measured(cli + ["info", store, "--json"])[2])
-        say(f"  {w_embed:.1f} s")
-        say(f"(a) train {heads} as one group from the store ...")
-        w_train, rss_train, _ = run_measured(cli + [
-            "train", "--store", store, "--model", heads, "--epochs", str(epochs), "--patience",
-            str(epochs), "--batch-size", str(batch_size), "--out", str(tmp / "runs"),
-            "--precision", precision, "-q"],
-            env=dict(os.environ))
-        say(f"  {w_train:.1f} s")
-        say("(b) the Keras way: the frozen encoder inside each head ...")
+        for prec in precisions:
+            store = str(tmp / f"sample-{prec}.zarr")
+            say(f"(a) at {prec}: embed-corpus --encoder ...")
+            w_embed, rss_embed, _ = run_measured(cli + [
+                "embed-corpus", "--corpus", str(tmp / "corpus"), "--encoder", encoder, "--out",
+                store, "--max-len", str(max_len), "--precision", prec, "-q"], env=dict(os.environ))
+            info = json.loads(run_measured(cli + ["info", store, "--json"])[2])
+            say(f"  {w_embed:.1f} s")
+            say(f"(a) at {prec}: train {heads} as one group from the store ...")
+            w_train, rss_train, _ = run_measured(cli + [
+                "train", "--store", store, "--model", heads, "--epochs", str(epochs), "--patience",
+                str(epochs), "--batch-size", str(batch_size), "--out", str(tmp / f"runs-{prec}"),
+                "--precision", prec, "-q"], env=dict(os.environ))
+            say(f"  {w_train:.1f} s")
+            a_runs[prec] = {"embed": (w_embed, rss_embed), "train": (w_train, rss_train),
+                            "info": info, "store": store}
+        say(f"(b) the Keras way at {keras_precision}: the frozen encoder inside each head ...")
+        store = a_runs[precisions[0]]["store"]
         w_keras, rss_keras, out = run_measured([
             sys.executable, "-m", "jobs.bench.encoder", "--corpus", corpus, "--encoder",
             encoder, "--heads", heads, "--epochs", str(epochs), "--batch-size", str(batch_size),
-            "--precision", precision, "--child", store], env=dict(os.environ))
+            "--keras-precision", keras_precision, "--child", store], env=dict(os.environ))
         child_out = json.loads(out.strip().splitlines()[-1])
         say(f"  {w_keras:.1f} s")
         size = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    info = a_runs[precisions[0]]["info"]
     encode_s = info["seconds"]
     docs_s, tokens_s = info["num_docs"] / encode_s, info["kept_tokens"] / encode_s
-    a = w_embed + w_train
     click.echo(f"encoder benchmark: {info['num_docs']} 20 Newsgroups documents (headers stripped), "
                f"{encoder}, max_len {max_len} tokens, heads {heads}, {epochs} epochs each, batch "
-               f"{batch_size}, {precision} on both sides, {os.cpu_count()} cores; wall seconds of "
-               "fresh processes")
-    click.echo(table(["way", "wall s", "peak RSS MB", "vs (b)"], [
-        ["(a) embcache: encode once into the store", f"{w_embed:,.1f}", f"{rss_embed:,.0f}", ""],
-        ["(a) embcache: train the heads as one group from the store", f"{w_train:,.1f}",
-         f"{rss_train:,.0f}", ""],
-        ["(a) total", f"{a:,.1f}", f"{max(rss_embed, rss_train):,.0f}",
-         f"{w_keras / a:.2f}x faster (goal 10x)"],
-        ["(b) Keras way: frozen encoder inside each head, token ids", f"{w_keras:,.1f}",
-         f"{rss_keras:,.0f}", "1.00x"]]))
-    click.echo(f"\nencoder: {docs_s:,.1f} documents/s, {tokens_s:,.0f} tokens/s "
+               f"{batch_size}; (a) at {', '.join(precisions)}, (b) at {keras_precision}; "
+               f"{os.cpu_count()} cores; wall seconds of fresh processes")
+    rows = []
+    for prec, r in a_runs.items():
+        (w_embed, rss_embed), (w_train, rss_train) = r["embed"], r["train"]
+        a = w_embed + w_train
+        rows += [[f"(a) at {prec}: encode once into the store", f"{w_embed:,.1f}",
+                  f"{rss_embed:,.0f}", ""],
+                 [f"(a) at {prec}: train the heads as one group from the store", f"{w_train:,.1f}",
+                  f"{rss_train:,.0f}", ""],
+                 [f"(a) at {prec}: total", f"{a:,.1f}", f"{max(rss_embed, rss_train):,.0f}",
+                  f"{w_keras / a:.2f}x faster (goal 10x)"]]
+    rows.append([f"(b) Keras way at {keras_precision}: frozen encoder inside each head, token ids",
+                 f"{w_keras:,.1f}", f"{rss_keras:,.0f}", "1.00x"])
+    click.echo(table(["way", "wall s", "peak RSS MB", "vs (b)"], rows))
+    click.echo(f"\nencoder at {precisions[0]}: {docs_s:,.1f} documents/s, {tokens_s:,.0f} tokens/s "
                f"({info['kept_tokens'] / info['num_docs']:,.0f} tokens per document kept); store "
                f"{size / 1e6:,.1f} MB on disk = {size / 1e6 / info['num_docs'] * 1000:,.1f} MB per "
                "1,000 documents")
+    (w_embed, _), (w_train, _) = a_runs[precisions[0]]["embed"], a_runs[precisions[0]]["train"]
     # Per-unit costs: (b) pays the encoder per head and epoch; (a) pays it once.
     fit = child_out["seconds"]
     per_head_epoch_b = sum(fit.values()) / len(fit) / epochs

@@ -254,7 +254,7 @@ def main(corpus, encoder, docs, max_len, heads, epochs, batch_size, speed_docs, 
                                               keras_precision)))
         return
     precisions = precision.split(",")
-    if not precisions or any(p not in ("auto", "float32", "bfloat16") for p in precisions):
+    if any(p not in ("auto", "float32", "bfloat16") for p in precisions):
         raise click.BadParameter(f"auto, float32 or bfloat16, comma-separated; got {precision!r}",
                                  param_hint="--precision")
     if keras_precision == "same":

@@ -11,7 +11,8 @@ GloVe 50d, max_len 200, truncating post), both built with the lexical channel:
   by ``--models``, and each of those with ``wide=true`` (trained as one group with it), on the
   GloVe store; the dense models also on the other representations' stores (``--reps``:
   WordLlama, MiniLM), built from the same corpus with the same split, plain and wide (the
-  lexical channel there is the tokenizer's ids);
+  lexical channel there is the tokenizer's ids), and ``tfidf`` over those ids alone (so each
+  wide model stands beside both its parts on its own store);
 - per seed, ensembles of those runs across representations through the ``Scorer`` (store
   input joined by doc id): the default ``weighted`` mean and ``fit`` (fitted on the val split).
 
@@ -153,6 +154,16 @@ def run_label(model: str, run: Path, rep: str) -> str:
     return label if rep == "glove" else f"{label} ({rep})"
 
 
+def lexical_on(url: str, rep: str, seed: int, out: Path):
+    """``tfidf`` over the ids of representation ``rep``'s store (its tokenizer's ids): the
+    lexical part of the wide models on that store, alone. Not an ensemble member (the GloVe
+    store's ``tfidf`` is); it is what a wide model there must at least match."""
+    import embcache
+
+    return embcache.train(url, "tfidf", str(out / f"lexical-{rep}-{seed}"), config={"seed": seed},
+                          overwrite=True)
+
+
 def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
                    out: Path) -> dict[str, dict]:
     """Every seed: ``tfidf`` and each dense model plain and wide on the GloVe store, each dense
@@ -174,6 +185,12 @@ def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
             label = Path(s.out).name  # the group's run folders: tfidf, nb
             runs[label] = (s.out, s.seconds)
             add(label, s.metrics["test_accuracy"], s.seconds, f", best epoch {s.best_epoch}")
+        for rep, url in stores.items():  # the wide models' lexical part alone, on each store
+            if rep != "glove":
+                s = lexical_on(url, rep, seed, out)
+                runs[f"tfidf ({rep})"] = (s.out, s.seconds)
+                add(f"tfidf ({rep})", s.metrics["test_accuracy"], s.seconds,
+                    f", best epoch {s.best_epoch}")
         for model in models:
             for rep, url in stores.items():
                 folder = grid_folder(out, model, rep, seed)
@@ -224,6 +241,8 @@ def rescored(stores: dict[str, str], models: list[str], seeds: int, out: Path) -
     for seed in range(seeds):
         print(f" seed {seed}", flush=True)
         folders = {"tfidf": out / f"lexical-{seed}" / "tfidf", "nb": out / f"lexical-{seed}" / "nb"}
+        folders.update({f"tfidf ({rep})": out / f"lexical-{rep}-{seed}" for rep in stores
+                        if (out / f"lexical-{rep}-{seed}" / "model.json").is_file()})
         for model in models:
             for rep in stores:
                 folder = grid_folder(out, model, rep, seed)
@@ -260,7 +279,7 @@ def ensembles(labels: list[str], models: list[str], reps: list[str]):
             out.append((" + ".join(wides), wides))
             out.append((" + ".join(["tfidf", *wides]), ["tfidf", *wides]))
     if len(models) > 1:
-        every = [label for label in labels if label not in models]
+        every = [label for label in labels if label not in models and not label.startswith("tfidf (")]
         out.append((f"every run but plain GloVe ({len(every)})", every))
         wide = [label for label in labels if " wide" in label]
         if len(wide) > len(models):

@@ -262,7 +262,8 @@ def rescored(stores: dict[str, str], models: list[str], seeds: int, out: Path) -
 def ensembles(labels: list[str], models: list[str], reps: list[str]):
     """The ensembles measured: the two lexical models; each wide model with ``tfidf``, and with
     both lexical models; those with the model on the other representations; the model wide on
-    every representation, alone and with ``tfidf``; and, with several dense models, every run
+    every representation, alone and with ``tfidf``; both lexical models with every run of the
+    model but its plain GloVe one; and, with several dense models, every run
     but the plain GloVe ones (the wide variants carry them) and every wide run."""
     lexical = [m for m in ("tfidf", "nb") if m in labels]
     out = [(" + ".join(lexical), lexical)] if len(lexical) == 2 else []
@@ -278,6 +279,9 @@ def ensembles(labels: list[str], models: list[str], reps: list[str]):
         if len(wides) > 1:
             out.append((" + ".join(wides), wides))
             out.append((" + ".join(["tfidf", *wides]), ["tfidf", *wides]))
+            if len(lexical) == 2 and others:  # both lexical models and every run of the model
+                every_m = [*lexical, f"{m} wide", *others, *wides[1:]]
+                out.append((" + ".join(every_m), every_m))
     if len(models) > 1:
         every = [label for label in labels if label not in models and not label.startswith("tfidf (")]
         out.append((f"every run but plain GloVe ({len(every)})", every))

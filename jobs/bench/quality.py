@@ -107,8 +107,9 @@ def sklearn_baselines(splits) -> dict[str, dict]:
     vectorize = time.perf_counter() - t
 
     def fitted(model) -> tuple[object, float]:
+        """The model fitted on the train split, and the fit's seconds."""
         t = time.perf_counter()
-        return model.fit(x_train, ytr), vectorize + time.perf_counter() - t
+        return model.fit(x_train, ytr), time.perf_counter() - t
 
     def accuracy(model, x, y) -> float:
         return float((model.predict(x) == y).mean())
@@ -117,13 +118,16 @@ def sklearn_baselines(splits) -> dict[str, dict]:
     for label, model in (("TF-IDF + LinearSVC (scikit-learn)", LinearSVC(C=0.5)),
                          ("TF-IDF + LR (scikit-learn)", LogisticRegression(C=10, max_iter=1000))):
         model, seconds = fitted(model)
+        seconds += vectorize
         acc = accuracy(model, x_test, yte)
         out[label] = {"test": [acc], "seconds": [seconds]}
         print(f"  {label}: test {acc:.4f} ({seconds:.1f} s)", flush=True)
     sweep = [(c, *fitted(LinearSVC(C=c))) for c in (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)]
-    c, model, _ = max(sweep, key=lambda f: accuracy(f[1], x_val, yva))  # the first best on ties
-    seconds = vectorize + sum(f[2] - vectorize for f in sweep)
-    acc, val = accuracy(model, x_test, yte), accuracy(model, x_val, yva)
+    vals = [accuracy(model, x_val, yva) for _, model, _ in sweep]
+    best = vals.index(max(vals))  # the first best on ties
+    (c, model, _), val = sweep[best], vals[best]
+    seconds = vectorize + sum(fit for _, _, fit in sweep)
+    acc = accuracy(model, x_test, yte)
     label = f"TF-IDF + LinearSVC, C={c:g} chosen on val (scikit-learn)"
     out[label] = {"test": [acc], "seconds": [seconds]}
     print(f"  {label}: test {acc:.4f} (val {val:.4f}; the sweep {seconds:.1f} s)", flush=True)
@@ -154,14 +158,19 @@ def run_label(model: str, run: Path, rep: str) -> str:
     return label if rep == "glove" else f"{label} ({rep})"
 
 
+def lexical_folder(out: Path, rep: str, seed: int) -> Path:
+    """The run of ``tfidf`` over representation ``rep``'s ids (labelled ``tfidf (rep)``)."""
+    return out / f"lexical-{rep}-{seed}"
+
+
 def lexical_on(url: str, rep: str, seed: int, out: Path):
     """``tfidf`` over the ids of representation ``rep``'s store (its tokenizer's ids): the
     lexical part of the wide models on that store, alone. Not an ensemble member (the GloVe
     store's ``tfidf`` is); it is what a wide model there must at least match."""
     import embcache
 
-    return embcache.train(url, "tfidf", str(out / f"lexical-{rep}-{seed}"), config={"seed": seed},
-                          overwrite=True)
+    return embcache.train(url, "tfidf", str(lexical_folder(out, rep, seed)),
+                          config={"seed": seed}, overwrite=True)
 
 
 def embcache_models(stores: dict[str, str], models: list[str], seeds: int,
@@ -241,8 +250,8 @@ def rescored(stores: dict[str, str], models: list[str], seeds: int, out: Path) -
     for seed in range(seeds):
         print(f" seed {seed}", flush=True)
         folders = {"tfidf": out / f"lexical-{seed}" / "tfidf", "nb": out / f"lexical-{seed}" / "nb"}
-        folders.update({f"tfidf ({rep})": out / f"lexical-{rep}-{seed}" for rep in stores
-                        if (out / f"lexical-{rep}-{seed}" / "model.json").is_file()})
+        folders.update({f"tfidf ({rep})": lexical_folder(out, rep, seed) for rep in stores
+                        if (lexical_folder(out, rep, seed) / "model.json").is_file()})
         for model in models:
             for rep in stores:
                 folder = grid_folder(out, model, rep, seed)
